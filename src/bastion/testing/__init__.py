@@ -1,0 +1,34 @@
+"""Public test doubles. Use these instead of ad-hoc mocks.
+
+- `ScriptedModel` / `FunctionModel`: in-process models with scripted or computed replies.
+- `FakeOpenAIServer`: a real HTTP server on 127.0.0.1 speaking the OpenAI Chat Completions
+  API, which can be told to be slow, fail with 429/5xx, time out, answer malformed JSON or
+  cut a stream mid-way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bastion.testing._models import FunctionModel, Reply, ScriptedModel, stream_response, to_response
+
+if TYPE_CHECKING:
+    from bastion.testing._fake_server import FakeOpenAIServer, Fault
+
+__all__ = [
+    "FakeOpenAIServer",
+    "Fault",
+    "FunctionModel",
+    "Reply",
+    "ScriptedModel",
+    "stream_response",
+    "to_response",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in {"FakeOpenAIServer", "Fault"}:
+        from bastion.testing import _fake_server
+
+        return getattr(_fake_server, name)
+    raise AttributeError(f"module 'bastion.testing' has no attribute {name!r}")

@@ -1,0 +1,225 @@
+"""`@tool`: a typed Python function becomes a tool with a JSON schema and safety metadata.
+
+A `Tool` is only a description plus a callable. It is executed only through the tool gateway
+(`bastion.tools.ToolExecutor` implementations), which validates arguments, applies policy,
+asks for approvals and labels the result with its trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from bastion.errors import ToolArgumentsError, UserError
+from bastion.types import SideEffect, ToolSpec, Trust
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted compact JSON: the form hashed for schema versions and integrity pins."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def schema_version(name: str, description: str, parameters: dict[str, Any]) -> str:
+    """A short hash of a tool's canonical definition; it changes whenever the contract does."""
+    blob = canonical_json({"name": name, "description": description, "parameters": parameters})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    fn: Callable[..., Any]
+    side_effect: SideEffect = "none"
+    idempotent: bool = False
+    timeout: float | None = 30.0
+    trust: Trust = "untrusted"  # trust of the results this tool returns
+    network: list[str] = field(default_factory=list)  # hosts the tool may reach
+    secrets: list[str] = field(default_factory=list)  # credential names injected at execution
+    is_async: bool = False
+    validator: type[BaseModel] | None = None
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            self.version = schema_version(self.name, self.description, self.parameters)
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(self.name, self.description, self.parameters)
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Validate and coerce arguments; raise `ToolArgumentsError` listing each problem."""
+        if self.validator is None:
+            return arguments
+        try:
+            model = self.validator.model_validate(arguments)
+        except ValidationError as e:
+            problems = [
+                {"path": ".".join(str(p) for p in err["loc"]), "error": err["msg"]} for err in e.errors()
+            ]
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: "
+                + "; ".join(f"{p['path'] or '<root>'}: {p['error']}" for p in problems),
+                tool=self.name,
+                details=problems,
+            ) from None
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    async def invoke(self, arguments: dict[str, Any], **injected: Any) -> Any:
+        """Call the function directly. Only the tool gateway should call this."""
+        kwargs = {**arguments, **injected}
+        if self.is_async:
+            return await self.fn(**kwargs)
+        import asyncio
+
+        return await asyncio.to_thread(self.fn, **kwargs)
+
+
+def _doc_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """Split a docstring into its summary and `name: text` argument descriptions
+    (Google style `Args:` section)."""
+    doc = inspect.getdoc(fn) or ""
+    summary_lines: list[str] = []
+    args: dict[str, str] = {}
+    in_args = False
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if stripped.lower() in {"args:", "arguments:", "parameters:"}:
+            in_args = True
+            continue
+        if in_args:
+            if stripped.endswith(":") and " " not in stripped:
+                in_args = False
+                continue
+            if ":" in stripped:
+                key, _, text = stripped.partition(":")
+                key = key.split("(")[0].strip()
+                args[key] = text.strip()
+            continue
+        summary_lines.append(line)
+    return "\n".join(summary_lines).strip(), args
+
+
+def _build_tool(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    description: str | None,
+    side_effect: SideEffect,
+    idempotent: bool | None,
+    timeout: float | None,
+    trust: Trust,
+    network: list[str] | None,
+    secrets: list[str] | None,
+) -> Tool:
+    sig = inspect.signature(fn)
+    summary, arg_docs = _doc_parts(fn)
+    hidden = set(secrets or [])
+    fields: dict[str, Any] = {}
+    for pname, param in sig.parameters.items():
+        if pname in hidden or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.annotation is inspect.Parameter.empty:
+            raise UserError(f"tool {fn.__name__!r}: parameter {pname!r} needs a type annotation")
+        from pydantic import Field
+
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[pname] = (param.annotation, Field(default, description=arg_docs.get(pname)))
+    validator = create_model(
+        f"{fn.__name__}_args",
+        __config__=ConfigDict(extra="forbid"),
+        **fields,
+    )
+    parameters = validator.model_json_schema()
+    parameters.pop("title", None)
+    for prop in parameters.get("properties", {}).values():
+        prop.pop("title", None)
+    tool_name = name or fn.__name__
+    desc = description or summary or tool_name
+    return Tool(
+        name=tool_name,
+        description=desc,
+        parameters=parameters,
+        fn=fn,
+        side_effect=side_effect,
+        idempotent=idempotent if idempotent is not None else side_effect in ("none", "read"),
+        timeout=timeout,
+        trust=trust,
+        network=list(network or []),
+        secrets=list(secrets or []),
+        is_async=inspect.iscoroutinefunction(fn),
+        validator=validator,
+    )
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    side_effect: SideEffect = "none",
+    idempotent: bool | None = None,
+    timeout: float | None = 30.0,
+    trust: Trust = "untrusted",
+    network: list[str] | None = None,
+    secrets: list[str] | None = None,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    side_effect: SideEffect = "none",
+    idempotent: bool | None = None,
+    timeout: float | None = 30.0,
+    trust: Trust = "untrusted",
+    network: list[str] | None = None,
+    secrets: list[str] | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a typed function (sync or async) into a `Tool`.
+
+    `side_effect` drives default policy (irreversible tools need approval); `idempotent`
+    defaults to True for side-effect-free and read tools (those may be retried); `secrets`
+    names keyword parameters the gateway injects from the secret provider at execution, which
+    never appear in the schema the model sees.
+    """
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return _build_tool(
+            f,
+            name=name,
+            description=description,
+            side_effect=side_effect,
+            idempotent=idempotent,
+            timeout=timeout,
+            trust=trust,
+            network=network,
+            secrets=secrets,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def output_schema_for(output_type: Any) -> dict[str, Any]:
+    """The JSON schema of a structured output type (pydantic model, dataclass, TypedDict...)."""
+    schema = TypeAdapter(output_type).json_schema()
+    schema.pop("title", None)
+    return schema
+
+
+__all__ = ["Tool", "canonical_json", "output_schema_for", "schema_version", "tool"]
