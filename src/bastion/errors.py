@@ -16,7 +16,8 @@ BastionError
 │   ├── InvalidResponseError       the provider answered garbage
 │   ├── ContextWindowExceededError the request does not fit the model
 │   ├── CircuitOpenError           the breaker for this provider+model is open
-│   └── AllModelsFailedError       every model of a fallback chain failed
+│   ├── AllModelsFailedError       every model of a fallback chain failed
+│   └── OutputValidationError      an agent's final answer never matched its output type
 ├── BudgetExceededError            a hard token/money budget would be crossed
 ├── ToolError                      a tool call failed (wrapped, never crashes a run)
 │   └── ToolArgumentsError         arguments do not match the tool's schema
@@ -25,6 +26,7 @@ BastionError
 │   └── SandboxUnavailableError    the OS cannot enforce the sandbox; refusing to run
 ├── CheckpointError                persistence failed at run time
 ├── GraphRecursionError            the step limit ended a runaway loop
+│   └── MaxTurnsExceededError      an agent made more model calls than its max_turns
 └── ControlFlowSignal              not failures: the engine catches these
     └── GraphInterrupt             a node paused for a human (carries the interrupts)
 ```
@@ -192,6 +194,14 @@ class GraphRecursionError(BastionError):
     """The step limit was reached: the graph is probably looping."""
 
 
+class MaxTurnsExceededError(GraphRecursionError):
+    """An agent run reached its `max_turns` model calls without a final answer."""
+
+
+class OutputValidationError(ModelError):
+    """An agent's final answer did not validate against its `output_type` after every retry."""
+
+
 class ControlFlowSignal(BastionError):
     """Not a failure: raised to unwind to the engine, which handles it."""
 
@@ -217,10 +227,12 @@ __all__ = [
     "GraphRecursionError",
     "InvalidGraphError",
     "InvalidResponseError",
+    "MaxTurnsExceededError",
     "MissingExtraError",
     "ModelError",
     "ModelHTTPError",
     "ModelTimeoutError",
+    "OutputValidationError",
     "PolicyDeniedError",
     "PolicyError",
     "ProviderUnavailableError",

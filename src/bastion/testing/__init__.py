@@ -1,6 +1,8 @@
 """Public test doubles. Use these instead of ad-hoc mocks.
 
 - `ScriptedModel` / `FunctionModel`: in-process models with scripted or computed replies.
+- `DirectToolExecutor`: a tool executor without the policy layer (validate, invoke, wrap
+  errors, optional human approval via a graph interrupt).
 - `FakeOpenAIServer`: a real HTTP server on 127.0.0.1 speaking the OpenAI Chat Completions
   API, which can be told to be slow, fail with 429/5xx, time out, answer malformed JSON or
   cut a stream mid-way.
@@ -11,11 +13,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bastion.testing._models import FunctionModel, Reply, ScriptedModel, stream_response, to_response
+from bastion.testing._tools import DirectToolExecutor
 
 if TYPE_CHECKING:
     from bastion.testing._fake_server import FakeOpenAIServer, Fault
 
 __all__ = [
+    "DirectToolExecutor",
     "FakeOpenAIServer",
     "Fault",
     "FunctionModel",
