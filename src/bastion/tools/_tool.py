@@ -120,7 +120,12 @@ def _build_tool(
     network: list[str] | None,
     secrets: list[str] | None,
 ) -> Tool:
-    sig = inspect.signature(fn)
+    try:
+        # Resolve string annotations (`from __future__ import annotations`) in the function's
+        # own module; pydantic cannot see names such as `Literal` imported there.
+        sig = inspect.signature(fn, eval_str=True)
+    except NameError:  # a name only defined in a local scope: let pydantic try
+        sig = inspect.signature(fn)
     summary, arg_docs = _doc_parts(fn)
     hidden = set(secrets or [])
     fields: dict[str, Any] = {}

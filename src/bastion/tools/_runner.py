@@ -1,0 +1,176 @@
+"""The tool execution wrapper: validation, timeout, retries, idempotency, circuit breaking and
+graceful degradation. It never raises for a tool failure: every failure becomes a
+`ToolResult(is_error=True, content={"error": ..., "type": ...})` the model can act on.
+
+This is not an authorization layer: `bastion.policy.ToolGateway` decides whether a call may
+run at all and then hands it to a `ToolRunner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.errors import ControlFlowSignal, ToolArgumentsError, UserError
+from bastion.tools._breaker import CircuitBreaker
+from bastion.tools._journal import IdempotencyJournal, MemoryJournal, idempotency_key
+from bastion.tools._tool import Tool
+from bastion.types import ToolCall, ToolResult
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter (delay uniform in [0, min(cap, base * 2**n)]).
+    Only idempotent tools are retried: repeating a non-idempotent call could repeat its effect."""
+
+    attempts: int = 3
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+
+    def delay(self, retry_number: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * (2**retry_number)))
+
+
+def error_result(call: ToolCall, message: str, kind: str, **extra: Any) -> ToolResult:
+    """A structured failure for the model. Errors are produced by Bastion itself, so trusted."""
+    return ToolResult(
+        tool_call_id=call.id,
+        name=call.name,
+        content={"error": message, "type": kind, **extra},
+        is_error=True,
+        trust="trusted",
+    )
+
+
+@dataclass
+class ToolRunner:
+    """Runs one validated, authorized call. Holds per-tool circuit breakers, so keep one
+    runner per process (the gateway owns one)."""
+
+    journal: IdempotencyJournal = field(default_factory=MemoryJournal)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker_threshold: int = 5
+    breaker_reset_after: float = 30.0
+    clock: Callable[[], float] | None = None  # for breakers; time.monotonic by default
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rng: random.Random = field(default_factory=random.Random)
+    _breakers: dict[str, CircuitBreaker] = field(default_factory=dict, init=False, repr=False)
+
+    def breaker(self, tool_name: str) -> CircuitBreaker:
+        b = self._breakers.get(tool_name)
+        if b is None:
+            b = CircuitBreaker(self.breaker_threshold, self.breaker_reset_after)
+            if self.clock is not None:
+                b.clock = self.clock
+            self._breakers[tool_name] = b
+        return b
+
+    @staticmethod
+    def validate(tool: Tool, call: ToolCall) -> dict[str, Any] | ToolResult:
+        """Validated arguments, or the structured error result listing each problem."""
+        if not isinstance(call.arguments, dict):  # pyright: ignore[reportUnnecessaryIsInstance]
+            return error_result(
+                call, "tool arguments must be a JSON object", "invalid_arguments", problems=[]
+            )
+        try:
+            return tool.validate(call.arguments)
+        except ToolArgumentsError as e:
+            return error_result(
+                call,
+                f"{e} Fix the arguments to match the tool's schema and call it again.",
+                "invalid_arguments",
+                problems=e.details or [],
+            )
+
+    async def run(
+        self,
+        tool: Tool,
+        call: ToolCall,
+        *,
+        run_id: str | None = None,
+        injected: Mapping[str, Any] | None = None,
+        arguments: dict[str, Any] | None = None,
+    ) -> ToolResult:
+        """Execute `call`. `arguments` are already-validated arguments (validated here when
+        None); `injected` are keyword arguments the model never sees (secrets)."""
+        if arguments is None:
+            checked = self.validate(tool, call)
+            if isinstance(checked, ToolResult):
+                return checked
+            arguments = checked
+        side_effecting = tool.side_effect in ("write", "irreversible")
+        key: str | None = None
+        if side_effecting and run_id:
+            key = idempotency_key(run_id, call.id, arguments)
+            previous = await self.journal.begin(key, tool.name)
+            if previous is not None:
+                if previous.state == "done" and previous.result is not None:
+                    return previous.result
+                return error_result(
+                    call,
+                    f"an earlier attempt of this {tool.name!r} call was interrupted and its outcome is "
+                    "unknown; it was not repeated. Check whether it took effect before trying again "
+                    "with a new call.",
+                    "outcome_unknown",
+                )
+        breaker = self.breaker(tool.name)
+        if not breaker.allow():
+            if key is not None:
+                await self.journal.abort(key)
+            return error_result(
+                call,
+                f"tool {tool.name!r} is failing repeatedly and is paused; try again in "
+                f"{breaker.retry_in():.0f}s or continue without it.",
+                "circuit_open",
+            )
+        try:
+            content = await self._attempts(tool, arguments, injected or {})
+        except ControlFlowSignal:
+            if key is not None:
+                await self.journal.abort(key)
+            raise
+        except asyncio.CancelledError:
+            # Leave a side-effecting key pending: the call may have taken effect.
+            raise
+        except Exception as e:
+            breaker.record_failure()
+            if key is not None:
+                await self.journal.abort(key)
+            return self._failure(call, tool, e)
+        breaker.record_success()
+        result = ToolResult(tool_call_id=call.id, name=tool.name, content=content, trust=tool.trust)
+        if key is not None:
+            await self.journal.complete(key, result)
+        return result
+
+    async def _attempts(self, tool: Tool, arguments: dict[str, Any], injected: Mapping[str, Any]) -> Any:
+        attempts = max(1, self.retry.attempts) if tool.idempotent else 1
+        for n in range(attempts):
+            try:
+                if tool.timeout is not None:
+                    return await asyncio.wait_for(tool.invoke(arguments, **injected), tool.timeout)
+                return await tool.invoke(arguments, **injected)
+            except (ControlFlowSignal, UserError):
+                raise
+            except Exception:
+                if n + 1 >= attempts:
+                    raise
+            await self.sleep(self.retry.delay(n, self.rng))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _failure(call: ToolCall, tool: Tool, exc: BaseException) -> ToolResult:
+        if isinstance(exc, TimeoutError):
+            return error_result(
+                call,
+                f"tool {tool.name!r} did not finish within {tool.timeout}s; try a smaller request "
+                "or continue without it.",
+                "timeout",
+            )
+        return error_result(call, f"tool {tool.name!r} failed: {exc}", type(exc).__name__)
+
+
+__all__ = ["RetryPolicy", "ToolRunner", "error_result"]
