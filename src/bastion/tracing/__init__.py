@@ -1,1 +1,91 @@
-"""tracing"""
+"""Observability (layer 4): OpenTelemetry spans with the GenAI semantic conventions, an
+embedded SQLite trace store, metrics, and cost attribution with anomaly alerts.
+
+Every other layer calls the span helpers (`from bastion.tracing import spans`); they cost
+almost nothing until `configure_tracing()` sends spans somewhere. Attribute names live in one
+versioned module, `bastion.tracing.semconv`. This package does not evaluate agents (see
+`bastion.evals`) and does not enforce budgets (the gateway does; it reports them here).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from bastion.tracing import semconv, spans
+from bastion.tracing._redact import redact, set_redactor
+
+_LAZY: dict[str, str] = {
+    "configure_tracing": "bastion.tracing._setup",
+    "TracingHandle": "bastion.tracing._setup",
+    "TraceStore": "bastion.tracing._store",
+    "SpanRecord": "bastion.tracing._store",
+    "TraceTree": "bastion.tracing._store",
+    "TraceSummary": "bastion.tracing._store",
+    "StoreStats": "bastion.tracing._store",
+    "configure_metrics": "bastion.tracing._metrics",
+    "record_budget": "bastion.tracing._metrics",
+    "record_circuit_state": "bastion.tracing._metrics",
+    "prometheus_text": "bastion.tracing._metrics",
+    "CostRow": "bastion.tracing._cost",
+    "cost_by": "bastion.tracing._cost",
+    "cost_series": "bastion.tracing._cost",
+    "CostAlert": "bastion.tracing._alerts",
+    "CostMonitor": "bastion.tracing._alerts",
+    "AlertSink": "bastion.tracing._alerts",
+    "LogSink": "bastion.tracing._alerts",
+    "WebhookSink": "bastion.tracing._alerts",
+    "CallbackSink": "bastion.tracing._alerts",
+}
+
+if TYPE_CHECKING:
+    from bastion.tracing._alerts import AlertSink, CallbackSink, CostAlert, CostMonitor, LogSink, WebhookSink
+    from bastion.tracing._cost import CostRow, cost_by, cost_series
+    from bastion.tracing._metrics import (
+        configure_metrics,
+        prometheus_text,
+        record_budget,
+        record_circuit_state,
+    )
+    from bastion.tracing._setup import TracingHandle, configure_tracing
+    from bastion.tracing._store import SpanRecord, StoreStats, TraceStore, TraceSummary, TraceTree
+
+__all__ = [
+    "AlertSink",
+    "CallbackSink",
+    "CostAlert",
+    "CostMonitor",
+    "CostRow",
+    "LogSink",
+    "SpanRecord",
+    "StoreStats",
+    "TraceStore",
+    "TraceSummary",
+    "TraceTree",
+    "TracingHandle",
+    "WebhookSink",
+    "configure_metrics",
+    "configure_tracing",
+    "cost_by",
+    "cost_series",
+    "prometheus_text",
+    "record_budget",
+    "record_circuit_state",
+    "redact",
+    "semconv",
+    "set_redactor",
+    "spans",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.tracing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,62 @@
+"""Process-wide tracing state: the configured tracer, content capture mode and metric
+instruments. Empty until `configure_tracing()`; the span helpers read it on every call."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from bastion.tracing._metrics import Instruments
+
+CaptureMode = Literal["off", "span_attributes"]
+
+
+@dataclass(slots=True)
+class TracingState:
+    tracer: Tracer | None = None
+    capture: CaptureMode | None = None  # None: follow `get_settings().capture_content`
+    settings_capture: CaptureMode | None = None  # cached read of the settings
+    instruments: Instruments | None = None
+    global_provider: object = None  # the global provider `global_tracer` was taken from
+    global_tracer: Tracer | None = None
+
+
+STATE = TracingState()
+
+
+def active_tracer() -> Tracer | None:
+    """The tracer spans go to, or None when nothing would record them.
+
+    Checks `sys.modules` first: if OpenTelemetry was never imported nobody can have installed
+    a global provider, so the no-op path never pays for importing it.
+    """
+    if STATE.tracer is not None:
+        return STATE.tracer
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is None:
+        return None
+    provider = otel.get_tracer_provider()
+    if provider is STATE.global_provider:
+        return STATE.global_tracer
+    STATE.global_provider = provider
+    if isinstance(provider, otel.ProxyTracerProvider | otel.NoOpTracerProvider):
+        STATE.global_tracer = None
+    else:
+        from bastion.tracing.semconv import SCHEMA_URL
+
+        STATE.global_tracer = provider.get_tracer("bastion", schema_url=SCHEMA_URL)
+    return STATE.global_tracer
+
+
+def capture_mode() -> CaptureMode:
+    if STATE.capture is not None:
+        return STATE.capture
+    if STATE.settings_capture is None:
+        from bastion.config import get_settings
+
+        STATE.settings_capture = "span_attributes" if get_settings().capture_content else "off"
+    return STATE.settings_capture
