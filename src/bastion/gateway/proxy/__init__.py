@@ -1,0 +1,36 @@
+"""An OpenAI-compatible HTTP proxy in front of the gateway, with virtual API keys.
+
+Any OpenAI SDK can point at it (`base_url=http://host:port/v1`, `api_key=<virtual key>`);
+each call runs through `bastion.gateway` as the key's tenant, so budgets, retries, routing,
+cost and caching apply. It is the server side of the OpenAI Chat Completions format only:
+no embeddings, assistants, files or the Responses API.
+"""
+
+from bastion.gateway.proxy._app import BudgetHook, ProxyGateway, create_proxy_app
+from bastion.gateway.proxy._codec import BadRequest, ChatCompletionBody
+from bastion.gateway.proxy._keys import (
+    KEY_PREFIX,
+    InMemoryKeyStore,
+    KeyStore,
+    SQLiteKeyStore,
+    VirtualKey,
+    hash_key,
+    mint_key,
+    new_key,
+)
+
+__all__ = [
+    "KEY_PREFIX",
+    "BadRequest",
+    "BudgetHook",
+    "ChatCompletionBody",
+    "InMemoryKeyStore",
+    "KeyStore",
+    "ProxyGateway",
+    "SQLiteKeyStore",
+    "VirtualKey",
+    "create_proxy_app",
+    "hash_key",
+    "mint_key",
+    "new_key",
+]
