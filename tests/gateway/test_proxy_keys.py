@@ -1,0 +1,85 @@
+"""Virtual keys: one behaviour suite run against every KeyStore backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import UserError
+from bastion.gateway.proxy import (
+    KEY_PREFIX,
+    InMemoryKeyStore,
+    KeyStore,
+    SQLiteKeyStore,
+    hash_key,
+    mint_key,
+    new_key,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
+    if request.param == "memory":
+        yield InMemoryKeyStore()
+    else:
+        with SQLiteKeyStore(tmp_path / "keys.db") as s:
+            yield s
+
+
+async def test_mint_then_look_up_by_hash(store: KeyStore) -> None:
+    plaintext, record = await mint_key(
+        store, tenant="acme", user="ana", team="core", models=["cheap"], max_budget_usd=2.5, max_tokens=1000
+    )
+    assert plaintext.startswith(KEY_PREFIX) and len(plaintext) > 40
+    assert record.key_hash == hash_key(plaintext) != plaintext
+    found = await store.get(hash_key(plaintext))
+    assert found == record
+    assert found is not None and found.allows("cheap") and not found.allows("smart")
+    assert found.budget_scope == f"key:{record.key_id}"
+    assert await store.get(hash_key(plaintext + "x")) is None
+    assert isinstance(store, KeyStore)
+
+
+async def test_keys_are_unique_and_duplicates_refused(store: KeyStore) -> None:
+    a, rec_a = await mint_key(store, tenant="acme")
+    b, rec_b = await mint_key(store, tenant="acme")
+    assert a != b and rec_a.key_id != rec_b.key_id
+    with pytest.raises(UserError, match="already exists"):
+        await store.add(rec_a)
+    with pytest.raises(UserError, match="already exists"):
+        await store.add(replace(rec_b, key_hash="0" * 64))  # same id, other hash
+    assert {k.key_id for k in await store.list_keys()} == {rec_a.key_id, rec_b.key_id}
+
+
+async def test_revoke_and_list_by_tenant(store: KeyStore) -> None:
+    key, rec = await mint_key(store, tenant="acme")
+    _, other = await mint_key(store, tenant="globex")
+    assert await store.revoke(rec.key_id)
+    assert not await store.revoke("no-such-id")
+    found = await store.get(hash_key(key))
+    assert found is not None and found.revoked
+    assert [k.key_id for k in await store.list_keys("globex")] == [other.key_id]
+    assert [k.key_id for k in await store.list_keys("acme")] == [rec.key_id]
+
+
+def test_invalid_mint_arguments_are_refused() -> None:
+    with pytest.raises(UserError, match="tenant"):
+        new_key(tenant="")
+    with pytest.raises(UserError, match="max_budget_usd"):
+        new_key(tenant="a", max_budget_usd=-1)
+    with pytest.raises(UserError, match="max_tokens"):
+        new_key(tenant="a", max_tokens=-5)
+
+
+async def test_sqlite_persists_hashes_only(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    with SQLiteKeyStore(path) as store:
+        plaintext, record = await mint_key(store, tenant="acme", models=["a", "b"], max_budget_usd=1.0)
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert plaintext.encode() not in raw
+    assert plaintext[len(KEY_PREFIX) :].encode() not in raw
+    with SQLiteKeyStore(path) as reopened:
+        assert await reopened.get(hash_key(plaintext)) == record
