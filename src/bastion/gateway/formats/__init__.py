@@ -1,0 +1,33 @@
+"""Wire formats: each translates `ModelRequest`/`ModelResponse` to one provider API.
+
+`openai_chat` (OpenAI and every compatible server), `anthropic` (Messages API), `gemini`
+(generateContent) and `llamacpp` (in-process local model). They only translate; retries,
+budgets and routing live in the gateway. Imported lazily: `import bastion` loads none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.gateway.formats.anthropic import AnthropicModel
+    from bastion.gateway.formats.gemini import GeminiModel
+    from bastion.gateway.formats.llamacpp import LlamaCppModel
+    from bastion.gateway.formats.openai_chat import OpenAIChatModel
+
+_LAZY = {
+    "OpenAIChatModel": "bastion.gateway.formats.openai_chat",
+    "AnthropicModel": "bastion.gateway.formats.anthropic",
+    "GeminiModel": "bastion.gateway.formats.gemini",
+    "LlamaCppModel": "bastion.gateway.formats.llamacpp",
+}
+
+__all__ = ["AnthropicModel", "GeminiModel", "LlamaCppModel", "OpenAIChatModel"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.gateway.formats' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
