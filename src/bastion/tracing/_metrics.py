@@ -111,9 +111,7 @@ def record_circuit_state(provider: str, model: str, state: str) -> None:
         return
     if state not in CIRCUIT_STATES:
         raise ValueError(f"unknown circuit state {state!r}; expected one of {sorted(CIRCUIT_STATES)}")
-    inst.circuit.set(
-        CIRCUIT_STATES[state], {sc.GEN_AI_PROVIDER_NAME: provider, sc.GEN_AI_REQUEST_MODEL: model}
-    )
+    inst.circuit.set(CIRCUIT_STATES[state], {sc.GEN_AI_PROVIDER_NAME: provider, sc.GEN_AI_REQUEST_MODEL: model})
 
 
 def record_budget(scope: str, used: float, limit: float) -> None:
@@ -176,15 +174,10 @@ def prometheus_text(reader: InMemoryMetricReader) -> str:
                 d = metric.data
                 if isinstance(d, Sum) and d.is_monotonic:
                     lines += [f"# HELP {name}_total {metric.description}", f"# TYPE {name}_total counter"]
-                    lines += [
-                        f"{name}_total{_prom_labels(p.attributes or {})} {_fmt(p.value)}"
-                        for p in d.data_points
-                    ]
+                    lines += [f"{name}_total{_prom_labels(p.attributes or {})} {_fmt(p.value)}" for p in d.data_points]
                 elif isinstance(d, Sum | Gauge):
                     lines += [f"# HELP {name} {metric.description}", f"# TYPE {name} gauge"]
-                    lines += [
-                        f"{name}{_prom_labels(p.attributes or {})} {_fmt(p.value)}" for p in d.data_points
-                    ]
+                    lines += [f"{name}{_prom_labels(p.attributes or {})} {_fmt(p.value)}" for p in d.data_points]
                 elif isinstance(d, Histogram):
                     lines += [f"# HELP {name} {metric.description}", f"# TYPE {name} histogram"]
                     for p in d.data_points:
@@ -192,9 +185,7 @@ def prometheus_text(reader: InMemoryMetricReader) -> str:
                         cumulative = 0
                         for bound, count in zip([*p.explicit_bounds, math.inf], p.bucket_counts, strict=True):
                             cumulative += count
-                            lines.append(
-                                f"{name}_bucket{_prom_labels(attrs, {'le': _fmt(bound)})} {cumulative}"
-                            )
+                            lines.append(f"{name}_bucket{_prom_labels(attrs, {'le': _fmt(bound)})} {cumulative}")
                         lines.append(f"{name}_sum{_prom_labels(attrs)} {_fmt(p.sum)}")
                         lines.append(f"{name}_count{_prom_labels(attrs)} {p.count}")
     return "\n".join(lines) + "\n"

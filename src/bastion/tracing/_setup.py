@@ -73,9 +73,7 @@ def _otlp_exporter(
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GRPCExporter
 
         insecure = endpoint.startswith("http://") or "://" not in endpoint
-        return GRPCExporter(
-            endpoint=endpoint, headers=dict(headers or {}), timeout=timeout_s, insecure=insecure
-        )
+        return GRPCExporter(endpoint=endpoint, headers=dict(headers or {}), timeout=timeout_s, insecure=insecure)
     raise ConfigError(f"unknown OTLP protocol {protocol!r}; use 'http' (port 4318) or 'grpc' (port 4317)")
 
 

@@ -52,9 +52,7 @@ if TYPE_CHECKING:
 
 AttrValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float] | Sequence[bool]
 
-_current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
-    "bastion_tracing_run", default=None
-)
+_current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("bastion_tracing_run", default=None)
 
 
 def current_run() -> RunContext | None:
@@ -146,9 +144,7 @@ class Span:
         attrs = context_attributes(self._run_context())
         attrs[sc.GEN_AI_OPERATION_NAME] = self._op
         attrs.update(self._attributes())
-        kind = (
-            trace.SpanKind.CLIENT if self._op in (sc.OP_CHAT, sc.OP_EMBEDDINGS) else trace.SpanKind.INTERNAL
-        )
+        kind = trace.SpanKind.CLIENT if self._op in (sc.OP_CHAT, sc.OP_EMBEDDINGS) else trace.SpanKind.INTERNAL
         self._span = tracer.start_span(self._name, kind=kind, attributes=attrs)  # type: ignore[arg-type]
         self._token = context.attach(trace.set_span_in_context(self._span))
         return self
