@@ -74,11 +74,15 @@ def test_invalid_mint_arguments_are_refused() -> None:
         new_key(tenant="a", max_tokens=-5)
 
 
+def _all_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.iterdir())
+
+
 async def test_sqlite_persists_hashes_only(tmp_path: Path) -> None:
     path = tmp_path / "keys.db"
     with SQLiteKeyStore(path) as store:
         plaintext, record = await mint_key(store, tenant="acme", models=["a", "b"], max_budget_usd=1.0)
-    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    raw = _all_bytes(tmp_path)
     assert plaintext.encode() not in raw
     assert plaintext[len(KEY_PREFIX) :].encode() not in raw
     with SQLiteKeyStore(path) as reopened:
