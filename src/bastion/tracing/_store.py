@@ -482,7 +482,7 @@ class TraceStore:
         limit: int = 1000,
     ) -> list[SpanRecord]:
         """Spans matching every given filter; `attributes` matches attribute values exactly."""
-        where, params = _filters(
+        where, params = sql_filters(
             trace_id=trace_id,
             operation=operation,
             name=name,
@@ -495,7 +495,7 @@ class TraceStore:
         for key, value in (attributes or {}).items():
             where.append("json_extract(attributes, ?) = ?")
             params += [_json_path(key), value]
-        sql = f"{_SELECT}{_where(where)} ORDER BY start_ns LIMIT ?"
+        sql = f"{_SELECT}{sql_where(where)} ORDER BY start_ns LIMIT ?"
         return [SpanRecord.from_row(r) for r in self.query(sql, [*params, limit])]
 
     def list_traces(
@@ -512,7 +512,7 @@ class TraceStore:
         limit: int = 100,
     ) -> list[TraceSummary]:
         """Traces (newest first) with a span matching every filter."""
-        where, params = _filters(
+        where, params = sql_filters(
             run_id=run_id, session_id=session, tenant=tenant, user_id=user, agent=agent, since=since, until=until
         )
         if errors_only:
@@ -525,7 +525,7 @@ class TraceStore:
                    (SELECT r.name || char(31) || r.status FROM spans r
                      WHERE r.trace_id = s.trace_id AND r.parent_id IS NULL ORDER BY r.start_ns LIMIT 1)
             FROM spans s
-            WHERE s.trace_id IN (SELECT DISTINCT trace_id FROM spans{_where(where)})
+            WHERE s.trace_id IN (SELECT DISTINCT trace_id FROM spans{sql_where(where)})
             GROUP BY s.trace_id ORDER BY min(s.start_ns) DESC LIMIT ?"""
         out: list[TraceSummary] = []
         for r in self.query(sql, [*params, limit]):
@@ -559,11 +559,11 @@ def _json_path(key: str) -> str:
     return '$."' + key.replace('"', '\\"') + '"'
 
 
-def _where(clauses: list[str]) -> str:
+def sql_where(clauses: list[str]) -> str:
     return (" WHERE " + " AND ".join(clauses)) if clauses else ""
 
 
-def _filters(
+def sql_filters(
     *, since: TimeLike | None = None, until: TimeLike | None = None, **columns: str | None
 ) -> tuple[list[str], list[Any]]:
     where: list[str] = []
