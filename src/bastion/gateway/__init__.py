@@ -2,8 +2,110 @@
 
 The gateway is where budgets, retries, circuit breakers, fallbacks, routing, cost and caching
 live; wire formats (`openai_chat`, `anthropic`, `gemini`, `llamacpp`) only translate.
+
+Heavier pieces (wire formats, SQLite stores, the price table) load on first use, so importing
+this package stays cheap.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from bastion.gateway._model import Model, collect, stream_via_request
 
-__all__ = ["Model", "collect", "stream_via_request"]
+if TYPE_CHECKING:
+    from bastion.gateway._breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
+    from bastion.gateway._budget import (
+        Budget,
+        BudgetLimits,
+        BudgetStore,
+        MemoryBudgetStore,
+        Spend,
+        SQLiteBudgetStore,
+    )
+    from bastion.gateway._cache import (
+        CacheStore,
+        Embedder,
+        MemoryCacheStore,
+        ResponseCache,
+        SemanticCache,
+        SQLiteCacheStore,
+    )
+    from bastion.gateway._gateway import CallRecord, Gateway, GatewayModel, GatewayStats
+    from bastion.gateway._pricing import Pricing
+    from bastion.gateway._providers import Provider, register_provider
+    from bastion.gateway._resolve import resolve_model
+    from bastion.gateway._retry import RetryPolicy
+    from bastion.gateway._router import RouteHook, Strategy
+
+_LAZY = {
+    "BreakerState": "_breaker",
+    "CircuitBreaker": "_breaker",
+    "CircuitBreakerConfig": "_breaker",
+    "Budget": "_budget",
+    "BudgetLimits": "_budget",
+    "BudgetStore": "_budget",
+    "MemoryBudgetStore": "_budget",
+    "SQLiteBudgetStore": "_budget",
+    "Spend": "_budget",
+    "CacheStore": "_cache",
+    "Embedder": "_cache",
+    "MemoryCacheStore": "_cache",
+    "ResponseCache": "_cache",
+    "SemanticCache": "_cache",
+    "SQLiteCacheStore": "_cache",
+    "CallRecord": "_gateway",
+    "Gateway": "_gateway",
+    "GatewayModel": "_gateway",
+    "GatewayStats": "_gateway",
+    "Pricing": "_pricing",
+    "Provider": "_providers",
+    "register_provider": "_providers",
+    "resolve_model": "_resolve",
+    "RetryPolicy": "_retry",
+    "RouteHook": "_router",
+    "Strategy": "_router",
+}
+
+__all__ = [
+    "BreakerState",
+    "Budget",
+    "BudgetLimits",
+    "BudgetStore",
+    "CacheStore",
+    "CallRecord",
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
+    "Embedder",
+    "Gateway",
+    "GatewayModel",
+    "GatewayStats",
+    "MemoryBudgetStore",
+    "MemoryCacheStore",
+    "Model",
+    "Pricing",
+    "Provider",
+    "ResponseCache",
+    "RetryPolicy",
+    "RouteHook",
+    "SQLiteBudgetStore",
+    "SQLiteCacheStore",
+    "SemanticCache",
+    "Spend",
+    "Strategy",
+    "collect",
+    "register_provider",
+    "resolve_model",
+    "stream_via_request",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.gateway' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"bastion.gateway.{module}"), name)
+    globals()[name] = value
+    return value

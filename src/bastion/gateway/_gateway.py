@@ -1,0 +1,606 @@
+"""The Gateway: every model call goes through here.
+
+One call: route the target to a plan (fallback chain of slots, each slot one model or several
+load-balanced deployments) -> exact/semantic cache lookup -> budget reservation -> attempts with
+retries (backoff + full jitter, `Retry-After`, per-attempt timeout, total deadline) behind a
+circuit breaker per deployment -> price -> settle the budget -> cache the answer.
+
+Streams get the same routing, breakers, retries and fallbacks, but only until the first event
+is yielded: after that the caller has seen output, so a failure propagates.
+
+What it is not: a wire format (see `resolve_model`) or an HTTP proxy (see `bastion.server`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from bastion.errors import (
+    AllModelsFailedError,
+    ContextWindowExceededError,
+    ModelError,
+    ModelTimeoutError,
+    UnknownModelError,
+)
+from bastion.gateway._breaker import CircuitBreaker, CircuitBreakerConfig
+from bastion.gateway._budget import Budget, Reservation
+from bastion.gateway._cache import ResponseCache, SemanticCache, SemanticProbe, cache_key
+from bastion.gateway._model import Model
+from bastion.gateway._pricing import Pricing
+from bastion.gateway._retry import RetryPolicy
+from bastion.gateway._router import Deployment, Plan, RouteHook, Router, Slot, Strategy, Target
+from bastion.types import ModelRequest, ModelResponse, ResponseDone, StreamEvent, Usage
+
+log = logging.getLogger("bastion.gateway")
+
+DEFAULT_FALLBACK_ON: tuple[type[BaseException], ...] = (ModelError,)
+
+
+class _DeadlineExceeded(ModelTimeoutError):
+    """The call's total deadline passed: no fallback can help any more."""
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Counters since the gateway was created (cheap ints, read them for metrics)."""
+
+    calls: int = 0
+    retries: int = 0
+    fallbacks: int = 0
+    cache_hits: int = 0
+    semantic_hits: int = 0
+    saved_usd: float = 0.0
+    cost_usd: float = 0.0
+    budget_refusals: int = 0
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What `on_call` observers receive after each call (the tracing hook point)."""
+
+    target: str
+    model: str | None
+    request: ModelRequest
+    response: ModelResponse | None
+    error: BaseException | None
+    started: float
+    ended: float
+    stream: bool = False
+
+
+CallObserver = Callable[[CallRecord], None]
+
+
+class Gateway:
+    """Routes, retries, prices, budgets and caches model calls. See the module docstring.
+
+    `cache`: None (default) = the exact cache in `get_settings().path("cache.db")` when
+    `cache_enabled` (responses of `test:*` doubles are never cached by this default), False =
+    off, or a `ResponseCache`. `models` registers ready Model instances by name (checked before
+    `resolver`, which defaults to `bastion.gateway.resolve_model`).
+    """
+
+    def __init__(
+        self,
+        *,
+        tiers: Mapping[str, Target | Sequence[Target]] | None = None,
+        deployments: Mapping[str, Sequence[Target]] | None = None,
+        models: Iterable[Model] | Mapping[str, Model] = (),
+        default: Target | None = None,
+        route: RouteHook | None = None,
+        strategy: Strategy = "round_robin",
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreakerConfig | None = None,
+        fallback_on: tuple[type[BaseException], ...] = DEFAULT_FALLBACK_ON,
+        context_windows: Mapping[str, int] | None = None,
+        pricing: Pricing | Mapping[str, float | Mapping[str, float]] | None = None,
+        budgets: Budget | None = None,
+        cache: ResponseCache | bool | None = None,
+        semantic_cache: SemanticCache | None = None,
+        resolver: Callable[[str], Model] | None = None,
+        on_call: CallObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        registered: dict[str, Model] = {}
+        if isinstance(models, Mapping):
+            registered.update(cast("Mapping[str, Model]", models))
+        else:
+            registered.update((m.name, m) for m in models)
+        self._owned: list[Model] = []
+        self._resolver = resolver
+        self._retry = retry or RetryPolicy()
+        self._breaker_config = breaker or CircuitBreakerConfig()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._router = Router(
+            tiers=tiers or {},
+            deployments=deployments or {},
+            models=registered,
+            resolver=self._resolve,
+            breaker_for=self._breaker_for,
+            strategy=strategy,
+            default=default,
+            route=route,
+        )
+        self._fallback_on = fallback_on
+        self._windows: dict[str, int | None] = dict(context_windows or {})
+        self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
+        self.budgets = budgets
+        self.semantic_cache = semantic_cache
+        self._cache: ResponseCache | None = cache if isinstance(cache, ResponseCache) else None
+        self._default_cache = cache is None
+        if cache is True:
+            self._default_cache = True
+        self.on_call = on_call
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self.stats = GatewayStats()
+        self._closed = False
+
+    # --- public API ---------------------------------------------------------------------------
+
+    async def request(self, request: ModelRequest, model: Target | None = None) -> ModelResponse:
+        """Send `request` to `model` (a `provider:model`, tier, deployment alias or Model;
+        None = the route hook's choice, else the default model) and return the response."""
+        plan = self._router.plan_for(model, request)
+        self.stats.calls += 1
+        if self.budgets is None and self.on_call is None and not self._may_cache(request):
+            # Fast path: nothing to look up, reserve or report.
+            response, deployment = await self._run(plan, request)
+            self._price(response, deployment, request)
+            return response
+        return await self._request_full(plan, request)
+
+    async def stream(self, request: ModelRequest, model: Target | None = None) -> AsyncIterator[StreamEvent]:
+        """Stream the response. Retries and fallbacks happen only before the first event."""
+        plan = self._router.plan_for(model, request)
+        self.stats.calls += 1
+        started = self._clock()
+        reservation = await self._reserve(plan, request)
+        final: ModelResponse | None = None
+        error: BaseException | None = None
+        deployment: Deployment | None = None
+        try:
+            first, events, deployment = await self._open_stream(plan, request)
+            try:
+                event: StreamEvent | None = first
+                while event is not None:
+                    if isinstance(event, ResponseDone):
+                        final = event.response
+                        self._price(final, deployment, request)
+                    yield event
+                    event = await anext(events, None)
+            except (ModelError, TimeoutError) as e:
+                deployment.breaker.record(e)
+                raise
+            finally:
+                deployment.in_flight -= 1
+                await _aclose(events)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if self.budgets is not None and reservation is not None:
+                if final is not None:
+                    await self.budgets.settle(reservation, final.usage.total_tokens, final.cost_usd or 0.0)
+                elif deployment is None:
+                    await self.budgets.settle(reservation, 0, 0.0)  # nothing was generated
+                else:  # cut mid-stream: real usage unknown, keep the estimate
+                    await self.budgets.settle(reservation, reservation.tokens, reservation.usd)
+            if self.on_call is not None:
+                self._observe(plan, request, final, error, started, deployment, stream=True)
+
+    def model(self, target: Target | None = None) -> GatewayModel:
+        """A `Model` whose calls go through this gateway (what the agent loop holds)."""
+        return GatewayModel(self, target)
+
+    def breaker_states(self) -> dict[str, str]:
+        """`provider:model` -> `closed` / `open` / `half_open`, for every deployment used so far."""
+        return {name: b.state for name, b in self._breakers.items()}
+
+    def plan(self, target: Target | None = None, request: ModelRequest | None = None) -> list[list[str]]:
+        """The fallback chain for `target`: per slot, the deployment names (for debugging)."""
+        plan = self._router.plan_for(target, request or ModelRequest(messages=[]))
+        return [[d.name for d in slot.deployments] for slot in plan.slots]
+
+    def request_sync(self, request: ModelRequest, model: Target | None = None) -> ModelResponse:
+        from bastion._sync import run_sync
+
+        return run_sync(self.request(request, model))
+
+    async def aclose(self) -> None:
+        """Close caches, budget store and the models this gateway resolved itself."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._cache is not None:
+            self._cache.close()
+        if self.semantic_cache is not None:
+            self.semantic_cache.close()
+        if self.budgets is not None:
+            await self.budgets.aclose()
+        for model in self._owned:
+            close: Any = getattr(model, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- the full (budgets / cache / observer) path ---------------------------------------------
+
+    async def _request_full(self, plan: Plan, request: ModelRequest) -> ModelResponse:
+        started = self._clock()
+        key: str | None = None
+        cache = self._cache_for(plan, request)
+        if cache is not None:
+            key = cache_key(request, plan.label)
+            hit = cache.get(key)
+            if hit is not None:
+                return self._hit(hit[0], hit[1], plan, request, started)
+        probe: SemanticProbe | None = None
+        if self.semantic_cache is not None and SemanticCache.applies(request):
+            found = await self.semantic_cache.lookup(request, plan.label)
+            if isinstance(found, SemanticProbe):
+                probe = found
+            else:
+                self.stats.semantic_hits += 1
+                return self._hit(found[0], found[1], plan, request, started)
+        reservation = await self._reserve(plan, request)
+        response: ModelResponse | None = None
+        deployment: Deployment | None = None
+        error: BaseException | None = None
+        try:
+            response, deployment = await self._run(plan, request)
+            self._price(response, deployment, request)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if self.budgets is not None and reservation is not None:
+                if response is not None:
+                    await self.budgets.settle(reservation, response.usage.total_tokens, response.cost_usd or 0.0)
+                else:
+                    await self.budgets.settle(reservation, 0, 0.0)
+            if self.on_call is not None:
+                self._observe(plan, request, response, error, started, deployment)
+        assert response is not None  # _run returned (an exception would have propagated)
+        if cache is not None and key is not None and response.finish_reason != "error":
+            cache.put(key, request.context.tenant, response)
+        if probe is not None and self.semantic_cache is not None and response.finish_reason != "error":
+            self.semantic_cache.store(probe, response)
+        return response
+
+    def _hit(
+        self, response: ModelResponse, saved: float | None, plan: Plan, request: ModelRequest, started: float
+    ) -> ModelResponse:
+        self.stats.cache_hits += 1
+        self.stats.saved_usd += saved or 0.0
+        if self.on_call is not None:
+            self._observe(plan, request, response, None, started, None)
+        return response
+
+    def _may_cache(self, request: ModelRequest) -> bool:
+        return ((self._cache is not None or self._default_cache) and ResponseCache.applies(request)) or (
+            self.semantic_cache is not None and request.cacheable
+        )
+
+    def _cache_for(self, plan: Plan, request: ModelRequest) -> ResponseCache | None:
+        if not ResponseCache.applies(request):
+            return None
+        if self._cache is not None:
+            return self._cache
+        if not self._default_cache:
+            return None
+        if all(d.name.startswith("test:") for slot in plan.slots for d in slot.deployments):
+            return None  # test doubles are free and deterministic: caching them only leaks between tests
+        from bastion.config import get_settings
+
+        if not get_settings().cache_enabled:
+            self._default_cache = False
+            return None
+        self._cache = ResponseCache()
+        return self._cache
+
+    async def _reserve(self, plan: Plan, request: ModelRequest) -> Reservation | None:
+        budgets = self.budgets
+        if budgets is None:
+            return None
+        prompt = estimate_prompt_tokens(request)
+        output = request.settings.max_tokens or budgets.default_output_tokens
+        usd = 0.0
+        if budgets.tracks_usd:
+            estimate = Usage(input_tokens=prompt, output_tokens=output)
+            for slot in plan.slots:  # the dearest model the chain may fall back to
+                for d in slot.deployments:
+                    usd = max(usd, self.pricing.cost(d.name, estimate, request.settings) or 0.0)
+        try:
+            return await budgets.reserve(request.context, prompt + output, usd)
+        except BaseException:
+            self.stats.budget_refusals += 1
+            raise
+
+    def _price(self, response: ModelResponse, deployment: Deployment, request: ModelRequest) -> None:
+        if not response.model:
+            response.model = deployment.name
+        cost = self.pricing.cost(deployment.name, response.usage, request.settings)
+        if cost is not None:
+            response.cost_usd = cost
+        if response.cost_usd:
+            self.stats.cost_usd += response.cost_usd
+
+    def _observe(
+        self,
+        plan: Plan,
+        request: ModelRequest,
+        response: ModelResponse | None,
+        error: BaseException | None,
+        started: float,
+        deployment: Deployment | None,
+        *,
+        stream: bool = False,
+    ) -> None:
+        assert self.on_call is not None
+        name = deployment.name if deployment is not None else (response.model if response is not None else None)
+        record = CallRecord(plan.label, name, request, response, error, started, self._clock(), stream)
+        try:
+            self.on_call(record)
+        except Exception:  # an observer must never break a model call
+            log.exception("gateway on_call observer failed")
+
+    # --- attempts, retries, fallbacks ---------------------------------------------------------
+
+    def _deadline(self) -> float | None:
+        deadline = self._retry.deadline
+        return None if deadline is None else self._clock() + deadline
+
+    async def _run(self, plan: Plan, request: ModelRequest) -> tuple[ModelResponse, Deployment]:
+        deadline_at = self._deadline()
+        slots = plan.slots
+        if len(slots) == 1:
+            return await self._run_slot(slots[0], request, deadline_at)
+        errors: list[BaseException] = []
+        floor: int | None = None  # window a fallback must exceed after a context-window error
+        for slot in slots:
+            if floor is not None:
+                window = self._window(slot)
+                if window is not None and window <= floor:
+                    errors.append(
+                        ContextWindowExceededError(
+                            f"skipped: context window {window} is not larger than {floor}", model=slot.label
+                        )
+                    )
+                    continue
+            try:
+                return await self._run_slot(slot, request, deadline_at)
+            except _DeadlineExceeded:
+                raise
+            except Exception as e:
+                if not isinstance(e, ContextWindowExceededError | self._fallback_on):
+                    raise
+                errors.append(e)
+                self.stats.fallbacks += 1
+                if isinstance(e, ContextWindowExceededError):
+                    window = self._window(slot)
+                    if window is not None:
+                        floor = max(floor or 0, window)
+        raise AllModelsFailedError(errors)
+
+    async def _run_slot(
+        self, slot: Slot, request: ModelRequest, deadline_at: float | None
+    ) -> tuple[ModelResponse, Deployment]:
+        policy = self._retry
+        attempt_timeout = request.settings.timeout or policy.attempt_timeout
+        failures = 0
+        while True:
+            deployment = slot.pick()
+            timeout = self._attempt_timeout(attempt_timeout, deadline_at, deployment)
+            deployment.in_flight += 1
+            try:
+                if timeout is None:
+                    response = await deployment.model.request(request)
+                else:
+                    async with asyncio.timeout(timeout):
+                        response = await deployment.model.request(request)
+            except (ModelError, TimeoutError) as e:
+                error = _as_model_error(e, deployment, timeout)
+            except BaseException:
+                deployment.breaker.release()
+                raise
+            else:
+                deployment.breaker.record_success()
+                return response, deployment
+            finally:
+                deployment.in_flight -= 1
+            deployment.breaker.record(error)
+            failures += 1
+            await self._backoff(error, failures, deadline_at, deployment)
+
+    async def _open_stream(
+        self, plan: Plan, request: ModelRequest
+    ) -> tuple[StreamEvent, AsyncIterator[StreamEvent], Deployment]:
+        """Start a stream and read its first event, with retries and fallbacks. The caller owns
+        the returned iterator and the deployment's in-flight count."""
+        deadline_at = self._deadline()
+        errors: list[BaseException] = []
+        floor: int | None = None
+        attempt_timeout = request.settings.timeout or self._retry.attempt_timeout
+        for slot in plan.slots:
+            if floor is not None and (w := self._window(slot)) is not None and w <= floor:
+                errors.append(ContextWindowExceededError(f"skipped: window {w} <= {floor}", model=slot.label))
+                continue
+            failures = 0
+            try:
+                while True:
+                    deployment = slot.pick()
+                    timeout = self._attempt_timeout(attempt_timeout, deadline_at, deployment)
+                    deployment.in_flight += 1
+                    events = aiter(deployment.model.stream(request))
+                    try:
+                        if timeout is None:
+                            first = await anext(events)
+                        else:
+                            async with asyncio.timeout(timeout):
+                                first = await anext(events)
+                    except (ModelError, TimeoutError) as e:
+                        error = _as_model_error(e, deployment, timeout)
+                    except BaseException:
+                        deployment.breaker.release()
+                        deployment.in_flight -= 1
+                        await _aclose(events)
+                        raise
+                    else:
+                        deployment.breaker.record_success()
+                        return first, events, deployment
+                    deployment.in_flight -= 1
+                    await _aclose(events)
+                    deployment.breaker.record(error)
+                    failures += 1
+                    await self._backoff(error, failures, deadline_at, deployment)
+            except _DeadlineExceeded:
+                raise
+            except Exception as e:
+                if len(plan.slots) == 1 or not isinstance(e, ContextWindowExceededError | self._fallback_on):
+                    raise
+                errors.append(e)
+                self.stats.fallbacks += 1
+                if isinstance(e, ContextWindowExceededError) and (w := self._window(slot)) is not None:
+                    floor = max(floor or 0, w)
+        raise AllModelsFailedError(errors)
+
+    def _attempt_timeout(
+        self, attempt_timeout: float | None, deadline_at: float | None, deployment: Deployment
+    ) -> float | None:
+        if deadline_at is None:
+            return attempt_timeout
+        remaining = deadline_at - self._clock()
+        if remaining <= 0:
+            deployment.breaker.release()
+            raise _DeadlineExceeded(
+                f"the total deadline of {self._retry.deadline}s passed before calling {deployment.name}; "
+                "raise RetryPolicy(deadline=...)",
+                model=deployment.name,
+            )
+        return remaining if attempt_timeout is None else min(attempt_timeout, remaining)
+
+    async def _backoff(
+        self, error: ModelError, failures: int, deadline_at: float | None, deployment: Deployment
+    ) -> None:
+        delay = self._retry.delay(error, failures, self._rand)
+        if delay is None:
+            raise error
+        if deadline_at is not None and self._clock() + delay >= deadline_at:
+            raise _DeadlineExceeded(
+                f"the total deadline of {self._retry.deadline}s would pass before retry {failures + 1} of "
+                f"{deployment.name} (last error: {type(error).__name__}: {error}); raise RetryPolicy(deadline=...)",
+                model=deployment.name,
+            ) from error
+        self.stats.retries += 1
+        log.debug("retrying %s in %.3fs after %s", deployment.name, delay, type(error).__name__)
+        if delay > 0:
+            await self._sleep(delay)
+
+    def _window(self, slot: Slot) -> int | None:
+        name = slot.deployments[0].name
+        if name not in self._windows:
+            self._windows[name] = self.pricing.context_window(name)
+        return self._windows[name]
+
+    # --- model resolution and breakers ---------------------------------------------------------
+
+    def _resolve(self, name: str) -> Model:
+        resolver = self._resolver
+        if resolver is None:
+            try:
+                from bastion.gateway._resolve import resolve_model  # pyright: ignore
+            except ImportError as e:
+                raise UnknownModelError(
+                    f"cannot resolve {name!r}: no model resolver is available; register the model with "
+                    "Gateway(models=[...]) or pass resolver=..."
+                ) from e
+            resolver = resolve_model  # pyright: ignore
+        model: Model = resolver(name)  # pyright: ignore
+        self._owned.append(model)
+        return model
+
+    def _breaker_for(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = self._breakers[name] = CircuitBreaker(name, self._breaker_config, self._clock)
+        return breaker
+
+
+class GatewayModel:
+    """A `Model` bound to a gateway target: calls get routing, retries, budgets and caching."""
+
+    def __init__(self, gateway: Gateway, target: Target | None) -> None:
+        self.gateway = gateway
+        self.target = target
+        if target is None:
+            self._name = "gateway:auto"
+        else:
+            self._name = target if isinstance(target, str) else target.name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        return await self.gateway.request(request, self.target)
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        return self.gateway.stream(request, self.target)
+
+
+def estimate_prompt_tokens(request: ModelRequest) -> int:
+    """A cheap upper-ish estimate (4 characters a token, plus per-message overhead)."""
+    chars = 0
+    for m in request.messages:
+        chars += len(m.text) + 16
+        for call in m.tool_calls:
+            chars += len(call.name) + len(str(call.arguments))
+    for t in request.tools:
+        chars += len(t.name) + len(t.description) + len(str(t.parameters))
+    if request.output is not None:
+        chars += len(str(request.output.schema))
+    return chars // 4 + 1
+
+
+def _as_model_error(error: BaseException, deployment: Deployment, timeout: float | None) -> ModelError:
+    if isinstance(error, ModelError):
+        if error.model is None:
+            error.model = deployment.name
+        return error
+    return ModelTimeoutError(
+        f"{deployment.name} did not answer within {timeout}s; raise the timeout with "
+        "ModelSettings(timeout=...) or RetryPolicy(attempt_timeout=...)",
+        model=deployment.name,
+    )
+
+
+async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
+    close: Any = getattr(events, "aclose", None)
+    if close is not None:
+        await close()
+
+
+__all__ = [
+    "DEFAULT_FALLBACK_ON",
+    "CallObserver",
+    "CallRecord",
+    "Gateway",
+    "GatewayModel",
+    "GatewayStats",
+    "estimate_prompt_tokens",
+]
