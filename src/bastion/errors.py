@@ -7,7 +7,8 @@ BastionError
 │   ├── MissingExtraError          an optional dependency is not installed
 │   ├── UnknownModelError          a "provider:model" string that does not resolve
 │   ├── InvalidGraphError          a graph that cannot be compiled
-│   └── SerializationError         state that cannot be persisted (names the path)
+│   ├── SerializationError         state that cannot be persisted (names the path)
+│   └── InvalidUpdateError         a graph node returned something the state cannot take
 ├── ModelError                     a model call failed at run time
 │   ├── ModelHTTPError             non-2xx from a provider (status, body)
 │   │   ├── RateLimitError         429 (carries retry_after)
@@ -25,6 +26,7 @@ BastionError
 │   ├── PolicyDeniedError          denied by policy (who, what, why)
 │   └── SandboxUnavailableError    the OS cannot enforce the sandbox; refusing to run
 ├── CheckpointError                persistence failed at run time
+├── NodeTimeoutError               a graph node exceeded its timeout (also a TimeoutError)
 ├── GraphRecursionError            the step limit ended a runaway loop
 │   └── MaxTurnsExceededError      an agent made more model calls than its max_turns
 └── ControlFlowSignal              not failures: the engine catches these
@@ -202,6 +204,14 @@ class OutputValidationError(ModelError):
     """An agent's final answer did not validate against its `output_type` after every retry."""
 
 
+class InvalidUpdateError(UserError):
+    """A graph node returned an update the state cannot take (unknown key, wrong type)."""
+
+
+class NodeTimeoutError(BastionError, TimeoutError):
+    """A graph node ran longer than its `timeout=`."""
+
+
 class ControlFlowSignal(BastionError):
     """Not a failure: raised to unwind to the engine, which handles it."""
 
@@ -227,11 +237,13 @@ __all__ = [
     "GraphRecursionError",
     "InvalidGraphError",
     "InvalidResponseError",
+    "InvalidUpdateError",
     "MaxTurnsExceededError",
     "MissingExtraError",
     "ModelError",
     "ModelHTTPError",
     "ModelTimeoutError",
+    "NodeTimeoutError",
     "OutputValidationError",
     "PolicyDeniedError",
     "PolicyError",
