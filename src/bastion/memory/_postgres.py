@@ -1,0 +1,542 @@
+"""The scale-out long-term memory backend: PostgreSQL + pgvector (HNSW) + tsvector, over a
+psycopg 3 async connection pool.
+
+Isolation is structural: `bastion_memory_items` is LIST-partitioned by tenant and every search
+queries the tenant's partition table by name, so the HNSW and GIN indexes it walks hold only
+that tenant's rows. Filters inside a tenant (namespace, validity, trust) run during the index
+scan with `hnsw.iterative_scan`, which keeps scanning until enough rows pass the filters
+instead of returning fewer than `k`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from bastion.errors import MissingExtraError, UserError
+from bastion.memory._batcher import EmbeddingBatcher
+from bastion.memory._codec import (
+    EPISODE_COLUMNS,
+    ITEM_COLUMNS,
+    SKILL_COLUMNS,
+    cols,
+    episode_from_row,
+    episode_values,
+    item_from_row,
+    item_values,
+    norm_key,
+    skill_from_row,
+)
+from bastion.memory._embedders import Embedder
+from bastion.memory._store import (
+    FORMAT_VERSION,
+    check_episode,
+    check_item,
+    check_search_args,
+    check_skill,
+    query_terms,
+    rrf,
+    tenant_suffix,
+)
+from bastion.memory._types import (
+    Episode,
+    MemoryItem,
+    Namespace,
+    SearchHit,
+    SearchMode,
+    Skill,
+    Timestamp,
+    now,
+    to_ts,
+)
+
+
+def _vec(vector: Sequence[float]) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
+
+
+def _skey(item: MemoryItem) -> str | None:
+    if item.subject is None or item.predicate is None:
+        return None
+    return f"{norm_key(item.subject)}\x1f{norm_key(item.predicate)}"
+
+
+class PostgresMemoryStore:
+    """`MemoryStore` on PostgreSQL with pgvector. Connects lazily on first use; `close()` it."""
+
+    def __init__(
+        self,
+        url: str,
+        embedder: Embedder | None = None,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        ef_search: int = 64,
+        batch_size: int = 64,
+        max_delay: float = 0.05,
+    ) -> None:
+        if embedder is None:
+            from bastion.memory._embedders import MiniLMEmbedder
+
+            embedder = MiniLMEmbedder()
+        self.embedder = embedder
+        self.url = url
+        self.ef_search = ef_search
+        self._pool_args = (min_size, max_size)
+        self._pool: Any = None
+        self._open_lock = asyncio.Lock()
+        self._ready: set[str] = set()
+        self._closed = False
+        self._batcher = EmbeddingBatcher(embedder, self._write_vectors, batch_size=batch_size, max_delay=max_delay)
+
+    # --- setup ---------------------------------------------------------------------------
+
+    async def _conn_pool(self) -> Any:
+        if self._closed:
+            raise UserError("this memory store is closed; open a new one")
+        if self._pool is not None:
+            return self._pool
+        async with self._open_lock:
+            if self._pool is None:
+                try:
+                    from psycopg_pool import AsyncConnectionPool
+                except ImportError as e:
+                    raise MissingExtraError("postgres", "psycopg-pool", "The PostgreSQL memory store") from e
+                pool = AsyncConnectionPool(
+                    self.url, min_size=self._pool_args[0], max_size=self._pool_args[1], open=False
+                )
+                await pool.open(wait=True, timeout=30)
+                try:
+                    await self._init_schema(pool)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
+        return self._pool
+
+    async def _init_schema(self, pool: Any) -> None:
+        dim = self.embedder.dim
+        item_cols = ", ".join(
+            f"{c} {'double precision' if c in ('valid_from', 'valid_to', 'recorded_at') else 'integer' if c == 'chunk_index' else 'text'}"  # noqa: E501
+            for c in ITEM_COLUMNS
+        )
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('bastion_memory_schema'))")
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS bastion_memory_meta(key text PRIMARY KEY, value text NOT NULL)"
+            )
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS bastion_memory_tenants(tenant text PRIMARY KEY, "
+                "suffix text NOT NULL UNIQUE, created_at double precision NOT NULL)"
+            )
+            await conn.execute(
+                f"""CREATE TABLE IF NOT EXISTS bastion_memory_items(
+                    tenant text NOT NULL, {item_cols}, ns text NOT NULL, skey text,
+                    embedding vector({dim}),
+                    tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED,
+                    PRIMARY KEY (tenant, id)) PARTITION BY LIST (tenant)"""
+            )
+            await conn.execute(
+                "CREATE INDEX IF NOT EXISTS bastion_memory_items_hnsw ON bastion_memory_items "
+                "USING hnsw (embedding vector_cosine_ops)"
+            )
+            await conn.execute(
+                "CREATE INDEX IF NOT EXISTS bastion_memory_items_tsv ON bastion_memory_items USING gin (tsv)"
+            )
+            await conn.execute(
+                "CREATE INDEX IF NOT EXISTS bastion_memory_items_skey ON bastion_memory_items (ns, skey)"
+            )
+            await conn.execute(
+                "CREATE INDEX IF NOT EXISTS bastion_memory_items_doc ON bastion_memory_items (ns, doc_id)"
+            )
+            episode_cols = ", ".join(
+                f"{c} {'double precision' if c == 'occurred_at' else 'text'}" for c in EPISODE_COLUMNS
+            )
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS bastion_memory_episodes(tenant text NOT NULL, {episode_cols}, "
+                "ns text NOT NULL, PRIMARY KEY (tenant, id))"
+            )
+            await conn.execute(
+                "CREATE INDEX IF NOT EXISTS bastion_memory_episodes_time ON bastion_memory_episodes "
+                "(tenant, ns, session, occurred_at)"
+            )
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS bastion_memory_skills(tenant text NOT NULL, ns text NOT NULL, "
+                "name text NOT NULL, version integer NOT NULL, instructions text NOT NULL, tools text, "
+                "description text, created_at double precision, trust text, "
+                "PRIMARY KEY (tenant, ns, name, version))"
+            )
+            cur = await conn.execute("SELECT key, value FROM bastion_memory_meta")
+            found = dict(await cur.fetchall())
+            want = {"v": str(FORMAT_VERSION), "embedder": self.embedder.name, "dim": str(dim)}
+            if not found:
+                for key, value in want.items():
+                    await conn.execute("INSERT INTO bastion_memory_meta VALUES (%s, %s)", (key, value))
+                return
+        for key in ("v", "embedder", "dim"):
+            if found.get(key) != want[key]:
+                raise UserError(
+                    f"this memory database was created with {key}={found.get(key)!r} but the store was "
+                    f"opened with {key}={want[key]!r}; use the same embedder or a new database"
+                )
+
+    async def _partition(self, conn: Any, tenant: str, *, create: bool) -> str | None:
+        s = tenant_suffix(tenant)
+        if s in self._ready:
+            return f"bastion_memory_items_{s}"
+        cur = await conn.execute("SELECT 1 FROM bastion_memory_tenants WHERE tenant = %s", (tenant,))
+        if await cur.fetchone() is None:
+            if not create:
+                return None
+            from psycopg import sql
+
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"bastion_memory_{s}",))
+            await conn.execute(
+                sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF bastion_memory_items FOR VALUES IN ({})").format(
+                    sql.Identifier(f"bastion_memory_items_{s}"), sql.Literal(tenant)
+                )
+            )
+            await conn.execute(
+                "INSERT INTO bastion_memory_tenants VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (tenant, s, now())
+            )
+        else:
+            # Cached only once committed: a partition created in a rolled-back transaction is gone.
+            self._ready.add(s)
+        return f"bastion_memory_items_{s}"
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def put(self, ns: Namespace, item: MemoryItem) -> MemoryItem:
+        return (await self.put_many(ns, [item]))[0]
+
+    async def put_many(self, ns: Namespace, items: Sequence[MemoryItem]) -> list[MemoryItem]:
+        for item in items:
+            check_item(item)
+        pool = await self._conn_pool()
+        queued: list[tuple[Hashable, str]] = []
+        async with pool.connection() as conn, conn.transaction():
+            part = await self._partition(conn, ns.tenant, create=True)
+            assert part is not None
+            for item in items:
+                await self._insert(conn, part, ns, item)
+                queued.append(((part, item.id), item.text))
+        for key, text in queued:
+            self._batcher.submit(key, text)
+        return list(items)
+
+    async def _insert(self, conn: Any, part: str, ns: Namespace, item: MemoryItem) -> None:
+        t = now()
+        item.recorded_at = t
+        if item.valid_from is None:
+            item.valid_from = t
+        start = item.valid_from
+        cur = await conn.execute(f"SELECT 1 FROM {part} WHERE id = %s", (item.id,))
+        if await cur.fetchone():
+            raise UserError(f"a memory with id {item.id!r} already exists; use a new id or forget the old one")
+        if item.supersedes is not None:
+            cur = await conn.execute(
+                f"SELECT id FROM {part} WHERE id = %s AND ns = %s FOR UPDATE", (item.supersedes, ns.key)
+            )
+            if await cur.fetchone() is None:
+                raise UserError(f"memory {item.supersedes!r} named in `supersedes` does not exist here")
+            await self._invalidate(conn, part, item.supersedes, start, item.id)
+        skey = _skey(item)
+        if skey is not None:
+            cur = await conn.execute(
+                f"SELECT id, valid_from FROM {part} WHERE ns = %s AND skey = %s "
+                "AND (valid_to IS NULL OR valid_to > %s) FOR UPDATE",
+                (ns.key, skey, start),
+            )
+            for old_id, valid_from in await cur.fetchall():
+                if valid_from <= start:
+                    await self._invalidate(conn, part, old_id, start, item.id)
+                elif item.valid_to is None or item.valid_to > valid_from:
+                    item.valid_to = valid_from
+        marks = ", ".join(["%s"] * (len(ITEM_COLUMNS) + 3))
+        await conn.execute(
+            f"INSERT INTO {part}(tenant, {cols(ITEM_COLUMNS)}, ns, skey) VALUES ({marks})",
+            (ns.tenant, *item_values(item), ns.key, skey),
+        )
+
+    @staticmethod
+    async def _invalidate(conn: Any, part: str, item_id: str, at: float, by: str | None) -> None:
+        await conn.execute(
+            f"UPDATE {part} SET valid_to = %s, superseded_by = coalesce(%s, superseded_by) WHERE id = %s",
+            (at, by, item_id),
+        )
+
+    async def _write_vectors(self, batch: list[tuple[Hashable, str]], vectors: list[list[float]]) -> None:
+        if self._pool is None:
+            return
+        by_part: dict[str, list[tuple[str, str]]] = {}
+        for (key, _), vector in zip(batch, vectors, strict=True):
+            part, item_id = key  # type: ignore[misc]
+            by_part.setdefault(part, []).append((_vec(vector), item_id))
+        async with self._pool.connection() as conn, conn.transaction():
+            for part, rows in by_part.items():
+                async with conn.cursor() as cur:
+                    await cur.executemany(f"UPDATE {part} SET embedding = %s::vector WHERE id = %s", rows)
+
+    async def forget(self, ns: Namespace, item_id: str, *, hard: bool = False) -> bool:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn, conn.transaction():
+            part = await self._partition(conn, ns.tenant, create=False)
+            if part is None:
+                return False
+            cur = await conn.execute(
+                f"SELECT valid_to FROM {part} WHERE id = %s AND ns = %s FOR UPDATE", (item_id, ns.key)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            if hard:
+                await conn.execute(f"DELETE FROM {part} WHERE id = %s", (item_id,))
+            elif row[0] is None or row[0] > now():
+                await self._invalidate(conn, part, item_id, now(), None)
+        return True
+
+    async def document_hash(self, ns: Namespace, doc_id: str) -> str | None:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            part = await self._partition(conn, ns.tenant, create=False)
+            if part is None:
+                return None
+            cur = await conn.execute(
+                f"SELECT content_hash FROM {part} WHERE ns = %s AND doc_id = %s LIMIT 1", (ns.key, doc_id)
+            )
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def delete_document(self, ns: Namespace, doc_id: str) -> int:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn, conn.transaction():
+            part = await self._partition(conn, ns.tenant, create=False)
+            if part is None:
+                return 0
+            cur = await conn.execute(f"DELETE FROM {part} WHERE ns = %s AND doc_id = %s", (ns.key, doc_id))
+            return int(cur.rowcount)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get(self, ns: Namespace, item_id: str) -> MemoryItem | None:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            part = await self._partition(conn, ns.tenant, create=False)
+            if part is None:
+                return None
+            cur = await conn.execute(
+                f"SELECT {cols(ITEM_COLUMNS)} FROM {part} WHERE id = %s AND ns = %s", (item_id, ns.key)
+            )
+            row = await cur.fetchone()
+        return item_from_row(row) if row else None
+
+    async def history(self, ns: Namespace, subject: str, predicate: str | None = None) -> list[MemoryItem]:
+        pool = await self._conn_pool()
+        prefix = f"{norm_key(subject)}\x1f"
+        async with pool.connection() as conn:
+            part = await self._partition(conn, ns.tenant, create=False)
+            if part is None:
+                return []
+            if predicate is not None:
+                cur = await conn.execute(
+                    f"SELECT {cols(ITEM_COLUMNS)} FROM {part} WHERE ns = %s AND skey = %s "
+                    "ORDER BY valid_from, recorded_at",
+                    (ns.key, prefix + (norm_key(predicate) or "")),
+                )
+            else:
+                cur = await conn.execute(
+                    f"SELECT {cols(ITEM_COLUMNS)} FROM {part} WHERE ns = %s AND left(skey, %s) = %s "
+                    "ORDER BY valid_from, recorded_at",
+                    (ns.key, len(prefix), prefix),
+                )
+            rows = await cur.fetchall()
+        return [item_from_row(r) for r in rows]
+
+    async def search(
+        self,
+        ns: Namespace,
+        query: str,
+        *,
+        k: int = 10,
+        mode: SearchMode = "hybrid",
+        as_of: Timestamp | None = None,
+        include_untrusted: bool = False,
+        kind: str | None = None,
+    ) -> list[SearchHit]:
+        check_search_args(query, k, mode)
+        pool = await self._conn_pool()
+        t = to_ts(as_of) if as_of is not None else now()
+        depth = k if mode != "hybrid" else max(3 * k, 30)
+        vector = (await self.embedder.embed([query]))[0] if mode in ("vector", "hybrid") else None
+        where = "ns = %(ns)s AND valid_from <= %(t)s AND (valid_to IS NULL OR valid_to > %(t)s)"
+        if not include_untrusted:
+            where += " AND trust = 'trusted'"
+        if kind is not None:
+            where += " AND kind = %(kind)s"
+        params: dict[str, Any] = {"ns": ns.key, "t": t, "k": depth, "kind": kind}
+        lists: dict[str, list[str]] = {}
+        async with pool.connection() as conn, conn.transaction():
+            part = await self._partition(conn, ns.tenant, create=False)
+            if part is None:
+                return []
+            terms = query_terms(query)
+            if mode in ("bm25", "hybrid"):
+                lists["bm25"] = []
+                if terms:
+                    params["tsq"] = " | ".join(terms)
+                    cur = await conn.execute(
+                        f"SELECT id FROM {part}, to_tsquery('english', %(tsq)s) q WHERE tsv @@ q AND {where} "
+                        "ORDER BY ts_rank_cd(tsv, q) DESC, id LIMIT %(k)s",
+                        params,
+                    )
+                    lists["bm25"] = [r[0] for r in await cur.fetchall()]
+            if vector is not None:
+                # Keep scanning the HNSW graph until `k` rows pass the filters.
+                await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                await conn.execute(f"SET LOCAL hnsw.ef_search = {max(int(self.ef_search), depth)}")
+                params["q"] = _vec(vector)
+                cur = await conn.execute(
+                    f"SELECT id, embedding <=> %(q)s::vector AS d FROM {part} "
+                    f"WHERE embedding IS NOT NULL AND {where} ORDER BY d LIMIT %(k)s",
+                    params,
+                )
+                rows = sorted(await cur.fetchall(), key=lambda r: r[1])  # relaxed order: re-sort
+                lists["vector"] = [r[0] for r in rows]
+            if mode == "hybrid":
+                ranked = rrf(lists, k)
+            else:
+                ids = lists[mode][:k]
+                ranked = [(i, 1.0 / (n + 1), {mode: n + 1}) for n, i in enumerate(ids)]
+            if not ranked:
+                return []
+            cur = await conn.execute(
+                f"SELECT {cols(ITEM_COLUMNS)} FROM {part} WHERE id = ANY(%s)", ([r[0] for r in ranked],)
+            )
+            items = {row[0]: item_from_row(row) for row in await cur.fetchall()}
+        return [SearchHit(items[i], score, ranks) for i, score, ranks in ranked if i in items]
+
+    # --- episodes and skills -------------------------------------------------------------
+
+    async def add_episode(self, ns: Namespace, episode: Episode) -> Episode:
+        check_episode(episode)
+        pool = await self._conn_pool()
+        if episode.occurred_at is None:
+            episode.occurred_at = now()
+        async with pool.connection() as conn:
+            await conn.execute(
+                f"INSERT INTO bastion_memory_episodes(tenant, {cols(EPISODE_COLUMNS)}, ns) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (ns.tenant, *episode_values(episode), ns.key),
+            )
+        return episode
+
+    async def episodes(
+        self,
+        ns: Namespace,
+        *,
+        session: str | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        limit: int = 100,
+    ) -> list[Episode]:
+        pool = await self._conn_pool()
+        q = f"SELECT {cols(EPISODE_COLUMNS)} FROM bastion_memory_episodes WHERE tenant = %(tenant)s AND ns = %(ns)s"
+        if session is not None:
+            q += " AND session = %(session)s"
+        if since is not None:
+            q += " AND occurred_at >= %(since)s"
+        if until is not None:
+            q += " AND occurred_at < %(until)s"
+        params = {"tenant": ns.tenant, "ns": ns.key, "session": session, "since": to_ts(since),
+                  "until": to_ts(until), "n": limit}  # fmt: skip
+        async with pool.connection() as conn:
+            cur = await conn.execute(q + " ORDER BY occurred_at, id LIMIT %(n)s", params)
+            rows = await cur.fetchall()
+        return [episode_from_row(r) for r in rows]
+
+    async def put_skill(self, ns: Namespace, skill: Skill) -> Skill:
+        check_skill(skill)
+        pool = await self._conn_pool()
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{ns.tenant}\x1f{ns.key}\x1f{skill.name}",)
+            )
+            cur = await conn.execute(
+                "SELECT coalesce(max(version), 0) FROM bastion_memory_skills WHERE tenant = %s AND ns = %s "
+                "AND name = %s",
+                (ns.tenant, ns.key, skill.name),
+            )
+            row = await cur.fetchone()
+            skill.version = int(row[0]) + 1
+            skill.created_at = now()
+            await conn.execute(
+                f"INSERT INTO bastion_memory_skills(tenant, ns, {cols(SKILL_COLUMNS)}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    ns.tenant,
+                    ns.key,
+                    skill.name,
+                    skill.version,
+                    skill.instructions,
+                    json.dumps(skill.tools),
+                    skill.description,
+                    skill.created_at,
+                    skill.trust,
+                ),
+            )
+        return skill
+
+    async def get_skill(self, ns: Namespace, name: str, version: int | None = None) -> Skill | None:
+        pool = await self._conn_pool()
+        q = f"SELECT {cols(SKILL_COLUMNS)} FROM bastion_memory_skills WHERE tenant = %s AND ns = %s AND name = %s"
+        params: tuple[Any, ...] = (ns.tenant, ns.key, name)
+        if version is not None:
+            q += " AND version = %s"
+            params += (version,)
+        async with pool.connection() as conn:
+            cur = await conn.execute(q + " ORDER BY version DESC LIMIT 1", params)
+            row = await cur.fetchone()
+        return skill_from_row(row) if row else None
+
+    async def list_skills(self, ns: Namespace) -> list[Skill]:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT DISTINCT ON (name) {cols(SKILL_COLUMNS)} FROM bastion_memory_skills "
+                "WHERE tenant = %s AND ns = %s ORDER BY name, version DESC",
+                (ns.tenant, ns.key),
+            )
+            rows = await cur.fetchall()
+        return [skill_from_row(r) for r in rows]
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def pending_embeddings(self) -> int:
+        return self._batcher.backlog
+
+    async def flush(self) -> None:
+        await self._batcher.flush()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            await self._batcher.close()
+        finally:
+            self._closed = True
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+
+    async def __aenter__(self) -> PostgresMemoryStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+__all__ = ["PostgresMemoryStore"]
