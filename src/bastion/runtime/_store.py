@@ -1,0 +1,401 @@
+"""Run storage and the run queue: one SQL implementation for SQLite (embedded) and PostgreSQL.
+
+Claiming is a lease: a worker takes a queued run (or one whose lease expired because its
+worker died) and must heartbeat to keep it. Writes that finish a run are fenced by the
+lease owner, so a worker that lost its lease cannot overwrite the new owner's result.
+On PostgreSQL the claim uses `FOR UPDATE SKIP LOCKED` and enqueueing sends `NOTIFY`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from bastion.errors import MissingExtraError, UserError
+from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
+from bastion.types import new_id
+
+SCHEMA_VERSION = 1
+NOTIFY_CHANNEL = "bastion_runs"
+
+_COLUMNS = (
+    "id, tenant, thread_id, agent, status, input, output, error, interrupts, resume, attempts, worker, "
+    "lease_expires_at, cancel_requested, user_id, metadata, usage, cost_usd, trace_id, checkpoint_before, "
+    "created_at, updated_at"
+)
+_JSON_FIELDS = ("input", "output", "interrupts", "resume", "metadata", "usage")
+
+
+def _schema(dialect: str) -> list[str]:
+    real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
+    serial = "BIGSERIAL" if dialect == "postgres" else "INTEGER"
+    auto = "" if dialect == "postgres" else " AUTOINCREMENT"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS bastion_runs (
+            id TEXT PRIMARY KEY, tenant TEXT NOT NULL, thread_id TEXT NOT NULL, agent TEXT NOT NULL,
+            status TEXT NOT NULL, input TEXT, output TEXT, error TEXT, interrupts TEXT, resume TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, lease_expires_at {real},
+            cancel_requested INTEGER NOT NULL DEFAULT 0, user_id TEXT, metadata TEXT, usage TEXT,
+            cost_usd {real} NOT NULL DEFAULT 0, trace_id TEXT, checkpoint_before TEXT,
+            created_at {real} NOT NULL, updated_at {real} NOT NULL, v INTEGER NOT NULL DEFAULT {SCHEMA_VERSION})""",
+        "CREATE INDEX IF NOT EXISTS bastion_runs_queue ON bastion_runs (status, created_at)",
+        "CREATE INDEX IF NOT EXISTS bastion_runs_thread ON bastion_runs (tenant, thread_id, created_at)",
+        f"""CREATE TABLE IF NOT EXISTS bastion_run_events (
+            seq {serial} PRIMARY KEY{auto}, run_id TEXT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL,
+            at {real} NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS bastion_run_events_run ON bastion_run_events (run_id, seq)",
+        f"""CREATE TABLE IF NOT EXISTS bastion_threads (
+            tenant TEXT NOT NULL, thread_id TEXT NOT NULL, metadata TEXT, created_at {real} NOT NULL,
+            PRIMARY KEY (tenant, thread_id))""",
+    ]
+
+
+def _row_to_run(row: Sequence[Any]) -> Run:
+    names = [c.strip() for c in _COLUMNS.split(",")]
+    data = dict(zip(names, row, strict=True))
+    for key in _JSON_FIELDS:
+        raw = data[key]
+        data[key] = json.loads(raw) if raw is not None else None
+    data["user"] = data.pop("user_id")
+    data["cancel_requested"] = bool(data["cancel_requested"])
+    data["interrupts"] = data["interrupts"] or []
+    data["metadata"] = data["metadata"] or {}
+    data["usage"] = data["usage"] or {}
+    return Run(**data)
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+class RunStore(Protocol):
+    """Where runs, their events and threads live; also the queue workers claim from."""
+
+    async def create(self, run: Run) -> Run: ...
+    async def get(self, run_id: str, tenant: str | None = None) -> Run | None: ...
+    async def list(
+        self, tenant: str, *, thread_id: str | None = None, agent: str | None = None,
+        status: str | None = None, limit: int = 100,
+    ) -> list[Run]: ...  # fmt: skip
+    async def claim(self, worker: str, lease_seconds: float) -> Run | None: ...
+    async def heartbeat(self, run_id: str, worker: str, lease_seconds: float) -> str: ...
+    async def finish(
+        self, run_id: str, worker: str, outcome: RunOutcome | None, error: str | None, *, cancelled: bool = False
+    ) -> bool: ...
+    async def update(self, run_id: str, **fields: Any) -> None: ...
+    async def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None: ...
+    async def events(self, run_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]: ...
+    async def active_for_thread(self, tenant: str, thread_id: str) -> list[Run]: ...
+    async def upsert_thread(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> None: ...
+    async def list_threads(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def delete_thread(self, tenant: str, thread_id: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class SqlRunStore:
+    """`RunStore` over SQL. Use `SqlRunStore.sqlite(path)` or `SqlRunStore.postgres(url)`."""
+
+    def __init__(self, dialect: str, connect: Any, *, url: str | None = None) -> None:
+        self.dialect = dialect
+        self.url = url
+        self._connect = connect
+        self._local = threading.local()
+        self._lock = threading.Lock()  # SQLite: one writer at a time in this process
+        self._conns: list[Any] = []
+        self._init_schema()
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def sqlite(cls, path: str | Path) -> SqlRunStore:
+        path = str(path)
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            return conn
+
+        return cls("sqlite", connect, url=path)
+
+    @classmethod
+    def postgres(cls, url: str) -> SqlRunStore:
+        try:
+            import psycopg
+        except ImportError as e:
+            raise MissingExtraError("postgres", "psycopg", "the PostgreSQL run store") from e
+
+        def connect() -> Any:
+            return psycopg.connect(url, autocommit=True)
+
+        return cls("postgres", connect, url=url)
+
+    # -- plumbing (sync SQL run in a thread; each thread keeps its own connection) --------------
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def _sql(self, query: str) -> str:
+        return query.replace("?", "%s") if self.dialect == "postgres" else query
+
+    def _init_schema(self) -> None:
+        conn = self._conn()
+        for stmt in _schema(self.dialect):
+            conn.execute(stmt)
+
+    def _exec(self, query: str, params: Sequence[Any] = (), *, fetch: str = "") -> Any:
+        conn = self._conn()
+        if self.dialect == "sqlite":
+            with self._lock:
+                cur = conn.execute(query, params)
+                return cur.fetchone() if fetch == "one" else cur.fetchall() if fetch == "all" else None
+        cur = conn.execute(self._sql(query), params)
+        return cur.fetchone() if fetch == "one" else cur.fetchall() if fetch == "all" else None
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(fn, *args)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def _create(self, run: Run) -> Run:
+        now = time.time()
+        run.created_at = run.created_at or now
+        run.updated_at = now
+        self._exec(
+            f"INSERT INTO bastion_runs ({_COLUMNS}) VALUES ({', '.join('?' * 22)})",
+            (
+                run.id, run.tenant, run.thread_id, run.agent, run.status, _dump(run.input), _dump(run.output),
+                run.error, _dump(run.interrupts), _dump(run.resume), run.attempts, run.worker,
+                run.lease_expires_at, int(run.cancel_requested), run.user, _dump(run.metadata), _dump(run.usage),
+                run.cost_usd, run.trace_id, run.checkpoint_before, run.created_at, run.updated_at,
+            ),
+        )  # fmt: skip
+        if self.dialect == "postgres" and run.status == "queued":
+            self._exec(f"NOTIFY {NOTIFY_CHANNEL}, '{run.id}'")
+        return run
+
+    async def create(self, run: Run) -> Run:
+        return await self._run(self._create, run)
+
+    async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
+        query = f"SELECT {_COLUMNS} FROM bastion_runs WHERE id = ?"
+        params: list[Any] = [run_id]
+        if tenant is not None:
+            query += " AND tenant = ?"
+            params.append(tenant)
+        row = await self._run(lambda: self._exec(query, params, fetch="one"))
+        return _row_to_run(row) if row else None
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        thread_id: str | None = None,
+        agent: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[Run]:
+        query = f"SELECT {_COLUMNS} FROM bastion_runs WHERE tenant = ?"
+        params: list[Any] = [tenant]
+        for column, value in (("thread_id", thread_id), ("agent", agent), ("status", status)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                params.append(value)
+        query += " ORDER BY created_at DESC LIMIT ?"
+        params.append(limit)
+        rows = await self._run(lambda: self._exec(query, params, fetch="all"))
+        return [_row_to_run(r) for r in rows]
+
+    def _claim(self, worker: str, lease_seconds: float) -> Run | None:
+        now = time.time()
+        # Runs of one thread execute one at a time: skip threads with a live running run.
+        pick = """SELECT id FROM bastion_runs r WHERE
+                (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < ?))
+                AND NOT EXISTS (SELECT 1 FROM bastion_runs o WHERE o.tenant = r.tenant AND o.thread_id = r.thread_id
+                    AND o.id <> r.id AND o.status = 'running' AND o.lease_expires_at >= ?)
+                AND NOT EXISTS (SELECT 1 FROM bastion_runs e WHERE e.tenant = r.tenant AND e.thread_id = r.thread_id
+                    AND e.status IN ('queued', 'running') AND e.created_at < r.created_at)
+                ORDER BY r.created_at LIMIT 1"""
+        if self.dialect == "postgres":
+            pick += " FOR UPDATE SKIP LOCKED"
+        update = f"""UPDATE bastion_runs SET status = 'running', worker = ?, lease_expires_at = ?,
+                attempts = attempts + 1, updated_at = ? WHERE id = ({pick}) RETURNING {_COLUMNS}"""
+        params = (worker, now + lease_seconds, now, now, now)
+        if self.dialect == "sqlite":
+            conn = self._conn()
+            with self._lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute(update, params).fetchone()
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        else:
+            row = self._exec(update, params, fetch="one")
+        return _row_to_run(row) if row else None
+
+    async def claim(self, worker: str, lease_seconds: float) -> Run | None:
+        return await self._run(self._claim, worker, lease_seconds)
+
+    async def heartbeat(self, run_id: str, worker: str, lease_seconds: float) -> str:
+        """Extend the lease: "ok", "cancel" (a cancel was requested) or "lost" (someone else owns it)."""
+        now = time.time()
+        row = await self._run(
+            lambda: self._exec(
+                "UPDATE bastion_runs SET lease_expires_at = ?, updated_at = ? "
+                "WHERE id = ? AND worker = ? AND status = 'running' RETURNING cancel_requested",
+                (now + lease_seconds, now, run_id, worker),
+                fetch="one",
+            )
+        )
+        if row is None:
+            return "lost"
+        return "cancel" if row[0] else "ok"
+
+    async def finish(
+        self, run_id: str, worker: str, outcome: RunOutcome | None, error: str | None, *, cancelled: bool = False
+    ) -> bool:
+        """Record the end of an attempt; fenced: only the current lease owner may write."""
+        now = time.time()
+        if cancelled:
+            fields = ("cancelled", None, error, _dump([]), _dump({}), 0.0, None)
+        elif outcome is not None:
+            status: RunStatus = outcome.status
+            fields = (
+                status, _dump(outcome.output), None, _dump(outcome.interrupts), _dump(outcome.usage),
+                outcome.cost_usd, outcome.trace_id,
+            )  # fmt: skip
+        else:
+            fields = ("failed", None, error, _dump([]), _dump({}), 0.0, None)
+        row = await self._run(
+            lambda: self._exec(
+                "UPDATE bastion_runs SET status = ?, output = ?, error = ?, interrupts = ?, usage = ?, cost_usd = ?, "
+                "trace_id = COALESCE(?, trace_id), worker = NULL, lease_expires_at = NULL, updated_at = ? "
+                "WHERE id = ? AND worker = ? AND status = 'running' RETURNING id",
+                (*fields, now, run_id, worker),
+                fetch="one",
+            )
+        )
+        return row is not None
+
+    async def update(self, run_id: str, **fields: Any) -> None:
+        allowed = {
+            "status", "resume", "cancel_requested", "error", "worker", "lease_expires_at", "checkpoint_before",
+            "attempts",
+        }  # fmt: skip
+        unknown = set(fields) - allowed
+        if unknown:
+            raise UserError(f"cannot update run fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        values = [_dump(v) if k == "resume" else int(v) if k == "cancel_requested" else v for k, v in fields.items()]
+        await self._run(
+            lambda: self._exec(
+                f"UPDATE bastion_runs SET {sets}, updated_at = ? WHERE id = ?", (*values, time.time(), run_id)
+            )
+        )
+        if self.dialect == "postgres" and fields.get("status") == "queued":
+            await self._run(lambda: self._exec(f"NOTIFY {NOTIFY_CHANNEL}, '{run_id}'"))
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
+        await self._run(
+            lambda: self._exec(
+                "INSERT INTO bastion_run_events (run_id, kind, data, at) VALUES (?, ?, ?, ?)",
+                (run_id, kind, json.dumps(data, default=str), time.time()),
+            )
+        )
+
+    async def events(self, run_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
+        rows = await self._run(
+            lambda: self._exec(
+                "SELECT seq, kind, data FROM bastion_run_events WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, after),
+                fetch="all",
+            )
+        )
+        return [(int(seq), kind, json.loads(data)) for seq, kind, data in rows]
+
+    # -- threads ------------------------------------------------------------------------------
+
+    async def active_for_thread(self, tenant: str, thread_id: str) -> list[Run]:
+        marks = ", ".join("?" * len(ACTIVE))
+        rows = await self._run(
+            lambda: self._exec(
+                f"SELECT {_COLUMNS} FROM bastion_runs WHERE tenant = ? AND thread_id = ? AND status IN ({marks}) "
+                "ORDER BY created_at",
+                (tenant, thread_id, *sorted(ACTIVE)),
+                fetch="all",
+            )
+        )
+        return [_row_to_run(r) for r in rows]
+
+    async def upsert_thread(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> None:
+        await self._run(
+            lambda: self._exec(
+                "INSERT INTO bastion_threads (tenant, thread_id, metadata, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (tenant, thread_id) DO UPDATE SET metadata = excluded.metadata",
+                (tenant, thread_id, json.dumps(metadata), time.time()),
+            )
+        )
+
+    async def list_threads(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._run(
+            lambda: self._exec(
+                "SELECT thread_id, metadata, created_at FROM bastion_threads WHERE tenant = ? "
+                "ORDER BY created_at DESC LIMIT ?",
+                (tenant, limit),
+                fetch="all",
+            )
+        )
+        return [{"thread_id": t, "metadata": json.loads(m or "{}"), "created_at": c} for t, m, c in rows]
+
+    async def delete_thread(self, tenant: str, thread_id: str) -> None:
+        def go() -> None:
+            self._exec(
+                "DELETE FROM bastion_run_events WHERE run_id IN "
+                "(SELECT id FROM bastion_runs WHERE tenant = ? AND thread_id = ?)",
+                (tenant, thread_id),
+            )
+            self._exec("DELETE FROM bastion_runs WHERE tenant = ? AND thread_id = ?", (tenant, thread_id))
+            self._exec("DELETE FROM bastion_threads WHERE tenant = ? AND thread_id = ?", (tenant, thread_id))
+
+        await self._run(go)
+
+    async def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
+def new_run(
+    *, tenant: str, thread_id: str | None, agent: str, input: Any, user: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Run:  # fmt: skip
+    return Run(
+        id=new_id("run_"),
+        tenant=tenant,
+        thread_id=thread_id or new_id("thread_"),
+        agent=agent,
+        status="queued",
+        input=input,
+        user=user,
+        metadata=dict(metadata or {}),
+    )

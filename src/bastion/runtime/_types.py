@@ -1,0 +1,87 @@
+"""Runs: the unit of work of the runtime, and what a runnable agent returns."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from bastion.types import RunContext
+
+RunStatus = Literal["queued", "running", "interrupted", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+ACTIVE: frozenset[str] = frozenset({"queued", "running", "interrupted"})
+
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
+"""What to do with new input for a thread that already has an active run:
+reject it (409), enqueue it behind the active run, interrupt (cancel) the active run and start
+the new one, or roll back: cancel the active run, restore the thread to its state before that
+run, then start the new one."""
+
+
+@dataclass(slots=True)
+class Run:
+    id: str
+    tenant: str
+    thread_id: str
+    agent: str
+    status: RunStatus
+    input: Any
+    output: Any = None
+    error: str | None = None
+    interrupts: list[dict[str, Any]] = field(default_factory=list)
+    resume: Any = None  # the human's decision(s) for a resumed run
+    attempts: int = 0
+    worker: str | None = None
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
+    user: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    trace_id: str | None = None
+    checkpoint_before: str | None = None  # thread checkpoint when the run started (for rollback)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def context(self) -> RunContext:
+        return RunContext(tenant=self.tenant, user=self.user, session=self.thread_id, run_id=self.id, agent=self.agent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """What a runnable returns: finished, or paused waiting for humans."""
+
+    status: Literal["completed", "interrupted"]
+    output: Any = None
+    interrupts: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    trace_id: str | None = None
+
+
+EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""`await emit(kind, data)`: progress events a runnable reports (tokens, tool calls, node ends)."""
+
+
+class Runnable(Protocol):
+    """An agent (or compiled graph) the runtime can drive. Adapters exist for `Agent` and graphs.
+
+    `invoke` must be resumable: called again for the same thread after a crash (`recover=True`)
+    it continues from the last checkpoint instead of starting over, and with `resume` it feeds
+    the human's decision to the pending interrupt(s).
+    """
+
+    async def invoke(
+        self,
+        input: Any,
+        *,
+        thread_id: str,
+        context: RunContext,
+        resume: Any = None,
+        recover: bool = False,
+        emit: EventSink | None = None,
+    ) -> RunOutcome: ...

@@ -1,0 +1,232 @@
+"""Workers: claim runs with leases, keep them alive with heartbeats, drain on SIGTERM.
+
+A worker killed mid-run simply stops heartbeating; once its lease expires another worker
+claims the run and invokes the agent with `recover=True`, which continues from the last
+checkpoint (completed steps and journaled tool calls are not repeated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from bastion.runtime._store import NOTIFY_CHANNEL, RunStore
+from bastion.runtime._types import Run, Runnable, RunOutcome
+from bastion.types import new_id
+
+log = logging.getLogger("bastion.runtime")
+
+
+class Wakeup(Protocol):
+    """Tells idle workers that new work may be there (so they need not poll tightly)."""
+
+    async def wait(self, timeout: float) -> None: ...
+    def notify(self) -> None: ...
+
+
+class LocalWakeup:
+    """In-process wake-ups for embedded mode."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
+
+    def notify(self) -> None:
+        self._event.set()
+
+
+class PostgresWakeup:
+    """LISTEN/NOTIFY wake-ups across processes (the store NOTIFYs on enqueue)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Any = None
+        self.listening = asyncio.Event()  # set once LISTEN is active
+
+    async def wait(self, timeout: float) -> None:
+        import psycopg
+
+        if self._conn is None:
+            self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+            await self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self.listening.set()
+        with contextlib.suppress(TimeoutError):
+            async for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                break
+
+    def notify(self) -> None:  # the store's NOTIFY reaches every listener, this process included
+        pass
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+class Worker:
+    """Runs up to `concurrency` runs at once from `store`, for the agents in `agents`."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        agents: Mapping[str, Runnable],
+        *,
+        worker_id: str | None = None,
+        concurrency: int = 16,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 2.0,
+        wakeup: Wakeup | None = None,
+    ) -> None:
+        self.store = store
+        self.agents = agents
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[:6]}"
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.wakeup: Wakeup = wakeup or LocalWakeup()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._stopping = asyncio.Event()
+        self.completed = 0
+        self._running: dict[str, asyncio.Task[RunOutcome]] = {}
+        self._cancelled: set[str] = set()
+        self.done_callbacks: list[Any] = []  # called with the run id when an attempt ends
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and execute runs until `stop()`; then wait for in-flight runs (drain)."""
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            if self._stopping.is_set():
+                self._slots.release()
+                break
+            try:
+                run = await self.store.claim(self.id, self.lease_seconds)
+            except Exception:
+                self._slots.release()
+                log.exception("claiming a run failed; retrying")
+                await self._idle()
+                continue
+            if run is None:
+                self._slots.release()
+                await self._idle()
+                continue
+            task = asyncio.create_task(self._execute(run))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await self.drain()
+
+    async def _idle(self) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        wake = asyncio.ensure_future(self.wakeup.wait(self.poll_interval))
+        await asyncio.wait({stop, wake}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (stop, wake):
+            t.cancel()
+        await asyncio.gather(stop, wake, return_exceptions=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wakeup.notify()
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop claiming and let in-flight runs finish (drain)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Cancel a run this worker is executing right now (other workers notice at their heartbeat)."""
+        task = self._running.get(run_id)
+        if task is None:
+            return False
+        self._cancelled.add(run_id)
+        task.cancel()
+        return True
+
+    # -- one run ------------------------------------------------------------------------------
+
+    async def _execute(self, run: Run) -> None:
+        try:
+            await self._execute_inner(run)
+        finally:
+            self._slots.release()
+            for cb in self.done_callbacks:
+                cb(run.id)
+
+    async def _execute_inner(self, run: Run) -> None:
+        agent = self.agents.get(run.agent)
+        if agent is None:
+            await self.store.finish(run.id, self.id, None, f"unknown agent {run.agent!r}; register it on the worker")
+            return
+        recover = run.attempts > 1
+        if recover:
+            await self.store.add_event(run.id, "recovered", {"worker": self.id, "attempt": run.attempts})
+
+        async def emit(kind: str, data: dict[str, Any]) -> None:
+            await self.store.add_event(run.id, kind, data)
+
+        await emit("run_started", {"worker": self.id, "attempt": run.attempts})
+        work = asyncio.create_task(
+            agent.invoke(
+                run.input, thread_id=run.thread_id, context=run.context(), resume=run.resume,
+                recover=recover, emit=emit,
+            )
+        )  # fmt: skip
+        self._running[run.id] = work
+        try:
+            lease = await self._keep_lease(run, work)
+        finally:
+            self._running.pop(run.id, None)
+        if run.id in self._cancelled:
+            self._cancelled.discard(run.id)
+            lease = "cancel"
+        if lease == "lost":
+            log.warning("lost the lease on run %s; another worker owns it now", run.id)
+            return
+        if lease == "cancel":
+            await self.store.finish(run.id, self.id, None, "cancelled on request", cancelled=True)
+            await emit("run_cancelled", {})
+            return
+        outcome: RunOutcome | None = None
+        error: str | None = None
+        try:
+            outcome = work.result()
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            log.warning("run %s failed: %s", run.id, error)
+        if await self.store.finish(run.id, self.id, outcome, error):
+            self.completed += 1
+            if outcome is not None:
+                await emit(f"run_{outcome.status}", {"output": outcome.output, "interrupts": outcome.interrupts})
+            else:
+                await emit("run_failed", {"error": error})
+
+    async def _keep_lease(self, run: Run, work: asyncio.Task[RunOutcome]) -> str:
+        """Heartbeat until `work` ends; cancel it if the lease is lost or a cancel is requested."""
+        every = self.lease_seconds / 3
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=every)
+            if done:
+                if work.cancelled():
+                    return "cancel"
+                return "ok"
+            state = await self.store.heartbeat(run.id, self.id, self.lease_seconds)
+            if state != "ok":
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                return state
