@@ -129,7 +129,8 @@ class Gateway:
             default=default,
             route=route,
         )
-        self._fallback_on = fallback_on
+        # A context-window error always falls back: a larger model is the only fix.
+        self._fallback_on = (ContextWindowExceededError, *fallback_on)
         self._windows: dict[str, int | None] = dict(context_windows or {})
         self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
         self.budgets = budgets
@@ -387,7 +388,7 @@ class Gateway:
             except _DeadlineExceeded:
                 raise
             except Exception as e:
-                if not isinstance(e, ContextWindowExceededError | self._fallback_on):
+                if not isinstance(e, self._fallback_on):
                     raise
                 errors.append(e)
                 self.stats.fallbacks += 1
@@ -471,7 +472,7 @@ class Gateway:
             except _DeadlineExceeded:
                 raise
             except Exception as e:
-                if len(plan.slots) == 1 or not isinstance(e, ContextWindowExceededError | self._fallback_on):
+                if len(plan.slots) == 1 or not isinstance(e, self._fallback_on):
                     raise
                 errors.append(e)
                 self.stats.fallbacks += 1
