@@ -2,6 +2,7 @@
 
 from bastion.runtime._runtime import RunConflictError, RunNotFoundError, Runtime
 from bastion.runtime._store import RunStore, SqlRunStore, new_run
+from bastion.runtime._triggers import Schedule, Scheduler, Webhook, sign
 from bastion.runtime._types import MultitaskStrategy, Run, Runnable, RunOutcome, RunStatus
 from bastion.runtime._worker import LocalWakeup, PostgresWakeup, Wakeup, Worker
 
@@ -17,8 +18,12 @@ __all__ = [
     "RunStore",
     "Runnable",
     "Runtime",
+    "Schedule",
+    "Scheduler",
     "SqlRunStore",
     "Wakeup",
+    "Webhook",
     "Worker",
     "new_run",
+    "sign",
 ]
