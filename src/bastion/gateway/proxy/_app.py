@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response, StreamingResponse
 
 from bastion.errors import BastionError, UnknownModelError
+from bastion.gateway.proxy._budgets import GatewayKeyBudgets, key_session
 from bastion.gateway.proxy._codec import (
     BadRequest,
     ChatCompletionBody,
@@ -65,7 +66,7 @@ def _error(reply: ErrorReply) -> Response:
 def _usage_headers(response: ModelResponse, completion_id: str) -> dict[str, str]:
     headers = {
         "x-request-id": completion_id,
-        "x-bastion-model": response.model,
+        "x-bastion-model": public_model_name(response.model),
         "x-bastion-input-tokens": str(response.usage.input_tokens),
         "x-bastion-output-tokens": str(response.usage.output_tokens),
         "x-bastion-cached": "true" if response.cached else "false",
@@ -130,7 +131,13 @@ class _Proxy:
                         "model",
                     )
                 )
-            context = RunContext(tenant=key.tenant, user=key.user, team=key.team, tags={"virtual_key": key.key_id})
+            context = RunContext(
+                tenant=key.tenant,
+                user=key.user,
+                team=key.team,
+                session=key_session(key),
+                tags={"virtual_key": key.key_id},
+            )
             core = to_model_request(body, context)
         except BadRequest as e:
             return _error(ErrorReply(400, e.message, "invalid_request_error", e.code, e.param))
@@ -185,8 +192,6 @@ class _Proxy:
                 elif isinstance(event, ToolCallDelta):
                     yield _sse(writer.tool_call(event))
                 else:
-                    if event.response.model:
-                        writer.model = event.response.model
                     yield _sse(writer.finish(event.response))
                     if writer.include_usage:
                         yield _sse(writer.usage(event.response.usage))
@@ -236,12 +241,26 @@ async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
             log.debug("closing an upstream stream failed", exc_info=True)
 
 
+def public_model_name(name: str) -> str:
+    """A model name safe to show clients: `openai-compat:` targets carry an internal URL."""
+    if name.startswith("openai-compat:"):
+        return "openai-compat:" + name.rpartition("#")[2]
+    return name
+
+
 def _default_models(gateway: object) -> Callable[[], Iterable[str]]:
     def models() -> Iterable[str]:
         fn = getattr(gateway, "model_names", None)
         if callable(fn):
             return cast("Iterable[str]", fn())
-        return ()
+        # Until the gateway publishes its names: tiers, deployment aliases, registered models.
+        router = getattr(gateway, "_router", None)
+        names: list[str] = []
+        for attr in ("_tiers", "_deployments", "_models"):
+            table = getattr(router, attr, None)
+            if isinstance(table, dict):
+                names.extend(str(k) for k in cast("dict[Any, Any]", table))
+        return names
 
     return models
 
@@ -256,9 +275,9 @@ def create_proxy_app(
 ) -> FastAPI:
     """An ASGI app serving `POST /v1/chat/completions`, `GET /v1/models` and `GET /v1/models/{id}`.
 
-    `models` lists what `/v1/models` shows (tiers, aliases, configured models); by default the
-    gateway's `model_names()`. `budget_hook` registers a key's own limits with the gateway's
-    budgets the first time the key is seen. Serve it with any ASGI server, e.g.
+    `models` lists what `/v1/models` shows; by default the gateway's tiers, deployment aliases
+    and registered models. A key's own limits are enforced by the gateway's budgets (see
+    `GatewayKeyBudgets`); `budget_hook` replaces that registration. Serve it with any ASGI server, e.g.
     `uvicorn.run(app, host="127.0.0.1", port=8700)`.
     """
     if callable(models):
@@ -268,7 +287,8 @@ def create_proxy_app(
         list_models = lambda: fixed  # noqa: E731
     else:
         list_models = _default_models(gateway)
-    proxy = _Proxy(gateway, keys, list_models, budget_hook)
+    hook = budget_hook if budget_hook is not None else GatewayKeyBudgets(gateway)
+    proxy = _Proxy(gateway, keys, list_models, hook)
     app = FastAPI(title=title, docs_url=None, redoc_url=None)
     app.state.proxy = proxy
 

@@ -360,7 +360,8 @@ def _tool_call_json(call: ToolCall) -> dict[str, Any]:
 
 
 def completion_json(response: ModelResponse, *, completion_id: str, model: str) -> dict[str, Any]:
-    """A whole `chat.completion` object."""
+    """A whole `chat.completion` object. `model` is the name the client asked for (a tier or
+    alias); the concrete upstream model may carry internal URLs and goes in a header instead."""
     text = response.message.text
     calls = response.message.tool_calls
     message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
@@ -370,7 +371,7 @@ def completion_json(response: ModelResponse, *, completion_id: str, model: str) 
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": response.model or model,
+        "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(response), "logprobs": None}],
         "usage": usage_json(response.usage),
     }
