@@ -106,11 +106,11 @@ def configure_metrics(meter_provider: MeterProvider | None = None) -> Instrument
 
 def record_circuit_state(provider: str, model: str, state: str) -> None:
     """Report a circuit breaker's state (`closed`, `half_open`, `open`)."""
+    if state not in CIRCUIT_STATES:
+        raise ValueError(f"unknown circuit state {state!r}; expected one of {sorted(CIRCUIT_STATES)}")
     inst = STATE.instruments
     if inst is None:
         return
-    if state not in CIRCUIT_STATES:
-        raise ValueError(f"unknown circuit state {state!r}; expected one of {sorted(CIRCUIT_STATES)}")
     inst.circuit.set(CIRCUIT_STATES[state], {sc.GEN_AI_PROVIDER_NAME: provider, sc.GEN_AI_REQUEST_MODEL: model})
 
 

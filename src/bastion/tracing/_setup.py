@@ -145,6 +145,8 @@ def configure_tracing(
         handle.meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
         configure_metrics(handle.meter_provider)
 
+    else:
+        STATE.instruments = None
     if set_global:
         from opentelemetry import trace
 

@@ -415,8 +415,10 @@ class TraceStore:
         with self._done:
             while True:
                 with self._lock:
-                    if self._written + self._failed >= target:
-                        return True
+                    done = self._written + self._failed >= target
+                if done:
+                    self._report_drops()
+                    return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._thread.is_alive():
                     return False
