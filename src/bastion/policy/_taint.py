@@ -79,22 +79,30 @@ def extract_values(text: str, *, numbers: bool = True) -> set[tuple[ValueKind, s
     """Candidate sensitive values in `text`, normalised (IBANs without spaces, lower-case
     addresses and hosts, digits-only numbers, amounts with two decimals)."""
     found: set[tuple[ValueKind, str]] = set()
+    spans: list[tuple[int, int]] = []
     for m in _IBAN.finditer(text):
         found.add(("iban", m.group(0).replace(" ", "")))
-    emails = [m.group(0).lower() for m in _EMAIL.finditer(text)]
-    for e in emails:
+        spans.append(m.span())
+    for m in _EMAIL.finditer(text):
+        e = m.group(0).lower()
         found.add(("email", e))
         found.add(("host", e.rsplit("@", 1)[1]))
+        spans.append(m.span())
     for m in _URL.finditer(text):
         url = m.group(0).rstrip(".,;:!?")
         found.add(("url", url.lower()))
         found.add(("host", _host_of(url)))
+        spans.append(m.span())
     if numbers:
-        for m in _NUMBER.finditer(text):
+        # digits inside an IBAN, address or URL are part of that value, not amounts or phones
+        masked = text
+        for start, end in spans:
+            masked = masked[:start] + " " * (end - start) + masked[end:]
+        for m in _NUMBER.finditer(masked):
             digits = re.sub(r"\D", "", m.group(0))
             if len(digits) >= 7:
                 found.add(("number", digits))
-        for m in _AMOUNT.finditer(text):
+        for m in _AMOUNT.finditer(masked):
             norm = _norm_amount(m.group(0))
             if norm is not None:
                 found.add(("amount", norm))
@@ -180,6 +188,13 @@ class Provenance:
                     sources = self.untrusted.get(("host", host))
             if sources:
                 report.tainted.append(TaintedValue(kind, value, path, tuple(sorted(sources))))
+        # an address or URL already names its host: do not list the host twice
+        covered = {
+            (t.argument, t.value.rsplit("@", 1)[-1] if t.kind == "email" else _host_of(t.value))
+            for t in report.tainted
+            if t.kind in ("email", "url")
+        }
+        report.tainted = [t for t in report.tainted if not (t.kind == "host" and (t.argument, t.value) in covered)]
         return report
 
 
