@@ -152,7 +152,7 @@ async def test_request_timeout_setting_wins_and_raises_model_timeout() -> None:
 
     t = FakeTime()
     gw = gateway(FunctionModel(fn, name="test:hang"), t, retry=RetryPolicy(max_attempts=2, attempt_timeout=60))
-    with pytest.raises(ModelTimeoutError, match="within 0.05s"):
+    with pytest.raises(ModelTimeoutError, match=r"within 0\.05s"):
         await asyncio.wait_for(gw.request(req(timeout=0.05), "test:hang"), 10)
     assert len(t.sleeps) == 1  # timed out twice, retried once
 
@@ -161,7 +161,7 @@ async def test_total_deadline_stops_retrying() -> None:
     t = FakeTime()
     m = ScriptedModel([RateLimitError(429, "x", retry_after=4.0)] * 5, name="test:m")
     gw = gateway(m, t, retry=RetryPolicy(max_attempts=5, deadline=10.0))
-    with pytest.raises(ModelTimeoutError, match="deadline of 10.0s") as info:
+    with pytest.raises(ModelTimeoutError, match=r"deadline of 10\.0s") as info:
         await gw.request(req(), "test:m")
     assert t.sleeps == [4.0, 4.0]  # a third 4 s wait would end past the 10 s deadline
     assert isinstance(info.value.__cause__, RateLimitError)
