@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_chain_verifies_and_survives_reopen(tmp_path: Path) -> None:
         entries = log.entries()
     assert result.ok and result.entries == 8
     assert [e.seq for e in entries] == list(range(1, 9))
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
 
 
 def test_updates_and_deletes_are_refused(tmp_path: Path) -> None:
