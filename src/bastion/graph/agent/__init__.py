@@ -1,0 +1,81 @@
+"""The agent loop and multi-agent patterns, built as graphs on the durable engine.
+
+- `Agent`: model → parallel tool calls (through the tool gateway) → model … → final answer
+  (text or validated structured output); durable, resumable after interrupts, streamable.
+- Handoffs (`handoff`, history filters), agents as tools (`Agent.as_tool`), a `Supervisor`
+  that routes to member agents, and `PlanExecuteVerify` (planner → parallel executors →
+  verifier).
+
+This package is not the engine (`bastion.graph`), the model gateway (`bastion.gateway`) or the
+tool gateway (`bastion.policy`): it only composes them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bastion.graph.agent._history import HistoryFilter, drop_tool_chatter, keep_all, last_user_message
+from bastion.graph.agent._result import (
+    AgentEvent,
+    AgentResult,
+    HandoffEvent,
+    MessageEvent,
+    RunDone,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+)
+
+if TYPE_CHECKING:
+    from bastion.graph.agent._agent import Agent
+    from bastion.graph.agent._handoff import Handoff, handoff
+    from bastion.graph.agent._plan import Plan, PlanExecuteVerify, PlanOutcome, Verdict
+    from bastion.graph.agent._supervisor import Router, Supervisor
+
+# Imported on first use: they pull in pydantic and the engine.
+_LAZY: dict[str, str] = {
+    "Agent": "bastion.graph.agent._agent",
+    "Handoff": "bastion.graph.agent._handoff",
+    "handoff": "bastion.graph.agent._handoff",
+    "Plan": "bastion.graph.agent._plan",
+    "PlanExecuteVerify": "bastion.graph.agent._plan",
+    "PlanOutcome": "bastion.graph.agent._plan",
+    "Verdict": "bastion.graph.agent._plan",
+    "Router": "bastion.graph.agent._supervisor",
+    "Supervisor": "bastion.graph.agent._supervisor",
+}
+
+__all__ = [
+    "Agent",
+    "AgentEvent",
+    "AgentResult",
+    "Handoff",
+    "HandoffEvent",
+    "HistoryFilter",
+    "MessageEvent",
+    "Plan",
+    "PlanExecuteVerify",
+    "PlanOutcome",
+    "Router",
+    "RunDone",
+    "Supervisor",
+    "TokenEvent",
+    "ToolCallEvent",
+    "ToolResultEvent",
+    "Verdict",
+    "drop_tool_chatter",
+    "handoff",
+    "keep_all",
+    "last_user_message",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.graph.agent' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,186 @@
+"""`Agent`: a model, tools and instructions, run as a durable graph until a final answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import cached_property
+from typing import Any, Generic, cast, overload
+
+from bastion._sync import run_sync
+from bastion.errors import UserError
+from bastion.gateway import Model
+from bastion.graph.agent._handoff import Handoff, handoff
+from bastion.graph.agent._output import OutputSpec
+from bastion.graph.agent._resolve import resolve_model_like
+from bastion.graph.agent._result import AgentEvent, AgentResult, OutputT
+from bastion.graph.agent._run import CONTINUE, Runner
+from bastion.tools import Tool, ToolExecutor, tool
+from bastion.types import Message, ModelSettings, RunContext, ToolSpec
+
+AgentInput = str | Message | Sequence[Message]
+Instructions = str | Callable[[RunContext], str]
+
+
+class Agent(Generic[OutputT]):
+    """An LLM agent: the model answers, its tool calls run in parallel through the tool gateway,
+    the results go back to the model, until it gives a final answer.
+
+    - `model`: a `Model`, a `"provider:model"` string, or a gateway tier name (`"strong"`),
+      resolved at first use.
+    - `output_type`: a pydantic model (or any type pydantic can validate) for structured
+      output; an invalid answer is fed back to the model up to `output_retries` times.
+    - `tool_executor`: the tool gateway; defaults to `bastion.policy.ToolGateway()`.
+    - `checkpointer`: makes runs durable and resumable per `thread_id`.
+    - `handoffs`: agents (or `handoff(...)` configs) this agent may pass the conversation to.
+    - `max_turns`: model calls per run before `MaxTurnsExceededError` ends a runaway loop.
+    """
+
+    def __init__(
+        self,
+        model: Model | str,
+        *,
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        instructions: Instructions = "",
+        output_type: type[OutputT] | None = None,
+        name: str = "agent",
+        description: str = "",
+        max_turns: int = 10,
+        output_retries: int = 2,
+        model_settings: ModelSettings | None = None,
+        tool_executor: ToolExecutor | None = None,
+        checkpointer: Any = None,
+        handoffs: Sequence[Agent[Any] | Handoff] = (),
+        gateway: Any = None,
+    ) -> None:
+        if max_turns < 1:
+            raise UserError(f"max_turns must be at least 1, got {max_turns}")
+        if output_retries < 0:
+            raise UserError(f"output_retries must be 0 or more, got {output_retries}")
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise UserError(f"agent name {name!r} must be letters, digits, '_' or '-' (it becomes a tool name)")
+        self.name = name
+        self.description = description
+        self.instructions = instructions
+        self.output_type = output_type
+        self.max_turns = max_turns
+        self.output_retries = output_retries
+        self.model_settings = model_settings or ModelSettings()
+        self.checkpointer = checkpointer
+        self._model = model
+        self._gateway = gateway
+        self._executor = tool_executor
+        self.tools: list[Tool] = [t if isinstance(t, Tool) else tool(t) for t in tools]
+        self.handoffs: list[Handoff] = [h if isinstance(h, Handoff) else handoff(h) for h in handoffs]
+        names = [t.name for t in self.tools] + [h.tool_name for h in self.handoffs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise UserError(f"agent {name!r} has several tools named {duplicates}; tool names must be unique")
+        self.tools_by_name: dict[str, Tool] = {t.name: t for t in self.tools}
+        self.handoffs_by_tool: dict[str, Handoff] = {h.tool_name: h for h in self.handoffs}
+        self.output_spec: OutputSpec | None = OutputSpec.for_type(output_type) if output_type else None
+        self._resolved: Model | None = None
+
+    def __repr__(self) -> str:
+        return f"Agent(name={self.name!r}, model={self.model_name!r}, tools={list(self.tools_by_name)})"
+
+    # --- pieces the loop reads ---------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self._model if isinstance(self._model, str) else self._model.name
+
+    def resolved_model(self) -> Model:
+        if self._resolved is None:
+            self._resolved = resolve_model_like(self._model, self._gateway)
+        return self._resolved
+
+    def executor(self) -> ToolExecutor:
+        if self._executor is None:
+            self._executor = _default_executor(self.name)
+        return self._executor
+
+    def system_messages(self, context: RunContext) -> list[Message]:
+        text = self.instructions(context) if callable(self.instructions) else self.instructions
+        return [Message.system(text)] if text else []
+
+    def tool_specs(self) -> list[ToolSpec]:
+        return [t.spec for t in self.tools] + [h.spec for h in self.handoffs]
+
+    def request_context(self, context: RunContext) -> RunContext:
+        from dataclasses import replace
+
+        return replace(context, agent=self.name)
+
+    @cached_property
+    def _runner(self) -> Runner:
+        return Runner(self)
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        input: AgentInput,
+        *,
+        thread_id: str | None = None,
+        context: RunContext | None = None,
+    ) -> AgentResult[OutputT]:
+        """Run until a final answer (or an interrupt). With a checkpointer, a later `run` on the
+        same `thread_id` continues the conversation."""
+        return cast(AgentResult[OutputT], await self._runner.run(input, thread_id=thread_id, context=context))
+
+    async def resume(
+        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None
+    ) -> AgentResult[OutputT]:
+        """Continue a stopped run. `value` answers the pending interrupt (for example an
+        approval; a dict `{interrupt_id: value}` when several are pending). Without a value,
+        continue a thread that stopped on an error or a crash, at the step that failed."""
+        return cast(AgentResult[OutputT], await self._runner.resume(value, thread_id=thread_id, context=context))
+
+    def run_sync(
+        self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None
+    ) -> AgentResult[OutputT]:
+        return run_sync(self.run(input, thread_id=thread_id, context=context))
+
+    def resume_sync(
+        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None
+    ) -> AgentResult[OutputT]:
+        return run_sync(self.resume(value, thread_id=thread_id, context=context))
+
+    @overload
+    def stream(
+        self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None
+    ) -> AsyncIterator[AgentEvent]: ...
+    @overload
+    def stream(
+        self, input: None, *, resume: Any = CONTINUE, thread_id: str, context: RunContext | None = None
+    ) -> AsyncIterator[AgentEvent]: ...
+    def stream(
+        self,
+        input: AgentInput | None,
+        *,
+        resume: Any = CONTINUE,
+        thread_id: str | None = None,
+        context: RunContext | None = None,
+    ) -> AsyncIterator[AgentEvent]:
+        """Run and yield events as they happen: model tokens, tool calls and results, complete
+        messages, handoffs; the last event is `RunDone` carrying the `AgentResult`. Pass
+        `input=None, resume=value` to continue an interrupted run (as `resume()` does)."""
+        return self._runner.stream(input, resume=resume, thread_id=thread_id, context=context)
+
+    def as_tool(self, name: str | None = None, description: str | None = None) -> Tool:
+        """This agent as a tool another agent can call with a task; the tool returns the final
+        answer (text, or the structured output as JSON)."""
+        from bastion.graph.agent._as_tool import agent_tool
+
+        return agent_tool(self, name=name, description=description)
+
+
+def _default_executor(agent: str) -> ToolExecutor:
+    try:
+        from bastion.policy import ToolGateway  # pyright: ignore[reportAttributeAccessIssue]
+    except ImportError:
+        raise UserError(
+            f"agent {agent!r} has no tool_executor and bastion.policy.ToolGateway is not available; "
+            "pass tool_executor=... (in tests: bastion.testing.DirectToolExecutor())"
+        ) from None
+    return cast(ToolExecutor, ToolGateway())

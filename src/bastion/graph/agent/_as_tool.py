@@ -1,0 +1,44 @@
+"""An agent as a tool: another agent delegates a task to it and gets its final answer back.
+
+The sub-agent runs as a fresh, ephemeral conversation (it sees only the task), under the same
+`RunContext` as the caller. The calling agent journals the tool call like any other, so a
+resumed parent never re-runs a sub-agent that already answered.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bastion.graph.agent._runtime import current_runtime
+from bastion.tools import Tool, tool
+
+if TYPE_CHECKING:
+    from bastion.graph.agent._agent import Agent
+
+
+def agent_tool(agent: Agent[Any], *, name: str | None = None, description: str | None = None) -> Tool:
+    async def run_agent(task: str) -> Any:
+        """Args:
+        task: what the agent should do, with every detail it needs (it sees nothing else)
+        """
+        result = await agent.run(task, context=current_runtime().context)
+        if result.interrupted:
+            from bastion.errors import ToolError
+
+            raise ToolError(
+                f"agent {agent.name!r} stopped at an interrupt, which is not supported inside agent.as_tool(); "
+                "use a handoff or run it directly",
+                tool=name or agent.name,
+            )
+        if agent.output_spec is not None:
+            return agent.output_spec.adapter.dump_python(result.output, mode="json")
+        return result.output
+
+    return tool(
+        name=name or agent.name,
+        description=description or agent.description or f"Ask the {agent.name} agent to do a task.",
+        side_effect="none",
+        idempotent=False,
+        timeout=None,
+        trust="untrusted",
+    )(run_agent)

@@ -1,0 +1,243 @@
+"""The agent loop as a graph: `model` → one `tool` task per call (in parallel) → `model` …
+→ final answer; a handoff call goes to `handoff`, which switches the active agent.
+
+One graph serves a single agent and a group of agents connected by handoffs: the state names
+the active agent, and the nodes act for whichever agent is active. Every model call and every
+tool call runs inside `memo`, and each tool call is its own engine task (with its own
+pending writes and interrupt ids), so a run resumed from a checkpoint (after a crash or an
+approval interrupt) replays completed calls instead of repeating them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+
+from bastion.errors import MaxTurnsExceededError, OutputValidationError
+from bastion.gateway import collect
+from bastion.graph import END, Send, append, emit, memo
+from bastion.graph.agent._codec import response_from_dict, response_to_dict, result_from_dict, result_to_dict
+from bastion.graph.agent._history import tag
+from bastion.graph.agent._output import OutputInvalid
+from bastion.graph.agent._result import (
+    HandoffEvent,
+    MessageEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+)
+from bastion.graph.agent._runtime import current_runtime
+from bastion.tools import ToolCallContext
+from bastion.types import (
+    Message,
+    ModelRequest,
+    ModelResponse,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from bastion.graph.agent._agent import Agent
+
+
+class AgentState(TypedDict, total=False):
+    messages: Annotated[list[Message], append]  # the whole thread, oldest first
+    run_id: str  # scopes journal keys to one run of the thread
+    active: str  # the agent whose turn it is ("" = the entry agent)
+    view_prefix: list[Message]  # history handed over at the last handoff (already filtered)
+    view_start: int  # messages[view_start:] follow the handed-over prefix
+    turns: int  # model calls in this run
+    retries: int  # structured-output retries used in this run
+    output: Any  # the final answer in JSON form
+    usage: dict[str, int]
+    cost: float
+    done: bool
+
+
+@dataclass(slots=True)
+class AgentGroup:
+    """The agents one graph can hand control between, by name; `entry` starts a thread."""
+
+    entry: str
+    agents: dict[str, Agent[Any]]
+
+    @classmethod
+    def reachable_from(cls, entry: Agent[Any]) -> AgentGroup:
+        from bastion.errors import UserError
+
+        agents: dict[str, Agent[Any]] = {}
+        todo = [entry]
+        while todo:
+            agent = todo.pop()
+            seen = agents.get(agent.name)
+            if seen is agent:
+                continue
+            if seen is not None:
+                raise UserError(f"two different agents are both named {agent.name!r}; give each agent a unique name=")
+            agents[agent.name] = agent
+            todo.extend(h.target for h in agent.handoffs)
+        return cls(entry.name, agents)
+
+    def active(self, state: Mapping[str, Any]) -> Agent[Any]:
+        return self.agents[state.get("active") or self.entry]
+
+
+def view(state: Mapping[str, Any]) -> list[Message]:
+    """The history the active agent sees."""
+    messages: list[Message] = state.get("messages") or []
+    return [*(state.get("view_prefix") or []), *messages[state.get("view_start") or 0 :]]
+
+
+async def _call_model(agent: Agent[Any], request: ModelRequest) -> ModelResponse:
+    model = agent.resolved_model()
+    runtime = current_runtime()
+    if not runtime.streaming:
+        return await model.request(request)
+
+    async def events() -> AsyncIterator[StreamEvent]:
+        async for event in model.stream(request):
+            if isinstance(event, TextDelta) and event.text:
+                emit("token", TokenEvent(agent.name, event.text))
+            yield event
+
+    return await collect(events())
+
+
+def make_model_node(group: AgentGroup) -> Any:
+    async def model_node(state: AgentState) -> dict[str, Any]:
+        agent = group.active(state)
+        turns = state.get("turns") or 0
+        if turns >= agent.max_turns:
+            raise MaxTurnsExceededError(
+                f"agent {agent.name!r} made {turns} model calls without a final answer (max_turns="
+                f"{agent.max_turns}); raise max_turns=, or check that the tools give the model what it needs"
+            )
+        runtime = current_runtime()
+        request = ModelRequest(
+            messages=[*agent.system_messages(runtime.context), *view(state)],
+            tools=agent.tool_specs(),
+            output=agent.output_spec.schema if agent.output_spec else None,
+            settings=agent.model_settings,
+            context=agent.request_context(runtime.context),
+        )
+
+        async def call() -> dict[str, Any]:
+            response = await _call_model(agent, request)
+            tag(response.message, agent.name)
+            response.message.name = agent.name
+            emit("message", MessageEvent(agent.name, response.message))
+            return response_to_dict(response)
+
+        key = f"{state.get('run_id', '')}:model:{agent.name}:{turns}"
+        response = response_from_dict(await memo(key, call))
+        message = response.message
+        usage = Usage.from_dict(state.get("usage") or {}) + response.usage
+        update: dict[str, Any] = {
+            "messages": [message],
+            "turns": turns + 1,
+            "usage": usage.to_dict(),
+            "cost": (state.get("cost") or 0.0) + (response.cost_usd or 0.0),
+        }
+        if message.tool_calls:
+            return update
+        spec = agent.output_spec
+        if spec is None:
+            return {**update, "output": message.text, "done": True}
+        try:
+            return {**update, "output": spec.parse(message.text), "done": True}
+        except OutputInvalid as e:
+            retries = state.get("retries") or 0
+            if retries >= agent.output_retries:
+                raise OutputValidationError(
+                    f"agent {agent.name!r}: the final answer did not match {spec.schema.name} after "
+                    f"{retries + 1} attempts ({e.problems}); raise output_retries=, simplify the output "
+                    "type, or use a model that supports structured output",
+                    model=response.model or None,
+                ) from None
+            return {**update, "messages": [message, spec.feedback(e.problems)], "retries": retries + 1}
+
+    return model_node
+
+
+def make_router(group: AgentGroup) -> Any:
+    """After a model turn: finish, retry the model, hand off, or fan the tool calls out, one
+    task per call, so they run in parallel and each has its own journal and interrupt ids."""
+
+    def route_after_model(state: AgentState) -> Any:
+        if state.get("done"):
+            return END
+        messages = state.get("messages") or []
+        last = messages[-1] if messages else None
+        if last is None or last.role != "assistant" or not last.tool_calls:
+            return "model"  # structured-output retry: the feedback message is the newest turn
+        agent = group.active(state)
+        if any(c.name in agent.handoffs_by_tool for c in last.tool_calls):
+            return "handoff"
+        history = view(state)
+        return [
+            Send("tool", {"agent": agent.name, "call": c, "history": history, "run_id": state.get("run_id", "")})
+            for c in last.tool_calls
+        ]
+
+    return route_after_model
+
+
+def make_tool_node(group: AgentGroup) -> Any:
+    async def tool_node(job: dict[str, Any]) -> dict[str, Any]:
+        agent = group.agents[job["agent"]]
+        call: ToolCall = job["call"]
+        runtime = current_runtime()
+
+        async def run() -> dict[str, Any]:
+            emit("tool_call", ToolCallEvent(agent.name, call))
+            result = await agent.executor().execute(
+                call,
+                agent.tools_by_name,
+                ToolCallContext(run=agent.request_context(runtime.context), messages=job["history"], agent=agent.name),
+            )
+            emit("tool_result", ToolResultEvent(agent.name, result))
+            return result_to_dict(result)
+
+        result = result_from_dict(await memo(f"{job['run_id']}:tool:{call.id}", run))
+        return {"messages": [tag(Message.tool(result), agent.name)]}
+
+    return tool_node
+
+
+def make_handoff_node(group: AgentGroup) -> Any:
+    async def handoff_node(state: AgentState) -> dict[str, Any]:
+        """Follow the first handoff of the turn; the turn's other calls are not run (the
+        receiving agent decides afresh), and the model is told so."""
+        agent = group.active(state)
+        history = view(state)
+        calls = history[-1].tool_calls
+        chosen = next(agent.handoffs_by_tool[c.name] for c in calls if c.name in agent.handoffs_by_tool)
+        target = chosen.target.name
+        results: list[Message] = []
+        followed = False
+        for call in calls:
+            if call.name == chosen.tool_name and not followed:
+                followed = True
+                content: Any = {"transferred_to": target}
+                results.append(tag(Message.tool(ToolResult(call.id, call.name, content, trust="trusted")), agent.name))
+            else:
+                skipped = {"error": "NotRun", "message": f"not run: the conversation was handed to {target}"}
+                results.append(
+                    tag(
+                        Message.tool(ToolResult(call.id, call.name, skipped, is_error=True, trust="trusted")),
+                        agent.name,
+                    )
+                )
+        emit("handoff", HandoffEvent(agent.name, target))
+        return {
+            "messages": results,
+            "active": target,
+            "view_prefix": chosen.filter([*history, *results]),
+            "view_start": len(state.get("messages") or []) + len(results),
+        }
+
+    return handoff_node

@@ -1,0 +1,73 @@
+"""Running an agent as one step of a multi-agent graph: journalled, so a resumed parent never
+runs a member again once it has answered, and its spend rolls up into the parent's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from bastion.errors import UserError
+from bastion.graph import memo
+from bastion.graph.agent._runtime import current_runtime
+from bastion.types import Message, Usage
+
+if TYPE_CHECKING:
+    from bastion.graph.agent._agent import Agent, AgentInput
+
+
+async def run_member(agent: Agent[Any], input: AgentInput, *, key: str) -> dict[str, Any]:
+    """Run `agent` to its final answer as an ephemeral sub-run; returns the journalled record
+    `{"agent", "output" (JSON form), "text", "usage", "cost"}`."""
+
+    async def call() -> dict[str, Any]:
+        result = await agent.run(input, context=current_runtime().context)
+        if result.interrupted:
+            raise UserError(
+                f"member agent {agent.name!r} stopped at an interrupt; interrupts inside multi-agent members "
+                "are not supported yet: give the member tools that need no approval, or use a handoff"
+            )
+        spec = agent.output_spec
+        output = spec.adapter.dump_python(result.output, mode="json") if spec else result.output
+        return {
+            "agent": agent.name,
+            "output": output,
+            "text": output if isinstance(output, str) else result.text,
+            "usage": result.usage.to_dict(),
+            "cost": result.cost,
+        }
+
+    return await memo(key, call)
+
+
+def spend_of(record: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """A spend entry (appended to the state) for one member's record."""
+    return {"run_id": run_id, "usage": dict(record.get("usage") or {}), "cost": float(record.get("cost") or 0.0)}
+
+
+def total_spend(entries: Iterable[Mapping[str, Any]], run_id: str | None) -> tuple[Usage, float]:
+    """Usage and cost of one run (a thread keeps the entries of all its runs)."""
+    usage = Usage()
+    cost = 0.0
+    for entry in entries:
+        if entry.get("run_id") != run_id:
+            continue
+        usage = usage + Usage.from_dict(entry.get("usage") or {})
+        cost += float(entry.get("cost") or 0.0)
+    return usage, cost
+
+
+def said_by(agent: str, text: str) -> Message:
+    """An assistant message attributed to a member agent."""
+    from bastion.graph.agent._history import tag
+
+    message = Message.assistant(text)
+    message.name = agent
+    return tag(message, agent)
+
+
+def output_text(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    import json
+
+    return json.dumps(output, ensure_ascii=False, default=str)

@@ -1,0 +1,203 @@
+"""Drives an agent's compiled graph: builds it once, turns inputs into state, and the final
+state (or the pending interrupts) into an `AgentResult`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from bastion.graph.agent._loop import (
+    AgentGroup,
+    AgentState,
+    make_handoff_node,
+    make_model_node,
+    make_router,
+    make_tool_node,
+)
+from bastion.graph.agent._result import AgentEvent, AgentResult, RunDone
+from bastion.graph.agent._runtime import Runtime, use_runtime
+from bastion.types import Message, RunContext, Usage, new_id
+
+if TYPE_CHECKING:
+    from bastion.graph.agent._agent import Agent, AgentInput
+
+
+class _Continue:
+    def __repr__(self) -> str:
+        return "CONTINUE"
+
+
+CONTINUE: Any = _Continue()
+"""`resume()` without a value: continue after an error rather than answer an interrupt."""
+
+
+def to_messages(input: AgentInput) -> list[Message]:
+    if isinstance(input, str):
+        return [Message.user(input)]
+    if isinstance(input, Message):
+        return [input]
+    return list(input)
+
+
+class GraphRunner:
+    """Compiles a graph once and runs it per thread; subclasses say how to build the graph,
+    what the input state of a run is, and how the final state reads as an `AgentResult`."""
+
+    checkpointer: Any = None
+
+    def __init__(self) -> None:
+        self._app: Any = None
+        self._checkpointer: Any = None
+        self._owned = False
+
+    def build(self) -> Any:
+        """Return the `Graph` (uncompiled)."""
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
+    def step_limit(self) -> int:
+        return 100
+
+    def start(self, input: AgentInput) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__}.start")
+
+    def to_result(self, values: dict[str, Any], interrupts: list[Any], thread_id: str) -> AgentResult[Any]:
+        raise NotImplementedError(f"{type(self).__name__}.to_result")
+
+    def app(self) -> Any:
+        if self._app is None:
+            checkpointer = self.checkpointer
+            self._owned = checkpointer is None
+            if checkpointer is None:
+                from bastion.checkpoint import MemoryCheckpointer
+
+                checkpointer = MemoryCheckpointer()
+            self._checkpointer = checkpointer
+            self._app = self.build().compile(checkpointer=checkpointer, step_limit=self.step_limit())
+        return self._app
+
+    async def run(self, input: AgentInput, *, thread_id: str | None, context: RunContext | None) -> AgentResult[Any]:
+        return await self._invoke(self.start(input), thread_id, context)
+
+    async def resume(self, value: Any, *, thread_id: str, context: RunContext | None) -> AgentResult[Any]:
+        from bastion.graph import Command
+
+        return await self._invoke(None if value is CONTINUE else Command(resume=value), thread_id, context)
+
+    async def _invoke(self, input: Any, thread_id: str | None, context: RunContext | None) -> AgentResult[Any]:
+        thread = thread_id or new_id("thread_")
+        context = context or RunContext()
+        with use_runtime(Runtime(context=context)):
+            await self.app().ainvoke(input, thread_id=thread, context=context)
+        result = await self.result(thread)
+        await self._forget(thread_id, result)
+        return result
+
+    async def _forget(self, thread_id: str | None, result: AgentResult[Any]) -> None:
+        # With the default in-memory checkpointer, a run without a thread_id cannot be continued
+        # later, so its checkpoints are kept only while it waits on an interrupt (then
+        # result.thread_id is the handle to resume it); otherwise they would pile up.
+        if self._owned and thread_id is None and not result.interrupted:
+            await self._checkpointer.delete_thread(result.thread_id)
+
+    async def stream(
+        self, input: AgentInput | None, *, resume: Any, thread_id: str | None, context: RunContext | None
+    ) -> AsyncIterator[AgentEvent]:
+        from bastion.graph import Command
+
+        thread = thread_id or new_id("thread_")
+        context = context or RunContext()
+        if input is not None:
+            graph_input: Any = self.start(input)
+        else:
+            graph_input = None if resume is CONTINUE else Command(resume=resume)
+        with use_runtime(Runtime(context=context, streaming=True)):
+            async for event in self.app().astream(graph_input, thread_id=thread, context=context):
+                payload = _custom_payload(event)
+                if payload is not None:
+                    yield payload
+        result = await self.result(thread)
+        await self._forget(thread_id, result)
+        yield RunDone(result)
+
+    async def result(self, thread_id: str) -> AgentResult[Any]:
+        snapshot = await self.app().aget_state(thread_id)
+        return self.to_result(dict(snapshot.values or {}), list(snapshot.interrupts or []), thread_id)
+
+
+class Runner(GraphRunner):
+    """Runs one agent (and the agents it can hand off to) as the model/tools loop."""
+
+    def __init__(self, agent: Agent[Any]) -> None:
+        super().__init__()
+        self.agent = agent
+        self.checkpointer = agent.checkpointer
+        self._group: AgentGroup | None = None
+
+    @property
+    def group(self) -> AgentGroup:
+        if self._group is None:
+            self._group = AgentGroup.reachable_from(self.agent)
+        return self._group
+
+    def build(self) -> Any:
+        from bastion.graph import START, Graph
+
+        group = self.group
+        graph = Graph(AgentState)
+        graph.add_node("model", make_model_node(group))
+        graph.add_node("tool", make_tool_node(group))
+        graph.add_node("handoff", make_handoff_node(group))
+        graph.add_edge(START, "model")
+        graph.add_conditional_edges("model", make_router(group))
+        graph.add_edge("tool", "model")
+        graph.add_edge("handoff", "model")
+        return graph
+
+    def step_limit(self) -> int:
+        # The agents' own max_turns end a loop first (with a clearer error); this backs it up.
+        return 2 * max(a.max_turns for a in self.group.agents.values()) + 4
+
+    def start(self, input: AgentInput) -> dict[str, Any]:
+        return {
+            "messages": to_messages(input),
+            "run_id": new_id("run_"),
+            "turns": 0,
+            "retries": 0,
+            "output": None,
+            "usage": {},
+            "cost": 0.0,
+            "done": False,
+        }
+
+    def to_result(self, values: dict[str, Any], interrupts: list[Any], thread_id: str) -> AgentResult[Any]:
+        agent = self.group.active(values)
+        output: Any = None
+        if values.get("done") and not interrupts:
+            stored = values.get("output")
+            output = agent.output_spec.load(stored) if agent.output_spec else stored
+        messages: Sequence[Message] = values.get("messages") or []
+        return AgentResult(
+            output=output,
+            messages=list(messages),
+            usage=Usage.from_dict(values.get("usage") or {}),
+            cost=float(values.get("cost") or 0.0),
+            interrupts=interrupts,
+            thread_id=thread_id,
+            agent=agent.name,
+            turns=int(values.get("turns") or 0),
+        )
+
+
+def _custom_payload(event: Any) -> AgentEvent | None:
+    from bastion.graph.agent._result import (
+        HandoffEvent,
+        MessageEvent,
+        TokenEvent,
+        ToolCallEvent,
+        ToolResultEvent,
+    )
+
+    data = getattr(event, "data", event)
+    if isinstance(data, TokenEvent | ToolCallEvent | ToolResultEvent | MessageEvent | HandoffEvent):
+        return data
+    return None
