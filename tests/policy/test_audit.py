@@ -76,7 +76,11 @@ def test_tampering_with_raw_sql_is_detected(tmp_path: Path, tamper: str) -> None
         elif tamper == "delete_middle":
             db.execute("DELETE FROM audit_log WHERE seq = 2")
         else:
-            db.execute("UPDATE audit_log SET hash = 'f' || substr(hash, 2) WHERE seq = 3")
+            # flip the first hex digit (always a real change)
+            db.execute(
+                "UPDATE audit_log SET hash = CASE WHEN substr(hash, 1, 1) = '0' THEN '1' ELSE '0' END"
+                " || substr(hash, 2) WHERE seq = 3"
+            )
     finally:
         db.close()
     with AuditLog(path) as log:
