@@ -1,0 +1,416 @@
+"""Gateway benchmark: Bastion's added latency and proxy throughput vs LiteLLM, in one run.
+
+    python bench/gateway.py [--quick]
+
+Upstream: `FakeOpenAIServer` in its own process. Measured side by side:
+
+(a) per-call latency (p50/p95) and throughput at concurrency 1 and 50 for a bare aiohttp POST,
+    `Gateway.request` (default config, and with the cache disabled) and `litellm.acompletion`;
+    "added" latency = p50 minus the bare aiohttp p50.
+(b) proxy throughput (requests/s at concurrency 50, bounded count and time) of the Bastion proxy
+    (uvicorn, 1 worker) vs the LiteLLM proxy (`litellm --config`, 1 worker), both in their own
+    process, driven by the same aiohttp load generator.
+
+LiteLLM is installed only in `.bench-venv` (see bench/requirements.txt); when it is missing
+from this interpreter the script re-runs itself there (creating it once). A peer that cannot
+be installed or started is reported as "n/a", never estimated. Writes bench/results/gateway.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import (
+    ROOT,
+    child,
+    ensure_bench_venv,
+    fmt,
+    free_port,
+    has_module,
+    machine_note,
+    percentile,
+    table,
+    write_results,
+)
+
+MODEL = "fake-model"
+MASTER_KEY = "sk-bench-master"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}
+# LiteLLM fetches its price map from GitHub at import unless told otherwise; there is no network here.
+PEER_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"}
+
+
+@dataclass
+class Run:
+    name: str
+    concurrency: int
+    calls: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    rps: float
+
+
+async def measure(
+    name: str, call: Callable[[int], Awaitable[Any]], *, concurrency: int, count: int, max_seconds: float
+) -> Run:
+    """`count` calls (fewer if `max_seconds` runs out) from `concurrency` workers."""
+    latencies: list[float] = []
+    errors = 0
+    next_i = 0
+    deadline = time.perf_counter() + max_seconds
+    first_error: list[BaseException] = []
+
+    async def worker() -> None:
+        nonlocal next_i, errors
+        while next_i < count and time.perf_counter() < deadline:
+            i = next_i
+            next_i += 1
+            t0 = time.perf_counter()
+            try:
+                await call(i)
+            except Exception as e:
+                errors += 1
+                if not first_error:
+                    first_error.append(e)
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout=max_seconds + 30)
+    elapsed = time.perf_counter() - started
+    if first_error:
+        print(f"  {name}: {errors} errors, first: {type(first_error[0]).__name__}: {first_error[0]}", flush=True)
+    ms = [x * 1000 for x in latencies]
+    return Run(
+        name,
+        concurrency,
+        len(latencies),
+        errors,
+        elapsed,
+        percentile(ms, 50),
+        percentile(ms, 95),
+        len(latencies) / elapsed if elapsed else 0.0,
+    )
+
+
+# --- (a) in-process clients ---------------------------------------------------------------------
+
+
+async def client_latency(base_url: str, quick: bool) -> tuple[list[Run], dict[str, str]]:
+    import aiohttp
+
+    from bastion.gateway import Gateway
+    from bastion.gateway._http import aclose_http_sessions
+    from bastion.types import Message, ModelRequest, ModelSettings
+
+    runs: list[Run] = []
+    notes: dict[str, str] = {}
+    n1, n50, limit = (150, 600, 6.0) if quick else (400, 2000, 12.0)
+    target = f"openai-compat:{base_url}#{MODEL}"
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+
+    async def bare(i: int) -> Any:
+        body = {**BODY, "messages": [{"role": "user", "content": f"Say hello in five words. {i}"}]}
+        async with session.post(f"{base_url}/chat/completions", json=body) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    def request(i: int) -> ModelRequest:
+        return ModelRequest([Message.user(f"Say hello in five words. {i}")], settings=ModelSettings(max_tokens=16))
+
+    default_gw = Gateway()
+    nocache_gw = Gateway(cache=False)
+
+    async def bastion_default(i: int) -> Any:
+        return await default_gw.request(request(i), target)
+
+    async def bastion_nocache(i: int) -> Any:
+        return await nocache_gw.request(request(i), target)
+
+    contenders: list[tuple[str, Callable[[int], Awaitable[Any]]]] = [
+        ("bare aiohttp", bare),
+        ("Bastion Gateway.request (default)", bastion_default),
+        ("Bastion Gateway.request (cache off)", bastion_nocache),
+    ]
+    try:
+        import litellm  # pyright: ignore[reportMissingImports]
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+
+        async def litellm_call(i: int) -> Any:
+            return await litellm.acompletion(
+                model=f"openai/{MODEL}",
+                api_base=base_url,
+                api_key="sk-fake",
+                messages=[{"role": "user", "content": f"Say hello in five words. {i}"}],
+                max_tokens=16,
+            )
+
+        from importlib.metadata import version
+
+        notes["litellm version"] = version("litellm")
+        contenders.append(("litellm.acompletion", litellm_call))
+    except ImportError:
+        notes["litellm.acompletion"] = "n/a (not installed)"
+
+    try:
+        for name, call in contenders:
+            for _ in range(30):  # warm-up: connection pools, imports, price lookups
+                await call(0)
+            for concurrency, count in ((1, n1), (50, n50)):
+                run = await measure(name, call, concurrency=concurrency, count=count, max_seconds=limit)
+                runs.append(run)
+                print(
+                    f"  {name:40s} c={concurrency:<3d} p50 {run.p50_ms:7.3f} ms  p95 {run.p95_ms:7.3f} ms  "
+                    f"{run.rps:8.0f} calls/s",
+                    flush=True,
+                )
+    finally:
+        await session.close()
+        await default_gw.aclose()
+        await nocache_gw.aclose()
+        await aclose_http_sessions()
+    return runs, notes
+
+
+# --- (b) proxies in their own processes ---------------------------------------------------------
+
+
+def serve_bastion_proxy(port: int, upstream: str, key: str) -> None:
+    """Child-process entry: the Bastion proxy with one virtual key, one uvicorn worker."""
+    import uvicorn
+
+    from bastion.gateway import Gateway
+    from bastion.gateway.proxy import InMemoryKeyStore, VirtualKey, hash_key
+
+    gateway = Gateway(models={MODEL: _resolve(f"openai-compat:{upstream}#{MODEL}")})
+    keys = InMemoryKeyStore([VirtualKey(key_id="bench", key_hash=hash_key(key), tenant="bench")])
+    from bastion.gateway.proxy import create_proxy_app
+
+    app = create_proxy_app(gateway, keys=keys)
+    uvicorn.run(app, host="127.0.0.1", port=port, workers=1, log_level="warning", access_log=False)
+
+
+def _resolve(name: str) -> Any:
+    from bastion.gateway import resolve_model
+
+    return resolve_model(name)
+
+
+async def load(url: str, key: str, *, concurrency: int, count: int, max_seconds: float, name: str) -> Run:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def call(i: int) -> Any:
+            async with session.post(f"{url}/chat/completions", json=BODY, headers=headers) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+                return await resp.read()
+
+        for _ in range(20):
+            await call(0)
+        return await measure(name, call, concurrency=concurrency, count=count, max_seconds=max_seconds)
+
+
+async def proxy_throughput(upstream: str, quick: bool, logdir: Path) -> tuple[list[Run], dict[str, str]]:
+    runs: list[Run] = []
+    notes: dict[str, str] = {}
+    count, limit = (1500, 8.0) if quick else (4000, 15.0)
+
+    port = free_port()
+    key = "bst-bench-" + os.urandom(8).hex()
+    cmd = [sys.executable, __file__, "--serve-bastion-proxy", str(port), upstream, key]
+    with child(cmd, ready_url=f"http://127.0.0.1:{port}/v1/models", timeout=30, log=logdir / "bastion-proxy.log"):
+        run = await load(
+            f"http://127.0.0.1:{port}/v1", key, concurrency=50, count=count, max_seconds=limit, name="Bastion proxy"
+        )
+        runs.append(run)
+        print(f"  Bastion proxy   {run.rps:8.0f} req/s  (p50 {run.p50_ms:.2f} ms, {run.errors} errors)", flush=True)
+
+    litellm_bin = Path(sys.executable).parent / "litellm"
+    if not has_module("litellm.proxy.proxy_server") or not litellm_bin.exists():
+        notes["LiteLLM proxy"] = "n/a (litellm[proxy] not installed)"
+        return runs, notes
+    port = free_port()
+    config = logdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {upstream}\n"
+        "      api_key: sk-fake\n"
+        "general_settings:\n"
+        f"  master_key: {MASTER_KEY}\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+    )
+    cmd = [str(litellm_bin), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    try:
+        with child(
+            cmd,
+            ready_url=f"http://127.0.0.1:{port}/health/liveliness",
+            timeout=90,
+            env=PEER_ENV,
+            log=logdir / "litellm-proxy.log",
+        ):
+            run = await load(
+                f"http://127.0.0.1:{port}/v1",
+                MASTER_KEY,
+                concurrency=50,
+                count=count,
+                max_seconds=limit,
+                name="LiteLLM proxy",
+            )
+            runs.append(run)
+            print(f"  LiteLLM proxy   {run.rps:8.0f} req/s  (p50 {run.p50_ms:.2f} ms, {run.errors} errors)", flush=True)
+    except (RuntimeError, TimeoutError) as e:
+        notes["LiteLLM proxy"] = f"n/a (could not start: {e})"
+    return runs, notes
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick: bool) -> dict[str, Any]:
+    by = {(r.name, r.concurrency): r for r in latency}
+    bare = by.get(("bare aiohttp", 1))
+    rows = []
+    for r in latency:
+        added = r.p50_ms - bare.p50_ms if bare and r.name != "bare aiohttp" and r.concurrency == 1 else None
+        rows.append(
+            [
+                r.name,
+                str(r.concurrency),
+                fmt(r.p50_ms, 3),
+                fmt(r.p95_ms, 3),
+                fmt(added, 3),
+                fmt(r.rps, 0),
+                str(r.calls),
+                str(r.errors),
+            ]
+        )
+    for name, note in notes.items():
+        if note.startswith("n/a") and "proxy" not in name.lower():
+            rows.append([name, "-", note, "", "", "", "", ""])
+    print()
+    print(table(["client", "conc.", "p50 ms", "p95 ms", "added p50 ms", "calls/s", "calls", "errors"], rows))
+
+    def added(name_prefix: str) -> float | None:
+        run = next((r for r in latency if r.name.startswith(name_prefix) and r.concurrency == 1), None)
+        return run.p50_ms - bare.p50_ms if run and bare else None
+
+    bastion_added = added("Bastion Gateway.request (default)")
+    litellm_added = added("litellm.acompletion")
+    ratio = litellm_added / bastion_added if bastion_added and litellm_added and bastion_added > 0 else None
+
+    prow = [[r.name, fmt(r.rps, 0), fmt(r.p50_ms, 2), fmt(r.p95_ms, 2), str(r.calls), str(r.errors)] for r in proxies]
+    for name, note in notes.items():
+        if note.startswith("n/a") and "proxy" in name.lower():
+            prow.append([name, note, "", "", "", ""])
+    print()
+    print(table(["proxy (1 worker, c=50)", "req/s", "p50 ms", "p95 ms", "requests", "errors"], prow))
+    bastion_rps = next((r.rps for r in proxies if r.name == "Bastion proxy"), None)
+    litellm_rps = next((r.rps for r in proxies if r.name == "LiteLLM proxy"), None)
+    proxy_ratio = bastion_rps / litellm_rps if bastion_rps and litellm_rps else None
+
+    summary = [
+        [
+            "Bastion added p50 vs bare aiohttp (target <= 0.5 ms)",
+            fmt(bastion_added, 3, " ms"),
+            "met" if bastion_added is not None and bastion_added <= 0.5 else "not met",
+        ],
+        ["LiteLLM added p50 vs bare aiohttp", fmt(litellm_added, 3, " ms"), ""],
+        ["LiteLLM added / Bastion added", fmt(ratio, 1, "x"), ""],
+        [
+            "Bastion proxy / LiteLLM proxy throughput (target >= 10x)",
+            fmt(proxy_ratio, 1, "x"),
+            "n/a" if proxy_ratio is None else "met" if proxy_ratio >= 10 else "not met",
+        ],
+    ]
+    print()
+    print(table(["summary", "value", "target"], summary))
+    print(
+        f"\nmachine: {machine_note()}; upstream, proxy and load generator share the cores. "
+        f"{'--quick run' if quick else 'full run'}"
+    )
+    return {
+        "machine": machine_note(),
+        "quick": quick,
+        "latency": [asdict(r) for r in latency],
+        "proxy": [asdict(r) for r in proxies],
+        "notes": notes,
+        "bastion_added_p50_ms": bastion_added,
+        "litellm_added_p50_ms": litellm_added,
+        "litellm_over_bastion_added": ratio,
+        "proxy_throughput_ratio": proxy_ratio,
+    }
+
+
+async def main_async(quick: bool) -> dict[str, Any]:
+    logdir = Path(tempfile.mkdtemp(prefix="bastion-bench-gateway-"))
+    port = free_port()
+    upstream_cmd = [sys.executable, "-m", "bastion.testing._fake_server", "--port", str(port)]
+    upstream = f"http://127.0.0.1:{port}/v1"
+    with child(upstream_cmd, ready_url=f"{upstream}/models", timeout=30, log=logdir / "upstream.log"):
+        print(f"upstream: FakeOpenAIServer at {upstream} (own process); logs in {logdir}", flush=True)
+        print("(a) per-call latency, in-process clients", flush=True)
+        latency, notes = await client_latency(upstream, quick)
+        print("(b) proxy throughput, c=50, each proxy in its own process", flush=True)
+        proxies, proxy_notes = await proxy_throughput(upstream, quick, logdir)
+    return report(latency, proxies, {**notes, **proxy_notes}, quick)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--serve-bastion-proxy"]:
+        serve_bastion_proxy(int(argv[1]), argv[2], argv[3])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls (about 1 minute)")
+    parser.add_argument("--no-peer-venv", action="store_true", help="do not use/create .bench-venv for peers")
+    args = parser.parse_args(argv)
+    os.environ.update(PEER_ENV)
+    if not args.no_peer_venv and not has_module("litellm"):
+        python = ensure_bench_venv(ROOT / "bench" / "requirements.txt")
+        # Compare environments, not binaries: both venvs may link to the same interpreter.
+        if python is not None and Path(python).parent.parent.resolve() != Path(sys.prefix).resolve():
+            print(f"litellm is not installed here; re-running under {python}", flush=True)
+            os.execv(str(python), [str(python), __file__, *argv, "--no-peer-venv"])
+    try:
+        import uvloop  # pyright: ignore[reportMissingImports]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    import logging
+
+    # One "no price known for the fake model" warning per gateway would clutter the table.
+    logging.getLogger("bastion.gateway").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    data = asyncio.run(main_async(args.quick))
+    data["wall_seconds"] = round(time.perf_counter() - started, 1)
+    path = write_results("gateway", data)
+    print(f"wrote {path.relative_to(ROOT)} in {data['wall_seconds']} s")
+    json.dumps(data)
+
+
+if __name__ == "__main__":
+    main()
