@@ -161,11 +161,13 @@ def test_bad_configuration_is_refused_with_a_fix() -> None:
         Agent(model, name="has space")
 
 
-async def test_without_an_executor_or_gateway_the_error_says_what_to_pass() -> None:
-    import bastion.policy
+async def test_the_default_executor_is_the_policy_gateway_which_denies_ungranted_tools() -> None:
+    from bastion.policy import ToolGateway
 
-    if hasattr(bastion.policy, "ToolGateway"):
-        pytest.skip("the policy ToolGateway is available, so it is the default")
-    agent = Agent(ScriptedModel([ToolCall("get_temperature", {"city": "Oslo"}), "x"]), tools=[get_temperature])
-    with pytest.raises(UserError, match="DirectToolExecutor"):
-        await agent.run("Oslo?")
+    model = ScriptedModel([ToolCall("get_temperature", {"city": "Oslo"}, id="t1"), "I may not look that up."])
+    agent = Agent(model, tools=[get_temperature], name="nobody")
+    result = await agent.run("Oslo?")
+    assert isinstance(agent.executor(), ToolGateway)
+    denied = model.requests[1].messages[-1].tool_results[0]
+    assert denied.is_error and denied.tool_call_id == "t1"
+    assert result.output == "I may not look that up."
