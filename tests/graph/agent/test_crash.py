@@ -63,13 +63,7 @@ def wait_for_line(proc: subprocess.Popen[str], expected: str, timeout: float) ->
     assert line.strip() == expected, line
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
-async def test_sigkilled_run_resumes_without_repeating_completed_calls(tmp_path: Path) -> None:
-    from bastion.checkpoint import SqliteCheckpointer
-    from bastion.graph.agent import Agent
-    from bastion.testing import DirectToolExecutor, ScriptedModel
-    from bastion.tools import tool
-
+def run_child_until_killed(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     proc = subprocess.Popen(
@@ -88,6 +82,16 @@ async def test_sigkilled_run_resumes_without_repeating_completed_calls(tmp_path:
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert (tmp_path / "search.log").read_text() == "q\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+async def test_sigkilled_run_resumes_without_repeating_completed_calls(tmp_path: Path) -> None:
+    from bastion.checkpoint import SqliteCheckpointer
+    from bastion.graph.agent import Agent
+    from bastion.testing import DirectToolExecutor, ScriptedModel
+    from bastion.tools import tool
+
+    run_child_until_killed(tmp_path)
 
     archived: list[str] = []
 
