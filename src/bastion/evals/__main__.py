@@ -1,0 +1,5 @@
+import sys
+
+from bastion.evals._gate import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""Estimators for non-deterministic agents: each case runs n times, c of them pass.
+
+- pass@k: the chance at least one of k attempts passes, 1 - C(n-c, k) / C(n, k)
+  (the unbiased estimator of Chen et al. 2021, HumanEval).
+- pass^k: the chance all k attempts pass, C(c, k) / C(n, k) (tau-bench, Yao et al. 2024):
+  the reliability number; it falls fast when an agent is only sometimes right.
+- Wilson lower bound: a conservative pass rate for small samples (95 % by default).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _check(n: int, c: int, k: int) -> None:
+    if n < 1 or k < 1 or not 0 <= c <= n:
+        raise ValueError(f"need n >= 1, 0 <= c <= n and k >= 1 (got n={n}, c={c}, k={k})")
+    if k > n:
+        raise ValueError(f"k={k} is larger than the number of attempts n={n}; run each case at least k times")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """P(at least one of k attempts passes) given c passes out of n."""
+    _check(n, c, k)
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_hat_k(n: int, c: int, k: int) -> float:
+    """pass^k: P(all k attempts pass) given c passes out of n (tau-bench estimator)."""
+    _check(n, c, k)
+    return math.comb(c, k) / math.comb(n, k)
+
+
+def wilson_lower_bound(successes: int, n: int, z: float = 1.959963984540054) -> float:
+    """Lower end of the Wilson score interval for a proportion (0 when n == 0)."""
+    if n == 0:
+        return 0.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes={successes} must be between 0 and n={n}")
+    p = successes / n
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - margin) / (1 + z2 / n))
