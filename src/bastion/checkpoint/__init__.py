@@ -1,1 +1,49 @@
-"""checkpoint"""
+"""Durable state for graph runs: the `Checkpointer` protocol and its backends.
+
+`SqliteCheckpointer` (one file, the embedded default), `PostgresCheckpointer` (scale-out; needs
+`pip install 'bastion[postgres]'`), `MemoryCheckpointer` (tests). Payloads are versioned tagged
+JSON (never pickle): register your own dataclasses / pydantic models with `register_type`.
+`bastion.checkpoint.conformance` checks a backend against the contract.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bastion.checkpoint._base import Checkpointer, CheckpointRecord, JournalEntry, WriteRecord
+from bastion.checkpoint._format import FORMAT_VERSION, MIGRATIONS
+from bastion.checkpoint._memory import MemoryCheckpointer
+from bastion.checkpoint._serde import dumps, loads, register_type, to_jsonable
+
+if TYPE_CHECKING:
+    from bastion.checkpoint._postgres import PostgresCheckpointer
+    from bastion.checkpoint._sqlite import SqliteCheckpointer
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MIGRATIONS",
+    "CheckpointRecord",
+    "Checkpointer",
+    "JournalEntry",
+    "MemoryCheckpointer",
+    "PostgresCheckpointer",
+    "SqliteCheckpointer",
+    "WriteRecord",
+    "dumps",
+    "loads",
+    "register_type",
+    "to_jsonable",
+]
+
+_LAZY = {"SqliteCheckpointer": "bastion.checkpoint._sqlite", "PostgresCheckpointer": "bastion.checkpoint._postgres"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.checkpoint' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

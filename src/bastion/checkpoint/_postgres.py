@@ -1,0 +1,246 @@
+"""PostgreSQL checkpointer (psycopg 3 + psycopg_pool): shared durable state for many workers.
+
+Needs `pip install 'bastion[postgres]'`. The pool opens lazily on first use inside the running
+event loop; use the async graph API with it (a pool belongs to one loop), and `await aclose()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from bastion.checkpoint._base import CheckpointRecord, JournalEntry, WriteRecord, follow_parents
+from bastion.errors import CheckpointError, MissingExtraError
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bastion_checkpoints (
+    thread_id TEXT NOT NULL, ns TEXT NOT NULL, checkpoint_id TEXT NOT NULL,
+    parent_id TEXT, keyframe_id TEXT NOT NULL, step INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (thread_id, ns, checkpoint_id));
+CREATE TABLE IF NOT EXISTS bastion_writes (
+    seq BIGSERIAL PRIMARY KEY, thread_id TEXT NOT NULL, ns TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL, task_id TEXT NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS bastion_writes_by_checkpoint ON bastion_writes (thread_id, ns, checkpoint_id);
+CREATE TABLE IF NOT EXISTS bastion_journal (
+    thread_id TEXT NOT NULL, ns TEXT NOT NULL, task_id TEXT NOT NULL, key TEXT NOT NULL,
+    payload TEXT NOT NULL, PRIMARY KEY (thread_id, ns, task_id, key));
+"""
+
+_COLS = "thread_id, ns, checkpoint_id, parent_id, keyframe_id, step, created_at, payload"
+
+
+def _rec(row: Sequence[Any]) -> CheckpointRecord:
+    return CheckpointRecord(row[0], row[1], row[2], row[3], row[4], int(row[5]), float(row[6]), row[7])
+
+
+class PostgresCheckpointer:
+    """Checkpoints in PostgreSQL tables `bastion_checkpoints`, `bastion_writes`, `bastion_journal`."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        import importlib.util
+
+        for module in ("psycopg", "psycopg_pool"):
+            if importlib.util.find_spec(module) is None:
+                raise MissingExtraError("postgres", module.replace("_", "-"), "PostgresCheckpointer")
+        self.url = url
+        self._min = min_size
+        self._max = max_size
+        self._pool: AsyncConnectionPool[Any] | None = None
+
+    async def _get_pool(self) -> AsyncConnectionPool[Any]:
+        if self._pool is None:
+            from psycopg_pool import AsyncConnectionPool
+
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self.url, min_size=self._min, max_size=self._max, open=False, kwargs={"autocommit": True}
+            )
+            try:
+                await pool.open(wait=True)
+                async with pool.connection() as conn:
+                    await conn.execute(_SCHEMA)  # type: ignore[arg-type]
+            except Exception as e:
+                await pool.close()
+                raise CheckpointError(f"cannot open PostgreSQL checkpoint store: {e}") from e
+            self._pool = pool
+        return self._pool
+
+    async def _fetch(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        pool = await self._get_pool()
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(sql, args)  # type: ignore[arg-type]
+                return await cur.fetchall()
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"PostgreSQL checkpoint store failed: {e}") from e
+
+    async def _tx(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        pool = await self._get_pool()
+        try:
+            async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                for sql, rows in statements:
+                    if len(rows) == 1:
+                        await cur.execute(sql, rows[0])  # type: ignore[arg-type]
+                    elif rows:
+                        await cur.executemany(sql, rows)  # type: ignore[arg-type]
+        except Exception as e:
+            raise CheckpointError(f"PostgreSQL checkpoint store failed: {e}") from e
+
+    async def put(self, record: CheckpointRecord) -> None:
+        r = record
+        await self._tx(
+            [
+                (
+                    f"INSERT INTO bastion_checkpoints ({_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+                    "ON CONFLICT (thread_id, ns, checkpoint_id) DO UPDATE SET payload=EXCLUDED.payload",
+                    [(r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload)],
+                )
+            ]
+        )
+
+    async def put_writes(self, writes: Sequence[WriteRecord]) -> None:
+        if not writes:
+            return
+        await self._tx(
+            [
+                (
+                    "INSERT INTO bastion_writes (thread_id, ns, checkpoint_id, task_id, kind, payload) "
+                    "VALUES (%s,%s,%s,%s,%s,%s)",
+                    [(w.thread_id, w.ns, w.checkpoint_id, w.task_id, w.kind, w.payload) for w in writes],
+                )
+            ]
+        )
+
+    async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
+        if checkpoint_id is None:
+            rows = await self._fetch(
+                f"SELECT {_COLS} FROM bastion_checkpoints WHERE thread_id=%s AND ns=%s "
+                "ORDER BY checkpoint_id DESC LIMIT 1",
+                (thread_id, ns),
+            )
+        else:
+            rows = await self._fetch(
+                f"SELECT {_COLS} FROM bastion_checkpoints WHERE thread_id=%s AND ns=%s AND checkpoint_id=%s",
+                (thread_id, ns, checkpoint_id),
+            )
+        if not rows:
+            return []
+        target = _rec(rows[0])
+        if target.is_keyframe:
+            return [target]
+        candidates = await self._fetch(
+            f"SELECT {_COLS} FROM bastion_checkpoints WHERE thread_id=%s AND ns=%s "
+            "AND checkpoint_id>=%s AND checkpoint_id<%s",
+            (thread_id, ns, target.keyframe_id, target.checkpoint_id),
+        )
+        return follow_parents([_rec(c) for c in candidates], target)
+
+    async def list(
+        self, thread_id: str, ns: str = "", *, before: str | None = None, limit: int | None = None
+    ) -> list[CheckpointRecord]:
+        sql = f"SELECT {_COLS} FROM bastion_checkpoints WHERE thread_id=%s AND ns=%s"
+        args: list[Any] = [thread_id, ns]
+        if before is not None:
+            sql += " AND checkpoint_id<%s"
+            args.append(before)
+        sql += " ORDER BY checkpoint_id DESC"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
+        return [_rec(r) for r in await self._fetch(sql, args)]
+
+    async def get_writes(self, thread_id: str, ns: str, checkpoint_id: str) -> list[WriteRecord]:
+        rows = await self._fetch(
+            "SELECT task_id, kind, payload FROM bastion_writes WHERE thread_id=%s AND ns=%s AND checkpoint_id=%s "
+            "ORDER BY seq",
+            (thread_id, ns, checkpoint_id),
+        )
+        return [WriteRecord(thread_id, ns, checkpoint_id, t, k, p) for t, k, p in rows]
+
+    async def put_journal(self, entry: JournalEntry) -> None:
+        e = entry
+        await self._tx(
+            [
+                (
+                    "INSERT INTO bastion_journal VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                    [(e.thread_id, e.ns, e.task_id, e.key, e.payload)],
+                )
+            ]
+        )
+
+    async def get_journal(self, thread_id: str, ns: str, task_id: str) -> dict[str, str]:
+        rows = await self._fetch(
+            "SELECT key, payload FROM bastion_journal WHERE thread_id=%s AND ns=%s AND task_id=%s",
+            (thread_id, ns, task_id),
+        )
+        return {k: p for k, p in rows}
+
+    async def fork(self, thread_id: str, ns: str, checkpoint_id: str, new_thread_id: str) -> None:
+        chain = await self.get_chain(thread_id, ns, checkpoint_id)
+        if not chain:
+            raise CheckpointError(f"no checkpoint {checkpoint_id!r} in thread {thread_id!r} to fork")
+        await self._tx(
+            [
+                (
+                    f"INSERT INTO bastion_checkpoints ({_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+                    "ON CONFLICT DO NOTHING",
+                    [
+                        (
+                            new_thread_id,
+                            r.ns,
+                            r.checkpoint_id,
+                            r.parent_id,
+                            r.keyframe_id,
+                            r.step,
+                            r.created_at,
+                            r.payload,
+                        )
+                        for r in chain
+                    ],
+                )
+            ]
+        )
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self._tx(
+            [
+                (f"DELETE FROM {table} WHERE thread_id=%s", [(thread_id,)])
+                for table in ("bastion_checkpoints", "bastion_writes", "bastion_journal")
+            ]
+        )
+
+    async def prune(self, *, older_than: float, keep_interrupted: bool = True) -> list[str]:
+        protect = (
+            """AND NOT EXISTS (SELECT 1 FROM bastion_writes w WHERE w.thread_id=c.thread_id AND w.ns=''
+                 AND w.kind='interrupt' AND w.checkpoint_id=(SELECT max(checkpoint_id) FROM bastion_checkpoints
+                 WHERE thread_id=c.thread_id AND ns=''))"""
+            if keep_interrupted
+            else ""
+        )
+        rows = await self._fetch(
+            f"SELECT c.thread_id FROM bastion_checkpoints c GROUP BY c.thread_id "
+            f"HAVING max(c.created_at) < %s {protect} ORDER BY c.thread_id",
+            (older_than,),
+        )
+        doomed = [r[0] for r in rows]
+        if doomed:
+            await self._tx(
+                [
+                    (f"DELETE FROM {table} WHERE thread_id = ANY(%s)", [(doomed,)])
+                    for table in ("bastion_checkpoints", "bastion_writes", "bastion_journal")
+                ]
+            )
+        return doomed
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+__all__ = ["PostgresCheckpointer"]

@@ -1,0 +1,262 @@
+"""The runnable graph: invoke, stream, inspect and edit threads, time travel."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+from bastion._sync import run_sync
+from bastion.checkpoint._format import Decoded, decode_chain
+from bastion.errors import UserError
+from bastion.graph._pregel import Engine, Run, Sink
+from bastion.graph._types import GraphEvent, StateSnapshot
+from bastion.types import RunContext, new_id
+
+
+class CompiledGraph(Engine):
+    """A compiled graph. Async methods are the core; `invoke`/`get_state`/... are sync wrappers.
+
+    With a checkpointer and a `thread_id`, every superstep is persisted: a run that fails, is
+    interrupted or whose process dies continues with `ainvoke(None, thread_id=...)`.
+    """
+
+    # --- running -----------------------------------------------------------------------------
+
+    def _output(self, run: Run) -> Any:
+        out = self.schema.view(run.values)
+        pending = run.pending_interrupts()
+        if pending and isinstance(out, dict):
+            out["__interrupt__"] = pending
+        return out
+
+    async def ainvoke(
+        self,
+        input: Any,
+        *,
+        thread_id: str | None = None,
+        context: RunContext | None = None,
+        checkpoint_id: str | None = None,
+        step_limit: int | None = None,
+    ) -> Any:
+        """Run until the graph finishes or pauses; return the final state.
+
+        `input`: a dict of updates (or a state instance) to start a turn, `None` to continue a
+        paused/failed thread, or `Command(resume=...)` to answer interrupts. For dict states a
+        paused run's result carries the pending interrupts under `"__interrupt__"`.
+        """
+        run = await self._execute_top(input, thread_id, context, checkpoint_id, step_limit, None)
+        return self._output(run)
+
+    def invoke(
+        self,
+        input: Any,
+        *,
+        thread_id: str | None = None,
+        context: RunContext | None = None,
+        checkpoint_id: str | None = None,
+        step_limit: int | None = None,
+    ) -> Any:
+        """Sync wrapper of `ainvoke` (refuses inside a running event loop)."""
+        return run_sync(
+            self.ainvoke(
+                input, thread_id=thread_id, context=context, checkpoint_id=checkpoint_id, step_limit=step_limit
+            )
+        )
+
+    async def _execute_top(
+        self,
+        input: Any,
+        thread_id: str | None,
+        context: RunContext | None,
+        checkpoint_id: str | None,
+        step_limit: int | None,
+        sink: Sink | None,
+    ) -> Run:
+        try:
+            return await self.execute(
+                input,
+                checkpointer=self.checkpointer,
+                thread_id=thread_id,
+                context=context,
+                sink=sink,
+                checkpoint_id=checkpoint_id,
+                step_limit=step_limit,
+            )
+        except Exception as e:
+            if sink is not None:
+                sink(GraphEvent("error", None, e))
+            raise
+
+    async def astream(
+        self,
+        input: Any,
+        *,
+        thread_id: str | None = None,
+        context: RunContext | None = None,
+        checkpoint_id: str | None = None,
+        step_limit: int | None = None,
+        kinds: Collection[str] | None = None,
+    ) -> AsyncIterator[GraphEvent]:
+        """Run like `ainvoke`, yielding events as they happen: node_start, node_end, update,
+        token / tool_call (from `emit()` in nodes), interrupt, checkpoint, error, done.
+
+        `kinds` filters the event kinds. A failure is yielded as an `error` event and then
+        raised. Leaving the loop early cancels the run (resumable from its last checkpoint).
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GraphEvent | None] = asyncio.Queue()
+        loop_thread = threading.get_ident()
+        wanted = frozenset(kinds) if kinds is not None else None
+
+        def sink(ev: GraphEvent) -> None:
+            if wanted is not None and ev.kind not in wanted:
+                return
+            if threading.get_ident() == loop_thread:
+                queue.put_nowait(ev)
+            else:  # emit() from a sync node running in a worker thread
+                loop.call_soon_threadsafe(queue.put_nowait, ev)
+
+        async def drive() -> Run:
+            run = await self._execute_top(input, thread_id, context, checkpoint_id, step_limit, sink)
+            sink(GraphEvent("done", None, self._output(run), run.step, ""))
+            return run
+
+        task = loop.create_task(drive())
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while True:
+                ev = await queue.get()
+                if ev is None:
+                    break
+                yield ev
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                try:
+                    await task
+                except BaseException:
+                    pass
+
+    # --- inspecting threads ------------------------------------------------------------------
+
+    def _require_cp(self) -> Any:
+        if self.checkpointer is None:
+            raise UserError("this needs durable state: compile the graph with checkpointer=...")
+        return self.checkpointer
+
+    async def _snapshot(self, thread_id: str, d: Decoded, ns: str = "") -> StateSnapshot:
+        run = Run(self._require_cp(), thread_id, ns, RunContext(), None, {})
+        tasks = self._load(run, d)
+        await self._absorb_writes(run)
+        rec = d.record
+        return StateSnapshot(
+            values=self.schema.view(run.values),
+            next=tuple(t.node for t in tasks if t.id not in run.done),
+            interrupts=tuple(run.pending_interrupts()),
+            checkpoint_id=rec.checkpoint_id,
+            parent_id=rec.parent_id,
+            thread_id=thread_id,
+            step=rec.step,
+            created_at=rec.created_at,
+            source=d.source,
+            metadata=dict(d.meta),
+        )
+
+    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+        """The thread's state at its latest (or the given) checkpoint, with pending interrupts."""
+        cp = self._require_cp()
+        chain = await cp.get_chain(thread_id, "", checkpoint_id)
+        if not chain:
+            if checkpoint_id is not None:
+                raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+            return StateSnapshot(self.schema.view({}), (), (), None, None, thread_id, 0, None, "none")
+        return await self._snapshot(thread_id, decode_chain(chain, self.schema.log_channels))
+
+    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+        return run_sync(self.aget_state(thread_id, checkpoint_id))
+
+    async def aget_state_history(self, thread_id: str, *, limit: int | None = None) -> AsyncIterator[StateSnapshot]:
+        """Every checkpoint of the thread (all branches), newest first."""
+        from bastion.checkpoint._base import follow_parents
+
+        cp = self._require_cp()
+        rows = await cp.list(thread_id, "")
+        shown = rows if limit is None else rows[:limit]
+        for rec in shown:
+            chain = follow_parents(rows, rec)
+            yield await self._snapshot(thread_id, decode_chain(chain, self.schema.log_channels))
+
+    def get_state_history(self, thread_id: str, *, limit: int | None = None) -> list[StateSnapshot]:
+        async def collect() -> list[StateSnapshot]:
+            return [s async for s in self.aget_state_history(thread_id, limit=limit)]
+
+        return run_sync(collect())
+
+    # --- editing threads ---------------------------------------------------------------------
+
+    async def aupdate_state(
+        self,
+        thread_id: str,
+        values: dict[str, Any] | None,
+        *,
+        as_node: str | None = None,
+        checkpoint_id: str | None = None,
+    ) -> str:
+        """Apply `values` through the reducers as a new checkpoint; returns its id.
+
+        With `as_node`, the update counts as that node's output and the next step follows its
+        edges; without, the pending next step is kept (edit a paused thread, then resume).
+        Starting from an older `checkpoint_id` branches the thread there (time travel).
+        """
+        cp = self._require_cp()
+        if as_node is not None and as_node not in self.nodes:
+            raise UserError(f"as_node={as_node!r} is not a node of this graph; nodes: {sorted(self.nodes)}")
+        run = Run(cp, thread_id, "", RunContext(), None, {})
+        chain = await cp.get_chain(thread_id, "", checkpoint_id)
+        if checkpoint_id is not None and not chain:
+            raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+        kept: list[tuple[str, Any]] = []
+        if chain:
+            tasks = self._load(run, decode_chain(chain, self.schema.log_channels))
+            kept = [(t.node, t.arg) for t in tasks]
+        updates, gotos = self._normalise(as_node or "update_state", values)
+        self._apply(run, updates)
+        nxt = await self._route(run, [as_node], gotos) if as_node is not None else kept
+        await self._checkpoint(run, nxt, "update")
+        assert run.checkpoint_id is not None
+        return run.checkpoint_id
+
+    def update_state(self, thread_id: str, values: dict[str, Any] | None, *, as_node: str | None = None) -> str:
+        return run_sync(self.aupdate_state(thread_id, values, as_node=as_node))
+
+    async def afork(
+        self, thread_id: str, checkpoint_id: str | None = None, *, new_thread_id: str | None = None
+    ) -> StateSnapshot:
+        """Copy the thread at `checkpoint_id` (default: latest) into a new thread and return its
+        snapshot. The fork re-executes from there: completed-task records and memoized calls
+        of the original are not copied."""
+        cp = self._require_cp()
+        if checkpoint_id is None:
+            latest = await cp.get_chain(thread_id, "")
+            if not latest:
+                raise UserError(f"thread {thread_id!r} has no checkpoint to fork")
+            checkpoint_id = latest[0].checkpoint_id
+        target = new_thread_id or new_id("thread_")
+        if await cp.get_chain(target, ""):
+            raise UserError(f"thread {target!r} already exists; pick another new_thread_id")
+        await cp.fork(thread_id, "", checkpoint_id, target)
+        return await self.aget_state(target)
+
+    def fork(
+        self, thread_id: str, checkpoint_id: str | None = None, *, new_thread_id: str | None = None
+    ) -> StateSnapshot:
+        return run_sync(self.afork(thread_id, checkpoint_id, new_thread_id=new_thread_id))
+
+    def __repr__(self) -> str:
+        return f"CompiledGraph({self.name!r}, nodes={sorted(self.nodes)})"
+
+
+__all__ = ["CompiledGraph"]

@@ -1,0 +1,714 @@
+"""The superstep engine (Pregel / bulk-synchronous parallel).
+
+Each step runs every triggered task concurrently against the same state; their updates are
+merged through the reducers at the barrier, the next tasks are routed from the new state, and
+one checkpoint is written (one transaction). When a step has several tasks, each finished
+task's result is saved as a pending write, so a failing or interrupted sibling never costs the
+work of the others: resuming runs only what did not finish.
+
+Hot path: no deep copies, no validation beyond a key check, no events unless someone streams,
+no storage unless a checkpointer and thread are given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from bastion.checkpoint._base import Checkpointer, CheckpointRecord, WriteRecord
+from bastion.checkpoint._format import (
+    NO_ARG,
+    Decoded,
+    decode_chain,
+    decode_done,
+    decode_payload,
+    encode_checkpoint,
+    encode_done,
+    encode_interrupt,
+    encode_resume,
+)
+from bastion.errors import (
+    GraphInterrupt,
+    GraphRecursionError,
+    InvalidUpdateError,
+    NodeTimeoutError,
+    UserError,
+)
+from bastion.graph._runtime import CURRENT, TaskContext, interrupt_id
+from bastion.graph._state import StateSchema, append
+from bastion.graph._types import END, START, Command, GraphEvent, Interrupt, Send
+from bastion.types import RunContext
+
+if TYPE_CHECKING:
+    from bastion.graph._builder import Branch, Graph, NodeSpec
+
+Sink = Callable[[GraphEvent], None]
+Updates = list[tuple[str, Any]]
+Gotos = list[tuple[str, Any]]
+Result = tuple[Updates, Gotos]
+
+_JOIN = "__join:"
+_STATIC_TASK = "__static__"
+_RESUME_TASK = "__resume__"
+
+_id_lock = threading.Lock()
+_last_ns = 0
+
+
+def new_checkpoint_id() -> str:
+    """Time-ordered ids (hex nanoseconds, strictly increasing in this process, random tail)."""
+    global _last_ns
+    with _id_lock:
+        t = time.time_ns()
+        if t <= _last_ns:
+            t = _last_ns + 1
+        _last_ns = t
+    return f"{t:016x}{os.urandom(2).hex()}"
+
+
+class Task:
+    __slots__ = ("arg", "id", "node")
+
+    def __init__(self, node: str, arg: Any, task_id: str) -> None:
+        self.node = node
+        self.arg = arg
+        self.id = task_id
+
+
+class Run:
+    """The mutable state of one invocation of a graph on one thread (and namespace)."""
+
+    def __init__(
+        self,
+        checkpointer: Checkpointer | None,
+        thread_id: str | None,
+        ns: str,
+        context: RunContext,
+        sink: Sink | None,
+        resume: dict[str, Any],
+    ) -> None:
+        self.checkpointer = checkpointer if thread_id is not None else None
+        self.thread_id = thread_id
+        self.ns = ns
+        self.context = context
+        self.sink = sink
+        self.resume = resume  # interrupt id -> answer (shared with subgraphs)
+        self.values: dict[str, Any] = {}
+        self.joins: dict[str, list[str]] = {}
+        self.dirty: set[str] = set()
+        self.log_saved: dict[str, int] = {}
+        self.checkpoint_id: str | None = None
+        self.keyframe_id = ""
+        self.depth = 0
+        self.step = -1  # the first checkpoint (the input) is step 0
+        self.done: dict[str, Result] = {}  # finished tasks of the coming step (from storage)
+        self.interrupts: list[Interrupt] = []  # raised in the coming step
+        self.static_pause = False
+        self._buffer: list[WriteRecord] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def durable(self) -> bool:
+        return self.checkpointer is not None
+
+    def pending_interrupts(self) -> list[Interrupt]:
+        seen: set[str] = set()
+        out: list[Interrupt] = []
+        for i in self.interrupts:
+            if i.id not in seen and i.id not in self.resume:
+                seen.add(i.id)
+                out.append(i)
+        return out
+
+    # --- pending writes of a multi-task step: batched, flushed as soon as the loop is free ---
+
+    def buffer_write(self, record: WriteRecord) -> None:
+        self._buffer.append(record)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        assert self.checkpointer is not None
+        try:
+            while self._buffer:
+                batch, self._buffer = self._buffer, []
+                await self.checkpointer.put_writes(batch)
+        finally:
+            self._flusher = None
+
+    async def flush(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+        if self._buffer:
+            await self._flush_loop()
+
+
+class Engine:
+    """Compiled graph structure plus the superstep loop. `CompiledGraph` adds the public API."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        checkpointer: Checkpointer | None,
+        interrupt_before: frozenset[str],
+        interrupt_after: frozenset[str],
+        step_limit: int,
+        keyframe_every: int,
+        name: str,
+    ) -> None:
+        self.schema: StateSchema = graph.schema
+        self.nodes: dict[str, NodeSpec] = dict(graph.nodes)
+        self.edges: dict[str, tuple[str, ...]] = {
+            s: tuple(dict.fromkeys(d for d in ds if d != END)) for s, ds in graph.edges.items()
+        }
+        self.joins_by_src: dict[str, list[tuple[str, frozenset[str], str]]] = {}
+        for i, (sources, dst) in enumerate(graph.joins):
+            for s in sources:
+                self.joins_by_src.setdefault(s, []).append((f"{_JOIN}{i}", frozenset(sources), dst))
+        self.branches: dict[str, list[Branch]] = {s: list(b) for s, b in graph.branches.items()}
+        self.checkpointer = checkpointer
+        self.interrupt_before = interrupt_before
+        self.interrupt_after = interrupt_after
+        self.step_limit = step_limit
+        self.keyframe_every = keyframe_every
+        self.name = name
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def _load(self, run: Run, d: Decoded) -> list[Task]:
+        run.values = {k: v for k, v in d.values.items() if not k.startswith("__")}
+        run.joins = {k: list(v) for k, v in d.values.items() if k.startswith(_JOIN)}
+        rec = d.record
+        run.checkpoint_id = rec.checkpoint_id
+        run.keyframe_id = rec.keyframe_id
+        run.depth = d.depth
+        run.step = rec.step
+        run.log_saved = {
+            ch: len(v) for ch, v in run.values.items() if ch in self.schema.log_channels and isinstance(v, list)
+        }
+        return [Task(n, a, f"{rec.checkpoint_id}:{i}") for i, (n, a) in enumerate(d.next)]
+
+    async def _absorb_writes(self, run: Run) -> None:
+        assert run.checkpointer is not None and run.thread_id is not None and run.checkpoint_id
+        for w in await run.checkpointer.get_writes(run.thread_id, run.ns, run.checkpoint_id):
+            if w.kind == "done":
+                run.done[w.task_id] = decode_done(w.payload)
+            elif w.kind == "interrupt":
+                p = decode_payload(w.payload)
+                run.interrupts.append(Interrupt(p["id"], p["value"], p["node"], p.get("ns", "")))
+                if w.task_id == _STATIC_TASK:
+                    run.static_pause = True
+            elif w.kind == "resume":
+                run.resume.update(decode_payload(w.payload)["values"])
+
+    # --- updates and routing -----------------------------------------------------------------
+
+    def _normalise(self, node: str, out: Any) -> Result:
+        if out is None:
+            return [], []
+        if type(out) is dict:
+            if not out.keys() <= self.schema.channel_set:
+                self._bad_keys(node, out)
+            return list(out.items()), []
+        if isinstance(out, Command):
+            cmd: Command[Any] = out
+            upd = cmd.update or {}
+            if not upd.keys() <= self.schema.channel_set:
+                self._bad_keys(node, upd)
+            return list(upd.items()), self._gotos(node, cmd.goto)
+        if isinstance(out, Send):
+            return [], self._gotos(node, out)
+        if isinstance(out, list | tuple) and out and all(isinstance(x, Send) for x in out):  # type: ignore[union-attr]
+            return [], self._gotos(node, out)  # type: ignore[arg-type]
+        if isinstance(out, dict):
+            return self._normalise(node, dict(out))  # type: ignore[arg-type]
+        raise InvalidUpdateError(
+            f"node {node!r} returned a {type(out).__name__}; return a dict of state updates "
+            "(e.g. {'count': 1}), a Command, Send(s) or None"
+        )
+
+    def _bad_keys(self, node: str, upd: dict[str, Any]) -> None:
+        unknown = sorted(str(k) for k in upd if k not in self.schema.channel_set)
+        raise InvalidUpdateError(
+            f"node {node!r} updated unknown state key(s) {unknown}; the state "
+            f"{self.schema.cls.__name__} has {sorted(self.schema.channels)}. Add the field or fix the key"
+        )
+
+    def _gotos(self, node: str, goto: Any) -> Gotos:
+        items = [goto] if isinstance(goto, str | Send) else list(goto)
+        out: Gotos = []
+        for g in items:
+            if isinstance(g, Send):
+                out.append((g.node, g.arg))
+            elif g == END:
+                continue
+            else:
+                out.append((g, NO_ARG))
+        for n, _ in out:
+            if n not in self.nodes:
+                raise InvalidUpdateError(
+                    f"node {node!r} routed to unknown node {n!r}; known nodes: {sorted(self.nodes)}"
+                )
+        return out
+
+    def _apply(self, run: Run, updates: Updates) -> None:
+        values = run.values
+        reducers = self.schema.reducers
+        dirty = run.dirty
+        for ch, v in updates:
+            r = reducers.get(ch)
+            if r is None:
+                values[ch] = v
+            elif ch in values:
+                values[ch] = r(values[ch], v)
+            elif r is append:
+                values[ch] = append(None, v)
+            else:
+                values[ch] = v
+            dirty.add(ch)
+
+    async def _route(self, run: Run, ran: Sequence[str], gotos: Gotos) -> list[tuple[str, Any]]:
+        """Next tasks after nodes `ran` finished (in order) with explicit `gotos`."""
+        names: dict[str, None] = {}
+        sends: list[tuple[str, Any]] = []
+        for n in dict.fromkeys(ran):
+            for d in self.edges.get(n, ()):
+                names[d] = None
+            for key, sources, dst in self.joins_by_src.get(n, ()):
+                seen = run.joins.setdefault(key, [])
+                if n not in seen:
+                    seen.append(n)
+                    run.dirty.add(key)
+                if sources.issubset(seen):
+                    seen.clear()
+                    if dst != END:
+                        names[dst] = None
+            for b in self.branches.get(n, ()):
+                for g, a in await self._branch(run, n, b):
+                    if a is NO_ARG:
+                        names[g] = None
+                    else:
+                        sends.append((g, a))
+        for g, a in gotos:
+            if a is NO_ARG:
+                names[g] = None
+            else:
+                sends.append((g, a))
+        return [(n, NO_ARG) for n in names] + sends
+
+    async def _branch(self, run: Run, src: str, b: Branch) -> Gotos:
+        state = self.schema.view(run.values)
+        if b.wants_config:
+            ctx = TaskContext(run, f"{run.checkpoint_id}:route:{src}", src, run.step)
+            out = b.router(state, ctx.config())
+        else:
+            out = b.router(state)
+        if b.is_async or asyncio.iscoroutine(out):
+            out = await out
+        items: list[Any] = list(out) if isinstance(out, list | tuple) else [out]  # type: ignore[arg-type]
+        if b.path_map is not None:
+            mapped: list[Any] = []
+            for x in items:
+                if isinstance(x, Send):
+                    mapped.append(x)
+                elif x in b.path_map:
+                    mapped.append(b.path_map[x])
+                else:
+                    raise InvalidUpdateError(
+                        f"router of conditional edges from {src!r} returned {x!r}, which is not in its "
+                        f"path_map {sorted(map(str, b.path_map))}; return one of those or add it"
+                    )
+            items = mapped
+        return self._gotos(src, items)
+
+    # --- running tasks -----------------------------------------------------------------------
+
+    def _emit(self, run: Run, kind: str, node: str | None, data: Any, task_id: str | None = None) -> None:
+        if run.sink is not None:
+            run.sink(GraphEvent(kind, node, data, run.step + 1, run.ns, task_id))
+
+    async def _run_task(self, run: Run, task: Task, record: bool) -> Result:
+        spec = self.nodes[task.node]
+        ctx = TaskContext(run, task.id, task.node, run.step + 1)
+        token = CURRENT.set(ctx)
+        try:
+            if run.sink is not None:
+                self._emit(run, "node_start", task.node, None, task.id)
+            if spec.subgraph is not None:
+                out = await self._call_subgraph(run, spec, task)
+            elif spec.retry is None and spec.timeout is None:
+                fn = spec.fn
+                assert fn is not None
+                state = task.arg if task.arg is not NO_ARG else self.schema.view(run.values)
+                out = fn(state, ctx.config()) if spec.wants_config else fn(state)
+                if spec.is_async or (type(out) is not dict and asyncio.iscoroutine(out)):
+                    out = await out
+            else:
+                out = await self._call_with_policy(run, spec, task, ctx)
+            result = self._normalise(task.node, out)
+            if record:
+                assert run.thread_id is not None and run.checkpoint_id is not None
+                run.buffer_write(
+                    WriteRecord(
+                        run.thread_id,
+                        run.ns,
+                        run.checkpoint_id,
+                        task.id,
+                        "done",
+                        encode_done(result[0], result[1], task.node),
+                    )
+                )
+            if run.sink is not None:
+                self._emit(run, "node_end", task.node, dict(result[0]), task.id)
+            return result
+        finally:
+            CURRENT.reset(token)
+
+    async def _call_with_policy(self, run: Run, spec: NodeSpec, task: Task, ctx: TaskContext) -> Any:
+        fn = spec.fn
+        assert fn is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            ctx.counter = 0
+            state = task.arg if task.arg is not NO_ARG else self.schema.view(run.values)
+            try:
+                if spec.is_async:
+                    coro = fn(state, ctx.config()) if spec.wants_config else fn(state)
+                elif spec.timeout is not None:
+                    # A sync node cannot be cancelled in the loop; run it in a thread so the timeout holds.
+                    args = (state, ctx.config()) if spec.wants_config else (state,)
+                    coro = asyncio.to_thread(fn, *args)
+                else:
+                    out = fn(state, ctx.config()) if spec.wants_config else fn(state)
+                    coro = out if asyncio.iscoroutine(out) else None
+                    if coro is None:
+                        return out
+                if spec.timeout is None:
+                    return await coro
+                try:
+                    async with asyncio.timeout(spec.timeout):
+                        return await coro
+                except TimeoutError:
+                    raise NodeTimeoutError(
+                        f"node {spec.name!r} did not finish within its timeout of {spec.timeout} s; "
+                        "raise timeout= in add_node() or make the node faster"
+                    ) from None
+            except Exception as e:
+                policy = spec.retry
+                if policy is None or attempt >= policy.max_attempts or not policy.should_retry(e):
+                    raise
+                await asyncio.sleep(policy.delay(attempt))
+
+    async def _call_subgraph(self, run: Run, spec: NodeSpec, task: Task) -> dict[str, Any]:
+        child = spec.subgraph
+        assert child is not None
+        child_channels = child.schema.channel_set
+        if task.arg is not NO_ARG:
+            inp: dict[str, Any] = child.schema.input_dict(task.arg)
+        else:
+            inp = {k: v for k, v in run.values.items() if k in child_channels}
+        child_ns = f"{run.ns}/{task.node}:{task.id}" if run.ns else f"{task.node}:{task.id}"
+        crun = await child.execute(
+            inp,
+            checkpointer=run.checkpointer,
+            thread_id=run.thread_id,
+            ns=child_ns,
+            context=run.context,
+            sink=run.sink,
+            resume=run.resume,
+            resume_if_exists=True,
+        )
+        pending = crun.pending_interrupts()
+        if pending:
+            raise GraphInterrupt(list(pending))
+        out: dict[str, Any] = {}
+        for k in child.schema.channels:
+            if k not in self.schema.channel_set or k not in crun.values:
+                continue
+            v = crun.values[k]
+            if k in self.schema.log_channels and isinstance(v, list):
+                base = inp.get(k)
+                out[k] = v[len(base) :] if isinstance(base, list) else v
+            else:
+                out[k] = v
+        return out
+
+    async def _execute(self, run: Run, tasks: list[Task]) -> list[Result]:
+        done = run.done
+        if len(tasks) == 1 and not done:
+            t = tasks[0]
+            try:
+                return [await self._run_task(run, t, False)]
+            except GraphInterrupt as gi:
+                await self._record_interrupts(run, [(t, gi)])
+                raise
+        results: list[Result | None] = [None] * len(tasks)
+        todo: list[tuple[int, Task]] = []
+        for i, t in enumerate(tasks):
+            prev = done.get(t.id)
+            if prev is not None:
+                results[i] = prev
+            else:
+                todo.append((i, t))
+        if len(todo) == 1 and run.durable:
+            i, t = todo[0]
+            try:
+                results[i] = await self._run_task(run, t, False)
+            except GraphInterrupt as gi:
+                await self._record_interrupts(run, [(t, gi)])
+                raise
+        elif todo:
+            outs = await asyncio.gather(*(self._run_task(run, t, run.durable) for _, t in todo), return_exceptions=True)
+            if run.durable:
+                await run.flush()
+            interrupted: list[tuple[Task, GraphInterrupt]] = []
+            error: BaseException | None = None
+            for (i, t), o in zip(todo, outs, strict=True):
+                if isinstance(o, GraphInterrupt):
+                    interrupted.append((t, o))
+                elif isinstance(o, BaseException):
+                    error = error or o
+                else:
+                    results[i] = o
+            if interrupted:
+                await self._record_interrupts(run, interrupted)
+            if error is not None:
+                raise error
+            if interrupted:
+                raise GraphInterrupt([i for _, gi in interrupted for i in gi.interrupts])
+        return results  # type: ignore[return-value]
+
+    async def _record_interrupts(self, run: Run, pairs: list[tuple[Task, GraphInterrupt]]) -> None:
+        assert run.checkpointer is not None and run.thread_id is not None and run.checkpoint_id is not None
+        records: list[WriteRecord] = []
+        for t, gi in pairs:
+            for i in gi.interrupts:
+                if not isinstance(i, Interrupt):
+                    raise UserError("GraphInterrupt must carry Interrupt objects; call interrupt() instead")
+                records.append(
+                    WriteRecord(
+                        run.thread_id,
+                        run.ns,
+                        run.checkpoint_id,
+                        t.id,
+                        "interrupt",
+                        encode_interrupt(i.id, i.value, i.node, i.ns),
+                    )
+                )
+                run.interrupts.append(i)
+        await run.checkpointer.put_writes(records)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    async def _checkpoint(self, run: Run, nxt: list[tuple[str, Any]], source: str) -> list[Task]:
+        step = run.step + 1
+        if run.checkpointer is None:
+            run.step = step
+            run.dirty.clear()
+            return [Task(n, a, f"{step}:{i}") for i, (n, a) in enumerate(nxt)]
+        assert run.thread_id is not None
+        cid = new_checkpoint_id()
+        logs_ch = self.schema.log_channels
+        keyframe = run.checkpoint_id is None or run.depth + 1 >= self.keyframe_every
+        values: dict[str, Any] = {}
+        logs: dict[str, list[Any]] = {}
+        if keyframe:
+            values.update(run.values)
+            values.update(run.joins)
+        else:
+            for ch in run.dirty:
+                if ch.startswith(_JOIN):
+                    values[ch] = run.joins.get(ch, [])
+                    continue
+                v = run.values.get(ch)
+                saved = run.log_saved.get(ch, 0)
+                if ch in logs_ch and isinstance(v, list) and len(v) >= saved:
+                    logs[ch] = v[saved:]
+                else:
+                    values[ch] = v
+        payload = encode_checkpoint(values, logs, nxt, source, {"step": step})
+        await run.checkpointer.put(
+            CheckpointRecord(
+                run.thread_id,
+                run.ns,
+                cid,
+                run.checkpoint_id,
+                cid if keyframe else run.keyframe_id,
+                step,
+                time.time(),
+                payload,
+            )
+        )
+        run.checkpoint_id = cid
+        run.depth = 0 if keyframe else run.depth + 1
+        if keyframe:
+            run.keyframe_id = cid
+        run.step = step
+        for ch in logs_ch:
+            v = run.values.get(ch)
+            if isinstance(v, list):
+                run.log_saved[ch] = len(v)
+        run.dirty.clear()
+        run.done = {}
+        run.interrupts = []
+        run.static_pause = False
+        if run.sink is not None:
+            run.sink(GraphEvent("checkpoint", None, cid, step, run.ns))
+        return [Task(n, a, f"{cid}:{i}") for i, (n, a) in enumerate(nxt)]
+
+    async def _static_interrupt(self, run: Run, nodes: list[str], when: str) -> None:
+        if run.checkpointer is None or run.thread_id is None or run.checkpoint_id is None:
+            raise UserError(f"interrupt_{when} needs durable state: compile with a checkpointer and pass thread_id=")
+        iid = interrupt_id(run.ns, f"{run.checkpoint_id}:{_STATIC_TASK}", 0)
+        intr = Interrupt(iid, {"when": when, "nodes": nodes}, nodes[0], run.ns)
+        await run.checkpointer.put_writes(
+            [
+                WriteRecord(
+                    run.thread_id,
+                    run.ns,
+                    run.checkpoint_id,
+                    _STATIC_TASK,
+                    "interrupt",
+                    encode_interrupt(intr.id, intr.value, intr.node, intr.ns),
+                )
+            ]
+        )
+        run.interrupts.append(intr)
+        run.static_pause = True
+        self._emit(run, "interrupt", intr.node, [intr])
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        input: Any,
+        *,
+        checkpointer: Checkpointer | None,
+        thread_id: str | None,
+        ns: str = "",
+        context: RunContext | None = None,
+        sink: Sink | None = None,
+        resume: dict[str, Any] | None = None,
+        checkpoint_id: str | None = None,
+        resume_if_exists: bool = False,
+        step_limit: int | None = None,
+    ) -> Run:
+        """Run (or resume) the graph; returns the finished or paused `Run`."""
+        run = Run(checkpointer, thread_id, ns, context or RunContext(), sink, resume if resume is not None else {})
+        decoded: Decoded | None = None
+        if run.checkpointer is not None and thread_id is not None:
+            chain = await run.checkpointer.get_chain(thread_id, ns, checkpoint_id)
+            if checkpoint_id is not None and not chain:
+                raise UserError(
+                    f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; list them with aget_state_history"
+                )
+            if chain:
+                decoded = decode_chain(chain, self.schema.log_channels)
+        elif checkpoint_id is not None:
+            raise UserError("checkpoint_id= needs a checkpointer and thread_id=")
+        if resume_if_exists and decoded is not None:
+            input = None
+        skip_before = False
+        if isinstance(input, Command) or input is None:
+            if decoded is None:
+                if input is None:
+                    raise UserError(
+                        f"nothing to resume: thread {thread_id!r} has no checkpoint"
+                        if thread_id is not None
+                        else "ainvoke(None) resumes a thread: pass thread_id= and compile with a checkpointer"
+                    )
+                raise UserError(f"Command(resume=...) needs a paused thread; thread {thread_id!r} has no checkpoint")
+            tasks = self._load(run, decoded)
+            await self._absorb_writes(run)
+            cmd: Command[Any] | None = input
+            if cmd is not None:
+                if cmd.update is not None or cmd.goto:
+                    raise UserError(
+                        "Command(update=/goto=) is for node return values; to change a paused thread's "
+                        "state use aupdate_state(), then resume with Command(resume=...) or None"
+                    )
+                await self._apply_resume(run, cmd.resume)
+            skip_before = True
+        else:
+            if decoded is not None:
+                self._load(run, decoded)
+            update = self.schema.input_dict(input)
+            if not update.keys() <= self.schema.channel_set:
+                self._bad_keys(START, update)
+            self._apply(run, list(update.items()))
+            nxt = await self._route(run, [START], [])
+            tasks = await self._checkpoint(run, nxt, "input")
+        await self._loop(run, tasks, skip_before, step_limit or self.step_limit)
+        return run
+
+    async def _apply_resume(self, run: Run, value: Any) -> None:
+        assert run.checkpointer is not None and run.thread_id is not None and run.checkpoint_id is not None
+        pending = run.pending_interrupts()
+        known = {i.id for i in run.interrupts}
+        if isinstance(value, dict) and value and all(k in known for k in value):  # type: ignore[union-attr]
+            answers: dict[str, Any] = dict(value)  # type: ignore[arg-type]
+        elif len(pending) == 1:
+            answers = {pending[0].id: value}
+        elif not pending:
+            raise UserError(
+                f"thread {run.thread_id!r} has no pending interrupt to resume; "
+                "continue it with ainvoke(None, thread_id=...) or send new input"
+            )
+        else:
+            ids = ", ".join(f"{i.id!r} ({i.node})" for i in pending)
+            raise UserError(
+                f"{len(pending)} interrupts are pending ({ids}); resume with "
+                "Command(resume={interrupt_id: value, ...}) naming each one you answer"
+            )
+        await run.checkpointer.put_writes(
+            [WriteRecord(run.thread_id, run.ns, run.checkpoint_id, _RESUME_TASK, "resume", encode_resume(answers))]
+        )
+        run.resume.update(answers)
+
+    async def _loop(self, run: Run, tasks: list[Task], skip_before: bool, limit: int) -> None:
+        steps = 0
+        while tasks:
+            if steps >= limit:
+                raise GraphRecursionError(
+                    f"graph {self.name!r} reached its step limit of {limit} supersteps without finishing "
+                    f"(next: {sorted({t.node for t in tasks})}); if the loop is intended, raise it with "
+                    "compile(step_limit=...) or ainvoke(..., step_limit=...), otherwise add an exit condition"
+                )
+            if self.interrupt_before and not skip_before:
+                hit = [t.node for t in tasks if t.node in self.interrupt_before]
+                if hit:
+                    await self._static_interrupt(run, list(dict.fromkeys(hit)), "before")
+                    return
+            skip_before = False
+            try:
+                results = await self._execute(run, tasks)
+            except GraphInterrupt as gi:
+                self._emit(run, "interrupt", None, list(gi.interrupts))
+                return
+            gotos: Gotos = []
+            for updates, g in results:
+                if updates:
+                    self._apply(run, updates)
+                if g:
+                    gotos.extend(g)
+            if run.sink is not None:
+                for t, (updates, _) in zip(tasks, results, strict=True):
+                    self._emit(run, "update", t.node, dict(updates), t.id)
+            nxt = await self._route(run, [t.node for t in tasks], gotos)
+            ran = tasks
+            tasks = await self._checkpoint(run, nxt, "loop")
+            steps += 1
+            if self.interrupt_after and tasks:
+                hit = [t.node for t in ran if t.node in self.interrupt_after]
+                if hit:
+                    await self._static_interrupt(run, list(dict.fromkeys(hit)), "after")
+                    return
+
+
+__all__ = ["Engine", "Run", "Task", "new_checkpoint_id"]
