@@ -23,14 +23,20 @@ def sqlite_checkpointer(path: Path) -> Any:
     return SqliteCheckpointer(str(path))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def checkpointer(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     import bastion.checkpoint as cp
 
     if request.param == "memory":
         saver = cp.MemoryCheckpointer()
-    else:
+    elif request.param == "sqlite":
         saver = sqlite_checkpointer(tmp_path / "runs.db")
+    else:
+        try:
+            from bastion.checkpoint import PostgresCheckpointer
+        except ImportError:
+            pytest.skip("PostgresCheckpointer has not landed yet")
+        saver = PostgresCheckpointer(request.getfixturevalue("pg_url"))
     yield saver
     await saver.aclose()
 
