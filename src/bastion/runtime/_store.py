@@ -349,7 +349,8 @@ class SqlRunStore:
         await self._run(
             lambda: self._exec(
                 "INSERT INTO bastion_threads (tenant, thread_id, metadata, created_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (tenant, thread_id) DO UPDATE SET metadata = excluded.metadata",
+                "ON CONFLICT (tenant, thread_id) DO UPDATE SET metadata = CASE WHEN excluded.metadata = '{}' "
+                "THEN bastion_threads.metadata ELSE excluded.metadata END",  # empty metadata keeps what is there
                 (tenant, thread_id, json.dumps(metadata), time.time()),
             )
         )

@@ -25,12 +25,22 @@ __all__ = [
     "FunctionModel",
     "Reply",
     "ScriptedModel",
+    "postgres_server",
+    "serve_app",
     "stream_response",
     "to_response",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "serve_app":
+        from bastion.testing._serve import serve_app
+
+        return serve_app
+    if name == "postgres_server":
+        from bastion.testing._postgres import postgres_server
+
+        return postgres_server
     if name in {"FakeOpenAIServer", "Fault"}:
         from bastion.testing import _fake_server
 
