@@ -62,10 +62,27 @@ def counts_as_failure(error: BaseException) -> bool:
 class CircuitBreaker:
     """The state machine for one target. Not thread-safe: it lives on one event loop."""
 
-    __slots__ = ("_clock", "_config", "_failures", "_opened_at", "_probing", "_recent", "_state", "name")
+    __slots__ = (
+        "_clock",
+        "_config",
+        "_failures",
+        "_opened_at",
+        "_probing",
+        "_recent",
+        "_state",
+        "name",
+        "on_change",
+    )
 
-    def __init__(self, name: str, config: CircuitBreakerConfig, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: CircuitBreakerConfig,
+        clock: Callable[[], float],
+        on_change: Callable[[str, BreakerState], None] | None = None,
+    ) -> None:
         self.name = name
+        self.on_change = on_change  # called on every transition (metrics); must not raise
         self._config = config
         self._clock = clock
         self._state: BreakerState = "closed"
@@ -77,8 +94,8 @@ class CircuitBreaker:
     @property
     def state(self) -> BreakerState:
         if self._state == "open" and self._clock() - self._opened_at >= self._config.cooldown:
-            self._state = "half_open"
             self._probing = False
+            self._set("half_open")
         return self._state
 
     def retry_in(self) -> float:
@@ -110,7 +127,7 @@ class CircuitBreaker:
         self._failures = 0
         self._probing = False
         if self._state != "closed":
-            self._state = "closed"
+            self._set("closed")
             if self._recent is not None:
                 self._recent.clear()
         if self._recent is not None:
@@ -142,9 +159,14 @@ class CircuitBreaker:
         return recent.count(False) / len(recent) >= rate
 
     def _open(self) -> None:
-        self._state = "open"
         self._opened_at = self._clock()
         self._failures = 0
+        self._set("open")
+
+    def _set(self, state: BreakerState) -> None:
+        self._state = state
+        if self.on_change is not None:
+            self.on_change(self.name, state)
 
 
 __all__ = ["BreakerState", "CircuitBreaker", "CircuitBreakerConfig", "counts_as_failure"]

@@ -153,51 +153,57 @@ class Gateway:
         None = the route hook's choice, else the default model) and return the response."""
         plan = self._router.plan_for(model, request)
         self.stats.calls += 1
-        if self.budgets is None and self.on_call is None and not self._may_cache(request):
-            # Fast path: nothing to look up, reserve or report.
-            response, deployment = await self._run(plan, request)
-            self._price(response, deployment, request)
-            return response
-        return await self._request_full(plan, request)
+        with _spans().chat(plan.primary, request) as span:
+            if self.budgets is None and self.on_call is None and not self._may_cache(request):
+                # Fast path: nothing to look up, reserve or report.
+                response, deployment = await self._run(plan, request)
+                self._price(response, deployment, request)
+            else:
+                response = await self._request_full(plan, request)
+            span.record_response(response)
+        return response
 
     async def stream(self, request: ModelRequest, model: Target | None = None) -> AsyncIterator[StreamEvent]:
         """Stream the response. Retries and fallbacks happen only before the first event."""
         plan = self._router.plan_for(model, request)
         self.stats.calls += 1
         started = self._clock()
-        reservation = await self._reserve(plan, request)
         final: ModelResponse | None = None
         error: BaseException | None = None
         deployment: Deployment | None = None
-        try:
-            first, events, deployment = await self._open_stream(plan, request)
+        reservation: Reservation | None = None
+        with _spans().chat(plan.primary, request) as span:
             try:
-                event: StreamEvent | None = first
-                while event is not None:
-                    if isinstance(event, ResponseDone):
-                        final = event.response
-                        self._price(final, deployment, request)
-                    yield event
-                    event = await anext(events, None)
-            except (ModelError, TimeoutError) as e:
-                deployment.breaker.record(e)
+                reservation = await self._reserve(plan, request)
+                first, events, deployment = await self._open_stream(plan, request)
+                try:
+                    event: StreamEvent | None = first
+                    while event is not None:
+                        if isinstance(event, ResponseDone):
+                            final = event.response
+                            self._price(final, deployment, request)
+                            span.record_response(final)
+                        yield event
+                        event = await anext(events, None)
+                except (ModelError, TimeoutError) as e:
+                    deployment.breaker.record(e)
+                    raise
+                finally:
+                    deployment.in_flight -= 1
+                    await _aclose(events)
+            except BaseException as e:
+                error = e
                 raise
             finally:
-                deployment.in_flight -= 1
-                await _aclose(events)
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            if self.budgets is not None and reservation is not None:
-                if final is not None:
-                    await self.budgets.settle(reservation, final.usage.total_tokens, final.cost_usd or 0.0)
-                elif deployment is None:
-                    await self.budgets.settle(reservation, 0, 0.0)  # nothing was generated
-                else:  # cut mid-stream: real usage unknown, keep the estimate
-                    await self.budgets.settle(reservation, reservation.tokens, reservation.usd)
-            if self.on_call is not None:
-                self._observe(plan, request, final, error, started, deployment, stream=True)
+                if self.budgets is not None and reservation is not None:
+                    if final is not None:
+                        await self.budgets.settle(reservation, final.usage.total_tokens, final.cost_usd or 0.0)
+                    elif deployment is None:
+                        await self.budgets.settle(reservation, 0, 0.0)  # nothing was generated
+                    else:  # cut mid-stream: real usage unknown, keep the estimate
+                        await self.budgets.settle(reservation, reservation.tokens, reservation.usd)
+                if self.on_call is not None:
+                    self._observe(plan, request, final, error, started, deployment, stream=True)
 
     def model(self, target: Target | None = None) -> GatewayModel:
         """A `Model` whose calls go through this gateway (what the agent loop holds)."""
@@ -538,7 +544,8 @@ class Gateway:
     def _breaker_for(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
         if breaker is None:
-            breaker = self._breakers[name] = CircuitBreaker(name, self._breaker_config, self._clock)
+            breaker = CircuitBreaker(name, self._breaker_config, self._clock, _report_breaker)
+            self._breakers[name] = breaker
         return breaker
 
 
@@ -562,6 +569,30 @@ class GatewayModel:
 
     def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         return self.gateway.stream(request, self.target)
+
+
+_spans_module: Any = None
+
+
+def _spans() -> Any:
+    """`bastion.tracing.spans`, imported on the first call (it is not needed to import us)."""
+    global _spans_module
+    if _spans_module is None:
+        from bastion.tracing import spans
+
+        _spans_module = spans
+    return _spans_module
+
+
+def _report_breaker(name: str, state: str) -> None:
+    try:
+        from bastion.gateway._pricing import split_name
+        from bastion.tracing._metrics import record_circuit_state
+
+        provider, model = split_name(name)
+        record_circuit_state(provider, model, state)
+    except Exception:  # metrics must never break a model call
+        log.debug("could not report breaker state", exc_info=True)
 
 
 def estimate_prompt_tokens(request: ModelRequest) -> int:

@@ -86,6 +86,11 @@ class Plan:
     label: str
     slots: tuple[Slot, ...]
 
+    @property
+    def primary(self) -> str:
+        """The first model the plan tries (the span's request model)."""
+        return self.slots[0].deployments[0].name
+
 
 class Router:
     """Builds and caches plans from tiers, deployments and registered models."""
