@@ -135,7 +135,7 @@ def load_html(html: str) -> tuple[str, str | None]:
         raise MissingExtraError("ingest", "beautifulsoup4", "Loading HTML") from e
     soup = BeautifulSoup(html, "html.parser")
     title = soup.title.get_text(strip=True) if soup.title else None
-    for tag in soup(["script", "style", "noscript", "template", "nav", "head"]):
+    for tag in soup(["script", "style", "noscript", "template", "nav", "head", "title"]):
         tag.decompose()
     lines = [line.strip() for line in soup.get_text("\n").splitlines()]
     return "\n".join(line for line in lines if line), title

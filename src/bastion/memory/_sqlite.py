@@ -166,7 +166,7 @@ class SQLiteMemoryStore:
             self._db.execute(
                 f"""
                 CREATE TABLE IF NOT EXISTS items_{s}(
-                    rowid INTEGER PRIMARY KEY, {cols(ITEM_COLUMNS)}, ns TEXT NOT NULL, skey TEXT,
+                    rowid INTEGER PRIMARY KEY AUTOINCREMENT, {cols(ITEM_COLUMNS)}, ns TEXT NOT NULL, skey TEXT,
                     embedded INTEGER NOT NULL DEFAULT 0, UNIQUE(id));
                 CREATE INDEX IF NOT EXISTS items_{s}_skey ON items_{s}(ns, skey) WHERE skey IS NOT NULL;
                 CREATE INDEX IF NOT EXISTS items_{s}_doc ON items_{s}(ns, doc_id) WHERE doc_id IS NOT NULL;
@@ -262,15 +262,18 @@ class SQLiteMemoryStore:
                 ns, kind, trust, valid_from, valid_to = row
                 blob = _blob(vector)
                 meta = (kind, int(trust == "trusted"), float(valid_from), float(valid_to or _FOREVER))
+                # vec0 ignores OR REPLACE; rowids are never reused (AUTOINCREMENT), so this only
+                # matters when the same row is embedded twice.
+                self._db.execute(f"DELETE FROM vec_{s} WHERE rowid = ?", (rowid,))
                 if self.index == "binary":
                     self._db.execute(
-                        f"INSERT OR REPLACE INTO vec_{s}(rowid, ns, embedding, emb, kind, trusted, valid_from, "
+                        f"INSERT INTO vec_{s}(rowid, ns, embedding, emb, kind, trusted, valid_from, "
                         "valid_to) VALUES(?, ?, vec_quantize_binary(?), ?, ?, ?, ?, ?)",
                         (rowid, ns, blob, blob, *meta),
                     )
                 else:
                     self._db.execute(
-                        f"INSERT OR REPLACE INTO vec_{s}(rowid, ns, embedding, kind, trusted, valid_from, "
+                        f"INSERT INTO vec_{s}(rowid, ns, embedding, kind, trusted, valid_from, "
                         "valid_to) VALUES(?, ?, ?, ?, ?, ?, ?)",
                         (rowid, ns, blob, *meta),
                     )

@@ -6,10 +6,10 @@
 
 The namespace is never chosen by the model: it is derived from the run's context
 (`namespace_from_context(RunContext)`), which the gateway injects (`context=` keyword) or the
-runtime sets with `use_run_context()` (the agent loop's run context is the fallback). Memory poisoning defence: a `remember` in a run that
-has seen untrusted content (a tool result labelled untrusted) is stored `trust="untrusted"`
-with provenance, and untrusted memories are excluded from retrieval unless asked for; when
-included they are marked as such.
+runtime sets with `use_run_context()` (the agent loop's run context is the fallback). Memory
+poisoning defence: a `remember` in a run that has seen untrusted content (a tool result labelled
+untrusted) is stored `trust="untrusted"` with provenance, and untrusted memories are excluded
+from retrieval unless asked for; when included they are marked as such.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 - `ScriptedModel` / `FunctionModel`: in-process models with scripted or computed replies.
 - `DirectToolExecutor`: a tool executor without the policy layer (validate, invoke, wrap
   errors, optional human approval via a graph interrupt).
+- `HashingEmbedder`: a deterministic, instant embedder for memory tests (no model files).
 - `FakeOpenAIServer`: a real HTTP server on 127.0.0.1 speaking the OpenAI Chat Completions
   API, which can be told to be slow, fail with 429/5xx, time out, answer malformed JSON or
   cut a stream mid-way.
@@ -16,6 +17,7 @@ from bastion.testing._models import FunctionModel, Reply, ScriptedModel, stream_
 from bastion.testing._tools import DirectToolExecutor
 
 if TYPE_CHECKING:
+    from bastion.memory._embedders import HashingEmbedder
     from bastion.testing._fake_server import FakeOpenAIServer, Fault
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "FakeOpenAIServer",
     "Fault",
     "FunctionModel",
+    "HashingEmbedder",
     "Reply",
     "ScriptedModel",
     "postgres_server",
@@ -37,6 +40,10 @@ def __getattr__(name: str) -> Any:
         from bastion.testing._serve import serve_app
 
         return serve_app
+    if name == "HashingEmbedder":
+        from bastion.memory._embedders import HashingEmbedder
+
+        return HashingEmbedder
     if name == "postgres_server":
         from bastion.testing._postgres import postgres_server
 
