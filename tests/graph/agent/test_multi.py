@@ -17,6 +17,7 @@ from bastion.graph.agent import (
     PlanExecuteVerify,
     RunDone,
     Supervisor,
+    TokenEvent,
     Verdict,
     handoff,
     keep_all,
@@ -128,6 +129,23 @@ async def test_agent_as_tool_runs_the_sub_agent_on_the_task_only(executor: Direc
     tool_result = lead_model.requests[1].messages[-1].tool_results[0]
     assert tool_result.content == "3 sources about solar panels" and tool_result.trust == "untrusted"
     assert researcher_model.requests[0].context.agent == "researcher"
+    assert result.usage.requests == 3  # the lead's two turns and the researcher's one
+
+
+async def test_sub_agent_events_join_the_callers_stream(executor: DirectToolExecutor) -> None:
+    researcher = Agent(FunctionModel(lambda r: "three sources"), name="researcher", tool_executor=executor)
+    lead = Agent(
+        ScriptedModel([ToolCall("research", {"task": "x"}), "summary"]),
+        tools=[researcher.as_tool("research")],
+        tool_executor=executor,
+        name="lead",
+    )
+    events = [e async for e in lead.stream("go")]
+    tokens = [(e.agent, e.text) for e in events if isinstance(e, TokenEvent)]
+    assert "".join(t for a, t in tokens if a == "researcher") == "three sources"
+    assert "".join(t for a, t in tokens if a == "lead") == "summary"
+    done = events[-1]
+    assert isinstance(done, RunDone) and done.result.usage.requests == 3
 
 
 def member(name: str, rendezvous: Any = None) -> tuple[Agent[Any], FunctionModel]:
@@ -164,6 +182,14 @@ async def test_supervisor_routes_by_model_and_runs_members_in_parallel(rendezvou
     answers = {r.tool_call_id: r.content for m in sup_model.requests[1].messages for r in m.tool_results}
     assert answers == {"m1": "math did: compute 6*7", "w1": "writer did: write a haiku"}
     assert result.usage.requests == 4  # 2 supervisor turns + 2 members
+
+
+async def test_supervisor_stream_carries_the_members_tokens() -> None:
+    math, _ = member("math")
+    sup = Supervisor([math], model=ScriptedModel([ToolCall("route_to_math", {"task": "6*7"}), "42"]))
+    events = [e async for e in sup.stream("6*7?")]
+    assert "".join(e.text for e in events if isinstance(e, TokenEvent) and e.agent == "math") == "math did: 6*7"
+    assert isinstance(events[-1], RunDone) and events[-1].result.output == "42"
 
 
 async def test_supervisor_rejects_an_unknown_route_and_lets_the_model_retry() -> None:

@@ -1,15 +1,16 @@
 """An agent as a tool: another agent delegates a task to it and gets its final answer back.
 
 The sub-agent runs as a fresh, ephemeral conversation (it sees only the task), under the same
-`RunContext` as the caller. The calling agent journals the tool call like any other, so a
-resumed parent never re-runs a sub-agent that already answered.
+`RunContext` as the caller; its events join the caller's stream and its usage and cost the
+caller's result. The calling agent journals the tool call like any other, so a resumed parent
+never re-runs a sub-agent that already answered.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bastion.graph.agent._runtime import current_runtime
+from bastion.graph.agent._nested import report_spend, run_nested
 from bastion.tools import Tool, tool
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ def agent_tool(agent: Agent[Any], *, name: str | None = None, description: str |
         """Args:
         task: what the agent should do, with every detail it needs (it sees nothing else)
         """
-        result = await agent.run(task, context=current_runtime().context)
+        result = await run_nested(agent, task)
+        report_spend(result)
         if result.interrupted:
             from bastion.errors import ToolError
 

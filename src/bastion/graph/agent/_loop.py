@@ -19,6 +19,7 @@ from bastion.gateway import collect
 from bastion.graph import END, Send, append, emit, memo
 from bastion.graph.agent._codec import response_from_dict, response_to_dict, result_from_dict, result_to_dict
 from bastion.graph.agent._history import tag
+from bastion.graph.agent._nested import collect_spend
 from bastion.graph.agent._output import OutputInvalid
 from bastion.graph.agent._result import (
     HandoffEvent,
@@ -53,8 +54,9 @@ class AgentState(TypedDict, total=False):
     turns: int  # model calls in this run
     retries: int  # structured-output retries used in this run
     output: Any  # the final answer in JSON form
-    usage: dict[str, int]
+    usage: dict[str, int]  # this run's own model calls
     cost: float
+    spend: Annotated[list[dict[str, Any]], append]  # sub-agents run as tools: {"run_id", "usage", "cost"}
     done: bool
 
 
@@ -194,16 +196,20 @@ def make_tool_node(group: AgentGroup) -> Any:
 
         async def run() -> dict[str, Any]:
             emit("tool_call", ToolCallEvent(agent.name, call))
-            result = await agent.executor().execute(
-                call,
-                agent.tools_by_name,
-                ToolCallContext(run=agent.request_context(runtime.context), messages=job["history"], agent=agent.name),
+            context = ToolCallContext(
+                run=agent.request_context(runtime.context), messages=job["history"], agent=agent.name
             )
+            with collect_spend() as spent:  # sub-agents called as tools report here
+                result = await agent.executor().execute(call, agent.tools_by_name, context)
             emit("tool_result", ToolResultEvent(agent.name, result))
-            return result_to_dict(result)
+            return {"result": result_to_dict(result), "spend": spent}
 
-        result = result_from_dict(await memo(f"{job['run_id']}:tool:{call.id}", run))
-        return {"messages": [tag(Message.tool(result), agent.name)]}
+        record = await memo(f"{job['run_id']}:tool:{call.id}", run)
+        result = result_from_dict(record["result"])
+        update: dict[str, Any] = {"messages": [tag(Message.tool(result), agent.name)]}
+        if record["spend"]:
+            update["spend"] = [{**s, "run_id": job["run_id"]} for s in record["spend"]]
+        return update
 
     return tool_node
 

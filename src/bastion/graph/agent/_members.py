@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from bastion.errors import UserError
 from bastion.graph import memo
-from bastion.graph.agent._runtime import current_runtime
+from bastion.graph.agent._nested import run_nested
 from bastion.types import Message, Usage
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ async def run_member(agent: Agent[Any], input: AgentInput, *, key: str) -> dict[
     `{"agent", "output" (JSON form), "text", "usage", "cost"}`."""
 
     async def call() -> dict[str, Any]:
-        result = await agent.run(input, context=current_runtime().context)
+        result = await run_nested(agent, input)
         if result.interrupted:
             raise UserError(
                 f"member agent {agent.name!r} stopped at an interrupt; interrupts inside multi-agent members "

@@ -14,6 +14,7 @@ from bastion.graph.agent._loop import (
     make_router,
     make_tool_node,
 )
+from bastion.graph.agent._members import total_spend
 from bastion.graph.agent._result import AgentEvent, AgentResult, RunDone
 from bastion.graph.agent._runtime import Runtime, use_runtime
 from bastion.types import Message, RunContext, Usage, new_id
@@ -176,11 +177,12 @@ class Runner(GraphRunner):
             stored = values.get("output")
             output = agent.output_spec.load(stored) if agent.output_spec else stored
         messages: Sequence[Message] = values.get("messages") or []
+        nested_usage, nested_cost = total_spend(values.get("spend") or [], values.get("run_id"))
         return AgentResult(
             output=output,
             messages=list(messages),
-            usage=Usage.from_dict(values.get("usage") or {}),
-            cost=float(values.get("cost") or 0.0),
+            usage=Usage.from_dict(values.get("usage") or {}) + nested_usage,
+            cost=float(values.get("cost") or 0.0) + nested_cost,
             interrupts=interrupts,
             thread_id=thread_id,
             agent=agent.name,
