@@ -155,7 +155,7 @@ def _enc_dict(v: dict[Any, Any]) -> Any:
         try:
             out[k] = _enc(x)
         except _Unsupported as e:
-            e.parts.append(f"[{k!r}]")
+            e.parts.append(f".{k}" if k.isidentifier() else f"[{k!r}]")
             raise
     if _TAG in out:  # user data that looks like a tag: store as pairs so decoding cannot misread it
         return {_TAG: "dict", "d": [[k, x] for k, x in out.items()]}
