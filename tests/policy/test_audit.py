@@ -88,3 +88,21 @@ def test_tampering_with_raw_sql_is_detected(tmp_path: Path, tamper: str) -> None
     assert not result.ok
     assert result.first_bad_seq in (2, 3)
     assert result.problem
+
+
+def test_truncation_detected_against_an_anchor(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    with AuditLog(path) as log:
+        fill(log)
+        anchor = log.head()
+        assert anchor[0] == 4 and log.verify(anchor=anchor).ok
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("DROP TRIGGER audit_no_delete")
+        db.execute("DELETE FROM audit_log WHERE seq >= 3")
+    finally:
+        db.close()
+    with AuditLog(path) as log:
+        assert log.verify().ok  # a shorter chain is still a valid chain...
+        result = log.verify(anchor=anchor)  # ...but not against the anchor
+    assert not result.ok and "removed" in result.problem

@@ -196,8 +196,16 @@ class AuditLog:
             )
         return out
 
-    def verify(self) -> VerifyResult:
-        """Recompute the chain; report the first entry whose content, order or link is wrong."""
+    def head(self) -> tuple[int, str]:
+        """(sequence, hash) of the newest entry: store it elsewhere now and then, so removing
+        the newest rows (which leaves a valid shorter chain) is detectable too."""
+        with self._lock:
+            row = self._db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    def verify(self, *, anchor: tuple[int, str] | None = None) -> VerifyResult:
+        """Recompute the chain; report the first entry whose content, order or link is wrong.
+        With `anchor` (an earlier `head()`), also check that entry is still there, unchanged."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, ts, event, tenant, agent, user, run_id, tool, tool_call_id, args_hash,"
@@ -232,6 +240,12 @@ class AuditLog:
                 return VerifyResult(False, len(rows), seq, "entry content does not match its hash")
             prev = h
             expected_seq += 1
+        if anchor is not None and anchor[0] > 0:
+            seq, h = anchor
+            if seq > len(rows):
+                return VerifyResult(False, len(rows), seq, f"entries from {len(rows) + 1} to {seq} were removed")
+            if rows[seq - 1][-1] != h:
+                return VerifyResult(False, len(rows), seq, "entry differs from the stored anchor")
         return VerifyResult(True, len(rows))
 
 
