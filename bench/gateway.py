@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -230,60 +231,66 @@ async def load(url: str, key: str, *, concurrency: int, count: int, max_seconds:
 
 
 async def proxy_throughput(upstream: str, quick: bool, logdir: Path) -> tuple[list[Run], dict[str, str]]:
-    runs: list[Run] = []
+    """Both proxies run at once (idle while the other is loaded); rounds alternate and the best
+    round of each counts, so a burst of load from elsewhere on the machine hurts neither alone."""
     notes: dict[str, str] = {}
-    count, limit = (1500, 8.0) if quick else (4000, 15.0)
-
-    port = free_port()
-    key = "bst-bench-" + os.urandom(8).hex()
-    cmd = [sys.executable, __file__, "--serve-bastion-proxy", str(port), upstream, key]
-    with child(cmd, ready_url=f"http://127.0.0.1:{port}/v1/models", timeout=30, log=logdir / "bastion-proxy.log"):
-        run = await load(
-            f"http://127.0.0.1:{port}/v1", key, concurrency=50, count=count, max_seconds=limit, name="Bastion proxy"
+    count, limit, rounds = (1500, 5.0, 1) if quick else (4000, 8.0, 2)
+    targets: list[tuple[str, str, str]] = []  # (name, base url, key)
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        key = "bst-bench-" + os.urandom(8).hex()
+        cmd = [sys.executable, __file__, "--serve-bastion-proxy", str(port), upstream, key]
+        stack.enter_context(
+            child(cmd, ready_url=f"http://127.0.0.1:{port}/v1/models", timeout=30, log=logdir / "bastion-proxy.log")
         )
-        runs.append(run)
-        print(f"  Bastion proxy   {run.rps:8.0f} req/s  (p50 {run.p50_ms:.2f} ms, {run.errors} errors)", flush=True)
+        targets.append(("Bastion proxy", f"http://127.0.0.1:{port}/v1", key))
 
-    litellm_bin = Path(sys.executable).parent / "litellm"
-    if not has_module("litellm.proxy.proxy_server") or not litellm_bin.exists():
-        notes["LiteLLM proxy"] = "n/a (litellm[proxy] not installed)"
-        return runs, notes
-    port = free_port()
-    config = logdir / "litellm.yaml"
-    config.write_text(
-        "model_list:\n"
-        f"  - model_name: {MODEL}\n"
-        "    litellm_params:\n"
-        f"      model: openai/{MODEL}\n"
-        f"      api_base: {upstream}\n"
-        "      api_key: sk-fake\n"
-        "general_settings:\n"
-        f"  master_key: {MASTER_KEY}\n"
-        "litellm_settings:\n"
-        "  telemetry: false\n"
-    )
-    cmd = [str(litellm_bin), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-    try:
-        with child(
-            cmd,
-            ready_url=f"http://127.0.0.1:{port}/health/liveliness",
-            timeout=90,
-            env=PEER_ENV,
-            log=logdir / "litellm-proxy.log",
-        ):
-            run = await load(
-                f"http://127.0.0.1:{port}/v1",
-                MASTER_KEY,
-                concurrency=50,
-                count=count,
-                max_seconds=limit,
-                name="LiteLLM proxy",
+        litellm_bin = Path(sys.executable).parent / "litellm"
+        if not has_module("litellm.proxy.proxy_server") or not litellm_bin.exists():
+            notes["LiteLLM proxy"] = "n/a (litellm[proxy] not installed)"
+        else:
+            port = free_port()
+            config = logdir / "litellm.yaml"
+            config.write_text(
+                "model_list:\n"
+                f"  - model_name: {MODEL}\n"
+                "    litellm_params:\n"
+                f"      model: openai/{MODEL}\n"
+                f"      api_base: {upstream}\n"
+                "      api_key: sk-fake\n"
+                "general_settings:\n"
+                f"  master_key: {MASTER_KEY}\n"
+                "litellm_settings:\n"
+                "  telemetry: false\n"
             )
-            runs.append(run)
-            print(f"  LiteLLM proxy   {run.rps:8.0f} req/s  (p50 {run.p50_ms:.2f} ms, {run.errors} errors)", flush=True)
-    except (RuntimeError, TimeoutError) as e:
-        notes["LiteLLM proxy"] = f"n/a (could not start: {e})"
-    return runs, notes
+            cmd = [str(litellm_bin), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+            cmd += ["--num_workers", "1"]
+            try:
+                stack.enter_context(
+                    child(
+                        cmd,
+                        ready_url=f"http://127.0.0.1:{port}/health/liveliness",
+                        timeout=90,
+                        env=PEER_ENV,
+                        log=logdir / "litellm-proxy.log",
+                    )
+                )
+                targets.append(("LiteLLM proxy", f"http://127.0.0.1:{port}/v1", MASTER_KEY))
+            except (RuntimeError, TimeoutError) as e:
+                notes["LiteLLM proxy"] = f"n/a (could not start: {e})"
+
+        best: dict[str, Run] = {}
+        for i in range(rounds):
+            for name, url, key in targets:
+                run = await load(url, key, concurrency=50, count=count, max_seconds=limit, name=name)
+                print(
+                    f"  {name:15s} round {i + 1}: {run.rps:7.0f} req/s  (p50 {run.p50_ms:.2f} ms, "
+                    f"{run.calls} requests, {run.errors} errors)",
+                    flush=True,
+                )
+                if name not in best or run.rps > best[name].rps:
+                    best[name] = run
+    return list(best.values()), notes
 
 
 # --- report -------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ cost and caching apply. It is the server side of the OpenAI Chat Completions for
 no embeddings, assistants, files or the Responses API.
 """
 
-from bastion.gateway.proxy._app import BudgetHook, ProxyGateway, create_proxy_app
+from bastion.gateway.proxy._app import BudgetHook, ProxyApp, ProxyGateway, create_proxy_app
 from bastion.gateway.proxy._codec import BadRequest, ChatCompletionBody
 from bastion.gateway.proxy._keys import (
     KEY_PREFIX,
@@ -26,6 +26,7 @@ __all__ = [
     "ChatCompletionBody",
     "InMemoryKeyStore",
     "KeyStore",
+    "ProxyApp",
     "ProxyGateway",
     "SQLiteKeyStore",
     "VirtualKey",
