@@ -79,3 +79,41 @@ async def test_gateway_sets_cost_on_responses() -> None:
     assert gw.stats.cost_usd == pytest.approx(5.0)
     unknown = await gw.request(ModelRequest([Message.user("hi")]), "acme:unknown")
     assert unknown.cost_usd is None and unknown.text == "ok"
+
+
+@pytest.mark.parametrize(
+    ("name", "ref", "provider"),
+    [
+        ("openai:gpt-4o-mini", "gpt-4o-mini", "openai"),
+        ("openai:gpt-4.1", "gpt-4.1", "openai"),
+        ("anthropic:claude-sonnet-4-5", "claude-sonnet-4-5", "anthropic"),  # tiered: calc_price path
+        ("gemini:gemini-2.5-flash", "gemini-2.5-flash", "google"),
+    ],
+)
+@pytest.mark.parametrize(
+    "usage", [Usage(1234, 567), Usage(1234, 567, cache_read_tokens=200), Usage(300_000, 10, cache_write_tokens=100)]
+)
+def test_float_fast_path_matches_calc_price(name: str, ref: str, provider: str, usage: Usage) -> None:
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    expected = calc_price(
+        PriceUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        ),
+        ref,
+        provider_id=provider,
+    ).total_price
+    assert Pricing().cost(name, usage) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_service_tier_selects_the_price_variant() -> None:
+    from bastion.types import ModelSettings
+
+    p = Pricing()
+    usage = Usage(1_000_000, 0)
+    batch = p.cost("openai:gpt-4o-mini", usage, ModelSettings(extra={"processing": "batch"}))
+    assert batch == pytest.approx(0.075) and p.cost("openai:gpt-4o-mini", usage) == pytest.approx(0.15)

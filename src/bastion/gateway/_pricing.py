@@ -115,6 +115,9 @@ class Pricing:
         self._use_table = use_table
         self._resolved: dict[str, Rates | None] = {}
         self._unknown: set[str] = set()
+        # Table models with plain per-token prices, priced with float arithmetic (~1 µs instead of
+        # ~80 µs through calc_price); None marks models that need calc_price (tiers, dated prices).
+        self._linear: dict[str, Rates | None] = {}
 
     def cost(self, model: str, usage: Usage, settings: ModelSettings | None = None) -> float | None:
         """USD for `usage` on `model`, or None when the model has no known price."""
@@ -123,6 +126,16 @@ class Pricing:
             return rates.cost(usage)
         if not self._use_table or model in self._unknown:
             return None
+        if settings is None or not settings.extra:
+            linear = self._linear.get(model, _UNSET)
+            if linear is _UNSET:
+                linear = self._linear[model] = self._linear_rates(model)
+            if (
+                linear is not None
+                and (linear.cache_read is not None or not usage.cache_read_tokens)
+                and (linear.cache_write is not None or not usage.cache_write_tokens)
+            ):
+                return linear.cost(usage)
         try:
             return self._table_cost(model, usage, settings)
         except LookupError:
@@ -162,6 +175,36 @@ class Pricing:
         self._resolved[model] = rates
         return rates
 
+    def _linear_rates(self, model: str) -> Rates | None:
+        from decimal import Decimal
+
+        from genai_prices import data_snapshot
+        from genai_prices.types import ModelPrice
+
+        provider, ref = split_name(model)
+        try:
+            _, info = data_snapshot.get_snapshot().find_provider_model(ref, None, _PROVIDER_IDS.get(provider), None)
+        except LookupError:
+            return None
+        prices = info.prices
+        if not isinstance(prices, ModelPrice):
+            return None  # dated / conditional prices: let calc_price pick the one in force
+        fields = {
+            k: getattr(prices, k, None) for k in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+        }
+        if not all(v is None or isinstance(v, Decimal) for v in fields.values()):
+            return None  # tiered by prompt size
+        if fields["input_mtok"] is None or fields["output_mtok"] is None:
+            return None
+
+        def f(key: str) -> float | None:
+            value = fields[key]
+            return None if value is None else float(value)
+
+        return Rates(
+            float(fields["input_mtok"]), float(fields["output_mtok"]), f("cache_read_mtok"), f("cache_write_mtok")
+        )
+
     def _table_cost(self, model: str, usage: Usage, settings: ModelSettings | None) -> float:
         from genai_prices import Usage as PriceUsage
         from genai_prices import calc_price
@@ -179,6 +222,9 @@ class Pricing:
         )
         result = calc_price(priced, ref, provider_id=_PROVIDER_IDS.get(provider), price_context=context)
         return float(result.total_price)
+
+
+_UNSET: Any = object()
 
 
 def _is_pattern(name: str) -> bool:
