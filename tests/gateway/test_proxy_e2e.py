@@ -3,6 +3,7 @@ OpenAI wire format -> FakeOpenAIServer."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import sys
@@ -103,3 +104,76 @@ async def test_upstream_rate_limit_passes_retry_after(upstream: FakeOpenAIServer
     with pytest.raises(openai.RateLimitError) as info:
         await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "x"}])
     assert info.value.response.headers["retry-after"] == "7"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_ready(url: str, proc: Any) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):  # bounded: ~30 s at most
+            assert proc.returncode is None, "the proxy process exited early"
+            try:
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)):
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+async def test_cli_mint_and_serve(upstream: FakeOpenAIServer, tmp_path: Path) -> None:
+    import os
+
+    env = {
+        **os.environ,
+        "BASTION_HOME": str(tmp_path),
+        "BASTION_TIERS": json.dumps({"cheap": f"openai-compat:{upstream.base_url}#fake-model"}),
+    }
+    cli = [sys.executable, "-m", "bastion.gateway.proxy"]
+    mint = await asyncio.create_subprocess_exec(
+        *cli,
+        "mint",
+        "--tenant",
+        "acme",
+        "--model",
+        "cheap",
+        "--max-tokens",
+        "10000",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(mint.communicate(), timeout=30)
+    assert mint.returncode == 0, err
+    key = out.decode().strip()
+    assert key.startswith("bst-") and b"cannot be shown again" in err
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *cli,
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await _wait_ready(f"http://127.0.0.1:{port}/v1/models", proc)
+        async with openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=10
+        ) as c:
+            assert [m.id for m in (await c.models.list()).data] == ["cheap"]
+            upstream.reply("served by the CLI")
+            done = await c.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}])
+            assert done.choices[0].message.content == "served by the CLI"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=10)
+    assert (tmp_path / "proxy-budgets.db").exists()  # the key's spend was recorded durably
