@@ -32,6 +32,7 @@ AuditEvent = Literal[
     "approval_edited",
     "redaction",
     "injection_signal",
+    "tool_changed",
 ]
 
 
@@ -105,7 +106,7 @@ class AuditLog:
                 tool TEXT NOT NULL, tool_call_id TEXT NOT NULL, args_hash TEXT NOT NULL,
                 body TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, v INTEGER NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS audit_run ON audit_log(run_id);
+            CREATE INDEX IF NOT EXISTS audit_run ON audit_log(run_id, tool_call_id);
             CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_log
                 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
             CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_log
@@ -195,6 +196,14 @@ class AuditLog:
                 )
             )
         return out
+
+    def has(self, event: str, run_id: str, tool_call_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM audit_log WHERE run_id = ? AND tool_call_id = ? AND event = ? LIMIT 1",
+                (run_id, tool_call_id, event),
+            ).fetchone()
+        return row is not None
 
     def head(self) -> tuple[int, str]:
         """(sequence, hash) of the newest entry: store it elsewhere now and then, so removing

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bastion._sync import run_sync
+from bastion.errors import ConfigError
 from bastion.policy._approval import (
     ApprovalDecision,
     ApprovalRequest,
@@ -27,6 +29,7 @@ from bastion.policy._policy import Policy, PolicyDecision
 from bastion.policy._secrets import EnvSecretProvider, Redactor, SecretProvider
 from bastion.policy._taint import spotlight as spotlight_result
 from bastion.tools._executor import ToolCallContext
+from bastion.tools._registry import ToolRegistry
 from bastion.tools._runner import ToolRunner, error_result
 from bastion.tools._tool import Tool
 from bastion.types import ToolCall, ToolResult
@@ -53,6 +56,7 @@ class ToolGateway:
         runner: ToolRunner | None = None,
         redactor: Redactor | None = None,
         spotlight: bool = True,
+        pin_tools: bool = True,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self.approver: Approver = approver if approver is not None else InterruptApprover()
@@ -61,6 +65,10 @@ class ToolGateway:
         self.runner = runner if runner is not None else ToolRunner()
         self.redactor = redactor if redactor is not None else Redactor()
         self.spotlight = spotlight
+        # Per agent, the first schema version seen of each tool; a breaking change later in the
+        # process (an MCP server swapping a tool under a running agent) is refused.
+        self.pin_tools = pin_tools
+        self._pinned: dict[str, ToolRegistry] = {}
 
     async def execute(self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext) -> ToolResult:
         run = context.run
@@ -73,13 +81,20 @@ class ToolGateway:
                 f"there is no tool named {call.name!r}; available: {', '.join(sorted(tools)) or '(none)'}",
                 "unknown_tool",
             )
+        if self.pin_tools:
+            changed = self._check_pin(tool, call, who)
+            if changed is not None:
+                return changed
         checked = self.runner.validate(tool, call)
         if isinstance(checked, ToolResult):
             self._audit("deny", who, call, call.arguments, ["invalid-arguments"], {"problems": checked.content})
             return self._finish(checked, who, call)
         arguments = checked
 
-        decision = self.policy.decide(tool, arguments, agent=context.agent, run=run, messages=context.messages)
+        signals = self.policy.scan_descriptions(tools.values())
+        decision = self.policy.decide(
+            tool, arguments, agent=context.agent, run=run, messages=context.messages, signals=signals
+        )
         if decision.effect == "deny":
             self._audit("deny", who, call, arguments, decision.reasons, {"why": decision.messages})
             return self._denied(call, decision)
@@ -92,7 +107,37 @@ class ToolGateway:
             self._audit("allow", who, call, arguments, decision.reasons)
         return await self._run(call, tool, arguments, who)
 
+    def execute_sync(self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext) -> ToolResult:
+        """`execute` for synchronous callers (refuses inside a running event loop)."""
+        return run_sync(self.execute(call, tools, context))
+
     # --- steps ---------------------------------------------------------------------------------
+
+    def _check_pin(self, tool: Tool, call: ToolCall, who: _Who) -> ToolResult | None:
+        registry = self._pinned.setdefault(f"{who.tenant}/{who.agent}", ToolRegistry())
+        pinned = registry.get(tool.name)
+        if pinned is not None and pinned.version == tool.version:
+            return None
+        try:
+            diff = registry.register(tool)
+        except ConfigError as e:
+            self._audit("deny", who, call, call.arguments, ["tool-changed"], {"why": str(e)})
+            return error_result(
+                call,
+                f"tool {tool.name!r} changed incompatibly while this agent was running; it is blocked "
+                "until the application is restarted with the new version reviewed.",
+                "tool_changed",
+            )
+        if diff is not None:
+            self._audit(
+                "tool_changed",
+                who,
+                call,
+                None,
+                [f"version:{diff.old_version}->{diff.new_version}"],
+                {"compatible": diff.compatible},
+            )
+        return None
 
     async def _approval(
         self,
@@ -126,7 +171,9 @@ class ToolGateway:
             run_id=who.run_id,
             user=who.user,
         )
-        self._audit("approval_requested", who, call, arguments, decision.reasons, {"risk": risk.text})
+        # A resumed run re-enters here with the human's answer: record the request only once.
+        if not (who.run_id and self.audit.has("approval_requested", who.run_id, call.id)):
+            self._audit("approval_requested", who, call, arguments, decision.reasons, {"risk": risk.text})
         answer: ApprovalDecision = await self.approver.decide(request)
         detail: dict[str, Any] = {"approver": answer.approver, "reason": answer.reason}
         if answer.action == "reject":
@@ -156,6 +203,7 @@ class ToolGateway:
                 messages=context.messages,
                 human_authored=True,
                 charge_rate_limit=False,
+                signals=self.policy.scan_descriptions([tool]),
             )
             if again.effect == "deny":
                 self._audit("deny", who, call, checked, again.reasons, {"why": again.messages, **detail})

@@ -28,7 +28,7 @@ from bastion.policy._taint import (
     argument_values,
     extract_values,
 )
-from bastion.tools._tool import Tool
+from bastion.tools._tool import Tool, canonical_json
 from bastion.types import Message, RunContext, ToolResult
 
 Effect = Literal["allow", "require_approval", "deny"]
@@ -61,6 +61,8 @@ class Policy:
     else is callable. `policies` replaces the default Cedar policy set (files, directories or
     inline text); `rules` adds argument constraints; `on_taint` / `on_injection` say what a
     tainted side-effecting call / injection signal does ("require_approval", "deny", "off").
+    `taint_reads=True` applies the taint rule to read tools too (a read can leak data through
+    its URL or query; off by default because browsing agents follow links from pages).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Policy:
         detectors: Sequence[InjectionDetector] | None = None,
         content_args: Iterable[str] = DEFAULT_CONTENT_ARGS,
         check_declared_hosts: bool = True,
+        taint_reads: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.grants = {k: frozenset(v) for k, v in (grants or {}).items()}
@@ -88,6 +91,7 @@ class Policy:
         self.on_injection: RuleEffect | Literal["off"] = on_injection
         self.detectors: list[InjectionDetector] = list(detectors) if detectors is not None else [HeuristicDetector()]
         self.content_args = frozenset(content_args)
+        self.taint_reads = taint_reads
         self._buckets = TokenBuckets(clock)
         self._scan_cache: OrderedDict[tuple[str, int], list[InjectionFinding]] = OrderedDict()
         self._values_cache: OrderedDict[tuple[str, int], frozenset[tuple[ValueKind, str]]] = OrderedDict()
@@ -108,6 +112,25 @@ class Policy:
             if len(self._scan_cache) > 20_000:
                 self._scan_cache.popitem(last=False)
         return cached
+
+    def scan_descriptions(self, tools: Iterable[Tool]) -> dict[str, list[InjectionFinding]]:
+        """Injection findings in tool descriptions and schemas, by tool name (tool poisoning: a
+        description the model reads that tells it what else to do). Cached per tool version."""
+        out: dict[str, list[InjectionFinding]] = {}
+        for tool in tools:
+            key = (f"description:{tool.name}:{tool.version}", 0)
+            cached = self._scan_cache.get(key)
+            if cached is None:
+                text = tool.description + " " + canonical_json(tool.parameters)
+                cached = [
+                    InjectionFinding(f.detector, f"tool_description:{f.rule}", f"{tool.name}: {f.excerpt}", f.score)
+                    for d in self.detectors
+                    for f in d.detect(text)
+                ]
+                self._scan_cache[key] = cached
+            if cached:
+                out[tool.name] = cached
+        return out
 
     def _values(self, key: tuple[str, int], text: str) -> frozenset[tuple[ValueKind, str]]:
         cached = self._values_cache.get(key)
@@ -148,11 +171,20 @@ class Policy:
         messages: Sequence[Message] = (),
         human_authored: bool = False,
         charge_rate_limit: bool = True,
+        signals: Mapping[str, Sequence[InjectionFinding]] | None = None,
     ) -> PolicyDecision:
         """Decide one call. `human_authored` marks arguments a human wrote in an approval edit:
-        they are not tainted, and escalations to approval no longer apply (deny still does)."""
+        they are not tainted, and escalations to approval no longer apply (deny still does).
+        `signals` are injection findings in tool descriptions (`scan_descriptions`): a poisoned
+        description escalates calls to that tool, and every side-effecting call."""
         side_effecting = tool.side_effect in ("write", "irreversible")
-        prov, findings = self.provenance(messages) if side_effecting else (Provenance(), [])
+        checked = side_effecting or (self.taint_reads and tool.side_effect == "read")
+        prov, seen = self.provenance(messages) if checked else (Provenance(), [])
+        signals = signals or {}
+        if side_effecting:
+            findings = [*seen, *(f for fs in signals.values() for f in fs)]
+        else:  # reads are escalated only by their own poisoned description
+            findings = list(signals.get(tool.name, ()))
         taint = TaintReport() if human_authored else prov.check(arguments, content_args=self.content_args)
         amounts, recipients = self._facts(arguments)
         hosts = sorted(hosts_in_arguments(arguments))
@@ -203,14 +235,14 @@ class Policy:
             if violation is not None:
                 decision.escalate(violation.effect, violation.rule_id, violation.message)
         on_taint, on_injection = self.on_taint, self.on_injection
-        if side_effecting and taint.is_tainted and on_taint != "off":
+        if checked and taint.is_tainted and on_taint != "off":
             listed = ", ".join(f"{t.value} ({t.argument}, from {'/'.join(t.sources)})" for t in taint.tainted)
             decision.escalate(
                 on_taint,
                 "taint:untrusted-value",
                 f"arguments use values that came from untrusted tool output, not from the user: {listed}",
             )
-        if side_effecting and findings and on_injection != "off":
+        if findings and on_injection != "off":
             rules = sorted({f"{f.detector}:{f.rule}" for f in findings})
             decision.escalate(
                 on_injection,
