@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -54,13 +54,14 @@ def table(rows: list[tuple[str, float, float]], base: float) -> str:
     return "\n".join(out)
 
 
-async def test_gateway_overhead_in_process() -> None:
+async def test_gateway_overhead_in_process(tmp_path: Path) -> None:
     model = InstantModel()
     request = ModelRequest([Message.user("hello")])
     cached_req = ModelRequest([Message.user("hello")], settings=ModelSettings(temperature=0))
     budget_req = ModelRequest([Message.user("hello")], context=RunContext(tenant="t", run_id="r"))
     plain = Gateway(models=[model], cache=False)
     cached = Gateway(models=[model], cache=ResponseCache.in_memory())
+    on_disk = Gateway(models=[model], cache=ResponseCache(path=tmp_path / "cache.db"))
     budgeted = Gateway(models=[model], cache=False, budgets=Budget(tenant=BudgetLimits(usd=1e9, tokens=10**15)))
     n = 20_000
     base = await measure(lambda: model.request(request), n)
@@ -72,6 +73,10 @@ async def test_gateway_overhead_in_process() -> None:
             *await measure(lambda: cached.request(cached_req, "openai:gpt-4o-mini"), n),
         ),
         (
+            "gateway.request() exact-cache hit (SQLite file)",
+            *await measure(lambda: on_disk.request(cached_req, "openai:gpt-4o-mini"), n),
+        ),
+        (
             "gateway.request() with tenant budget (memory)",
             *await measure(lambda: budgeted.request(budget_req, "openai:gpt-4o-mini"), n),
         ),
@@ -79,6 +84,7 @@ async def test_gateway_overhead_in_process() -> None:
     print("\n" + table(rows, base[0]))
     await plain.aclose()
     await cached.aclose()
+    await on_disk.aclose()
     await budgeted.aclose()
 
 
@@ -88,14 +94,12 @@ async def test_gateway_overhead_over_http() -> None:
     from bastion.gateway import resolve_model
     from bastion.gateway._http import aclose_http_sessions
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bastion.testing._fake_server", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bastion.testing._fake_server", "--port", "0", stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         base_url = line.strip().split()[-1].rstrip("/")
         assert base_url.startswith("http://"), line
         name = f"openai-compat:{base_url}#fake-model"
@@ -123,6 +127,4 @@ async def test_gateway_overhead_over_http() -> None:
         await aclose_http_sessions()
     finally:
         proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        await asyncio.wait_for(proc.wait(), 10)
