@@ -167,6 +167,10 @@ class Agent(Generic[OutputT]):
         `input=None, resume=value` to continue an interrupted run (as `resume()` does)."""
         return self._runner.stream(input, resume=resume, thread_id=thread_id, context=context)
 
+    async def delete_thread(self, thread_id: str) -> None:
+        """Delete everything stored for a thread (its checkpoints and journal)."""
+        await self._runner.delete_thread(thread_id)
+
     def as_tool(self, name: str | None = None, description: str | None = None) -> Tool:
         """This agent as a tool another agent can call with a task; the tool returns the final
         answer (text, or the structured output as JSON)."""

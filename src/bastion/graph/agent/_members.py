@@ -1,13 +1,11 @@
-"""Running an agent as one step of a multi-agent graph: journalled, so a resumed parent never
-runs a member again once it has answered, and its spend rolls up into the parent's."""
+"""Helpers for multi-agent graphs: running a member as one step (journalled, interruptible;
+see `_nested.py`) and rolling its spend up into the parent's result."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from bastion.errors import UserError
-from bastion.graph import memo
 from bastion.graph.agent._nested import run_nested
 from bastion.types import Message, Usage
 
@@ -16,27 +14,8 @@ if TYPE_CHECKING:
 
 
 async def run_member(agent: Agent[Any], input: AgentInput, *, key: str) -> dict[str, Any]:
-    """Run `agent` to its final answer as an ephemeral sub-run; returns the journalled record
-    `{"agent", "output" (JSON form), "text", "usage", "cost"}`."""
-
-    async def call() -> dict[str, Any]:
-        result = await run_nested(agent, input)
-        if result.interrupted:
-            raise UserError(
-                f"member agent {agent.name!r} stopped at an interrupt; interrupts inside multi-agent members "
-                "are not supported yet: give the member tools that need no approval, or use a handoff"
-            )
-        spec = agent.output_spec
-        output = spec.adapter.dump_python(result.output, mode="json") if spec else result.output
-        return {
-            "agent": agent.name,
-            "output": output,
-            "text": output if isinstance(output, str) else result.text,
-            "usage": result.usage.to_dict(),
-            "cost": result.cost,
-        }
-
-    return await memo(key, call)
+    """Run a member agent to its final answer inside the current node; see `run_nested`."""
+    return await run_nested(agent, input, key=key)
 
 
 def spend_of(record: Mapping[str, Any], run_id: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from bastion.graph import END, START, Graph, Send, append
 from bastion.graph.agent._agent import Agent, AgentInput
 from bastion.graph.agent._members import output_text, run_member, said_by, spend_of, total_spend
 from bastion.graph.agent._result import AgentResult
-from bastion.graph.agent._run import GraphRunner, to_messages
+from bastion.graph.agent._run import CONTINUE, GraphRunner, to_messages
 from bastion.types import Message, RunContext, new_id
 
 
@@ -97,10 +97,22 @@ class PlanExecuteVerify:
     ) -> AgentResult[PlanOutcome]:
         return await self._runner.run(task, thread_id=thread_id, context=context)
 
+    async def resume(
+        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None
+    ) -> AgentResult[PlanOutcome]:
+        """Answer a pending interrupt (raised inside a role's agent) or, without a value,
+        continue after an error; see `Agent.resume`."""
+        return await self._runner.resume(value, thread_id=thread_id, context=context)
+
     def run_sync(
         self, task: str, *, thread_id: str | None = None, context: RunContext | None = None
     ) -> AgentResult[PlanOutcome]:
         return run_sync(self.run(task, thread_id=thread_id, context=context))
+
+    def resume_sync(
+        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None
+    ) -> AgentResult[PlanOutcome]:
+        return run_sync(self.resume(value, thread_id=thread_id, context=context))
 
     # --- nodes -------------------------------------------------------------------------------
 

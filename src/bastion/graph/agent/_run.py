@@ -93,6 +93,10 @@ class GraphRunner:
         await self._forget(thread_id, result)
         return result
 
+    async def delete_thread(self, thread_id: str) -> None:
+        self.app()
+        await self._checkpointer.delete_thread(thread_id)
+
     async def _forget(self, thread_id: str | None, result: AgentResult[Any]) -> None:
         # With the default in-memory checkpointer, a run without a thread_id cannot be continued
         # later, so its checkpoints are kept only while it waits on an interrupt (then

@@ -24,7 +24,7 @@ from bastion.graph.agent._history import HistoryFilter, drop_tool_chatter, tag
 from bastion.graph.agent._members import output_text, run_member, said_by, spend_of, total_spend
 from bastion.graph.agent._resolve import resolve_model_like
 from bastion.graph.agent._result import AgentEvent, AgentResult
-from bastion.graph.agent._run import GraphRunner, to_messages
+from bastion.graph.agent._run import CONTINUE, GraphRunner, to_messages
 from bastion.graph.agent._runtime import current_runtime
 from bastion.types import Message, ModelRequest, ModelSettings, RunContext, ToolCall, ToolResult, ToolSpec, new_id
 
@@ -87,10 +87,22 @@ class Supervisor:
     ) -> AgentResult[Any]:
         return await self._runner.run(input, thread_id=thread_id, context=context)
 
+    async def resume(
+        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None
+    ) -> AgentResult[Any]:
+        """Answer a pending interrupt (raised inside a member) or, without a value, continue
+        after an error; see `Agent.resume`."""
+        return await self._runner.resume(value, thread_id=thread_id, context=context)
+
     def run_sync(
         self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None
     ) -> AgentResult[Any]:
         return run_sync(self.run(input, thread_id=thread_id, context=context))
+
+    def resume_sync(
+        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None
+    ) -> AgentResult[Any]:
+        return run_sync(self.resume(value, thread_id=thread_id, context=context))
 
     def stream(
         self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None
