@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def _wants_config(fn: Callable[..., Any]) -> bool:
-    """True when `fn` takes a second positional argument (the NodeConfig)."""
+    """True when `fn` takes a second positional argument (the NodeConfig): a required one, or
+    one named `config` (`lambda s, n=n: ...` closures must not receive it)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -28,7 +29,9 @@ def _wants_config(fn: Callable[..., Any]) -> bool:
             return True
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             positional += 1
-    return positional >= 2
+            if positional == 2 and (p.default is p.empty or p.name == "config"):
+                return True
+    return False
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
