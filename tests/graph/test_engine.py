@@ -200,7 +200,7 @@ async def test_timeouts_for_async_and_sync_nodes() -> None:
     g = Graph(State)
     g.add_node("hangs", hangs, timeout=0.05)
     g.add_edge(START, "hangs")
-    with pytest.raises(NodeTimeoutError, match="'hangs' did not finish within its timeout of 0.05 s"):
+    with pytest.raises(NodeTimeoutError, match=r"'hangs' did not finish within its timeout of 0\.05 s"):
         await g.compile().ainvoke({})
 
     release = threading.Event()

@@ -46,7 +46,7 @@ async def test_subgraph_shares_channels_without_duplicating_messages(backend: Ch
     assert [m.text for m in out["messages"]] == ["go", "found it", "reviewed"]
     assert out["note"] == "reviewed:yes" and out["count"] == 3 and "scratch" not in out
     root = await backend.list("t", "")
-    task_ns = [r for r in root if r.step == 0][0].checkpoint_id
+    task_ns = next(r for r in root if r.step == 0).checkpoint_id
     sub = await backend.list("t", f"sub:{task_ns}:0")
     assert len(sub) == 3, "the subgraph checkpoints in its own namespace"
 
