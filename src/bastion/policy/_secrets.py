@@ -156,7 +156,8 @@ class Redactor:
 
     def add(self, *values: str) -> None:
         """Register exact secret values; short values are ignored (they would redact prose)."""
-        new = {v for v in values if v and len(v) >= 6} - self._exact
+        # A value inside the marker itself cannot be removed by replacing it with the marker.
+        new = {v for v in values if v and len(v) >= 6 and v not in REDACTED} - self._exact
         if new:
             self._exact |= new
             # longest first, so a secret containing another is removed whole
@@ -167,9 +168,13 @@ class Redactor:
         """The redacted text and the names of the rules that fired."""
         hits: list[str] = []
         if self._exact_re is not None:
-            text, n = self._exact_re.subn(REDACTED, text)
-            if n:
-                hits.append("injected_secret")
+            # Repeat: the marker next to leftover text can spell a secret again ("ED]" + "ED]").
+            for _ in range(8):
+                text, n = self._exact_re.subn(REDACTED, text)
+                if not n:
+                    break
+                if "injected_secret" not in hits:
+                    hits.append("injected_secret")
         for name, pattern in self._patterns:
             if pattern.groups:
 
