@@ -111,6 +111,30 @@ def context_attributes(ctx: RunContext | None) -> dict[str, AttrValue]:
     return attrs
 
 
+class _Otel:
+    """OpenTelemetry entry points, imported once on the first recorded span (not at import)."""
+
+    __slots__ = ("attach", "client", "detach", "internal", "set_span_in_context")
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+
+        self.attach = context.attach
+        self.detach = context.detach
+        self.set_span_in_context = trace.set_span_in_context
+        self.client = trace.SpanKind.CLIENT
+        self.internal = trace.SpanKind.INTERNAL
+
+
+_OTEL: list[_Otel] = []
+
+
+def _otel() -> _Otel:
+    if not _OTEL:
+        _OTEL.append(_Otel())
+    return _OTEL[0]
+
+
 class Span:
     """A started span (or a no-op stand-in when tracing is off). Use the helpers below rather
     than constructing it."""
@@ -139,14 +163,13 @@ class Span:
         tracer = active_tracer()
         if tracer is None:
             return self
-        from opentelemetry import context, trace
-
+        otel = _otel()
         attrs = context_attributes(self._run_context())
         attrs[sc.GEN_AI_OPERATION_NAME] = self._op
         attrs.update(self._attributes())
-        kind = trace.SpanKind.CLIENT if self._op in (sc.OP_CHAT, sc.OP_EMBEDDINGS) else trace.SpanKind.INTERNAL
+        kind = otel.client if self._op in (sc.OP_CHAT, sc.OP_EMBEDDINGS) else otel.internal
         self._span = tracer.start_span(self._name, kind=kind, attributes=attrs)  # type: ignore[arg-type]
-        self._token = context.attach(trace.set_span_in_context(self._span))
+        self._token = otel.attach(otel.set_span_in_context(self._span))
         return self
 
     def __exit__(
@@ -158,10 +181,8 @@ class Span:
         span = self._span
         if span is None:
             return
-        from opentelemetry import context
-
         try:
-            context.detach(self._token)  # type: ignore[arg-type]
+            _otel().detach(self._token)  # type: ignore[arg-type]
         finally:
             span.end()
 
