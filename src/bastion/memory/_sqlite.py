@@ -108,8 +108,8 @@ class SQLiteMemoryStore:
             self._db.enable_load_extension(False)
             self._db.setbusytimeout(5000)
             if str(path) != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+                self._q("PRAGMA journal_mode=WAL")
+            self._q("PRAGMA synchronous=NORMAL")
             self._init_meta()
         except BaseException:
             self._db.close()
@@ -121,19 +121,20 @@ class SQLiteMemoryStore:
     # --- setup ---------------------------------------------------------------------------
 
     def _init_meta(self) -> None:
-        db = self._db
-        with db:
-            db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            db.execute(
+        want = {"v": str(FORMAT_VERSION), "embedder": self.embedder.name, "dim": str(self.embedder.dim),
+                "index": self.index}  # fmt: skip
+        found: dict[str, str] = {}
+        with self._db:
+            self._q("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._q(
                 "CREATE TABLE IF NOT EXISTS tenants(tenant TEXT PRIMARY KEY, suffix TEXT NOT NULL UNIQUE, "
                 "created_at REAL NOT NULL)"
             )
-            found = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            want = {"v": str(FORMAT_VERSION), "embedder": self.embedder.name, "dim": str(self.embedder.dim),
-                    "index": self.index}  # fmt: skip
+            found.update(self._q("SELECT key, value FROM meta").fetchall())
             if not found:
-                db.executemany("INSERT INTO meta VALUES(?, ?)", list(want.items()))
-                return
+                self._db.executemany("INSERT INTO meta VALUES(?, ?)", list(want.items()))
+        if not found:
+            return
         if found.get("v") != str(FORMAT_VERSION):
             raise UserError(f"memory file has format v{found.get('v')}, this Bastion reads v{FORMAT_VERSION}")
         for key in ("embedder", "dim", "index"):
@@ -148,7 +149,7 @@ class SQLiteMemoryStore:
         s = tenant_suffix(tenant)
         if s in self._ready:
             return s
-        row = self._db.execute("SELECT suffix FROM tenants WHERE tenant = ?", (tenant,)).fetchone()
+        row = self._q("SELECT suffix FROM tenants WHERE tenant = ?", (tenant,)).fetchone()
         if row is None and not create:
             return None
         if row is None:
@@ -163,7 +164,7 @@ class SQLiteMemoryStore:
         else:
             vector_cols = f"embedding float[{dim}] distance_metric=cosine"
         with self._db:
-            self._db.execute(
+            self._q(
                 f"""
                 CREATE TABLE IF NOT EXISTS items_{s}(
                     rowid INTEGER PRIMARY KEY AUTOINCREMENT, {cols(ITEM_COLUMNS)}, ns TEXT NOT NULL, skey TEXT,
@@ -181,7 +182,7 @@ class SQLiteMemoryStore:
                     {cols(SKILL_COLUMNS)}, ns TEXT NOT NULL, PRIMARY KEY(ns, name, version));
                 """
             )
-            self._db.execute("INSERT OR IGNORE INTO tenants VALUES(?, ?, ?)", (tenant, s, now()))
+            self._q("INSERT OR IGNORE INTO tenants VALUES(?, ?, ?)", (tenant, s, now()))
 
     # --- writes --------------------------------------------------------------------------
 
@@ -212,18 +213,16 @@ class SQLiteMemoryStore:
         if item.valid_from is None:
             item.valid_from = t
         start = item.valid_from
-        if db.execute(f"SELECT 1 FROM items_{s} WHERE id = ?", (item.id,)).fetchone():
+        if self._q(f"SELECT 1 FROM items_{s} WHERE id = ?", (item.id,)).fetchone():
             raise UserError(f"a memory with id {item.id!r} already exists; use a new id or forget the old one")
         if item.supersedes is not None:
-            old = db.execute(
-                f"SELECT rowid FROM items_{s} WHERE id = ? AND ns = ?", (item.supersedes, ns.key)
-            ).fetchone()
+            old = self._q(f"SELECT rowid FROM items_{s} WHERE id = ? AND ns = ?", (item.supersedes, ns.key)).fetchone()
             if old is None:
                 raise UserError(f"memory {item.supersedes!r} named in `supersedes` does not exist here")
             self._invalidate(s, old[0], start, item.id)
         skey = _skey(item)
         if skey is not None:
-            rows = db.execute(
+            rows = self._q(
                 f"SELECT rowid, valid_from FROM items_{s} WHERE ns = ? AND skey = ? "
                 "AND (valid_to IS NULL OR valid_to > ?)",
                 (ns.key, skey, start),
@@ -233,20 +232,20 @@ class SQLiteMemoryStore:
                     self._invalidate(s, rowid, start, item.id)
                 elif item.valid_to is None or item.valid_to > valid_from:
                     item.valid_to = valid_from  # a backfilled older fact ends where the newer begins
-        db.execute(
+        self._q(
             f"INSERT INTO items_{s}({cols(ITEM_COLUMNS)}, ns, skey) VALUES({', '.join('?' * (len(ITEM_COLUMNS) + 2))})",
             (*item_values(item), ns.key, skey),
         )
         rowid = db.last_insert_rowid()
-        db.execute(f"INSERT INTO fts_{s}(rowid, text) VALUES(?, ?)", (rowid, item.text))
+        self._q(f"INSERT INTO fts_{s}(rowid, text) VALUES(?, ?)", (rowid, item.text))
         return rowid
 
     def _invalidate(self, s: str, rowid: int, at: float, by: str | None) -> None:
-        self._db.execute(
+        self._q(
             f"UPDATE items_{s} SET valid_to = ?, superseded_by = coalesce(?, superseded_by) WHERE rowid = ?",
             (at, by, rowid),
         )
-        self._db.execute(f"UPDATE vec_{s} SET valid_to = ? WHERE rowid = ?", (float(at), rowid))
+        self._q(f"UPDATE vec_{s} SET valid_to = ? WHERE rowid = ?", (float(at), rowid))
 
     async def _write_vectors(self, batch: list[tuple[Hashable, str]], vectors: list[list[float]]) -> None:
         if self._closed:
@@ -254,7 +253,7 @@ class SQLiteMemoryStore:
         with self._db:
             for (key, _), vector in zip(batch, vectors, strict=True):
                 s, rowid = key  # type: ignore[misc]
-                row = self._db.execute(
+                row = self._q(
                     f"SELECT ns, kind, trust, valid_from, valid_to FROM items_{s} WHERE rowid = ?", (rowid,)
                 ).fetchone()
                 if row is None:
@@ -264,29 +263,27 @@ class SQLiteMemoryStore:
                 meta = (kind, int(trust == "trusted"), float(valid_from), float(valid_to or _FOREVER))
                 # vec0 ignores OR REPLACE; rowids are never reused (AUTOINCREMENT), so this only
                 # matters when the same row is embedded twice.
-                self._db.execute(f"DELETE FROM vec_{s} WHERE rowid = ?", (rowid,))
+                self._q(f"DELETE FROM vec_{s} WHERE rowid = ?", (rowid,))
                 if self.index == "binary":
-                    self._db.execute(
+                    self._q(
                         f"INSERT INTO vec_{s}(rowid, ns, embedding, emb, kind, trusted, valid_from, "
                         "valid_to) VALUES(?, ?, vec_quantize_binary(?), ?, ?, ?, ?, ?)",
                         (rowid, ns, blob, blob, *meta),
                     )
                 else:
-                    self._db.execute(
+                    self._q(
                         f"INSERT INTO vec_{s}(rowid, ns, embedding, kind, trusted, valid_from, "
                         "valid_to) VALUES(?, ?, ?, ?, ?, ?, ?)",
                         (rowid, ns, blob, *meta),
                     )
-                self._db.execute(f"UPDATE items_{s} SET embedded = 1 WHERE rowid = ?", (rowid,))
+                self._q(f"UPDATE items_{s} SET embedded = 1 WHERE rowid = ?", (rowid,))
 
     async def forget(self, ns: Namespace, item_id: str, *, hard: bool = False) -> bool:
         self._check_open()
         s = self._suffix(ns.tenant, create=False)
         if s is None:
             return False
-        row = self._db.execute(
-            f"SELECT rowid, valid_to FROM items_{s} WHERE id = ? AND ns = ?", (item_id, ns.key)
-        ).fetchone()
+        row = self._q(f"SELECT rowid, valid_to FROM items_{s} WHERE id = ? AND ns = ?", (item_id, ns.key)).fetchone()
         if row is None:
             return False
         with self._db:
@@ -298,15 +295,15 @@ class SQLiteMemoryStore:
 
     def _erase(self, s: str, rowids: list[int]) -> None:
         for rowid in rowids:
-            self._db.execute(f"DELETE FROM items_{s} WHERE rowid = ?", (rowid,))
-            self._db.execute(f"DELETE FROM fts_{s} WHERE rowid = ?", (rowid,))
-            self._db.execute(f"DELETE FROM vec_{s} WHERE rowid = ?", (rowid,))
+            self._q(f"DELETE FROM items_{s} WHERE rowid = ?", (rowid,))
+            self._q(f"DELETE FROM fts_{s} WHERE rowid = ?", (rowid,))
+            self._q(f"DELETE FROM vec_{s} WHERE rowid = ?", (rowid,))
 
     async def document_hash(self, ns: Namespace, doc_id: str) -> str | None:
         s = self._suffix(ns.tenant, create=False)
         if s is None:
             return None
-        row = self._db.execute(
+        row = self._q(
             f"SELECT content_hash FROM items_{s} WHERE ns = ? AND doc_id = ? LIMIT 1", (ns.key, doc_id)
         ).fetchone()
         return row[0] if row else None
@@ -318,9 +315,7 @@ class SQLiteMemoryStore:
             return 0
         rowids = [
             r[0]
-            for r in self._db.execute(
-                f"SELECT rowid FROM items_{s} WHERE ns = ? AND doc_id = ?", (ns.key, doc_id)
-            ).fetchall()
+            for r in self._q(f"SELECT rowid FROM items_{s} WHERE ns = ? AND doc_id = ?", (ns.key, doc_id)).fetchall()
         ]
         with self._db:
             self._erase(s, rowids)
@@ -332,7 +327,7 @@ class SQLiteMemoryStore:
         s = self._suffix(ns.tenant, create=False)
         if s is None:
             return None
-        row = self._db.execute(
+        row = self._q(
             f"SELECT {cols(ITEM_COLUMNS)} FROM items_{s} WHERE id = ? AND ns = ?", (item_id, ns.key)
         ).fetchone()
         return item_from_row(row) if row else None
@@ -347,7 +342,7 @@ class SQLiteMemoryStore:
         else:
             where, arg = "substr(skey, 1, ?) = ?", None
         params: tuple[Any, ...] = (ns.key, arg) if arg is not None else (ns.key, len(prefix), prefix)
-        rows = self._db.execute(
+        rows = self._q(
             f"SELECT {cols(ITEM_COLUMNS)} FROM items_{s} WHERE ns = ? AND {where} ORDER BY valid_from, recorded_at",
             params,
         ).fetchall()
@@ -400,7 +395,7 @@ class SQLiteMemoryStore:
         if not terms:
             return []
         match = " OR ".join(f'"{term}"' for term in terms)
-        rows = self._db.execute(
+        rows = self._q(
             f"SELECT i.rowid, bm25(fts_{s}) AS score FROM fts_{s} JOIN items_{s} i ON i.rowid = fts_{s}.rowid "
             f"WHERE fts_{s} MATCH :match AND i.ns = :ns AND i.valid_from <= :t "
             f"AND (i.valid_to IS NULL OR i.valid_to > :t){self._filters('i.', untrusted, kind)} "
@@ -418,14 +413,14 @@ class SQLiteMemoryStore:
         params = {"q": _blob(vector), "ns": ns.key, "t": float(t), "k": k, "kind": kind}
         if self.index == "binary":
             params["kk"] = max(k * self.oversample, 64)
-            rows = self._db.execute(
+            rows = self._q(
                 f"SELECT rowid, vec_distance_cosine(emb, :q) AS d FROM vec_{s} "
                 "WHERE embedding MATCH vec_quantize_binary(:q) AND k = :kk AND ns = :ns "
                 f"AND valid_from <= :t AND valid_to > :t{filters} ORDER BY d LIMIT :k",
                 params,
             ).fetchall()
         else:
-            rows = self._db.execute(
+            rows = self._q(
                 f"SELECT rowid, distance FROM vec_{s} WHERE embedding MATCH :q AND k = :k AND ns = :ns "
                 f"AND valid_from <= :t AND valid_to > :t{filters} ORDER BY distance",
                 params,
@@ -436,7 +431,7 @@ class SQLiteMemoryStore:
         if not ranked:
             return []
         marks = ", ".join("?" * len(ranked))
-        rows = self._db.execute(
+        rows = self._q(
             f"SELECT rowid, {cols(ITEM_COLUMNS)} FROM items_{s} WHERE rowid IN ({marks})",
             [r for r, _, _ in ranked],
         ).fetchall()
@@ -452,7 +447,7 @@ class SQLiteMemoryStore:
         if episode.occurred_at is None:
             episode.occurred_at = now()
         with self._db:
-            self._db.execute(
+            self._q(
                 f"INSERT INTO episodes_{s}({cols(EPISODE_COLUMNS)}, ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                 (*episode_values(episode), ns.key),
             )
@@ -478,7 +473,7 @@ class SQLiteMemoryStore:
         if until is not None:
             sql += " AND occurred_at < :until"
         params = {"ns": ns.key, "session": session, "since": to_ts(since), "until": to_ts(until), "n": limit}
-        rows = self._db.execute(sql + " ORDER BY occurred_at, id LIMIT :n", params).fetchall()
+        rows = self._q(sql + " ORDER BY occurred_at, id LIMIT :n", params).fetchall()
         return [episode_from_row(r) for r in rows]
 
     async def put_skill(self, ns: Namespace, skill: Skill) -> Skill:
@@ -486,12 +481,12 @@ class SQLiteMemoryStore:
         check_skill(skill)
         s = self._suffix(ns.tenant, create=True)
         with self._db:
-            (latest,) = self._db.execute(
+            (latest,) = self._q(
                 f"SELECT coalesce(max(version), 0) FROM skills_{s} WHERE ns = ? AND name = ?", (ns.key, skill.name)
             ).fetchone()
             skill.version = int(latest) + 1
             skill.created_at = now()
-            self._db.execute(
+            self._q(
                 f"INSERT INTO skills_{s}({cols(SKILL_COLUMNS)}, ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     skill.name,
@@ -515,14 +510,14 @@ class SQLiteMemoryStore:
         if version is not None:
             sql += " AND version = ?"
             params += (version,)
-        row = self._db.execute(sql + " ORDER BY version DESC LIMIT 1", params).fetchone()
+        row = self._q(sql + " ORDER BY version DESC LIMIT 1", params).fetchone()
         return skill_from_row(row) if row else None
 
     async def list_skills(self, ns: Namespace) -> list[Skill]:
         s = self._suffix(ns.tenant, create=False)
         if s is None:
             return []
-        rows = self._db.execute(
+        rows = self._q(
             f"SELECT {cols(SKILL_COLUMNS)} FROM skills_{s} k WHERE ns = ? AND version = "
             f"(SELECT max(version) FROM skills_{s} WHERE ns = k.ns AND name = k.name) ORDER BY name",
             (ns.key,),
@@ -546,6 +541,10 @@ class SQLiteMemoryStore:
         finally:
             self._closed = True
             self._db.close()
+
+    def _q(self, sql: str, params: Any = None) -> Any:
+        """Execute on the connection; rows are typed loosely (apsw's own row type is a union)."""
+        return self._db.execute(sql, params)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from bastion.errors import UserError
@@ -128,7 +128,7 @@ def query_terms(query: str) -> list[str]:
     return list(dict.fromkeys(content))
 
 
-def rrf(ranked: dict[str, Sequence[str]], k: int, constant: int = RRF_K) -> list[tuple[str, float, dict[str, int]]]:
+def rrf(ranked: Mapping[str, Sequence[str]], k: int, constant: int = RRF_K) -> list[tuple[str, float, dict[str, int]]]:
     """Fuse ranked id lists by reciprocal rank fusion; returns (id, score, ranks) best first."""
     scores: dict[str, float] = {}
     ranks: dict[str, dict[str, int]] = {}

@@ -15,7 +15,7 @@ from retrieval unless asked for; when included they are marked as such.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -31,7 +31,7 @@ _current_run: ContextVar[RunContext | ToolCallContext | None] = ContextVar("bast
 
 
 @contextlib.contextmanager
-def use_run_context(context: RunContext | ToolCallContext) -> Iterator[None]:
+def use_run_context(context: RunContext | ToolCallContext) -> Generator[None]:
     """Make `context` the current run for memory tools called inside this block (and tasks
     started from it)."""
     token = _current_run.set(context)
