@@ -491,3 +491,37 @@ async def test_unknown_route_and_method_get_openai_error_bodies() -> None:
             async with http.get(f"{proxy.base_url}/chat/completions", timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 assert resp.status == 405
                 assert "error" in await resp.json()
+
+
+async def test_images_json_object_and_user_map_into_the_request() -> None:
+    model = ScriptedModel(['{"ok": true}'])
+    async with running_proxy({"m": model}) as proxy, proxy.client() as client:
+        await client.chat.completions.create(
+            model="m",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                    ],
+                }
+            ],
+            response_format={"type": "json_object"},
+            user="end-user-7",
+        )
+    (request,) = model.requests
+    parts = request.messages[0].parts
+    assert [p.kind for p in parts] == ["text", "image"]
+    assert parts[1].url == "https://example.com/cat.png"
+    assert request.settings.extra["response_format"] == {"type": "json_object"}
+    assert request.output is None
+    assert request.context.user == "end-user-7"  # the key has no user: the body's `user` names one
+
+
+def test_openapi_schema_publishes_the_request_body() -> None:
+    app = create_proxy_app(ModelsGateway({}), keys=InMemoryKeyStore())
+    schema = app.fastapi.openapi()
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "messages"} <= set(body["required"])
+    assert "/v1/models" in schema["paths"]
