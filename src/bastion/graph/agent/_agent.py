@@ -87,7 +87,7 @@ class Agent(Generic[OutputT]):
 
     @property
     def model_name(self) -> str:
-        return self._model if isinstance(self._model, str) else self._model.name
+        return self._model if isinstance(self._model, str) else getattr(self._model, "name", repr(self._model))
 
     def resolved_model(self) -> Model:
         if self._resolved is None:
