@@ -525,3 +525,25 @@ def test_openapi_schema_publishes_the_request_body() -> None:
     body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"model", "messages"} <= set(body["required"])
     assert "/v1/models" in schema["paths"]
+
+
+async def test_oversized_body_is_413_and_not_read_in_full() -> None:
+    model = ScriptedModel(["ok"])
+    keys = InMemoryKeyStore()
+    key, _ = await mint_key(keys, tenant="acme")
+    app = create_proxy_app(ModelsGateway({"m": model}), keys=keys, max_body_bytes=1000)
+    big = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:  # chunked: no Content-Length to refuse early
+        for i in range(0, len(big), 512):
+            yield big[i : i + 512]
+
+    async with serve(app) as url, aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        for data in (big, chunks()):
+            async with http.post(
+                f"{url}/chat/completions", data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+            ) as resp:
+                assert resp.status == 413
+                assert (await resp.json())["error"]["code"] == "request_too_large"
+    assert model.requests == []

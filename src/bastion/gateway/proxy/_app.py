@@ -78,6 +78,11 @@ def _usage_headers(response: ModelResponse, completion_id: str) -> dict[str, str
     return headers
 
 
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
 class _Proxy:
     def __init__(
         self,
@@ -85,12 +90,29 @@ class _Proxy:
         keys: KeyStore,
         models: Callable[[], Iterable[str]],
         budget_hook: BudgetHook | None,
+        max_body_bytes: int,
     ) -> None:
         self.gateway = gateway
         self.keys = keys
         self.models = models
         self.budget_hook = budget_hook
+        self.max_body_bytes = max_body_bytes
         self._registered: set[str] = set()
+
+    async def _read_body(self, request: Request) -> bytes:
+        # Bounded read: a huge (or endless chunked) body must not exhaust the server's memory.
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _TooLarge(limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def authenticate(self, request: Request) -> VirtualKey | ErrorReply:
         header = request.headers.get("authorization", "")
@@ -122,7 +144,7 @@ class _Proxy:
         if isinstance(key, ErrorReply):
             return _error(key)
         try:
-            body = parse_body(await request.body())
+            body = parse_body(await self._read_body(request))
             if not key.allows(body.model):
                 return _error(
                     ErrorReply(
@@ -143,6 +165,9 @@ class _Proxy:
             core = to_model_request(body, context)
         except BadRequest as e:
             return _error(ErrorReply(400, e.message, "invalid_request_error", e.code, e.param))
+        except _TooLarge as e:
+            message = f"request body is larger than {e.limit} bytes; send fewer or smaller messages"
+            return _error(ErrorReply(413, message, "invalid_request_error", "request_too_large"))
         completion_id = new_id("chatcmpl-")
         if body.stream:
             return await self._stream(core, body, completion_id)
@@ -273,13 +298,15 @@ def create_proxy_app(
     keys: KeyStore,
     models: Iterable[str] | Callable[[], Iterable[str]] | None = None,
     budget_hook: BudgetHook | None = None,
+    max_body_bytes: int = 32 * 1024 * 1024,
     title: str = "Bastion OpenAI-compatible proxy",
 ) -> ProxyApp:
     """An ASGI app serving `POST /v1/chat/completions`, `GET /v1/models` and `GET /v1/models/{id}`.
 
     `models` lists what `/v1/models` shows; by default the gateway's tiers, deployment aliases
     and registered models. A key's own limits are enforced by the gateway's budgets (see
-    `GatewayKeyBudgets`); `budget_hook` replaces that registration. Serve it with any ASGI server, e.g.
+    `GatewayKeyBudgets`); `budget_hook` replaces that registration. Bodies larger than
+    `max_body_bytes` are refused with 413 before they are read in full. Serve it with any ASGI server, e.g.
     `uvicorn.run(app, host="127.0.0.1", port=8700)`. `app.fastapi` is the FastAPI app behind
     it (OpenAPI schema, extra routes).
     """
@@ -291,7 +318,7 @@ def create_proxy_app(
     else:
         list_models = _default_models(gateway)
     hook = budget_hook if budget_hook is not None else GatewayKeyBudgets(gateway)
-    proxy = _Proxy(gateway, keys, list_models, hook)
+    proxy = _Proxy(gateway, keys, list_models, hook, max_body_bytes)
     app = FastAPI(title=title, docs_url=None, redoc_url=None)
     app.state.proxy = proxy
 
