@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -30,6 +31,7 @@ class Received:
         self.spans: list[dict[str, Any]] = []
         self.resources: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.metric_names: set[str] = set()
         self.cond = threading.Condition()
 
     def add(self, request: trace_service_pb2.ExportTraceServiceRequest, headers: dict[str, str]) -> None:
@@ -62,6 +64,18 @@ def http_receiver() -> Iterator[tuple[str, Received]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/v1/metrics":
+                metrics_request = metrics_service_pb2.ExportMetricsServiceRequest()
+                metrics_request.ParseFromString(body)
+                with received.cond:
+                    received.metric_names.update(
+                        m.name for rm in metrics_request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                    )
+                    received.cond.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if self.path != "/v1/traces" or self.headers["Content-Type"] != "application/x-protobuf":
                 self.send_response(404)
                 self.end_headers()
@@ -132,7 +146,7 @@ def test_otlp_export_reaches_a_real_receiver(
         protocol=protocol,  # type: ignore[arg-type]
         headers={"x-tenant-key": "abc"},
         service_name="svc-under-test",
-        metrics=False,
+        metrics=protocol == "http",
     )
     try:
         trace_id = _nested_run()
@@ -155,6 +169,8 @@ def test_otlp_export_reaches_a_real_receiver(
     service = {kv["key"]: kv["value"] for kv in received.resources[0]["attributes"]}
     assert service["service.name"] == {"stringValue": "svc-under-test"}
     assert any(h.get("x-tenant-key") == "abc" for h in received.headers)
+    if protocol == "http":  # metrics ride along to /v1/metrics on the same collector
+        assert {"gen_ai.client.operation.duration", "gen_ai.client.token.usage"} <= received.metric_names
 
 
 def test_unknown_protocol_is_a_config_error() -> None:

@@ -14,7 +14,7 @@ from bastion.tracing._state import STATE, CaptureMode
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -34,6 +34,8 @@ class TracingHandle:
     def force_flush(self, timeout_s: float = 10.0) -> bool:
         """Export everything finished so far (OTLP batches and the store queue)."""
         ok = self.provider.force_flush(int(timeout_s * 1000))
+        if self.meter_provider is not None:
+            ok = self.meter_provider.force_flush(int(timeout_s * 1000)) and ok
         if self.store is not None:
             ok = self.store.flush(timeout_s) and ok
         return ok
@@ -77,6 +79,29 @@ def _otlp_exporter(
     raise ConfigError(f"unknown OTLP protocol {protocol!r}; use 'http' (port 4318) or 'grpc' (port 4317)")
 
 
+def _otlp_metric_reader(
+    endpoint: str,
+    protocol: Literal["http", "grpc"],
+    headers: Mapping[str, str] | None,
+    timeout_s: float,
+    interval_s: float,
+) -> MetricReader:
+    from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
+
+    exporter: MetricExporter
+    if protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HTTPMetrics
+
+        base = endpoint.rstrip("/").removesuffix("/v1/traces")
+        exporter = HTTPMetrics(endpoint=base + "/v1/metrics", headers=dict(headers or {}), timeout=timeout_s)
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GRPCMetrics
+
+        insecure = endpoint.startswith("http://") or "://" not in endpoint
+        exporter = GRPCMetrics(endpoint=endpoint, headers=dict(headers or {}), timeout=timeout_s, insecure=insecure)
+    return PeriodicExportingMetricReader(exporter, export_interval_millis=interval_s * 1000)
+
+
 def configure_tracing(
     *,
     otlp_endpoint: str | None = None,
@@ -87,6 +112,7 @@ def configure_tracing(
     service_name: str = "bastion",
     exporters: list[SpanExporter] | None = None,
     metrics: bool = True,
+    metrics_interval_s: float = 60.0,
     set_global: bool = False,
     max_queue_size: int = 65536,
     export_timeout_s: float = 10.0,
@@ -97,8 +123,9 @@ def configure_tracing(
     ... over `protocol` "http" (`http://host:4318`) or "grpc" (`http://host:4317`).
     `store`: the embedded SQLite `TraceStore`. `capture_content`: "off" (default, or the
     `capture_content` setting) or "span_attributes" (prompts and results on spans, redacted).
-    `exporters`: any extra `SpanExporter`s (batched). `set_global` also installs the provider
-    as OpenTelemetry's global one (it can be set only once per process).
+    `exporters`: any extra `SpanExporter`s (batched). With `metrics`, Bastion's metrics are
+    kept for `prometheus_text()` and, with an OTLP endpoint, pushed every `metrics_interval_s`.
+    `set_global` also installs the provider as OpenTelemetry's global one (once per process).
     Calling it again replaces the previous configuration (shut that one down yourself).
     """
     from opentelemetry.sdk.resources import Resource
@@ -142,7 +169,10 @@ def configure_tracing(
 
         reader = InMemoryMetricReader()
         handle.metric_reader = reader
-        handle.meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
+        readers: list[MetricReader] = [reader]
+        if otlp_endpoint:
+            readers.append(_otlp_metric_reader(otlp_endpoint, protocol, headers, export_timeout_s, metrics_interval_s))
+        handle.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         configure_metrics(handle.meter_provider)
 
     else:
