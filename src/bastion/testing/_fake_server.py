@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 JSON = dict[str, Any]
 Shape: TypeAlias = Literal["openai", "anthropic", "gemini"]
 FaultKind: TypeAlias = Literal[
-    "status", "rate_limit", "context_length", "slow", "hang", "malformed", "disconnect", "garbage_sse"
+    "status", "rate_limit", "context_length", "slow", "hang", "malformed", "disconnect", "truncate", "garbage_sse"
 ]
 
 
@@ -62,6 +62,11 @@ class Fault:
     @classmethod
     def error(cls, status: int = 500, body: str | None = None) -> Fault:
         return cls("status", status=status, body=body)
+
+    @classmethod
+    def raw(cls, body: str | dict[str, Any], status: int = 200) -> Fault:
+        """Answer with exactly this JSON body (e.g. a hand-made provider response)."""
+        return cls("status", status=status, body=body if isinstance(body, str) else json.dumps(body))
 
     @classmethod
     def rate_limit(cls, retry_after: float | str | None = 1.0) -> Fault:
@@ -89,13 +94,18 @@ class Fault:
         return cls("disconnect", after_chunks=after_chunks)
 
     @classmethod
+    def truncate(cls, after_chunks: int = 1) -> Fault:
+        """End a stream cleanly after `after_chunks` chunks, without its final event."""
+        return cls("truncate", after_chunks=after_chunks)
+
+    @classmethod
     def garbage_sse(cls) -> Fault:
         return cls("garbage_sse")
 
     @classmethod
     def parse(cls, spec: str) -> Fault:
         """`"503"`, `"429"`, `"429:2.5"`, `"context_length"`, `"slow:0.2"`, `"hang"`, `"hang:5"`,
-        `"malformed"`, `"disconnect"`, `"disconnect:3"`, `"garbage_sse"`."""
+        `"malformed"`, `"disconnect"`, `"disconnect:3"`, `"truncate:2"`, `"garbage_sse"`."""
         head, _, arg = spec.strip().partition(":")
         try:
             if head.isdigit():
@@ -105,8 +115,8 @@ class Fault:
                 return cls.slow(float(arg or 0.1))
             if head == "hang":
                 return cls.hang(float(arg or 30.0))
-            if head == "disconnect":
-                return cls.disconnect(int(arg or 1))
+            if head in ("disconnect", "truncate"):
+                return getattr(cls, head)(int(arg or 1))
             if head in ("malformed", "garbage_sse", "context_length"):
                 return getattr(cls, head)()
         except ValueError:
@@ -214,6 +224,7 @@ class FakeOpenAIServer:
         self._runner: web.AppRunner | None = None
         self._ids = itertools.count(1)
         self.model_ids = ["fake-model", "fake-embedding"]
+        self._left: asyncio.Event | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -226,6 +237,7 @@ class FakeOpenAIServer:
         app.router.add_post("/v1beta/models/{tail:.+}", self._gemini)
         # handler_cancellation: a hang ends as soon as the client disconnects.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        self._left = asyncio.Event()
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
@@ -288,6 +300,14 @@ class FakeOpenAIServer:
         """Requests received on the model routes."""
         return sum(self.counts.values())
 
+    async def wait_for_disconnects(self, n: int = 1, timeout: float = 5.0) -> None:
+        """Wait until `n` hanging requests ended because their client went away."""
+        assert self._left is not None, "start the server first"
+        async with asyncio.timeout(timeout):
+            while self.disconnects < n:
+                await self._left.wait()
+                self._left.clear()
+
     @property
     def pending_replies(self) -> int:
         return len(self._replies)
@@ -326,7 +346,10 @@ class FakeOpenAIServer:
     def _pick_fault(self, request: web.Request) -> Fault | None:
         spec = request.headers.get("X-Fake-Fault")
         if spec:
-            return Fault.parse(spec)
+            try:
+                return Fault.parse(spec)
+            except ValueError as e:
+                return Fault.error(400, json.dumps({"error": {"message": str(e), "type": "invalid_request_error"}}))
         if self._faults:
             return self._faults.popleft()
         if self._replies and isinstance(self._replies[0], Fault):
@@ -355,6 +378,8 @@ class FakeOpenAIServer:
                 await asyncio.sleep(fault.bound)
             except asyncio.CancelledError:
                 self.disconnects += 1
+                if self._left is not None:
+                    self._left.set()
                 raise
             return web.Response(status=504, text=_ERROR_BODY, content_type="application/json")
         if kind == "malformed":
@@ -371,7 +396,9 @@ class FakeOpenAIServer:
             await resp.write(b"data: <html><body>502 Bad Gateway</body></html>\n\n")
             await resp.write_eof()
             return resp
-        # disconnect: mid-stream for streams (handled by the writers), at once otherwise
+        # disconnect/truncate: mid-stream for streams (handled by the writers), at once otherwise
+        if kind == "truncate" and not stream:
+            return web.Response(status=200, text='{"id": "x"', content_type="application/json")
         if not stream:
             if request.transport is not None:
                 request.transport.abort()
@@ -486,9 +513,13 @@ class FakeOpenAIServer:
         return await self._write_stream(request, frames, fault)
 
     async def _write_stream(self, request: web.Request, frames: list[bytes], fault: Fault | None) -> web.StreamResponse:
+        cut = fault.after_chunks if fault is not None and fault.kind in ("disconnect", "truncate") else None
+        if cut == 0 and fault is not None and fault.kind == "disconnect":
+            if request.transport is not None:
+                request.transport.abort()  # before any byte of the response
+            raise asyncio.CancelledError
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        cut = fault.after_chunks if fault is not None and fault.kind == "disconnect" else None
         gap = fault.chunk_delay if fault is not None and fault.kind == "slow" else 0.0
         if cut is None and not gap:
             await resp.write(b"".join(frames))
@@ -496,6 +527,8 @@ class FakeOpenAIServer:
             return resp
         for i, frame in enumerate(frames):
             if cut is not None and i >= cut:
+                if fault is not None and fault.kind == "truncate":
+                    break
                 if request.transport is not None:
                     request.transport.abort()
                 raise asyncio.CancelledError

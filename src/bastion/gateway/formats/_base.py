@@ -214,6 +214,13 @@ class HTTPModel:
             async with get_session(self.provider).post(url, data=body, headers=self.headers(), timeout=timeout) as resp:
                 if resp.status >= 300:
                     raise http_error(resp.status, await resp.read(), resp.headers, self._name)
+                if "json" in resp.headers.get("Content-Type", ""):
+                    raw = await resp.read()
+                    raise InvalidResponseError(
+                        f"{self._name} answered a streaming request with JSON instead of an event "
+                        f"stream: {raw[:200]!r}",
+                        model=self._name,
+                    )
                 started = True
                 async for event, data in iter_sse(resp.content):
                     if data == "[DONE]":

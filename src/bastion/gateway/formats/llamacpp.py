@@ -162,11 +162,27 @@ def build_prompt(request: ModelRequest) -> str:
     return "".join(out)
 
 
+def _offered(request: ModelRequest) -> list[Any]:
+    if request.tool_choice in ("auto", "required"):
+        return list(request.tools)
+    return [t for t in request.tools if t.name == request.tool_choice]
+
+
+def forced_prefix(request: ModelRequest) -> tuple[str, dict[str, Any]] | None:
+    """When exactly one tool must be called, the JSON up to its arguments is written into the
+    prompt and only the arguments are generated: grammar-constrained sampling costs a pass
+    over the whole vocabulary per token, so every token not generated counts."""
+    offered = _offered(request)
+    if len(offered) != 1 or request.tool_choice == "auto":
+        return None
+    tool = offered[0]
+    prefix = '{"tool": ' + json.dumps(tool.name) + ', "arguments": '
+    return prefix, tool.parameters or {"type": "object"}
+
+
 def output_schema(request: ModelRequest) -> dict[str, Any] | None:
     """The JSON schema the generation is constrained to, or None for free text."""
-    offered = request.tools if request.tool_choice in ("auto", "required") else []
-    if request.tool_choice not in ("auto", "required", "none"):
-        offered = [t for t in request.tools if t.name == request.tool_choice]
+    offered = _offered(request)
     if not offered:
         return request.output.schema if request.output is not None else None
     options: list[dict[str, Any]] = [
@@ -219,6 +235,8 @@ class LlamaCppModel:
         self.provider = provider
         self._name = address or f"local:{model_name}"
         _import_llama()  # fail at resolve time, with the extra to install, not mid-run
+        if model_name != DEFAULT_MODEL and not model_name.endswith(".gguf"):
+            _model_path(model_name)  # raises UnknownModelError naming the valid forms
 
     @property
     def name(self) -> str:
@@ -239,7 +257,8 @@ class LlamaCppModel:
             kwargs["top_p"] = s.top_p
         if s.seed is not None:
             kwargs["seed"] = s.seed
-        schema = output_schema(request)
+        forced = forced_prefix(request)
+        schema = forced[1] if forced is not None else output_schema(request)
         if schema is not None:
             llama_cpp = _import_llama()
             kwargs["grammar"] = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
@@ -249,17 +268,18 @@ class LlamaCppModel:
     def _generate(self, request: ModelRequest) -> tuple[str, str | None, int, int]:
         llm = load_llama(self.model_name)
         prompt = build_prompt(request)
+        forced = forced_prefix(request)
+        if forced is not None:
+            prompt += forced[0]
         kwargs = self._kwargs(request, llm)
         with _run_lock:
             out = llm.create_completion(prompt, **kwargs)
         choice = out["choices"][0]
         usage = out.get("usage") or {}
-        return (
-            choice["text"],
-            choice.get("finish_reason"),
-            usage.get("prompt_tokens", 0),
-            usage.get("completion_tokens", 0),
-        )
+        text = choice["text"]
+        if forced is not None and choice.get("finish_reason") != "length":
+            text = forced[0] + text.strip() + "}"
+        return text, choice.get("finish_reason"), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
 
     def _response(
         self, request: ModelRequest, text: str, finish: str | None, prompt: int, completion: int
@@ -351,4 +371,12 @@ class LlamaCppModel:
         yield ResponseDone(self._response(request, "".join(text), finish, prompt_tokens, completion))
 
 
-__all__ = ["DEFAULT_MODEL", "LlamaCppModel", "build_prompt", "bundled_model_path", "load_llama", "output_schema"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LlamaCppModel",
+    "build_prompt",
+    "bundled_model_path",
+    "forced_prefix",
+    "load_llama",
+    "output_schema",
+]
