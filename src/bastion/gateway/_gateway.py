@@ -136,9 +136,8 @@ class Gateway:
         self.budgets = budgets
         self.semantic_cache = semantic_cache
         self._cache: ResponseCache | None = cache if isinstance(cache, ResponseCache) else None
-        self._default_cache = cache is None
-        if cache is True:
-            self._default_cache = True
+        self._default_cache = cache is None or cache is True
+        self._force_cache = cache is True  # True: on even when settings.cache_enabled is off
         self.on_call = on_call
         self._clock = clock
         self._sleep = sleep
@@ -172,29 +171,36 @@ class Gateway:
         error: BaseException | None = None
         deployment: Deployment | None = None
         reservation: Reservation | None = None
-        with _spans().chat(plan.primary, request) as span:
+        # Entered by hand: a consumer that stops early (GeneratorExit) is not an error.
+        span = _spans().chat(plan.primary, request)
+        span.__enter__()
+        exc_info: tuple[Any, Any, Any] = (None, None, None)
+        try:
+            reservation = await self._reserve(plan, request)
+            first, events, deployment = await self._open_stream(plan, request)
             try:
-                reservation = await self._reserve(plan, request)
-                first, events, deployment = await self._open_stream(plan, request)
-                try:
-                    event: StreamEvent | None = first
-                    while event is not None:
-                        if isinstance(event, ResponseDone):
-                            final = event.response
-                            self._price(final, deployment, request)
-                            span.record_response(final)
-                        yield event
-                        event = await anext(events, None)
-                except (ModelError, TimeoutError) as e:
-                    deployment.breaker.record(e)
-                    raise
-                finally:
-                    deployment.in_flight -= 1
-                    await _aclose(events)
-            except BaseException as e:
-                error = e
+                event: StreamEvent | None = first
+                while event is not None:
+                    if isinstance(event, ResponseDone):
+                        final = event.response
+                        self._price(final, deployment, request)
+                        span.record_response(final)
+                    yield event
+                    event = await anext(events, None)
+            except (ModelError, TimeoutError) as e:
+                deployment.breaker.record(e)
                 raise
             finally:
+                deployment.in_flight -= 1
+                await _aclose(events)
+        except GeneratorExit:
+            raise
+        except BaseException as e:
+            error = e
+            exc_info = (type(e), e, e.__traceback__)
+            raise
+        finally:
+            try:
                 if self.budgets is not None and reservation is not None:
                     if final is not None:
                         await self.budgets.settle(reservation, final.usage.total_tokens, final.cost_usd or 0.0)
@@ -204,6 +210,8 @@ class Gateway:
                         await self.budgets.settle(reservation, reservation.tokens, reservation.usd)
                 if self.on_call is not None:
                     self._observe(plan, request, final, error, started, deployment, stream=True)
+            finally:
+                span.__exit__(*exc_info)
 
     def model(self, target: Target | None = None) -> GatewayModel:
         """A `Model` whose calls go through this gateway (what the agent loop holds)."""
@@ -314,7 +322,7 @@ class Gateway:
             return None  # test doubles are free and deterministic: caching them only leaks between tests
         from bastion.config import get_settings
 
-        if not get_settings().cache_enabled:
+        if not self._force_cache and not get_settings().cache_enabled:
             self._default_cache = False
             return None
         self._cache = ResponseCache()
