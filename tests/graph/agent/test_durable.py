@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bastion.errors import UserError
 from bastion.graph.agent import Agent
 from bastion.testing import DirectToolExecutor, ScriptedModel
 from bastion.tools import Tool, ToolCallContext, tool
@@ -77,6 +78,9 @@ async def test_approval_interrupt_then_approve_repeats_nothing(checkpointer: Any
     assert pending.value["type"] == "approval" and pending.value["tool"] == "pay"
     assert pending.value["arguments"] == {"amount": 40}
     assert (counter["search"], counter["pay"], len(model.requests)) == (1, 0, 1)
+
+    with pytest.raises(UserError, match="waiting on 1 interrupt"):
+        await agent.run("something else", thread_id="t-approve")  # would orphan the pending calls
 
     done = await agent.resume(True, thread_id="t-approve")
     assert done.output == "Paid invoice 7." and not done.interrupted

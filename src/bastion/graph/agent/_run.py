@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bastion.errors import UserError
 from bastion.graph.agent._loop import (
     AgentGroup,
     AgentState,
@@ -77,7 +78,20 @@ class GraphRunner:
         return self._app
 
     async def run(self, input: AgentInput, *, thread_id: str | None, context: RunContext | None) -> AgentResult[Any]:
+        if thread_id is not None:
+            await self._refuse_if_waiting(thread_id)
         return await self._invoke(self.start(input), thread_id, context)
+
+    async def _refuse_if_waiting(self, thread_id: str) -> None:
+        # New input on a thread that waits for a human would drop the pending tool calls and
+        # leave calls without results in the history, which model APIs reject.
+        snapshot = await self.app().aget_state(thread_id)
+        if snapshot.interrupts:
+            raise UserError(
+                f"thread {thread_id!r} is waiting on {len(snapshot.interrupts)} interrupt(s) "
+                f"({', '.join(i.id for i in snapshot.interrupts)}); answer them with "
+                "resume(value, thread_id=...) before sending new input"
+            )
 
     async def resume(self, value: Any, *, thread_id: str, context: RunContext | None) -> AgentResult[Any]:
         from bastion.graph import Command
@@ -112,6 +126,8 @@ class GraphRunner:
         thread = thread_id or new_id("thread_")
         context = context or RunContext()
         if input is not None:
+            if thread_id is not None:
+                await self._refuse_if_waiting(thread_id)
             graph_input: Any = self.start(input)
         else:
             graph_input = None if resume is CONTINUE else Command(resume=resume)
