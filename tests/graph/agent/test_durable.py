@@ -129,6 +129,8 @@ async def test_crash_mid_tools_resumes_only_the_failed_call(checkpointer: Any, c
     with pytest.raises(ConnectionResetError):
         await agent.run("Pay invoice 7", thread_id="t-crash")
     assert (counter["search"], counter["pay"], len(model.requests)) == (1, 0, 1)
+    with pytest.raises(UserError, match=r"stopped before finishing \(at tool\)"):
+        await agent.run("new input", thread_id="t-crash")
 
     done = await agent.resume(thread_id="t-crash")
     assert done.output == "Paid invoice 7."

@@ -92,6 +92,11 @@ class GraphRunner:
                 f"({', '.join(i.id for i in snapshot.interrupts)}); answer them with "
                 "resume(value, thread_id=...) before sending new input"
             )
+        if snapshot.next:
+            raise UserError(
+                f"thread {thread_id!r} stopped before finishing (at {', '.join(snapshot.next)}), probably on an "
+                "error; continue it with resume(thread_id=...) before sending new input"
+            )
 
     async def resume(self, value: Any, *, thread_id: str, context: RunContext | None) -> AgentResult[Any]:
         from bastion.graph import Command
