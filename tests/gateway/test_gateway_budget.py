@@ -27,14 +27,20 @@ from bastion.testing import FunctionModel, ScriptedModel
 from bastion.types import Message, ModelRequest, ModelResponse, ModelSettings, RunContext, Usage
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BudgetStore]:
     if request.param == "memory":
         yield MemoryBudgetStore()
-    else:
+    elif request.param == "sqlite":
         s = SQLiteBudgetStore(tmp_path / "budget.db")
         yield s
         s.close()
+    else:
+        from bastion.gateway import PostgresBudgetStore
+
+        pg = PostgresBudgetStore(request.getfixturevalue("pg_url"))
+        yield pg
+        await pg.aclose()
 
 
 def req(max_tokens: int = 100, **ctx: object) -> ModelRequest:
@@ -201,6 +207,25 @@ async def test_sqlite_spend_is_shared_and_survives_reopen(tmp_path: Path) -> Non
         assert (await reopened.spent("tenant:x")).tokens == 55
     finally:
         reopened.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_spend_is_shared_between_stores(pg_url: str) -> None:
+    from bastion.gateway import PostgresBudgetStore
+
+    first, second = PostgresBudgetStore(pg_url), PostgresBudgetStore(pg_url)  # as two hosts would
+    try:
+        limits = [("tenant:x", BudgetLimits(tokens=100)), ("day:x/2026-01-01", BudgetLimits(tokens=1000))]
+        rid = await first.try_reserve(limits, 60, 0.0)
+        assert isinstance(rid, str)
+        refused = await second.try_reserve(limits, 60, 0.0)
+        assert isinstance(refused, Violation) and refused.key == "tenant:x" and refused.spend.reserved_tokens == 60
+        await first.settle(rid, 55, 0.25)
+        assert await second.spent("tenant:x") == Spend(55, 0.25, 0, 0.0)
+        assert await second.spent("day:x/2026-01-01") == Spend(55, 0.25, 0, 0.0)
+    finally:
+        await first.aclose()
+        await second.aclose()
 
 
 async def test_sqlite_reservations_of_dead_processes_expire(tmp_path: Path) -> None:

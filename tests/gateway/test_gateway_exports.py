@@ -23,6 +23,7 @@ EXPECTED = {
     "MemoryBudgetStore",
     "MemoryCacheStore",
     "Model",
+    "PostgresBudgetStore",
     "Pricing",
     "Provider",
     "ResponseCache",

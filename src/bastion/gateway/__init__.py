@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         Spend,
         SQLiteBudgetStore,
     )
+    from bastion.gateway._budget_pg import PostgresBudgetStore
     from bastion.gateway._cache import (
         CacheStore,
         Embedder,
@@ -47,6 +48,7 @@ _LAZY = {
     "BudgetStore": "_budget",
     "MemoryBudgetStore": "_budget",
     "SQLiteBudgetStore": "_budget",
+    "PostgresBudgetStore": "_budget_pg",
     "Spend": "_budget",
     "CacheStore": "_cache",
     "Embedder": "_cache",
@@ -83,6 +85,7 @@ __all__ = [
     "MemoryBudgetStore",
     "MemoryCacheStore",
     "Model",
+    "PostgresBudgetStore",
     "Pricing",
     "Provider",
     "ResponseCache",

@@ -1,0 +1,125 @@
+"""`PostgresBudgetStore`: budget spend shared by every process and host (extra `postgres`).
+
+Same protocol as the memory and SQLite stores. Check-and-reserve is one transaction that locks
+the scopes' spend rows (in key order, so concurrent reservations cannot deadlock); reservations
+are rows with an expiry so a crashed worker cannot hold a budget forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from bastion.errors import MissingExtraError
+from bastion.gateway._budget import BudgetLimits, Spend, Violation, check
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bastion_budget_spend (
+    key TEXT PRIMARY KEY,
+    tokens BIGINT NOT NULL DEFAULT 0,
+    usd DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS bastion_budget_reservation (
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tokens BIGINT NOT NULL,
+    usd DOUBLE PRECISION NOT NULL,
+    expires TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (id, key)
+);
+CREATE INDEX IF NOT EXISTS bastion_budget_reservation_key ON bastion_budget_reservation (key, expires);
+"""
+
+_HELD = (
+    "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0) FROM bastion_budget_reservation "
+    "WHERE key = %s AND expires > now()"
+)
+
+
+class PostgresBudgetStore:
+    """Budget spend in PostgreSQL. `url` is a `postgresql://` URI; the pool opens on first use."""
+
+    def __init__(self, url: str, *, reservation_ttl: float = 900.0, max_connections: int = 10) -> None:
+        try:
+            from psycopg_pool import AsyncConnectionPool
+        except ImportError as e:
+            raise MissingExtraError("postgres", "psycopg-pool", "PostgresBudgetStore") from e
+        self._pool: Any = AsyncConnectionPool(url, min_size=1, max_size=max_connections, open=False)
+        self._ttl = reservation_ttl
+        self._ready = False
+        self._lock = asyncio.Lock()
+
+    async def _open(self) -> Any:
+        if not self._ready:
+            async with self._lock:
+                if not self._ready:
+                    await self._pool.open()
+                    async with self._pool.connection() as conn:
+                        await conn.execute(_SCHEMA)
+                    self._ready = True
+        return self._pool
+
+    async def try_reserve(
+        self, charges: Sequence[tuple[str, BudgetLimits]], tokens: int, usd: float
+    ) -> str | Violation:
+        pool = await self._open()
+        ordered = sorted(charges, key=lambda c: c[0])
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO bastion_budget_spend (key) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                ([k for k, _ in ordered],),
+            )
+            for key, limits in ordered:
+                cur = await conn.execute(
+                    "SELECT tokens, usd FROM bastion_budget_spend WHERE key = %s FOR UPDATE", (key,)
+                )
+                spent_tokens, spent_usd = await cur.fetchone()
+                held = await (await conn.execute(_HELD, (key,))).fetchone()
+                spend = Spend(int(spent_tokens), float(spent_usd), int(held[0]), float(held[1]))
+                violation = check(key, limits, spend, tokens, usd)
+                if violation is not None:
+                    return violation  # commits only the empty spend rows inserted above
+            rid = uuid.uuid4().hex
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO bastion_budget_reservation (id, key, tokens, usd, expires) "
+                    "VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
+                    [(rid, key, tokens, usd, self._ttl) for key, _ in ordered],
+                )
+            await conn.execute("DELETE FROM bastion_budget_reservation WHERE expires <= now()")
+            return rid
+
+    async def settle(self, reservation: str, tokens: int, usd: float) -> None:
+        pool = await self._open()
+        async with pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM bastion_budget_reservation WHERE id = %s RETURNING key", (reservation,)
+            )
+            keys = sorted(k for (k,) in await cur.fetchall())
+            async with conn.cursor() as c:
+                await c.executemany(
+                    "INSERT INTO bastion_budget_spend (key, tokens, usd) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET tokens = bastion_budget_spend.tokens + excluded.tokens, "
+                    "usd = bastion_budget_spend.usd + excluded.usd",
+                    [(k, tokens, usd) for k in keys],
+                )
+
+    async def spent(self, key: str) -> Spend:
+        pool = await self._open()
+        async with pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT tokens, usd FROM bastion_budget_spend WHERE key = %s", (key,))
+            ).fetchone()
+            held = await (await conn.execute(_HELD, (key,))).fetchone()
+        tokens, spent_usd = row if row else (0, 0.0)
+        return Spend(int(tokens), float(spent_usd), int(held[0]), float(held[1]))
+
+    async def aclose(self) -> None:
+        if self._ready:
+            await self._pool.close()
+            self._ready = False
+
+
+__all__ = ["PostgresBudgetStore"]
