@@ -171,3 +171,12 @@ async def test_the_default_executor_is_the_policy_gateway_which_denies_ungranted
     denied = model.requests[1].messages[-1].tool_results[0]
     assert denied.is_error and denied.tool_call_id == "t1"
     assert result.output == "I may not look that up."
+
+
+def test_public_surface_is_pinned() -> None:
+    import bastion.graph.agent as pkg
+
+    assert pkg.__all__ == sorted(pkg.__all__, key=str)
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None, name
+    assert "DirectToolExecutor" in __import__("bastion.testing").testing.__all__
