@@ -1,1 +1,5 @@
-"""cli"""
+"""The `bastion` command."""
+
+from bastion.cli._main import main
+
+__all__ = ["main"]

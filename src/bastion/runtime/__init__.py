@@ -1,5 +1,6 @@
 """Runs, the run queue, workers with leases and heartbeats, recovery, schedules and triggers."""
 
+from bastion.runtime._adapters import AgentRunnable, to_jsonable
 from bastion.runtime._runtime import RunConflictError, RunNotFoundError, Runtime
 from bastion.runtime._store import RunStore, SqlRunStore, new_run
 from bastion.runtime._triggers import Schedule, Scheduler, Webhook, sign
@@ -7,6 +8,7 @@ from bastion.runtime._types import MultitaskStrategy, Run, Runnable, RunOutcome,
 from bastion.runtime._worker import LocalWakeup, PostgresWakeup, Wakeup, Worker
 
 __all__ = [
+    "AgentRunnable",
     "LocalWakeup",
     "MultitaskStrategy",
     "PostgresWakeup",
@@ -26,4 +28,5 @@ __all__ = [
     "Worker",
     "new_run",
     "sign",
+    "to_jsonable",
 ]

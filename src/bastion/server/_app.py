@@ -67,7 +67,7 @@ def create_app(
     runtime: Runtime,
     keys: ApiKeyStore,
     *,
-    proxy: FastAPI | None = None,
+    proxy: Any = None,
     webhooks: list[Webhook] | None = None,
     extensions: list[Extension] | None = None,
     metrics: Callable[[], Awaitable[str] | str] | None = None,

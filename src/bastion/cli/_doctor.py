@@ -1,0 +1,88 @@
+"""`bastion doctor` (is this machine ready?) and `bastion bench`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _check_sandbox() -> tuple[bool, str]:
+    from bastion.tools.sandbox import Sandbox
+
+    try:
+        Sandbox.check()
+    except Exception as e:
+        return False, str(e)
+    return True, "bubblewrap sandbox works (no network, read-only system)"
+
+
+def _check_local_model() -> tuple[bool, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False, "llama-cpp-python missing: pip install 'bastion[local]'"
+    try:
+        from bastion.gateway.formats.llamacpp import bundled_model_path
+
+        path = bundled_model_path()
+    except Exception as e:
+        return False, f"model file not found: {e}"
+    return True, f"local:gemma-3-270m at {path}"
+
+
+def _check_database(home: Path, url: str | None) -> tuple[bool, str]:
+    if url:
+        try:
+            import psycopg
+
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                version = conn.execute("SHOW server_version").fetchone()
+            return True, f"PostgreSQL {version[0] if version else '?'} reachable"
+        except Exception as e:
+            return False, f"PostgreSQL unreachable: {e}"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / ".doctor"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        return False, f"{home} is not writable: {e}"
+    return True, f"embedded SQLite under {home.resolve()}"
+
+
+def doctor(home: Path, database_url: str | None) -> int:
+    checks = {
+        "sandbox": _check_sandbox(),
+        "local model": _check_local_model(),
+        "database": _check_database(home, database_url),
+    }
+    table = Table("check", "ok", "detail")
+    for name, (ok, detail) in checks.items():
+        table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", detail)
+    console.print(table)
+    return 0 if all(ok for ok, _ in checks.values()) else 1
+
+
+def bench(names: list[str], *, quick: bool) -> int:
+    bench_dir = Path("bench")
+    if not bench_dir.is_dir():
+        console.print("[red]run `bastion bench` from a checkout (it needs the bench/ directory)[/]")
+        return 2
+    targets = names or sorted(p.stem for p in bench_dir.glob("*.py") if not p.stem.startswith("_"))
+    code = 0
+    for name in targets:
+        script = bench_dir / f"{name}.py"
+        if not script.exists():
+            console.print(f"[red]no benchmark {name!r}[/]")
+            code = 2
+            continue
+        console.rule(name)
+        args = [sys.executable, str(script), *(["--quick"] if quick else [])]
+        code = max(code, subprocess.run(args, check=False).returncode)
+    return code

@@ -1,0 +1,140 @@
+"""`bastion` command line: serve, worker, run, trace, eval, keys, doctor, bench, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bastion.errors import BastionError
+
+
+def _env(args: argparse.Namespace) -> object:
+    from bastion.server._project import ProjectEnv
+
+    return ProjectEnv(home=Path(args.home), database_url=args.database or os.environ.get("BASTION_DATABASE_URL"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bastion", description="A production runtime for AI agents.")
+    p.add_argument("--home", default=os.environ.get("BASTION_HOME", ".bastion"), help="embedded data directory")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the HTTP API, web UI and (by default) in-process workers")
+    s.add_argument("--app", required=True, help="project: 'module:attr' or 'path/file.py:attr'")
+    s.add_argument("--database", help="postgresql://... for scale-out (default: SQLite under --home)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8700)
+    s.add_argument("--workers", type=int, default=1, help="in-process workers (0: API only)")
+
+    w = sub.add_parser("worker", help="claim and execute runs from a shared PostgreSQL")
+    w.add_argument("--app", required=True)
+    w.add_argument("--database", help="postgresql://... (required unless BASTION_DATABASE_URL is set)")
+    w.add_argument("--concurrency", type=int, default=64)
+    w.add_argument("--lease", type=float, default=30.0, help="lease seconds")
+
+    r = sub.add_parser("run", help="run an agent once in this process and print the answer")
+    r.add_argument("--app", required=True)
+    r.add_argument("--database")
+    r.add_argument("--tenant", default="default")
+    r.add_argument("--thread")
+    r.add_argument("--yes", action="store_true", help="approve every approval request (non-interactive)")
+    r.add_argument("agent")
+    r.add_argument("input")
+
+    t = sub.add_parser("trace", help="inspect traces in the embedded store")
+    tsub = t.add_subparsers(dest="trace_command", required=True)
+    tsub.add_parser("list", help="recent traces")
+    show = tsub.add_parser("show", help="a trace as a tree")
+    show.add_argument("trace_id")
+
+    e = sub.add_parser("eval", help="evaluate a dataset; exits non-zero below the quality gate", add_help=False)
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+
+    k = sub.add_parser("keys", help="API keys for the server")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--role", choices=["viewer", "operator", "admin"], default="operator")
+
+    d = sub.add_parser("doctor", help="check the sandbox, the local model and the database")
+    d.add_argument("--database")
+
+    b = sub.add_parser("bench", help="run the benchmarks in bench/ (peers side by side)")
+    b.add_argument("names", nargs="*", help="gateway, orchestration, memory, tracing, security, runtime")
+    b.add_argument("--quick", action="store_true")
+
+    demo = sub.add_parser("demo", help="set up and run the example support agent, then keep the UI up")
+    demo.add_argument("--port", type=int, default=8700)
+    demo.add_argument("--no-wait", action="store_true", help="exit after the scenario instead of serving the UI")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BastionError as e:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "serve":
+        from bastion.cli._serve import serve
+
+        return asyncio.run(serve(args.app, _env(args), host=args.host, port=args.port, workers=args.workers))  # type: ignore[arg-type]
+    if cmd == "worker":
+        from bastion.cli._serve import worker
+
+        return asyncio.run(worker(args.app, _env(args), concurrency=args.concurrency, lease=args.lease))  # type: ignore[arg-type]
+    if cmd == "run":
+        from bastion.cli._run import run
+
+        return asyncio.run(
+            run(args.app, _env(args), agent=args.agent, input=args.input, tenant=args.tenant, thread=args.thread,  # type: ignore[arg-type]
+                approve_all=args.yes)
+        )  # fmt: skip
+    if cmd == "trace":
+        from bastion.cli._trace import list_traces, show_trace
+
+        home = Path(args.home)
+        return show_trace(home, args.trace_id) if args.trace_command == "show" else list_traces(home)
+    if cmd == "eval":
+        from bastion.evals._gate import main as eval_main
+
+        return eval_main(args.rest)
+    if cmd == "keys":
+        from bastion.server import SQLiteApiKeyStore
+
+        Path(args.home).mkdir(parents=True, exist_ok=True)
+        store = SQLiteApiKeyStore(Path(args.home) / "api_keys.db")
+        key, principal = asyncio.run(store.mint(args.tenant, args.role))
+        store.close()
+        print(f"{key}\t(tenant={principal.tenant} role={principal.role}; shown once, store it now)")
+        return 0
+    if cmd == "doctor":
+        from bastion.cli._doctor import doctor
+
+        return doctor(Path(args.home), args.database or os.environ.get("BASTION_DATABASE_URL"))
+    if cmd == "bench":
+        from bastion.cli._doctor import bench
+
+        return bench(args.names, quick=args.quick)
+    if cmd == "demo":
+        from bastion.cli._demo import demo
+
+        return asyncio.run(demo(Path(args.home), port=args.port, wait=not args.no_wait))
+    raise AssertionError(cmd)  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

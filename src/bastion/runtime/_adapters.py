@@ -1,0 +1,103 @@
+"""Adapters that let the runtime drive an `Agent` (or anything with its run/stream API)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bastion.runtime._types import EventSink, RunOutcome
+from bastion.types import RunContext
+
+
+def to_jsonable(value: Any) -> Any:
+    """Outputs and interrupt payloads as plain JSON (pydantic models, dataclasses, messages...)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]  # pyright: ignore[reportUnknownVariableType]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return to_jsonable(dump(mode="json"))
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_jsonable(to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return str(value)
+
+
+def _interrupt_json(item: Any) -> dict[str, Any]:
+    data = to_jsonable(item)
+    if isinstance(data, dict):
+        # The UI and API address interrupts by id and show their payload.
+        data.setdefault("payload", data.get("value"))
+        return data  # pyright: ignore[reportUnknownVariableType]
+    return {"id": "", "payload": data}
+
+
+class AgentRunnable:
+    """Runs a `bastion.graph.agent.Agent` as a runtime `Runnable`, streaming its events.
+
+    Durability comes from the agent's checkpointer: give the agent one (SQLite or PostgreSQL)
+    so a recovered run continues at the failed step instead of starting over.
+    """
+
+    def __init__(self, agent: Any, *, description: str = "") -> None:
+        self.agent = agent
+        self.description = description or getattr(agent, "instructions", "") or ""
+
+    async def invoke(
+        self,
+        input: Any,
+        *,
+        thread_id: str,
+        context: RunContext,
+        resume: Any = None,
+        recover: bool = False,
+        emit: EventSink | None = None,
+    ) -> RunOutcome:
+        from bastion.tracing import spans
+
+        name = getattr(self.agent, "name", None) or "agent"
+        # One trace per run attempt, rooted at `invoke_agent {name}`: model, tool, policy and
+        # checkpoint spans opened by the agent nest under it.
+        with spans.agent(name, context, agent_id=context.run_id, input=input) as span:
+            outcome = await self._invoke(input, thread_id, context, resume, recover, emit)
+            outcome.trace_id = span.trace_id
+            if outcome.status == "completed":
+                span.record_output(outcome.output)
+            return outcome
+
+    async def _invoke(
+        self, input: Any, thread_id: str, context: RunContext, resume: Any, recover: bool, emit: EventSink | None
+    ) -> RunOutcome:
+        from bastion.graph.agent import RunDone
+
+        if resume is not None:
+            events = self.agent.stream(None, resume=resume, thread_id=thread_id, context=context)
+        elif recover:
+            events = self.agent.stream(None, thread_id=thread_id, context=context)
+        else:
+            events = self.agent.stream(input, thread_id=thread_id, context=context)
+        result: Any = None
+        async for event in events:
+            if isinstance(event, RunDone):
+                result = event.result
+                continue
+            if emit is not None:
+                data = to_jsonable(event)
+                kind = data.pop("kind", type(event).__name__) if isinstance(data, dict) else "event"
+                await emit(str(kind), data if isinstance(data, dict) else {"value": data})  # pyright: ignore[reportUnknownArgumentType]
+        if result is None:
+            raise RuntimeError("the agent's stream ended without a final result")
+        usage = result.usage.to_dict()
+        if result.interrupts:
+            return RunOutcome(
+                "interrupted",
+                interrupts=[_interrupt_json(i) for i in result.interrupts],
+                usage=usage,
+                cost_usd=result.cost,
+            )
+        return RunOutcome("completed", output=to_jsonable(result.output), usage=usage, cost_usd=result.cost)

@@ -1,0 +1,155 @@
+"""Optional route groups: traces, costs and memory, each scoped to the caller's tenant.
+
+Traces and costs read the embedded trace store (`bastion.tracing.TraceStore`); memory reads a
+`bastion.memory.MemoryStore` in the namespace `(tenant, agent, user, scope)` of the caller's
+tenant. A tenant id in a query string is never trusted: it always comes from the API key.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads these route annotations at runtime.
+import asyncio
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query
+
+from bastion.runtime import Runtime
+from bastion.server._app import Extension, Viewer
+from bastion.tracing import semconv as sc
+
+
+def _span_json(span: Any) -> dict[str, Any]:
+    return {
+        "span_id": span.span_id,
+        "parent_id": span.parent_id,
+        "name": span.name,
+        "start": span.start_ns / 1e9,
+        "end": span.end_ns / 1e9,
+        "status": "error" if span.is_error else "ok",
+        "attributes": span.attributes,
+        "events": span.events,
+    }
+
+
+def trace_routes(store: Any, runtime: Runtime) -> Extension:
+    """`/v1/traces`, `/v1/traces/{id}` and `/v1/runs/{id}/trace` from a `TraceStore`."""
+
+    def extend(app: FastAPI) -> None:
+        def owned(tree: Any, tenant: str) -> bool:
+            tenants = {s.attributes.get(sc.BASTION_TENANT_ID) for s in tree.spans} - {None}
+            return tenants == {tenant}
+
+        @app.get("/v1/traces", tags=["traces"])
+        async def list_traces(
+            principal: Viewer,
+            run_id: str | None = None,
+            session: str | None = None,
+            errors_only: bool = False,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        ) -> list[dict[str, Any]]:
+            await asyncio.to_thread(store.flush, 2.0)
+            rows = await asyncio.to_thread(
+                store.list_traces, run_id=run_id, session=session, tenant=principal.tenant,
+                errors_only=errors_only, limit=limit,
+            )  # fmt: skip
+            return [
+                {
+                    "trace_id": r.trace_id,
+                    "name": r.name,
+                    "start": r.start_ns / 1e9,
+                    "end": r.end_ns / 1e9,
+                    "spans": r.span_count,
+                    "errors": r.error_count,
+                    "cost_usd": r.cost_usd,
+                    "run_id": r.run_id,
+                    "session": r.session_id,
+                    "agent": r.agent,
+                }
+                for r in rows
+            ]
+
+        @app.get("/v1/traces/{trace_id}", tags=["traces"])
+        async def get_trace(trace_id: str, principal: Viewer) -> dict[str, Any]:
+            await asyncio.to_thread(store.flush, 2.0)
+            tree = await asyncio.to_thread(store.get_trace, trace_id)
+            if tree is None or not owned(tree, principal.tenant):
+                raise HTTPException(404, f"trace {trace_id!r} not found for this tenant")
+            return {"trace_id": trace_id, "spans": [_span_json(s) for s in tree.spans]}
+
+        @app.get("/v1/runs/{run_id}/trace", tags=["traces"])
+        async def run_trace(run_id: str, principal: Viewer) -> dict[str, Any]:
+            run = await runtime.get_run(run_id, tenant=principal.tenant)
+            await asyncio.to_thread(store.flush, 2.0)
+            spans = await asyncio.to_thread(store.spans, run_id=run.id, tenant=principal.tenant, limit=5000)
+            trace_ids = {s.trace_id for s in spans}
+            full: list[Any] = []
+            for tid in sorted(trace_ids):  # the whole trees, including spans without run attribution
+                tree = await asyncio.to_thread(store.get_trace, tid)
+                if tree is not None and owned(tree, principal.tenant):
+                    full.extend(tree.spans)
+            return {"run_id": run.id, "trace_ids": sorted(trace_ids), "spans": [_span_json(s) for s in full]}
+
+    return extend
+
+
+def cost_routes(store: Any) -> Extension:
+    """`/v1/costs?by=agent|model|tool|user|session|run|team&since=...` for the caller's tenant."""
+
+    def extend(app: FastAPI) -> None:
+        @app.get("/v1/costs", tags=["costs"])
+        async def costs(
+            principal: Viewer,
+            by: Literal["agent", "model", "tool", "user", "session", "run", "team", "tenant"] = "agent",
+            since: Annotated[float | None, Query(description="epoch seconds")] = None,
+            until: Annotated[float | None, Query(description="epoch seconds")] = None,
+        ) -> list[dict[str, Any]]:
+            from bastion.tracing import cost_by
+
+            await asyncio.to_thread(store.flush, 2.0)
+            rows = await asyncio.to_thread(
+                cost_by, store, by, since=since, until=until or time.time() + 1, tenant=principal.tenant
+            )
+            return [
+                {
+                    "key": r.key,
+                    "cost_usd": r.cost_usd,
+                    "calls": r.calls,
+                    "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens,
+                }
+                for r in rows
+            ]
+
+    return extend
+
+
+def memory_routes(store: Any) -> Extension:
+    """`/v1/memory/search` over the caller's tenant partition (read-only browser)."""
+
+    def extend(app: FastAPI) -> None:
+        @app.get("/v1/memory/search", tags=["memory"])
+        async def search(
+            principal: Viewer,
+            q: Annotated[str, Query(min_length=1, max_length=2000)],
+            agent: str = "",
+            user: str = "",
+            scope: str = "",
+            k: Annotated[int, Query(ge=1, le=100)] = 10,
+            include_untrusted: bool = True,
+        ) -> list[dict[str, Any]]:
+            from bastion.memory import Namespace
+
+            ns = Namespace(principal.tenant, agent, user, scope)
+            hits = await store.search(ns, q, k=k, include_untrusted=include_untrusted)
+            return [
+                {
+                    "id": h.item.id,
+                    "text": h.item.text,
+                    "kind": h.item.kind,
+                    "score": h.score,
+                    "trust": h.item.trust,
+                    "metadata": h.item.metadata,
+                }
+                for h in hits
+            ]
+
+    return extend

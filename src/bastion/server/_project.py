@@ -1,0 +1,105 @@
+"""A Bastion project: the agents (and optional memory, gateway, triggers) a server or worker runs.
+
+A project is declared in Python and named on the command line as `module:attr` or
+`path/to/file.py:attr`; `attr` is a `Project` or a function `(env: ProjectEnv) -> Project`
+(sync or async), so agents can get checkpointers that match the deployment (SQLite embedded,
+PostgreSQL when scaled out).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError
+from bastion.runtime import AgentRunnable, Runnable, Runtime, Schedule, Webhook
+
+
+@dataclass(slots=True)
+class ProjectEnv:
+    """Where the project runs: embedded files under `home`, or a shared PostgreSQL."""
+
+    home: Path
+    database_url: str | None = None
+
+    def checkpointer(self) -> Any:
+        """A checkpointer matching the deployment (give it to each durable agent)."""
+        if self.database_url:
+            from bastion.checkpoint import PostgresCheckpointer
+
+            return PostgresCheckpointer(self.database_url)
+        from bastion.checkpoint import SqliteCheckpointer
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        return SqliteCheckpointer(self.home / "checkpoints.db")
+
+
+@dataclass(slots=True)
+class Project:
+    agents: dict[str, Any]  # name -> Agent or Runnable
+    memory: Any = None  # a MemoryStore, shown in the UI's memory browser
+    gateway: Any = None  # a Gateway, served as the OpenAI-compatible proxy under /openai
+    webhooks: list[Webhook] = field(default_factory=list)
+    schedules: list[Schedule] = field(default_factory=list)
+    api_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (tenant, role)
+    on_close: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+
+    def runnables(self) -> dict[str, Runnable]:
+        return {
+            name: agent if hasattr(agent, "invoke") else AgentRunnable(agent) for name, agent in self.agents.items()
+        }
+
+    async def close(self) -> None:
+        for fn in self.on_close:
+            out = fn()
+            if inspect.isawaitable(out):
+                await out
+
+
+def _import(spec: str) -> Any:
+    if ":" not in spec:
+        raise ConfigError(f"project spec {spec!r} must look like 'package.module:attr' or 'path/file.py:attr'")
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if not path.exists():
+            raise ConfigError(f"project file {path} does not exist")
+        module_name = f"bastion_project_{path.stem}"
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ConfigError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module
+        sys.path.insert(0, str(path.parent))
+        loader_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{target} has no attribute {attr!r}") from None
+
+
+async def load_project(spec: str, env: ProjectEnv) -> Project:
+    obj = _import(spec)
+    if callable(obj) and not isinstance(obj, Project):
+        obj = obj(env) if inspect.signature(obj).parameters else obj()
+        if inspect.isawaitable(obj):
+            obj = await obj
+    if not isinstance(obj, Project):
+        raise ConfigError(f"{spec} must be a bastion.server.Project or a function returning one, got {type(obj)}")
+    return obj
+
+
+def build_runtime(project: Project, env: ProjectEnv, *, workers: int = 1, **kw: Any) -> Runtime:
+    agents = project.runnables()
+    if env.database_url:
+        return Runtime.postgres(env.database_url, agents, workers=workers, **kw)
+    env.home.mkdir(parents=True, exist_ok=True)
+    return Runtime.embedded(env.home / "runs.db", agents, workers=workers, **kw)

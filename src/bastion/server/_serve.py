@@ -1,0 +1,81 @@
+"""Assemble everything a server process needs from a `Project`: runtime, tracing, API keys,
+proxy, triggers, UI — and tear it down again."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+
+from bastion.runtime import Runtime, Scheduler
+from bastion.server._app import Extension, create_app
+from bastion.server._auth import SQLiteApiKeyStore
+from bastion.server._extensions import cost_routes, memory_routes, trace_routes
+from bastion.server._project import Project, ProjectEnv, build_runtime
+
+
+@dataclass(slots=True)
+class ServerParts:
+    app: FastAPI
+    runtime: Runtime
+    keys: SQLiteApiKeyStore
+    tracing: Any
+    scheduler: Scheduler | None
+
+
+async def build_server(
+    project: Project, env: ProjectEnv, *, workers: int = 1, lease_seconds: float = 30.0
+) -> tuple[ServerParts, AsyncExitStack]:
+    """The app plus an exit stack that shuts everything down in order."""
+    from bastion.tracing import TraceStore, configure_tracing
+
+    stack = AsyncExitStack()
+    env.home.mkdir(parents=True, exist_ok=True)
+    store = TraceStore(env.home / "traces.db")
+    tracing = configure_tracing(store=store)
+    stack.callback(store.close)
+    stack.callback(tracing.shutdown)
+
+    keys = SQLiteApiKeyStore(env.home / "api_keys.db")
+    stack.callback(keys.close)
+    for key, (tenant, role) in project.api_keys.items():
+        keys.add(key, tenant, role)  # type: ignore[arg-type]
+
+    runtime = build_runtime(project, env, workers=workers, lease_seconds=lease_seconds)
+    stack.push_async_callback(project.close)
+
+    extensions: list[Extension] = [trace_routes(store, runtime), cost_routes(store)]
+    if project.memory is not None:
+        extensions.append(memory_routes(project.memory))
+    proxy = None
+    if project.gateway is not None:
+        from bastion.gateway.proxy import SQLiteKeyStore, create_proxy_app
+
+        proxy_keys = SQLiteKeyStore(env.home / "proxy_keys.db")
+        proxy = create_proxy_app(project.gateway, keys=proxy_keys)
+
+    scheduler: Scheduler | None = None
+    if project.schedules:
+        scheduler = Scheduler(runtime)
+        for s in project.schedules:
+            scheduler.add(s)
+
+    app = create_app(
+        runtime, keys, proxy=proxy, webhooks=project.webhooks, extensions=extensions, metrics=tracing.prometheus_text,
+        manage_runtime=False,
+    )  # fmt: skip
+
+    await runtime.start()
+    stack.push_async_callback(runtime.stop)
+    if scheduler is not None:
+        task = asyncio.create_task(scheduler.run())
+
+        async def stop_scheduler() -> None:
+            scheduler.stop()
+            await asyncio.wait_for(task, 10)
+
+        stack.push_async_callback(stop_scheduler)
+    return ServerParts(app, runtime, keys, tracing, scheduler), stack
