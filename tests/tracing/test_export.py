@@ -244,3 +244,23 @@ def test_custom_redactor_seam_removes_registered_secret_values() -> None:
     [span] = memory.get_finished_spans()
     dumped = dump_span(span)
     assert "hunter2" not in dumped and "[SECRET:db]" in dumped
+
+
+def test_policy_redactor_plugs_into_the_seam() -> None:
+    from bastion.policy import Redactor
+
+    policy_redactor = Redactor(use_detect_secrets=False)
+    policy_redactor.add("injected-db-secret-value")
+    memory = InMemorySpanExporter()
+    handle = configure_tracing(otlp_endpoint="", exporters=[memory], capture_content="span_attributes", metrics=False)
+    set_redactor(policy_redactor)
+    try:
+        with spans.tool("db", "c1", arguments={"password": "injected-db-secret-value"}) as t:
+            t.record_result(ToolResult("c1", "db", f"token {CANARIES[0]}"))
+        handle.force_flush()
+    finally:
+        handle.shutdown()
+        set_redactor(None)
+    [span] = memory.get_finished_spans()
+    dumped = dump_span(span)
+    assert "injected-db-secret-value" not in dumped and "CANARY" not in dumped

@@ -1,17 +1,17 @@
 """Secret redaction for everything free-text that goes onto a span.
 
-The policy layer (`bastion.policy`) owns the real redactor (known secret values, detectors).
-When it exports a `redact(text) -> str` function we use it; until then, and whenever it is
-absent, a minimal pattern redactor catches the common API key shapes and bearer tokens.
-`set_redactor()` is the seam for anything else.
+The default is a small pattern redactor (API key shapes, bearer tokens) cheap enough for the
+span path. The policy layer's `bastion.policy.Redactor` knows more (detect-secrets rules and
+the exact values of injected secrets) but costs about a second to import and build, so it is
+never loaded implicitly: whoever owns it plugs it in with `set_redactor(redactor)`. The
+pattern redactor always runs after a custom one, as a floor.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-
-Redactor = Callable[[str], str]
+from typing import Protocol, runtime_checkable
 
 REDACTED = "[REDACTED]"
 
@@ -28,6 +28,13 @@ _PATTERNS = re.compile(
 _MARKERS = ("sk-", "earer", "EARER", "AKIA", "gh", "xox")
 
 
+@runtime_checkable
+class TextRedactor(Protocol):
+    """Anything with `redact_text(text) -> (text, rule_names)`, e.g. `bastion.policy.Redactor`."""
+
+    def redact_text(self, text: str) -> tuple[str, list[str]]: ...
+
+
 def pattern_redact(text: str) -> str:
     """Replace API keys and bearer tokens with `[REDACTED]`."""
     if not any(m in text for m in _MARKERS):
@@ -35,33 +42,20 @@ def pattern_redact(text: str) -> str:
     return _PATTERNS.sub(REDACTED, text)
 
 
-_redactor: Redactor | None = None
+_redactor: Callable[[str], str] = pattern_redact
 
 
-def _resolve() -> Redactor:
-    try:
-        from bastion import policy
-
-        policy_redact = getattr(policy, "redact", None)
-    except ImportError:  # pragma: no cover - policy is part of the package
-        policy_redact = None
-    if callable(policy_redact):
-        chosen: Redactor = policy_redact  # type: ignore[assignment]
-
-        def both(text: str) -> str:
-            # The policy redactor knows registered secret values; the patterns are a floor.
-            return pattern_redact(str(chosen(text)))
-
-        return both
-    return pattern_redact
-
-
-def set_redactor(redactor: Redactor | None) -> None:
-    """Use `redactor` for span content; `None` goes back to the default (policy, else patterns).
-    The pattern redactor always runs after a custom one as a floor."""
+def set_redactor(redactor: Callable[[str], str] | TextRedactor | None) -> None:
+    """Redact span content with `redactor` (a `str -> str` function or an object with
+    `redact_text`, such as the tool gateway's `bastion.policy.Redactor`, so injected secret
+    values are removed too); `None` restores the default pattern redactor."""
     global _redactor
     if redactor is None:
-        _redactor = None
+        _redactor = pattern_redact
+        return
+    if isinstance(redactor, TextRedactor):
+        policy = redactor
+        _redactor = lambda text: pattern_redact(policy.redact_text(text)[0])  # noqa: E731
         return
     custom = redactor
     _redactor = lambda text: pattern_redact(custom(text))  # noqa: E731
@@ -69,7 +63,4 @@ def set_redactor(redactor: Redactor | None) -> None:
 
 def redact(text: str) -> str:
     """Redact secrets from `text` with the active redactor."""
-    global _redactor
-    if _redactor is None:
-        _redactor = _resolve()
     return _redactor(text)
