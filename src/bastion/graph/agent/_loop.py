@@ -30,6 +30,7 @@ from bastion.graph.agent._result import (
 )
 from bastion.graph.agent._runtime import current_runtime
 from bastion.tools import ToolCallContext
+from bastion.tracing import spans
 from bastion.types import (
     Message,
     ModelRequest,
@@ -199,8 +200,19 @@ def make_tool_node(group: AgentGroup) -> Any:
             context = ToolCallContext(
                 run=agent.request_context(runtime.context), messages=job["history"], agent=agent.name
             )
-            with collect_spend() as spent:  # sub-agents called as tools report here
+            tool = agent.tools_by_name.get(call.name)
+            with (
+                spans.tool(
+                    call.name,
+                    call.id,
+                    tool.side_effect if tool else "none",
+                    arguments=call.arguments,
+                    context=context.run,
+                ) as span,
+                collect_spend() as spent,  # sub-agents called as tools report here
+            ):
                 result = await agent.executor().execute(call, agent.tools_by_name, context)
+                span.record_result(result)
             emit("tool_result", ToolResultEvent(agent.name, result))
             return {"result": result_to_dict(result), "spend": spent}
 

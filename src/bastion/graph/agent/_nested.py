@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from bastion.errors import UserError
@@ -56,19 +57,21 @@ async def _drive(agent: Agent[Any], input: AgentInput | None, resume: Any, threa
     """One `run` (input) or `resume` (input None) of the sub-agent; streamed into the outer
     stream while the outer run streams."""
     runtime = current_runtime()
+    # A context of its own: the sub-run gets its own `invoke_agent` span under the caller's.
+    context = replace(runtime.context, agent=agent.name)
     if not runtime.streaming:
         if input is not None:
-            return await agent.run(input, thread_id=thread_id, context=runtime.context)
+            return await agent.run(input, thread_id=thread_id, context=context)
         assert thread_id is not None
-        return await agent.resume(resume, thread_id=thread_id, context=runtime.context)
+        return await agent.resume(resume, thread_id=thread_id, context=context)
     from bastion.graph import emit
 
     result: AgentResult[Any] | None = None
     if input is not None:
-        events = agent.stream(input, thread_id=thread_id, context=runtime.context)
+        events = agent.stream(input, thread_id=thread_id, context=context)
     else:
         assert thread_id is not None
-        events = agent.stream(None, resume=resume, thread_id=thread_id, context=runtime.context)
+        events = agent.stream(None, resume=resume, thread_id=thread_id, context=context)
     async for event in events:
         if isinstance(event, RunDone):
             result = event.result

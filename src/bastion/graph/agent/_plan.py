@@ -192,6 +192,7 @@ class _PlanRunner(GraphRunner):
     def __init__(self, pattern: PlanExecuteVerify, checkpointer: Any) -> None:
         super().__init__()
         self.pattern = pattern
+        self.name = pattern.name
         self.checkpointer = checkpointer
 
     def build(self) -> Any:

@@ -4,6 +4,7 @@ state (or the pending interrupts) into an `AgentResult`."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from bastion.errors import UserError
@@ -46,6 +47,7 @@ class GraphRunner:
     what the input state of a run is, and how the final state reads as an `AgentResult`."""
 
     checkpointer: Any = None
+    name: str = "agent"
 
     def __init__(self) -> None:
         self._app: Any = None
@@ -106,11 +108,22 @@ class GraphRunner:
     async def _invoke(self, input: Any, thread_id: str | None, context: RunContext | None) -> AgentResult[Any]:
         thread = thread_id or new_id("thread_")
         context = context or RunContext()
-        with use_runtime(Runtime(context=context)):
+        with self._span(context, input) as span, use_runtime(Runtime(context=context)):
             await self.app().ainvoke(input, thread_id=thread, context=context)
-        result = await self.result(thread)
+            result = await self.result(thread)
+            _record_output(span, result)
         await self._forget(thread_id, result)
         return result
+
+    def _span(self, context: RunContext, input: Any) -> AbstractContextManager[Any]:
+        """`invoke_agent {name}`, the root span of the run, unless the caller (the runtime)
+        already opened it for this very context."""
+        from bastion.tracing import spans
+
+        if spans.current_run() is context:
+            return nullcontext()
+        traced_input = input if isinstance(input, str) else None
+        return spans.agent(self.name, context, agent_id=context.run_id, input=traced_input)
 
     async def delete_thread(self, thread_id: str) -> None:
         self.app()
@@ -136,12 +149,13 @@ class GraphRunner:
             graph_input: Any = self.start(input)
         else:
             graph_input = None if resume is CONTINUE else Command(resume=resume)
-        with use_runtime(Runtime(context=context, streaming=True)):
+        with self._span(context, input) as span, use_runtime(Runtime(context=context, streaming=True)):
             async for event in self.app().astream(graph_input, thread_id=thread, context=context):
                 payload = _custom_payload(event)
                 if payload is not None:
                     yield payload
-        result = await self.result(thread)
+            result = await self.result(thread)
+            _record_output(span, result)
         await self._forget(thread_id, result)
         yield RunDone(result)
 
@@ -156,6 +170,7 @@ class Runner(GraphRunner):
     def __init__(self, agent: Agent[Any]) -> None:
         super().__init__()
         self.agent = agent
+        self.name = agent.name
         self.checkpointer = agent.checkpointer
         self._group: AgentGroup | None = None
 
@@ -213,6 +228,13 @@ class Runner(GraphRunner):
             agent=agent.name,
             turns=int(values.get("turns") or 0),
         )
+
+
+def _record_output(span: Any, result: AgentResult[Any]) -> None:
+    if span is not None and not result.interrupted:
+        output = result.output
+        dump = getattr(output, "model_dump", None)
+        span.record_output(dump(mode="json") if callable(dump) else output)
 
 
 def _custom_payload(event: Any) -> AgentEvent | None:

@@ -221,6 +221,7 @@ class _SupervisorRunner(GraphRunner):
     def __init__(self, supervisor: Supervisor, checkpointer: Any) -> None:
         super().__init__()
         self.supervisor = supervisor
+        self.name = supervisor.name
         self.checkpointer = checkpointer
 
     def build(self) -> Any:

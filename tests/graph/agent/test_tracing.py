@@ -1,0 +1,92 @@
+"""One agent run is one trace: `invoke_agent` at the root, `execute_tool` per tool call, and a
+sub-agent's own `invoke_agent` nested under the tool call that ran it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from bastion.graph.agent import Agent
+from bastion.testing import DirectToolExecutor, FunctionModel, ScriptedModel
+from bastion.tools import tool
+from bastion.types import RunContext, ToolCall
+
+
+class Traced:
+    def __init__(self, exporter: InMemorySpanExporter, handle: Any) -> None:
+        self.exporter = exporter
+        self.handle = handle
+
+    def spans(self) -> list[Any]:
+        assert self.handle.force_flush(5.0)  # exporters are batched
+        return list(self.exporter.get_finished_spans())
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    from bastion.tracing import configure_tracing
+
+    exporter = InMemorySpanExporter()
+    handle = configure_tracing(otlp_endpoint="", exporters=[exporter], capture_content="off", metrics=False)
+    try:
+        yield Traced(exporter, handle)
+    finally:
+        handle.shutdown()
+
+
+@tool(side_effect="read")
+def lookup(key: str) -> str:
+    """Look a key up."""
+    return f"value of {key}"
+
+
+async def test_spans_of_a_run_with_a_tool_and_a_sub_agent(traced: Traced) -> None:
+    researcher = Agent(FunctionModel(lambda r: "notes"), name="researcher", tool_executor=DirectToolExecutor())
+    lead = Agent(
+        ScriptedModel(
+            [[ToolCall("lookup", {"key": "k"}, id="c1"), ToolCall("research", {"task": "t"}, id="c2")], "done"]
+        ),
+        name="lead",
+        tools=[lookup, researcher.as_tool("research")],
+        tool_executor=DirectToolExecutor(),
+    )
+    await lead.run("go", context=RunContext(tenant="acme", run_id="run-1"))
+    finished = traced.spans()
+    by_name: dict[str, Any] = {s.name: s for s in finished}
+    assert set(by_name) >= {
+        "invoke_agent lead",
+        "execute_tool lookup",
+        "execute_tool research",
+        "invoke_agent researcher",
+    }
+    root = by_name["invoke_agent lead"]
+    assert root.parent is None and root.attributes["gen_ai.agent.name"] == "lead"
+    assert {s.context.trace_id for s in finished} == {root.context.trace_id}
+    assert by_name["execute_tool lookup"].parent.span_id == root.context.span_id
+    assert by_name["execute_tool lookup"].attributes["gen_ai.tool.call.id"] == "c1"
+    sub = by_name["invoke_agent researcher"]
+    assert sub.parent.span_id == by_name["execute_tool research"].context.span_id
+
+
+async def test_an_interrupt_is_not_a_failed_span(traced: Traced) -> None:
+    @tool(side_effect="irreversible")
+    def pay(amount: int) -> str:
+        """Pay."""
+        return "paid"
+
+    agent = Agent(
+        ScriptedModel([ToolCall("pay", {"amount": 3}), "ok"]),
+        name="payer",
+        tools=[pay],
+        tool_executor=DirectToolExecutor(approval={"pay"}),
+    )
+    paused = await agent.run("pay 3", thread_id="p")
+    assert paused.interrupted
+    spans = {s.name: s for s in traced.spans()}
+    for name in ("execute_tool pay", "invoke_agent payer"):
+        assert spans[name].status.status_code is not StatusCode.ERROR, name
+        assert "error.type" not in (spans[name].attributes or {}), name
