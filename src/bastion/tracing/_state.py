@@ -57,6 +57,11 @@ def capture_mode() -> CaptureMode:
         return STATE.capture
     if STATE.settings_capture is None:
         from bastion.config import get_settings
+        from bastion.errors import ConfigError
 
-        STATE.settings_capture = "span_attributes" if get_settings().capture_content else "off"
+        try:
+            on = get_settings().capture_content
+        except ConfigError:
+            on = False  # bad settings surface elsewhere; a span must never fail the call it wraps
+        STATE.settings_capture = "span_attributes" if on else "off"
     return STATE.settings_capture
