@@ -20,13 +20,21 @@ import uvicorn
 from openai import AsyncOpenAI
 
 from bastion.errors import (
+    AllModelsFailedError,
     BudgetExceededError,
+    CircuitOpenError,
+    ContextWindowExceededError,
+    InvalidResponseError,
+    ModelHTTPError,
+    ModelTimeoutError,
+    PolicyDeniedError,
     ProviderUnavailableError,
     RateLimitError,
     UnknownModelError,
 )
 from bastion.gateway import Model
 from bastion.gateway.proxy import InMemoryKeyStore, create_proxy_app, mint_key
+from bastion.gateway.proxy._errors import error_reply
 from bastion.testing import FunctionModel, ScriptedModel
 from bastion.types import (
     Message,
@@ -547,3 +555,33 @@ async def test_oversized_body_is_413_and_not_read_in_full() -> None:
                 assert resp.status == 413
                 assert (await resp.json())["error"]["code"] == "request_too_large"
     assert model.requests == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (ModelTimeoutError("attempt took 30 s"), 504, "gateway_timeout"),
+        (CircuitOpenError("breaker open for openai:gpt-4o-mini"), 503, "service_unavailable"),
+        (ContextWindowExceededError("prompt too long"), 400, "context_length_exceeded"),
+        (PolicyDeniedError("no", reason="rule 7"), 403, "policy_denied"),
+        (InvalidResponseError("not JSON"), 502, "bad_gateway"),
+        (ModelHTTPError(401, "bad provider key"), 502, "bad_gateway"),
+        (ModelHTTPError(400, "unsupported parameter"), 400, None),
+        (
+            AllModelsFailedError([ProviderUnavailableError(500, "a"), RateLimitError(429, "b", retry_after=4)]),
+            429,
+            "rate_limit_exceeded",
+        ),
+    ],
+)
+def test_error_mapping(exc: Exception, status: int, code: str | None) -> None:
+    reply = error_reply(exc)
+    assert (reply.status, reply.code) == (status, code)
+    assert reply.body()["error"]["message"]
+
+
+def test_day_budget_refusal_says_when_it_resets() -> None:
+    reply = error_reply(BudgetExceededError("spent", scope="day:acme/2026-01-01"))
+    assert reply.status == 429
+    assert 1 <= int(reply.headers["retry-after"]) <= 86400
+    assert "retry-after" not in error_reply(BudgetExceededError("spent", scope="tenant:acme")).headers

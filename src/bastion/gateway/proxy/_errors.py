@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bastion import errors as e
@@ -31,6 +32,15 @@ def _retry_after(seconds: float | None, default: float | None) -> dict[str, str]
     return {} if value is None else {"retry-after": str(max(1, math.ceil(value)))}
 
 
+def _window_reset(scope: str) -> float | None:
+    """Seconds until a windowed budget resets: day scopes (`day:<tenant>/<date>`) at UTC midnight."""
+    if not scope.startswith("day:"):
+        return None
+    now = datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - now).total_seconds()
+
+
 def error_reply(exc: BaseException) -> ErrorReply:
     """The HTTP answer for an exception raised while serving a request."""
     if isinstance(exc, e.AllModelsFailedError) and exc.errors:
@@ -44,7 +54,7 @@ def error_reply(exc: BaseException) -> ErrorReply:
             f"{exc} — raise the budget for this key or tenant, or wait for its window to reset",
             "insufficient_quota",
             "budget_exceeded",
-            headers=_retry_after(getattr(exc, "retry_after", None), None),
+            headers=_retry_after(getattr(exc, "retry_after", None) or _window_reset(exc.scope), None),
         )
     if isinstance(exc, e.RateLimitError):
         return ErrorReply(
