@@ -86,16 +86,30 @@ class SqliteCheckpointer:
             except sqlite3.Error as e:
                 raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
 
+    def _one(self, sql: str, args: Sequence[object]) -> None:
+        """A single statement is its own (autocommit) transaction: no BEGIN/COMMIT round trips."""
+        with self._lock:
+            try:
+                self._db.execute(sql, args)
+            except sqlite3.Error as e:
+                raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
+
     async def put(self, record: CheckpointRecord) -> None:
         r = record
-        with self._tx() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO checkpoints ({_COLS}) VALUES (?,?,?,?,?,?,?,?)",
-                (r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload),
-            )
+        self._one(
+            f"INSERT OR REPLACE INTO checkpoints ({_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+            (r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload),
+        )
 
     async def put_writes(self, writes: Sequence[WriteRecord]) -> None:
         if not writes:
+            return
+        if len(writes) == 1:
+            w = writes[0]
+            self._one(
+                "INSERT INTO writes (thread_id, ns, checkpoint_id, task_id, kind, payload) VALUES (?,?,?,?,?,?)",
+                (w.thread_id, w.ns, w.checkpoint_id, w.task_id, w.kind, w.payload),
+            )
             return
         with self._tx() as db:
             db.executemany(
@@ -148,10 +162,7 @@ class SqliteCheckpointer:
 
     async def put_journal(self, entry: JournalEntry) -> None:
         e = entry
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO journal VALUES (?,?,?,?,?)", (e.thread_id, e.ns, e.task_id, e.key, e.payload)
-            )
+        self._one("INSERT OR IGNORE INTO journal VALUES (?,?,?,?,?)", (e.thread_id, e.ns, e.task_id, e.key, e.payload))
 
     async def get_journal(self, thread_id: str, ns: str, task_id: str) -> dict[str, str]:
         rows = self._query(

@@ -69,7 +69,9 @@ class Graph:
     """
 
     def __init__(self, state_schema: type[Any]) -> None:
-        self.schema = StateSchema(state_schema)
+        caller = inspect.currentframe()
+        localns = caller.f_back.f_locals if caller is not None and caller.f_back is not None else None
+        self.schema = StateSchema(state_schema, localns)
         bad = [c for c in self.schema.channels if c.startswith("__")]
         if bad:
             raise InvalidGraphError(f"state field names starting with '__' are reserved: {bad}; rename them")
@@ -206,7 +208,7 @@ class Graph:
         interrupt_before: Sequence[str] = (),
         interrupt_after: Sequence[str] = (),
         step_limit: int = 25,
-        keyframe_every: int = 100,
+        keyframe_every: int = 1000,
         name: str = "graph",
     ) -> CompiledGraph:
         """Check the graph and return a runnable `CompiledGraph`.

@@ -13,7 +13,7 @@ no storage unless a checkpointer and thread are given.
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +67,7 @@ def new_checkpoint_id() -> str:
         if t <= _last_ns:
             t = _last_ns + 1
         _last_ns = t
-    return f"{t:016x}{os.urandom(2).hex()}"
+    return f"{t:016x}{random.getrandbits(16):04x}"
 
 
 class Task:

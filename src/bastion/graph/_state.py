@@ -28,10 +28,16 @@ def append(current: list[Any] | None, update: Any) -> list[Any]:
 class StateSchema:
     """Channels and reducers read from a state class's annotations."""
 
-    def __init__(self, cls: type[Any]) -> None:
+    def __init__(self, cls: type[Any], localns: dict[str, Any] | None = None) -> None:
         self.cls = cls
         try:
-            hints = typing.get_type_hints(cls, include_extras=True)
+            try:
+                hints = typing.get_type_hints(cls, include_extras=True)
+            except NameError:
+                # A state class defined inside a function refers to that function's locals.
+                if localns is None:
+                    raise
+                hints = typing.get_type_hints(cls, localns=localns, include_extras=True)
         except Exception as e:
             raise InvalidGraphError(
                 f"cannot read the annotations of state class {cls!r}: {e}; "
