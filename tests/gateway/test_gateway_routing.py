@@ -220,3 +220,18 @@ async def test_resolves_provider_strings_through_resolve_model() -> None:
     gw = Gateway(cache=False)
     assert gw.plan("openai-compat:http://127.0.0.1:1/v1#m") == [["openai-compat:http://127.0.0.1:1/v1#m"]]
     await gw.aclose()
+
+
+async def test_tiers_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.config import get_settings
+
+    monkeypatch.setenv("BASTION_TIERS", '{"cheap": "test:from-settings"}')
+    get_settings.cache_clear()
+    try:
+        gw = gw_with(echo("test:from-settings"))
+        assert (await gw.request(req(), "cheap")).model == "test:from-settings"
+        explicit = gw_with(echo("test:a"), tiers={})  # an explicit mapping ignores the settings
+        with pytest.raises(UnknownModelError):
+            await explicit.request(req(), "cheap")
+    finally:
+        get_settings.cache_clear()

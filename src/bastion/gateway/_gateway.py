@@ -82,8 +82,9 @@ class Gateway:
 
     `cache`: None (default) = the exact cache in `get_settings().path("cache.db")` when
     `cache_enabled` (responses of `test:*` doubles are never cached by this default), False =
-    off, or a `ResponseCache`. `models` registers ready Model instances by name (checked before
-    `resolver`, which defaults to `bastion.gateway.resolve_model`).
+    off, or a `ResponseCache`. `tiers=None` uses the settings' tiers (`BASTION_TIERS`).
+    `models` registers ready Model instances by name (checked before `resolver`, which
+    defaults to `bastion.gateway.resolve_model`).
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class Gateway:
         self._breaker_config = breaker or CircuitBreakerConfig()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._router = Router(
-            tiers=tiers or {},
+            tiers=tiers,
             deployments=deployments or {},
             models=registered,
             resolver=self._resolve,

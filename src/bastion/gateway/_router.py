@@ -98,7 +98,7 @@ class Router:
     def __init__(
         self,
         *,
-        tiers: Mapping[str, Target | Sequence[Target]],
+        tiers: Mapping[str, Target | Sequence[Target]] | None,
         deployments: Mapping[str, Sequence[Target]],
         models: Mapping[str, Model],
         resolver: Callable[[str], Model],
@@ -110,9 +110,10 @@ class Router:
         if strategy not in ("round_robin", "least_in_flight"):
             raise UserError(f"load-balancing strategy must be 'round_robin' or 'least_in_flight', not {strategy!r}")
         for alias in deployments:
-            if alias in tiers:
+            if tiers is not None and alias in tiers:
                 raise UserError(f"{alias!r} is both a tier and a deployment alias; rename one of them")
-        self._tiers = {k: _as_list(v) for k, v in tiers.items()}
+        # None: the tiers of the settings (`BASTION_TIERS` / bastion.toml), read on first use.
+        self._tier_map = None if tiers is None else {k: _as_list(v) for k, v in tiers.items()}
         self._deployments = {k: list(v) for k, v in deployments.items()}
         for alias, members in self._deployments.items():
             if not members:
@@ -125,6 +126,14 @@ class Router:
         self.route = route
         self._plans: dict[str | int, Plan] = {}
         self._deployment_cache: dict[str, Deployment] = {}
+
+    @property
+    def _tiers(self) -> dict[str, list[Target]]:
+        if self._tier_map is None:
+            from bastion.config import get_settings
+
+            self._tier_map = {k: _as_list(v) for k, v in get_settings().tiers.items()}
+        return self._tier_map
 
     def plan_for(self, target: Target | None, request: ModelRequest) -> Plan:
         if target is None:
