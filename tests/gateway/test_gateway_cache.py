@@ -241,3 +241,20 @@ async def test_semantic_scope_includes_the_conversation_so_far() -> None:
 def test_semantic_threshold_validation() -> None:
     with pytest.raises(UserError, match="threshold"):
         SemanticCache(HashingEmbedder(), threshold=0)
+
+
+async def test_a_broken_cache_never_fails_the_call(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class FailingEmbedder:
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            raise ConnectionError("embedding service down")
+
+    cache = ResponseCache(path=tmp_path / "c.db")
+    model = counting_model()
+    gw = Gateway(models=[model], cache=cache, semantic_cache=SemanticCache(FailingEmbedder()))
+    cache.close()  # every SQLite call now fails
+    resp = await gw.request(req(cacheable=True), "acme:m")
+    assert resp.text == "answer 1" and not resp.cached
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("response cache lookup failed" in m for m in messages)
+    assert any("semantic cache lookup failed" in m for m in messages)
+    assert any("could not store the response" in m for m in messages)

@@ -260,17 +260,26 @@ class Gateway:
         started = self._clock()
         key: str | None = None
         cache = self._cache_for(plan, request)
+        # A cache is an optimisation: when it fails (disk full, embedder down) the call goes on.
         if cache is not None:
             key = cache_key(request, plan.label)
-            hit = cache.get(key)
+            try:
+                hit = cache.get(key)
+            except Exception:
+                log.warning("response cache lookup failed; calling the model", exc_info=True)
+                hit = None
             if hit is not None:
                 return self._hit(hit[0], hit[1], plan, request, started)
         probe: SemanticProbe | None = None
         if self.semantic_cache is not None and SemanticCache.applies(request):
-            found = await self.semantic_cache.lookup(request, plan.label)
+            try:
+                found = await self.semantic_cache.lookup(request, plan.label)
+            except Exception:
+                log.warning("semantic cache lookup failed; calling the model", exc_info=True)
+                found = None
             if isinstance(found, SemanticProbe):
                 probe = found
-            else:
+            elif found is not None:
                 self.stats.semantic_hits += 1
                 return self._hit(found[0], found[1], plan, request, started)
         reservation = await self._reserve(plan, request)
@@ -292,10 +301,14 @@ class Gateway:
             if self.on_call is not None:
                 self._observe(plan, request, response, error, started, deployment)
         assert response is not None  # _run returned (an exception would have propagated)
-        if cache is not None and key is not None and response.finish_reason != "error":
-            cache.put(key, request.context.tenant, response)
-        if probe is not None and self.semantic_cache is not None and response.finish_reason != "error":
-            self.semantic_cache.store(probe, response)
+        if response.finish_reason != "error":
+            try:
+                if cache is not None and key is not None:
+                    cache.put(key, request.context.tenant, response)
+                if probe is not None and self.semantic_cache is not None:
+                    self.semantic_cache.store(probe, response)
+            except Exception:
+                log.warning("could not store the response in the cache", exc_info=True)
         return response
 
     def _hit(
