@@ -152,3 +152,52 @@ async def test_a_new_agent_instance_resumes_a_stored_interrupt(tmp_path: Path, c
     await second.aclose()
     assert done.output == "Paid invoice 7."
     assert (counter["search"], counter["pay"], len(model.requests)) == (1, 1, 2)
+
+
+class RecordingExecutor(DirectToolExecutor):
+    """Keeps the history each call was given (what the policy gateway's taint rules read)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.histories: dict[str, list[str]] = {}
+
+    async def execute(self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext) -> ToolResult:
+        self.histories[call.id] = [m.role for m in context.messages]
+        return await super().execute(call, tools, context)
+
+
+async def test_tools_see_the_history_also_after_a_restart(tmp_path: Path, counter: Any) -> None:
+    db = tmp_path / "history.db"
+    first_saver = sqlite_checkpointer(db)
+    first = RecordingExecutor(approval={"pay"})
+    agent = Agent(script(), tools=make_tools(counter), tool_executor=first, checkpointer=first_saver)
+    await agent.run("Pay invoice 7", thread_id="h")
+    await first_saver.aclose()
+    assert first.histories == {"s1": ["user", "assistant"], "p1": ["user", "assistant"]}
+
+    second_saver = sqlite_checkpointer(db)
+    second = RecordingExecutor(approval={"pay"})
+    model = ScriptedModel(["Paid invoice 7."])  # the turn still to come
+    revived = Agent(model, tools=make_tools(counter), tool_executor=second, checkpointer=second_saver)
+    await revived.resume(True, thread_id="h")  # a new process: the history comes from the checkpoint
+    await second_saver.aclose()
+    assert second.histories == {"p1": ["user", "assistant"]}
+
+
+async def test_parallel_tool_calls_do_not_copy_the_history_into_checkpoints(tmp_path: Path) -> None:
+    marker = "MARKER-" + "x" * 2000
+
+    @tool
+    def noop(i: int) -> int:
+        return i
+
+    saver = sqlite_checkpointer(tmp_path / "bytes.db")
+    calls = [ToolCall("noop", {"i": i}, id=f"n{i}") for i in range(4)]
+    agent = Agent(ScriptedModel([calls, "done"]), tools=[noop], tool_executor=DirectToolExecutor(), checkpointer=saver)
+    await agent.run(marker, thread_id="bytes")
+    stored = [r.payload for r in await saver.list("bytes")]
+    for record in await saver.list("bytes"):
+        stored += [w.payload for w in await saver.get_writes("bytes", "", record.checkpoint_id)]
+    await saver.aclose()
+    # the user message is written once (the message log's delta), not once per tool call
+    assert sum(p.count("MARKER-") for p in stored) == 1

@@ -10,13 +10,14 @@ approval interrupt) replays completed calls instead of repeating them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from bastion.errors import MaxTurnsExceededError, OutputValidationError
 from bastion.gateway import collect
-from bastion.graph import END, Send, append, emit, memo
+from bastion.graph import END, NodeConfig, Send, append, emit, memo
 from bastion.graph.agent._codec import response_from_dict, response_to_dict, result_from_dict, result_to_dict
 from bastion.graph.agent._history import tag
 from bastion.graph.agent._nested import collect_spend
@@ -166,12 +167,46 @@ def make_model_node(group: AgentGroup) -> Any:
     return model_node
 
 
-def make_router(group: AgentGroup) -> Any:
+class Histories:
+    """What each tool task passes to the tool gateway as the history (`ToolCallContext.messages`).
+
+    A `Send` argument is persisted with the checkpoint, so putting the history there would
+    write a full copy per tool call per turn (and defeat the append-only message log). The
+    router leaves it here instead, in process, and a task that finds nothing (the process
+    restarted) rebuilds it from the thread's checkpoint.
+    """
+
+    def __init__(self, load: Callable[[str], Awaitable[Mapping[str, Any]]], limit: int = 4096) -> None:
+        self._load = load
+        self._limit = limit
+        self._items: OrderedDict[tuple[str | None, str, int], list[Message]] = OrderedDict()
+
+    def put(self, key: tuple[str | None, str, int], history: list[Message]) -> None:
+        self._items[key] = history
+        self._items.move_to_end(key)
+        while len(self._items) > self._limit:
+            self._items.popitem(last=False)
+
+    def drop(self, thread_id: str | None, run_id: str) -> None:
+        for key in [k for k in self._items if k[0] == thread_id and k[1] == run_id]:
+            del self._items[key]
+
+    async def get(self, key: tuple[str | None, str, int]) -> list[Message]:
+        history = self._items.get(key)
+        if history is not None:
+            return history
+        assert key[0] is not None  # tool tasks only run with a thread (the runner always has one)
+        return view(await self._load(key[0]))
+
+
+def make_router(group: AgentGroup, histories: Histories) -> Any:
     """After a model turn: finish, retry the model, hand off, or fan the tool calls out, one
     task per call, so they run in parallel and each has its own journal and interrupt ids."""
 
-    def route_after_model(state: AgentState) -> Any:
+    def route_after_model(state: AgentState, config: NodeConfig) -> Any:
+        run_id = state.get("run_id", "")
         if state.get("done"):
+            histories.drop(config.thread_id, run_id)
             return END
         messages = state.get("messages") or []
         last = messages[-1] if messages else None
@@ -180,26 +215,23 @@ def make_router(group: AgentGroup) -> Any:
         agent = group.active(state)
         if any(c.name in agent.handoffs_by_tool for c in last.tool_calls):
             return "handoff"
-        history = view(state)
-        return [
-            Send("tool", {"agent": agent.name, "call": c, "history": history, "run_id": state.get("run_id", "")})
-            for c in last.tool_calls
-        ]
+        turn = state.get("turns") or 0
+        histories.put((config.thread_id, run_id, turn), view(state))
+        return [Send("tool", {"agent": agent.name, "call": c, "run_id": run_id, "turn": turn}) for c in last.tool_calls]
 
     return route_after_model
 
 
-def make_tool_node(group: AgentGroup) -> Any:
-    async def tool_node(job: dict[str, Any]) -> dict[str, Any]:
+def make_tool_node(group: AgentGroup, histories: Histories) -> Any:
+    async def tool_node(job: dict[str, Any], config: NodeConfig) -> dict[str, Any]:
         agent = group.agents[job["agent"]]
         call: ToolCall = job["call"]
         runtime = current_runtime()
 
         async def run() -> dict[str, Any]:
             emit("tool_call", ToolCallEvent(agent.name, call))
-            context = ToolCallContext(
-                run=agent.request_context(runtime.context), messages=job["history"], agent=agent.name
-            )
+            history = await histories.get((config.thread_id, job["run_id"], job["turn"]))
+            context = ToolCallContext(run=agent.request_context(runtime.context), messages=history, agent=agent.name)
             tool = agent.tools_by_name.get(call.name)
             with (
                 spans.tool(

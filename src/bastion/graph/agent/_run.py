@@ -11,6 +11,7 @@ from bastion.errors import UserError
 from bastion.graph.agent._loop import (
     AgentGroup,
     AgentState,
+    Histories,
     make_handoff_node,
     make_model_node,
     make_router,
@@ -186,13 +187,18 @@ class Runner(GraphRunner):
         group = self.group
         graph = Graph(AgentState)
         graph.add_node("model", make_model_node(group))
-        graph.add_node("tool", make_tool_node(group))
+        histories = Histories(self._load_values)
+        graph.add_node("tool", make_tool_node(group, histories))
         graph.add_node("handoff", make_handoff_node(group))
         graph.add_edge(START, "model")
-        graph.add_conditional_edges("model", make_router(group))
+        graph.add_conditional_edges("model", make_router(group, histories))
         graph.add_edge("tool", "model")
         graph.add_edge("handoff", "model")
         return graph
+
+    async def _load_values(self, thread_id: str) -> dict[str, Any]:
+        snapshot = await self.app().aget_state(thread_id)
+        return dict(snapshot.values or {})
 
     def step_limit(self) -> int:
         # The agents' own max_turns end a loop first (with a clearer error); this backs it up.
