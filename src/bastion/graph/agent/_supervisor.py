@@ -203,7 +203,7 @@ class Supervisor:
             result = ToolResult(route["call_id"], route["tool"], output_text(record["output"]))
             reply = tag(Message.tool(result), agent.name)
         else:
-            record = await run_member(agent, self.history(route["history"]), key=f"{route['key']}")
+            record = await run_member(agent, route["input"], key=f"{route['key']}")
             reply = said_by(agent.name, output_text(record["output"]))
         return {"messages": [reply], "spend": [spend_of(record, route["run_id"])]}
 
@@ -235,9 +235,14 @@ class _SupervisorRunner(GraphRunner):
                 return "supervisor"  # every routing call was rejected: let the model try again
             run_id = state.get("run_id", "")
             base = f"{run_id}:member:{state.get('rounds') or 0}"
-            history = state.get("messages") or []
+            messages = state.get("messages") or []
+            # Send arguments are persisted: only a rule-routed member's input carries history.
             return [
-                Send("member", {**r, "key": f"{base}:{i}:{r['agent']}", "history": history, "run_id": run_id})
+                Send(
+                    "member",
+                    {**r, "key": f"{base}:{i}:{r['agent']}", "run_id": run_id}
+                    | ({} if r.get("call_id") else {"input": sup.history(messages)}),
+                )
                 for i, r in enumerate(routes)
             ]
 
