@@ -153,7 +153,7 @@ class SpanRecord:
         """`from_otel(span).to_row()` without the intermediate record (the writer's hot path)."""
         ctx = span.context
         parent = span.parent
-        a = dict(span.attributes or {})
+        a: dict[str, Any] = dict(span.attributes or {})
         model = a.get(sc.GEN_AI_RESPONSE_MODEL) or a.get(sc.GEN_AI_REQUEST_MODEL)
         cost = a.get(sc.BASTION_COST_USD)
         events = (
