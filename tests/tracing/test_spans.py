@@ -248,3 +248,12 @@ def test_spans_nest_under_an_application_span_from_the_otel_context(
     assert a.trace_id == format(http.get_span_context().trace_id, "032x")
     agent_span = next(s for s in exporter.get_finished_spans() if s.name == "invoke_agent a")
     assert agent_span.parent is not None and agent_span.parent.span_id == http.get_span_context().span_id
+
+
+def test_model_addresses_map_to_semconv_provider_and_model() -> None:
+    assert (sc.provider_of("openai:gpt-4o"), sc.model_of("openai:gpt-4o")) == ("openai", "gpt-4o")
+    assert sc.provider_of("gemini:gemini-2.5-flash") == "gcp.gemini"
+    assert sc.provider_of("local:gemma-3-270m") == "local"
+    assert sc.model_of("openai-compat:http://127.0.0.1:8000/v1#qwen") == "qwen"
+    assert sc.model_of("openai-compat:http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert (sc.provider_of("gpt-4o"), sc.model_of("gpt-4o")) == ("unknown", "gpt-4o")

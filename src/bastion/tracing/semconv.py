@@ -123,6 +123,10 @@ def provider_of(model: str) -> str:
 
 
 def model_of(model: str) -> str:
-    """The model part of a `"provider:model"` address."""
+    """The model part of a `"provider:model"` address (`#name` of an `openai-compat:` URL)."""
     prefix, sep, rest = model.partition(":")
-    return rest if sep else prefix
+    if not sep:
+        return prefix
+    if "#" in rest and "://" in rest:
+        return rest.rsplit("#", 1)[1]
+    return rest
