@@ -299,3 +299,22 @@ def test_plan_execute_verify_needs_typed_planner_and_verifier() -> None:
     plain = Agent(ScriptedModel([]), name="plain")
     with pytest.raises(UserError, match="output_type=Plan"):
         PlanExecuteVerify(planner=plain, executor=plain, verifier=plain)
+
+
+async def test_agents_can_hand_back_and_forth(executor: DirectToolExecutor) -> None:
+    triage_model = ScriptedModel([ToolCall("transfer_to_billing", {}), "Anything else?"], name="test:triage")
+    billing_model = ScriptedModel([ToolCall("transfer_to_triage", {"reason": "not billing"})], name="test:billing")
+    triage = Agent(triage_model, name="triage", tool_executor=executor)
+    billing = Agent(billing_model, name="billing", tool_executor=executor, handoffs=[triage])
+    triage.add_handoffs(billing)
+    events = [e async for e in triage.stream("my app crashes")]
+    assert [(e.source, e.target) for e in events if isinstance(e, HandoffEvent)] == [
+        ("triage", "billing"),
+        ("billing", "triage"),
+    ]
+    done = events[-1]
+    assert isinstance(done, RunDone) and done.result.output == "Anything else?" and done.result.agent == "triage"
+    with pytest.raises(UserError, match="before the first run"):
+        triage.add_handoffs(billing)
+    with pytest.raises(UserError, match="must be unique"):
+        Agent(triage_model, name="x", handoffs=[billing]).add_handoffs(billing)

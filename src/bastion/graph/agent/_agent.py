@@ -71,14 +71,28 @@ class Agent(Generic[OutputT]):
         self._executor = tool_executor
         self.tools: list[Tool] = [t if isinstance(t, Tool) else tool(t) for t in tools]
         self.handoffs: list[Handoff] = [h if isinstance(h, Handoff) else handoff(h) for h in handoffs]
+        self.tools_by_name: dict[str, Tool] = {t.name: t for t in self.tools}
+        self.handoffs_by_tool: dict[str, Handoff] = {h.tool_name: h for h in self.handoffs}
+        self._check_tool_names()
+        self.output_spec: OutputSpec | None = OutputSpec.for_type(output_type) if output_type else None
+        self._resolved: Model | None = None
+
+    def add_handoffs(self, *targets: Agent[Any] | Handoff) -> Agent[OutputT]:
+        """Add handoff targets after construction, e.g. for two agents that hand back and forth.
+        Only before the agent's first run (its graph is built then)."""
+        if "_runner" in self.__dict__:
+            raise UserError(f"agent {self.name!r} has already run; add its handoffs before the first run")
+        added = [t if isinstance(t, Handoff) else handoff(t) for t in targets]
+        self.handoffs.extend(added)
+        self.handoffs_by_tool.update((h.tool_name, h) for h in added)
+        self._check_tool_names()
+        return self
+
+    def _check_tool_names(self) -> None:
         names = [t.name for t in self.tools] + [h.tool_name for h in self.handoffs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise UserError(f"agent {name!r} has several tools named {duplicates}; tool names must be unique")
-        self.tools_by_name: dict[str, Tool] = {t.name: t for t in self.tools}
-        self.handoffs_by_tool: dict[str, Handoff] = {h.tool_name: h for h in self.handoffs}
-        self.output_spec: OutputSpec | None = OutputSpec.for_type(output_type) if output_type else None
-        self._resolved: Model | None = None
+            raise UserError(f"agent {self.name!r} has several tools named {duplicates}; tool names must be unique")
 
     def __repr__(self) -> str:
         return f"Agent(name={self.name!r}, model={self.model_name!r}, tools={list(self.tools_by_name)})"
