@@ -258,3 +258,43 @@ async def test_a_broken_cache_never_fails_the_call(tmp_path: Path, caplog: pytes
     assert any("response cache lookup failed" in m for m in messages)
     assert any("semantic cache lookup failed" in m for m in messages)
     assert any("could not store the response" in m for m in messages)
+
+
+@pytest.mark.parametrize("numpy_available", [True, False])
+async def test_semantic_ttl_and_both_search_paths(numpy_available: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    if not numpy_available:
+        monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy -> ImportError
+    clock = Clock()
+    model = counting_model()
+    gw = Gateway(
+        models=[model], cache=False, semantic_cache=SemanticCache(HashingEmbedder(), threshold=0.8, ttl=60, clock=clock)
+    )
+    q = "what is your refund policy for damaged items"
+    await gw.request(req(q, temperature=0.7, cacheable=True), "acme:m")
+    clock.now += 30
+    await gw.request(req("something unrelated entirely", temperature=0.7, cacheable=True), "acme:m")
+    hit = await gw.request(req(q + " please", temperature=0.7, cacheable=True), "acme:m")
+    assert hit.cached and hit.text == "answer 1"
+    clock.now += 31  # the first entry expired, the unrelated one is still live
+    miss = await gw.request(req(q + " please", temperature=0.7, cacheable=True), "acme:m")
+    assert miss.cached is False and len(model.requests) == 3
+
+
+async def test_semantic_embedder_dimension_change_is_a_clear_error() -> None:
+    class Shifty:
+        def __init__(self) -> None:
+            self.dim = 3
+
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            self.dim += 1
+            return [[1.0] * self.dim for _ in texts]
+
+    cache = SemanticCache(Shifty())
+    r = req("q", cacheable=True)
+    probe = await cache.lookup(r, "acme:m")
+    assert not isinstance(probe, tuple)
+    cache.store(probe, ModelResponse(Message.assistant("a")))
+    with pytest.raises(UserError, match="different sizes"):
+        await cache.lookup(r, "acme:m")
