@@ -241,7 +241,7 @@ class ToolGateway:
             self._audit("redaction", who, call, None, hits)
             result = ToolResult(result.tool_call_id, result.name, content, result.is_error, result.trust)
         warning: str | None = None
-        if result.trust == "untrusted" and not result.is_error:
+        if result.trust == "untrusted":
             findings = self.policy.scan(result)
             if findings:
                 rules = sorted({f"{f.detector}:{f.rule}" for f in findings})

@@ -94,7 +94,7 @@ class Policy:
         self.taint_reads = taint_reads
         self._buckets = TokenBuckets(clock)
         self._scan_cache: OrderedDict[tuple[str, int], list[InjectionFinding]] = OrderedDict()
-        self._values_cache: OrderedDict[tuple[str, int], frozenset[tuple[ValueKind, str]]] = OrderedDict()
+        self._values_cache: OrderedDict[str, frozenset[tuple[ValueKind, str]]] = OrderedDict()
 
     def grants_for(self, agent: str, tenant: str) -> frozenset[str]:
         return self.grants.get(f"{tenant}/{agent}", self.grants.get(agent, frozenset()))
@@ -132,7 +132,7 @@ class Policy:
                 out[tool.name] = cached
         return out
 
-    def _values(self, key: tuple[str, int], text: str) -> frozenset[tuple[ValueKind, str]]:
+    def _values(self, key: str, text: str) -> frozenset[tuple[ValueKind, str]]:
         cached = self._values_cache.get(key)
         if cached is None:
             cached = frozenset(extract_values(text))
@@ -142,21 +142,10 @@ class Policy:
         return cached
 
     def provenance(self, messages: Sequence[Message]) -> tuple[Provenance, list[InjectionFinding]]:
-        prov = Provenance()
         findings: list[InjectionFinding] = []
-        for message in messages:
-            for part in message.parts:
-                if isinstance(part, ToolResult):
-                    if part.trust == "trusted":
-                        continue
-                    text = part.content_text()
-                    for v in self._values((part.tool_call_id, hash(text)), text):
-                        prov.untrusted.setdefault(v, set()).add(part.name)
-                    findings.extend(self.scan(part))
-                elif message.role in ("user", "system"):
-                    text = getattr(part, "text", None)
-                    if isinstance(text, str):
-                        prov.trusted |= self._values((message.id, hash(text)), text)
+        prov = Provenance.from_messages(
+            messages, values=self._values, on_untrusted=lambda r: findings.extend(self.scan(r))
+        )
         return prov, findings
 
     # --- the decision ------------------------------------------------------------------------

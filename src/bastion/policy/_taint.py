@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import secrets as _random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -150,6 +150,10 @@ def argument_values(
     return out
 
 
+def _extract_uncached(_key: str, text: str) -> set[tuple[ValueKind, str]]:
+    return extract_values(text)
+
+
 @dataclass(slots=True)
 class Provenance:
     """Which values the run has seen, split by trust. Built from the message history."""
@@ -158,17 +162,31 @@ class Provenance:
     untrusted: dict[tuple[ValueKind, str], set[str]] = field(default_factory=dict)  # value -> tools
 
     @classmethod
-    def from_messages(cls, messages: Sequence[Message]) -> Provenance:
+    def from_messages(
+        cls,
+        messages: Sequence[Message],
+        *,
+        values: Callable[[str, str], Iterable[tuple[ValueKind, str]]] | None = None,
+        on_untrusted: Callable[[ToolResult], object] | None = None,
+    ) -> Provenance:
+        """Split the values of a history by trust: user and system text is trusted, results of
+        untrusted tools are not, trusted tools' output neither grants nor taints. `values(key,
+        text)` may cache extraction (key identifies the part); `on_untrusted` sees each
+        untrusted result (the policy scans them for injections on the same pass)."""
+        extract = values or _extract_uncached
         prov = cls()
         for message in messages:
             for part in message.parts:
                 if isinstance(part, ToolResult):
                     if part.trust == "trusted":
-                        continue  # a trusted tool's output neither grants nor taints
-                    for v in extract_values(part.content_text()):
+                        continue
+                    text = part.content_text()
+                    for v in extract(f"{part.tool_call_id}:{hash(text)}", text):
                         prov.untrusted.setdefault(v, set()).add(part.name)
+                    if on_untrusted is not None:
+                        on_untrusted(part)
                 elif isinstance(part, TextPart) and message.role in ("user", "system"):
-                    prov.trusted |= extract_values(part.text)
+                    prov.trusted.update(extract(f"{message.id}:{hash(part.text)}", part.text))
         return prov
 
     def check(self, arguments: Mapping[str, Any], *, content_args: Iterable[str] = DEFAULT_CONTENT_ARGS) -> TaintReport:

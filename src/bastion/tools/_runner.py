@@ -72,9 +72,7 @@ class ToolRunner:
     def validate(tool: Tool, call: ToolCall) -> dict[str, Any] | ToolResult:
         """Validated arguments, or the structured error result listing each problem."""
         if not isinstance(call.arguments, dict):  # pyright: ignore[reportUnnecessaryIsInstance]
-            return error_result(
-                call, "tool arguments must be a JSON object", "invalid_arguments", problems=[]
-            )
+            return error_result(call, "tool arguments must be a JSON object", "invalid_arguments", problems=[])
         try:
             return tool.validate(call.arguments)
         except ToolArgumentsError as e:
@@ -170,7 +168,10 @@ class ToolRunner:
                 "or continue without it.",
                 "timeout",
             )
-        return error_result(call, f"tool {tool.name!r} failed: {exc}", type(exc).__name__)
+        result = error_result(call, f"tool {tool.name!r} failed: {exc}", type(exc).__name__)
+        # The message may quote a remote server's answer: it is only as trusted as the tool.
+        result.trust = tool.trust
+        return result
 
 
 __all__ = ["RetryPolicy", "ToolRunner", "error_result"]
