@@ -62,6 +62,7 @@ class Run:
     p50_ms: float
     p95_ms: float
     rps: float
+    cpu_p50_us: float | None = None  # client-process CPU per call (concurrency 1 only)
 
 
 async def measure(
@@ -119,7 +120,7 @@ async def client_latency(base_url: str, quick: bool) -> tuple[list[Run], dict[st
 
     runs: list[Run] = []
     notes: dict[str, str] = {}
-    n1, n50, limit = (200, 600, 5.0) if quick else (600, 2000, 10.0)
+    n1, n50, limit, c1_budget = (200, 600, 4.0, 12.0) if quick else (600, 2000, 6.0, 25.0)
     target = f"openai-compat:{base_url}#{MODEL}"
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
@@ -172,7 +173,7 @@ async def client_latency(base_url: str, quick: bool) -> tuple[list[Run], dict[st
     def show(run: Run) -> None:
         print(
             f"  {run.name:40s} c={run.concurrency:<3d} p50 {run.p50_ms:7.3f} ms  p95 {run.p95_ms:7.3f} ms  "
-            f"{run.rps:8.0f} calls/s",
+            f"{run.rps:8.0f} calls/s" + (f"  CPU {run.cpu_p50_us:6.0f} µs/call" if run.cpu_p50_us else ""),
             flush=True,
         )
 
@@ -185,15 +186,16 @@ async def client_latency(base_url: str, quick: bool) -> tuple[list[Run], dict[st
         # background logging work behind that would otherwise land on the next contender.
         block, skip = 50, 5
         samples: dict[str, list[float]] = {name: [] for name, _ in contenders}
+        cpu: dict[str, list[float]] = {name: [] for name, _ in contenders}
         busy: dict[str, float] = dict.fromkeys(samples, 0.0)
         errors: dict[str, int] = dict.fromkeys(samples, 0)
-        deadline = time.perf_counter() + limit * len(contenders)
+        deadline = time.perf_counter() + c1_budget
         i = 0
         while any(len(v) < n1 for v in samples.values()) and time.perf_counter() < deadline:
             for name, call in contenders:
                 for j in range(block):
                     i += 1
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     try:
                         await call(i)
                     except Exception:
@@ -202,6 +204,7 @@ async def client_latency(base_url: str, quick: bool) -> tuple[list[Run], dict[st
                     elapsed = time.perf_counter() - t0
                     if j >= skip and len(samples[name]) < n1:
                         samples[name].append(elapsed * 1000)
+                        cpu[name].append((time.process_time() - c0) * 1e6)
                         busy[name] += elapsed
         for name, _ in contenders:
             ms = samples[name]
@@ -214,6 +217,7 @@ async def client_latency(base_url: str, quick: bool) -> tuple[list[Run], dict[st
                 percentile(ms, 50),
                 percentile(ms, 95),
                 len(ms) / busy[name] if busy[name] else 0.0,
+                percentile(cpu[name], 50),
             )
             runs.append(run)
             show(run)
@@ -274,7 +278,7 @@ async def proxy_throughput(upstream: str, quick: bool, logdir: Path) -> tuple[li
     """Both proxies run at once (idle while the other is loaded); rounds alternate and the best
     round of each counts, so a burst of load from elsewhere on the machine hurts neither alone."""
     notes: dict[str, str] = {}
-    count, limit, rounds = (1500, 5.0, 1) if quick else (4000, 8.0, 2)
+    count, limit, rounds = (1500, 4.0, 1) if quick else (4000, 6.0, 2)
     targets: list[tuple[str, str, str]] = []  # (name, base url, key)
     with contextlib.ExitStack() as stack:
         port = free_port()
@@ -337,18 +341,27 @@ async def proxy_throughput(upstream: str, quick: bool, logdir: Path) -> tuple[li
 
 
 def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick: bool) -> dict[str, Any]:
-    by = {(r.name, r.concurrency): r for r in latency}
-    bare = by.get(("bare aiohttp", 1))
+    bare = next((r for r in latency if r.name == "bare aiohttp" and r.concurrency == 1), None)
+
+    def added(run: Run | None) -> tuple[float | None, float | None]:
+        """(wall p50, client CPU p50) above the bare aiohttp call, at concurrency 1."""
+        if run is None or bare is None or run is bare or run.concurrency != 1:
+            return None, None
+        cpu = run.cpu_p50_us - bare.cpu_p50_us if run.cpu_p50_us is not None and bare.cpu_p50_us is not None else None
+        return run.p50_ms - bare.p50_ms, cpu
+
     rows = []
     for r in latency:
-        added = r.p50_ms - bare.p50_ms if bare and r.name != "bare aiohttp" and r.concurrency == 1 else None
+        wall, cpu = added(r)
         rows.append(
             [
                 r.name,
                 str(r.concurrency),
                 fmt(r.p50_ms, 3),
                 fmt(r.p95_ms, 3),
-                fmt(added, 3),
+                fmt(wall, 3),
+                fmt(r.cpu_p50_us, 0) if r.concurrency == 1 else "",
+                fmt(cpu, 0),
                 fmt(r.rps, 0),
                 str(r.calls),
                 str(r.errors),
@@ -356,17 +369,29 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
         )
     for name, note in notes.items():
         if note.startswith("n/a") and "proxy" not in name.lower():
-            rows.append([name, "-", note, "", "", "", "", ""])
+            rows.append([name, "-", note, "", "", "", "", "", "", ""])
+    headers = [
+        "client",
+        "conc.",
+        "p50 ms",
+        "p95 ms",
+        "added p50 ms",
+        "CPU/call µs",
+        "added CPU µs",
+        "calls/s",
+        "calls",
+        "errors",
+    ]
     print()
-    print(table(["client", "conc.", "p50 ms", "p95 ms", "added p50 ms", "calls/s", "calls", "errors"], rows))
+    print(table(headers, rows))
 
-    def added(name_prefix: str) -> float | None:
-        run = next((r for r in latency if r.name.startswith(name_prefix) and r.concurrency == 1), None)
-        return run.p50_ms - bare.p50_ms if run and bare else None
+    def find(prefix: str) -> Run | None:
+        return next((r for r in latency if r.name.startswith(prefix) and r.concurrency == 1), None)
 
-    bastion_added = added("Bastion Gateway.request (default)")
-    litellm_added = added("litellm.acompletion")
+    bastion_added, bastion_cpu = added(find("Bastion Gateway.request (default)"))
+    litellm_added, litellm_cpu = added(find("litellm.acompletion"))
     ratio = litellm_added / bastion_added if bastion_added and litellm_added and bastion_added > 0 else None
+    cpu_ratio = litellm_cpu / bastion_cpu if bastion_cpu and litellm_cpu and bastion_cpu > 0 else None
 
     prow = [[r.name, fmt(r.rps, 0), fmt(r.p50_ms, 2), fmt(r.p95_ms, 2), str(r.calls), str(r.errors)] for r in proxies]
     for name, note in notes.items():
@@ -378,18 +403,30 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
     litellm_rps = next((r.rps for r in proxies if r.name == "LiteLLM proxy"), None)
     proxy_ratio = bastion_rps / litellm_rps if bastion_rps and litellm_rps else None
 
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else "met" if ok else "not met"
+
     summary = [
         [
             "Bastion added p50 vs bare aiohttp (target <= 0.5 ms)",
             fmt(bastion_added, 3, " ms"),
-            "met" if bastion_added is not None and bastion_added <= 0.5 else "not met",
+            verdict(None if bastion_added is None else bastion_added <= 0.5),
         ],
-        ["LiteLLM added p50 vs bare aiohttp", fmt(litellm_added, 3, " ms"), ""],
-        ["LiteLLM added / Bastion added", fmt(ratio, 1, "x"), ""],
+        [
+            "Bastion added client CPU per call",
+            fmt(bastion_cpu, 0, " µs"),
+            verdict(None if bastion_cpu is None else bastion_cpu <= 500),
+        ],
+        [
+            "LiteLLM added p50 / added CPU per call",
+            f"{fmt(litellm_added, 3, ' ms')} / {fmt(litellm_cpu, 0, ' µs')}",
+            "",
+        ],
+        ["LiteLLM added / Bastion added (p50; CPU)", f"{fmt(ratio, 1, 'x')}; {fmt(cpu_ratio, 1, 'x')}", ""],
         [
             "Bastion proxy / LiteLLM proxy throughput (target >= 10x)",
             fmt(proxy_ratio, 1, "x"),
-            "n/a" if proxy_ratio is None else "met" if proxy_ratio >= 10 else "not met",
+            verdict(None if proxy_ratio is None else proxy_ratio >= 10),
         ],
     ]
     print()
@@ -405,8 +442,11 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
         "proxy": [asdict(r) for r in proxies],
         "notes": notes,
         "bastion_added_p50_ms": bastion_added,
+        "bastion_added_cpu_us": bastion_cpu,
         "litellm_added_p50_ms": litellm_added,
+        "litellm_added_cpu_us": litellm_cpu,
         "litellm_over_bastion_added": ratio,
+        "litellm_over_bastion_added_cpu": cpu_ratio,
         "proxy_throughput_ratio": proxy_ratio,
     }
 
