@@ -84,3 +84,26 @@ def test_span_helpers_do_not_import_opentelemetry_until_tracing_is_on() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_application_wide_otel_provider_is_used_without_configure_tracing() -> None:
+    code = (
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "from bastion.tracing import spans\n"
+        "from bastion.types import RunContext\n"
+        "with spans.tool('before', 'c0') as t0:\n"
+        "    pass\n"
+        "memory = InMemorySpanExporter()\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(memory))\n"
+        "trace.set_tracer_provider(provider)\n"
+        "with spans.agent('a', RunContext(run_id='r')):\n"
+        "    with spans.tool('t', 'c1'):\n"
+        "        pass\n"
+        "print(t0.recording, sorted(s.name for s in memory.get_finished_spans()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False ['execute_tool t', 'invoke_agent a']"
