@@ -413,7 +413,7 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
             verdict(None if bastion_added is None else bastion_added <= 0.5),
         ],
         [
-            "Bastion added client CPU per call",
+            "Bastion added client CPU per call (target <= 500 µs)",
             fmt(bastion_cpu, 0, " µs"),
             verdict(None if bastion_cpu is None else bastion_cpu <= 500),
         ],
