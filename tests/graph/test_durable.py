@@ -187,3 +187,61 @@ async def test_fan_out_durable_1000_way(backend: Checkpointer) -> None:
     app = g.compile(checkpointer=backend)
     assert (await app.ainvoke({}, thread_id="t"))["count"] == 1000
     assert (await app.aget_state("t")).values["count"] == 1000
+
+
+async def test_warm_state_cache_stays_coherent_across_writers(backend: Checkpointer) -> None:
+    def bot(s: State) -> State:
+        return {"messages": [Message.assistant(f"seen {len(s['messages'])}")]}
+
+    def build() -> Any:
+        g = Graph(State)
+        g.add_node("bot", bot).add_edge(START, "bot")
+        return g.compile(checkpointer=backend)
+
+    one, two = build(), build()  # e.g. two worker processes on the same store
+    out = await one.ainvoke({"messages": [Message.user("a")]}, thread_id="t")
+    out["messages"].append(Message.user("a caller mutating the result"))  # must not leak into state
+    await two.ainvoke({"messages": [Message.user("b")]}, thread_id="t")
+    out = await one.ainvoke({"messages": [Message.user("c")]}, thread_id="t")  # one's cache is stale now
+    assert [m.text for m in out["messages"]] == ["a", "seen 1", "b", "seen 3", "c", "seen 5"]
+
+
+async def test_serialization_error_in_a_parallel_branch_keeps_the_siblings(backend: Checkpointer) -> None:
+    runs: Counter[str] = Counter()
+    bad = {"on": True}
+
+    def good(s: State) -> State:
+        runs["good"] += 1
+        return {"log": ["good"]}
+
+    def odd(s: State) -> State:
+        runs["odd"] += 1
+        return {"extra": {"when": object() if bad["on"] else "fixed"}}
+
+    g = Graph(State)
+    g.add_node("good", good).add_node("odd", odd)
+    g.add_edge(START, "good").add_edge(START, "odd")
+    app = g.compile(checkpointer=backend)
+    with pytest.raises(SerializationError) as info:
+        await app.ainvoke({}, thread_id="t")
+    assert info.value.path == "state.extra.when"
+    bad["on"] = False
+    out = await app.ainvoke(None, thread_id="t")
+    assert out["log"] == ["good"] and out["extra"] == {"when": "fixed"} and runs == Counter(good=1, odd=2)
+
+
+async def test_retention_prunes_finished_threads_but_keeps_waiting_ones(backend: Checkpointer) -> None:
+    import time
+
+    from bastion.graph import interrupt
+
+    g = Graph(State)
+    g.add_node("n", lambda s: {"log": [interrupt("ok?")]} if s.get("count") else {"log": ["done"]})
+    g.add_edge(START, "n")
+    app = g.compile(checkpointer=backend)
+    await app.ainvoke({"count": 0}, thread_id="finished")
+    await app.ainvoke({"count": 1}, thread_id="waiting")
+    deleted = await backend.prune(older_than=time.time() + 1)
+    assert deleted == ["finished"]
+    assert (await app.aget_state("finished")).checkpoint_id is None
+    assert [i.value for i in (await app.aget_state("waiting")).interrupts] == ["ok?"]

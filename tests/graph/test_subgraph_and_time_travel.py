@@ -131,3 +131,28 @@ def test_sync_wrappers(tmp_path) -> None:  # type: ignore[no-untyped-def]
         assert app.fork("s", new_thread_id="s2").values["note"] == "edited"
     finally:
         cp.close()
+
+
+async def test_a_retried_subgraph_resumes_from_its_own_checkpoint(backend: Checkpointer) -> None:
+    from bastion.graph import RetryPolicy
+
+    runs: Counter[str] = Counter()
+
+    def first(s: Inner) -> Inner:
+        runs["first"] += 1
+        return {"scratch": 1}
+
+    def second(s: Inner) -> Inner:
+        runs["second"] += 1
+        if runs["second"] == 1:
+            raise ConnectionError("blip")
+        return {"note": "ok"}
+
+    inner = Graph(Inner)
+    inner.add_node("first", first).add_node("second", second)
+    inner.add_edge(START, "first").add_edge("first", "second")
+    outer = Graph(State)
+    outer.add_node("sub", inner.compile(), retry=RetryPolicy(initial_interval=0, jitter=False))
+    outer.add_edge(START, "sub")
+    out = await outer.compile(checkpointer=backend).ainvoke({}, thread_id="t")
+    assert out["note"] == "ok" and runs == Counter(first=1, second=2)

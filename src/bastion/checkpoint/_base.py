@@ -77,6 +77,10 @@ class Checkpointer(Protocol):
         """Append task writes (several tasks at once)."""
         ...
 
+    async def get(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> CheckpointRecord | None:
+        """One checkpoint record (the latest when `checkpoint_id` is None), or None."""
+        ...
+
     async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
         """The checkpoint (latest when `checkpoint_id` is None) and its ancestors back to the
         nearest keyframe, newest first; `[]` if there is none."""

@@ -146,7 +146,7 @@ def encode_done(updates: Sequence[tuple[str, Any]], goto: Sequence[tuple[str, An
     return _dumps(
         {
             "v": FORMAT_VERSION,
-            "u": [[ch, to_jsonable(v, f"update({node}).{ch}")] for ch, v in updates],
+            "u": [[ch, to_jsonable(v, f"state.{ch}")] for ch, v in updates],
             "g": [[n] if a is NO_ARG else [n, to_jsonable(a, f"send({n}).arg")] for n, a in goto],
         }
     )

@@ -24,14 +24,17 @@ class MemoryCheckpointer:
         for w in writes:
             self._writes.setdefault((w.thread_id, w.ns, w.checkpoint_id), []).append(w)
 
-    async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
+    async def get(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> CheckpointRecord | None:
         rows = self._checkpoints.get((thread_id, ns))
         if not rows:
-            return []
-        target = rows.get(checkpoint_id) if checkpoint_id else rows[max(rows)]
+            return None
+        return rows.get(checkpoint_id) if checkpoint_id else rows[max(rows)]
+
+    async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
+        target = await self.get(thread_id, ns, checkpoint_id)
         if target is None:
             return []
-        return follow_parents(list(rows.values()), target)
+        return follow_parents(list(self._checkpoints[(thread_id, ns)].values()), target)
 
     async def list(
         self, thread_id: str, ns: str = "", *, before: str | None = None, limit: int | None = None

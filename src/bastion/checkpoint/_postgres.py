@@ -60,7 +60,10 @@ class PostgresCheckpointer:
             )
             try:
                 await pool.open(wait=True)
-                async with pool.connection() as conn:
+                async with pool.connection() as conn, conn.transaction():
+                    # Several processes may start at once; CREATE ... IF NOT EXISTS races on the
+                    # catalog without this lock ("duplicate key value violates unique constraint").
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('bastion_checkpoint_schema'))")
                     await conn.execute(_SCHEMA)  # type: ignore[arg-type]
             except Exception as e:
                 await pool.close()
@@ -116,7 +119,7 @@ class PostgresCheckpointer:
             ]
         )
 
-    async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
+    async def get(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> CheckpointRecord | None:
         if checkpoint_id is None:
             rows = await self._fetch(
                 f"SELECT {_COLS} FROM bastion_checkpoints WHERE thread_id=%s AND ns=%s "
@@ -128,9 +131,12 @@ class PostgresCheckpointer:
                 f"SELECT {_COLS} FROM bastion_checkpoints WHERE thread_id=%s AND ns=%s AND checkpoint_id=%s",
                 (thread_id, ns, checkpoint_id),
             )
-        if not rows:
+        return _rec(rows[0]) if rows else None
+
+    async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
+        target = await self.get(thread_id, ns, checkpoint_id)
+        if target is None:
             return []
-        target = _rec(rows[0])
         if target.is_keyframe:
             return [target]
         candidates = await self._fetch(

@@ -117,7 +117,7 @@ class SqliteCheckpointer:
                 [(w.thread_id, w.ns, w.checkpoint_id, w.task_id, w.kind, w.payload) for w in writes],
             )
 
-    async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
+    async def get(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> CheckpointRecord | None:
         if checkpoint_id is None:
             rows = self._query(
                 f"SELECT {_COLS} FROM checkpoints WHERE thread_id=? AND ns=? ORDER BY checkpoint_id DESC LIMIT 1",
@@ -128,9 +128,12 @@ class SqliteCheckpointer:
                 f"SELECT {_COLS} FROM checkpoints WHERE thread_id=? AND ns=? AND checkpoint_id=?",
                 (thread_id, ns, checkpoint_id),
             )
-        if not rows:
+        return _rec(rows[0]) if rows else None  # type: ignore[arg-type]
+
+    async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
+        target = await self.get(thread_id, ns, checkpoint_id)
+        if target is None:
             return []
-        target = _rec(rows[0])  # type: ignore[arg-type]
         if target.is_keyframe:
             return [target]
         candidates = self._query(

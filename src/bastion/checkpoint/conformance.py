@@ -46,6 +46,11 @@ async def check_put_and_get_latest(cp: Checkpointer) -> None:
     assert chain[0].payload == '{"v":2,"id":"02"}' and chain[0].step == 1 and chain[0].parent_id == "01"
     assert _ids(await cp.get_chain("t", "", "01")) == ["01"]
     assert await cp.get_chain("t", "", "99") == [], "a missing checkpoint id gives []"
+    latest = await cp.get("t", "")
+    assert latest is not None and latest.checkpoint_id == "02" and latest.payload == chain[0].payload
+    first = await cp.get("t", "", "01")
+    assert first is not None and first.is_keyframe and first.parent_id is None
+    assert await cp.get("t", "", "99") is None and await cp.get("nope", "") is None
 
 
 async def check_chain_stops_at_keyframe(cp: Checkpointer) -> None:

@@ -25,7 +25,7 @@ class CompiledGraph(Engine):
     # --- running -----------------------------------------------------------------------------
 
     def _output(self, run: Run) -> Any:
-        out = self.schema.view(run.values)
+        out = self.schema.output(run.values)
         pending = run.pending_interrupts()
         if pending and isinstance(out, dict):
             out["__interrupt__"] = pending
@@ -153,7 +153,7 @@ class CompiledGraph(Engine):
         await self._absorb_writes(run)
         rec = d.record
         return StateSnapshot(
-            values=self.schema.view(run.values),
+            values=self.schema.output(run.values),
             next=tuple(t.node for t in tasks if t.id not in run.done),
             interrupts=tuple(run.pending_interrupts()),
             checkpoint_id=rec.checkpoint_id,
@@ -168,12 +168,12 @@ class CompiledGraph(Engine):
     async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
         """The thread's state at its latest (or the given) checkpoint, with pending interrupts."""
         cp = self._require_cp()
-        chain = await cp.get_chain(thread_id, "", checkpoint_id)
-        if not chain:
+        decoded = await self._decoded(cp, thread_id, "", checkpoint_id)
+        if decoded is None:
             if checkpoint_id is not None:
                 raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
             return StateSnapshot(self.schema.view({}), (), (), None, None, thread_id, 0, None, "none")
-        return await self._snapshot(thread_id, decode_chain(chain, self.schema.log_channels))
+        return await self._snapshot(thread_id, decoded)
 
     def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
         return run_sync(self.aget_state(thread_id, checkpoint_id))
@@ -215,12 +215,12 @@ class CompiledGraph(Engine):
         if as_node is not None and as_node not in self.nodes:
             raise UserError(f"as_node={as_node!r} is not a node of this graph; nodes: {sorted(self.nodes)}")
         run = Run(cp, thread_id, "", RunContext(), None, {})
-        chain = await cp.get_chain(thread_id, "", checkpoint_id)
-        if checkpoint_id is not None and not chain:
+        decoded = await self._decoded(cp, thread_id, "", checkpoint_id)
+        if checkpoint_id is not None and decoded is None:
             raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
         kept: list[tuple[str, Any]] = []
-        if chain:
-            tasks = self._load(run, decode_chain(chain, self.schema.log_channels))
+        if decoded is not None:
+            tasks = self._load(run, decoded)
             kept = [(t.node, t.arg) for t in tasks]
         updates, gotos = self._normalise(as_node or "update_state", values)
         self._apply(run, updates)
@@ -240,12 +240,12 @@ class CompiledGraph(Engine):
         of the original are not copied."""
         cp = self._require_cp()
         if checkpoint_id is None:
-            latest = await cp.get_chain(thread_id, "")
-            if not latest:
+            latest = await cp.get(thread_id, "")
+            if latest is None:
                 raise UserError(f"thread {thread_id!r} has no checkpoint to fork")
-            checkpoint_id = latest[0].checkpoint_id
+            checkpoint_id = latest.checkpoint_id
         target = new_thread_id or new_id("thread_")
-        if await cp.get_chain(target, ""):
+        if await cp.get(target, "") is not None:
             raise UserError(f"thread {target!r} already exists; pick another new_thread_id")
         await cp.fork(thread_id, "", checkpoint_id, target)
         return await self.aget_state(target)

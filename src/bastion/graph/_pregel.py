@@ -16,6 +16,7 @@ import asyncio
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,7 @@ Result = tuple[Updates, Gotos]
 _JOIN = "__join:"
 _STATIC_TASK = "__static__"
 _RESUME_TASK = "__resume__"
+_CACHE_SIZE = 256
 
 _id_lock = threading.Lock()
 _last_ns = 0
@@ -177,8 +179,34 @@ class Engine:
         self.step_limit = step_limit
         self.keyframe_every = keyframe_every
         self.name = name
+        # The latest decoded state per (checkpointer, thread, ns): a warm thread's next turn
+        # reads one record instead of its whole delta chain. Valid only while that record is
+        # still the thread's latest (another process may have moved on).
+        self._cache: OrderedDict[tuple[int, str, str], Decoded] = OrderedDict()
 
     # --- loading -----------------------------------------------------------------------------
+
+    async def _decoded(
+        self, checkpointer: Checkpointer, thread_id: str, ns: str, checkpoint_id: str | None
+    ) -> Decoded | None:
+        rec = await checkpointer.get(thread_id, ns, checkpoint_id)
+        if rec is None:
+            return None
+        key = (id(checkpointer), thread_id, ns)
+        hit = self._cache.get(key)
+        if hit is not None and hit.record.checkpoint_id == rec.checkpoint_id and hit.record.thread_id == thread_id:
+            self._cache.move_to_end(key)
+            return hit
+        chain = [rec] if rec.is_keyframe else await checkpointer.get_chain(thread_id, ns, rec.checkpoint_id)
+        d = decode_chain(chain, self.schema.log_channels)
+        self._remember(key, d)
+        return d
+
+    def _remember(self, key: tuple[int, str, str], d: Decoded) -> None:
+        self._cache[key] = d
+        self._cache.move_to_end(key)
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
 
     def _load(self, run: Run, d: Decoded) -> list[Task]:
         run.values = {k: v for k, v in d.values.items() if not k.startswith("__")}
@@ -339,17 +367,17 @@ class Engine:
         try:
             if run.sink is not None:
                 self._emit(run, "node_start", task.node, None, task.id)
-            if spec.subgraph is not None:
+            if spec.retry is not None or spec.timeout is not None:
+                out = await self._call_with_policy(run, spec, task, ctx)
+            elif spec.subgraph is not None:
                 out = await self._call_subgraph(run, spec, task)
-            elif spec.retry is None and spec.timeout is None:
+            else:
                 fn = spec.fn
                 assert fn is not None
                 state = task.arg if task.arg is not NO_ARG else self.schema.view(run.values)
                 out = fn(state, ctx.config()) if spec.wants_config else fn(state)
                 if spec.is_async or (type(out) is not dict and asyncio.iscoroutine(out)):
                     out = await out
-            else:
-                out = await self._call_with_policy(run, spec, task, ctx)
             result = self._normalise(task.node, out)
             if record:
                 assert run.thread_id is not None and run.checkpoint_id is not None
@@ -371,14 +399,15 @@ class Engine:
 
     async def _call_with_policy(self, run: Run, spec: NodeSpec, task: Task, ctx: TaskContext) -> Any:
         fn = spec.fn
-        assert fn is not None
         attempt = 0
         while True:
             attempt += 1
             ctx.counter = 0
             state = task.arg if task.arg is not NO_ARG else self.schema.view(run.values)
             try:
-                if spec.is_async:
+                if fn is None:  # a subgraph: a retry resumes it from its own last checkpoint
+                    coro = self._call_subgraph(run, spec, task)
+                elif spec.is_async:
                     coro = fn(state, ctx.config()) if spec.wants_config else fn(state)
                 elif spec.timeout is not None:
                     # A sync node cannot be cancelled in the loop; run it in a thread so the timeout holds.
@@ -532,18 +561,24 @@ class Engine:
                     logs[ch] = v[saved:]
                 else:
                     values[ch] = v
-        payload = encode_checkpoint(values, logs, nxt, source, {"step": step})
-        await run.checkpointer.put(
-            CheckpointRecord(
-                run.thread_id,
-                run.ns,
-                cid,
-                run.checkpoint_id,
-                cid if keyframe else run.keyframe_id,
-                step,
-                time.time(),
-                payload,
-            )
+        meta = {"step": step}
+        payload = encode_checkpoint(values, logs, nxt, source, meta)
+        record = CheckpointRecord(
+            run.thread_id,
+            run.ns,
+            cid,
+            run.checkpoint_id,
+            cid if keyframe else run.keyframe_id,
+            step,
+            time.time(),
+            payload,
+        )
+        await run.checkpointer.put(record)
+        cached = dict(run.values)
+        cached.update({k: list(v) for k, v in run.joins.items()})
+        self._remember(
+            (id(run.checkpointer), run.thread_id, run.ns),
+            Decoded(cached, list(nxt), source, meta, 0 if keyframe else run.depth + 1, record),
         )
         run.checkpoint_id = cid
         run.depth = 0 if keyframe else run.depth + 1
@@ -603,13 +638,11 @@ class Engine:
         run = Run(checkpointer, thread_id, ns, context or RunContext(), sink, resume if resume is not None else {})
         decoded: Decoded | None = None
         if run.checkpointer is not None and thread_id is not None:
-            chain = await run.checkpointer.get_chain(thread_id, ns, checkpoint_id)
-            if checkpoint_id is not None and not chain:
+            decoded = await self._decoded(run.checkpointer, thread_id, ns, checkpoint_id)
+            if checkpoint_id is not None and decoded is None:
                 raise UserError(
                     f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; list them with aget_state_history"
                 )
-            if chain:
-                decoded = decode_chain(chain, self.schema.log_channels)
         elif checkpoint_id is not None:
             raise UserError("checkpoint_id= needs a checkpointer and thread_id=")
         if resume_if_exists and decoded is not None:

@@ -79,6 +79,13 @@ class StateSchema:
                 "fields defaults or include them in the graph input"
             ) from None
 
+    def output(self, values: dict[str, Any]) -> Any:
+        """What callers get back: like `view`, with append-only lists copied so that a caller
+        appending to a result cannot change the engine's (cached) state."""
+        if self.log_channels:
+            values = {k: list(v) if k in self.log_channels and isinstance(v, list) else v for k, v in values.items()}
+        return self.view(values)
+
     def input_dict(self, value: Any) -> dict[str, Any]:
         """Accept a dict or an instance of the state class as graph input."""
         if isinstance(value, dict):
