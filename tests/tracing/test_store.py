@@ -156,3 +156,10 @@ def test_spans_from_the_helpers_land_in_the_store_with_lifted_columns(store: Tra
         ("invoke_agent sup", "r9", "s9", "acme", "bob", None),
         ("execute_tool search", "r9", "s9", "acme", "bob", "search"),
     ]
+
+
+def test_prune_deletes_whole_old_traces_only(store: TraceStore) -> None:
+    _seed(store)  # t1 spans at T0 and T0+1, t2 at T0+100, t3 at T0+200
+    assert store.prune(before=T0 + 0.5) == 0  # t1 still has a newer span
+    assert store.prune(before=T0 + 150) == 3  # t1 (2 spans) and t2
+    assert [t.trace_id for t in store.list_traces()] == ["t3"]

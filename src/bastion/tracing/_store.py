@@ -598,6 +598,24 @@ class TraceStore:
             )
         return out
 
+    def prune(self, before: TimeLike) -> int:
+        """Delete whole traces whose every span started before `before`; returns spans deleted.
+        (Retention: call it from a schedule.)"""
+        cutoff = to_ns(before)
+        with self._read_lock:
+            self._read_conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._read_conn.execute(
+                    "DELETE FROM spans WHERE trace_id IN "
+                    "(SELECT trace_id FROM spans GROUP BY trace_id HAVING max(start_ns) < ?)",
+                    (cutoff,),
+                )
+                self._read_conn.execute("COMMIT")
+            except BaseException:
+                self._read_conn.execute("ROLLBACK")
+                raise
+        return cur.rowcount
+
     def count(self) -> int:
         return int(self.query("SELECT count(*) FROM spans")[0][0])
 
