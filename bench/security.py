@@ -20,6 +20,7 @@ scenario we know we miss is kept in the suite and reported, not dropped.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -424,9 +425,10 @@ def latency(n: int = 5000) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
+    load = os.getloadavg()[0]  # a shared machine: p95 moves with it, p50 much less
     lat = latency()
     suites = [asyncio.run(run_suite("require_approval")), asyncio.run(run_suite("deny"))]
-    print(f"\n## Policy decision latency ({machine_note()})\n")
+    print(f"\n## Policy decision latency ({machine_note()}, load average {load:.1f} during the run)\n")
     print(
         table(["case", "p50 ms", "p95 ms"], [[k, f"{v['p50_ms']:.3f}", f"{v['p95_ms']:.3f}"] for k, v in lat.items()])
     )
@@ -458,7 +460,9 @@ def main() -> None:
             ],
         )
     )
-    path = write_results("security", {"machine": machine_note(), "latency": lat, "suites": suites})
+    path = write_results(
+        "security", {"machine": machine_note(), "load_average": load, "latency": lat, "suites": suites}
+    )
     print(f"\nwrote {path}")
 
 
