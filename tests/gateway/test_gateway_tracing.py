@@ -72,6 +72,23 @@ async def test_failed_call_is_an_error_span(exporter: Spans) -> None:
     assert not span.status.is_ok
 
 
+async def test_retries_and_fallbacks_are_span_events(exporter: Spans) -> None:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    a = ScriptedModel([ProviderUnavailableError(503, "x"), ProviderUnavailableError(503, "y")], name="test:a")
+    b = ScriptedModel(["ok"], name="test:b")
+    gw = Gateway(
+        models=[a, b], tiers={"t": ["test:a", "test:b"]}, cache=False, sleep=no_sleep, retry=RetryPolicy(max_attempts=2)
+    )
+    await gw.request(ModelRequest([Message.user("hi")]), "t")
+    [span] = exporter.get_finished_spans()
+    events = [(e.name, dict(e.attributes or {})) for e in span.events]
+    assert [name for name, _ in events] == ["bastion.retry", "bastion.fallback"]
+    assert events[0][1]["bastion.model"] == "test:a" and events[0][1]["error.type"] == "ProviderUnavailableError"
+    assert events[1][1]["bastion.from"] == "test:a"
+
+
 async def test_streams_get_a_span_too(exporter: Spans) -> None:
     gw = Gateway(models=[ScriptedModel(["a b c"], name="test:m")], cache=False)
     events = [e async for e in gw.stream(ModelRequest([Message.user("hi")]), "test:m")]

@@ -156,10 +156,10 @@ class Gateway:
         with _spans().chat(plan.primary, request) as span:
             if self.budgets is None and self.on_call is None and not self._may_cache(request):
                 # Fast path: nothing to look up, reserve or report.
-                response, deployment = await self._run(plan, request)
+                response, deployment = await self._run(plan, request, span)
                 self._price(response, deployment, request)
             else:
-                response = await self._request_full(plan, request)
+                response = await self._request_full(plan, request, span)
             span.record_response(response)
         return response
 
@@ -178,7 +178,7 @@ class Gateway:
         exc_info: tuple[Any, Any, Any] = (None, None, None)
         try:
             reservation = await self._reserve(plan, request)
-            first, events, deployment = await self._open_stream(plan, request)
+            first, events, deployment = await self._open_stream(plan, request, span)
             try:
                 event: StreamEvent | None = first
                 while event is not None:
@@ -256,7 +256,7 @@ class Gateway:
 
     # --- the full (budgets / cache / observer) path ---------------------------------------------
 
-    async def _request_full(self, plan: Plan, request: ModelRequest) -> ModelResponse:
+    async def _request_full(self, plan: Plan, request: ModelRequest, span: Any) -> ModelResponse:
         started = self._clock()
         key: str | None = None
         cache = self._cache_for(plan, request)
@@ -287,7 +287,7 @@ class Gateway:
         deployment: Deployment | None = None
         error: BaseException | None = None
         try:
-            response, deployment = await self._run(plan, request)
+            response, deployment = await self._run(plan, request, span)
             self._price(response, deployment, request)
         except BaseException as e:
             error = e
@@ -394,11 +394,11 @@ class Gateway:
         deadline = self._retry.deadline
         return None if deadline is None else self._clock() + deadline
 
-    async def _run(self, plan: Plan, request: ModelRequest) -> tuple[ModelResponse, Deployment]:
+    async def _run(self, plan: Plan, request: ModelRequest, span: Any) -> tuple[ModelResponse, Deployment]:
         deadline_at = self._deadline()
         slots = plan.slots
         if len(slots) == 1:
-            return await self._run_slot(slots[0], request, deadline_at)
+            return await self._run_slot(slots[0], request, deadline_at, span)
         errors: list[BaseException] = []
         floor: int | None = None  # window a fallback must exceed after a context-window error
         for slot in slots:
@@ -412,7 +412,7 @@ class Gateway:
                     )
                     continue
             try:
-                return await self._run_slot(slot, request, deadline_at)
+                return await self._run_slot(slot, request, deadline_at, span)
             except _DeadlineExceeded:
                 raise
             except Exception as e:
@@ -420,6 +420,8 @@ class Gateway:
                     raise
                 errors.append(e)
                 self.stats.fallbacks += 1
+                if span is not None and span.recording:
+                    span.add_event("bastion.fallback", {"bastion.from": slot.label, "error.type": type(e).__name__})
                 if isinstance(e, ContextWindowExceededError):
                     window = self._window(slot)
                     if window is not None:
@@ -427,7 +429,7 @@ class Gateway:
         raise AllModelsFailedError(errors)
 
     async def _run_slot(
-        self, slot: Slot, request: ModelRequest, deadline_at: float | None
+        self, slot: Slot, request: ModelRequest, deadline_at: float | None, span: Any
     ) -> tuple[ModelResponse, Deployment]:
         policy = self._retry
         attempt_timeout = request.settings.timeout or policy.attempt_timeout
@@ -454,10 +456,10 @@ class Gateway:
                 deployment.in_flight -= 1
             deployment.breaker.record(error)
             failures += 1
-            await self._backoff(error, failures, deadline_at, deployment)
+            await self._backoff(error, failures, deadline_at, deployment, span)
 
     async def _open_stream(
-        self, plan: Plan, request: ModelRequest
+        self, plan: Plan, request: ModelRequest, span: Any
     ) -> tuple[StreamEvent, AsyncIterator[StreamEvent], Deployment]:
         """Start a stream and read its first event, with retries and fallbacks. The caller owns
         the returned iterator and the deployment's in-flight count."""
@@ -496,7 +498,7 @@ class Gateway:
                     await _aclose(events)
                     deployment.breaker.record(error)
                     failures += 1
-                    await self._backoff(error, failures, deadline_at, deployment)
+                    await self._backoff(error, failures, deadline_at, deployment, span)
             except _DeadlineExceeded:
                 raise
             except Exception as e:
@@ -504,6 +506,8 @@ class Gateway:
                     raise
                 errors.append(e)
                 self.stats.fallbacks += 1
+                if span is not None and span.recording:
+                    span.add_event("bastion.fallback", {"bastion.from": slot.label, "error.type": type(e).__name__})
                 if isinstance(e, ContextWindowExceededError) and (w := self._window(slot)) is not None:
                     floor = max(floor or 0, w)
         raise AllModelsFailedError(errors)
@@ -524,7 +528,7 @@ class Gateway:
         return remaining if attempt_timeout is None else min(attempt_timeout, remaining)
 
     async def _backoff(
-        self, error: ModelError, failures: int, deadline_at: float | None, deployment: Deployment
+        self, error: ModelError, failures: int, deadline_at: float | None, deployment: Deployment, span: Any
     ) -> None:
         delay = self._retry.delay(error, failures, self._rand)
         if delay is None:
@@ -536,6 +540,11 @@ class Gateway:
                 model=deployment.name,
             ) from error
         self.stats.retries += 1
+        if span is not None and span.recording:
+            span.add_event(
+                "bastion.retry",
+                {"bastion.model": deployment.name, "error.type": type(error).__name__, "bastion.delay_s": delay},
+            )
         log.debug("retrying %s in %.3fs after %s", deployment.name, delay, type(error).__name__)
         if delay > 0:
             await self._sleep(delay)
