@@ -195,7 +195,7 @@ class Agent(Generic[OutputT]):
 
 def _default_executor(agent: str) -> ToolExecutor:
     try:
-        from bastion.policy import ToolGateway  # pyright: ignore[reportAttributeAccessIssue]
+        from bastion.policy import ToolGateway
     except ImportError:
         raise UserError(
             f"agent {agent!r} has no tool_executor and bastion.policy.ToolGateway is not available; "

@@ -14,11 +14,6 @@ HistoryFilter: TypeAlias = Callable[[Sequence[Message]], list[Message]]
 AGENT_KEY = "agent"  # message metadata key naming the agent that produced the message
 
 
-def author(message: Message) -> str | None:
-    value = message.metadata.get(AGENT_KEY)
-    return value if isinstance(value, str) else None
-
-
 def tag(message: Message, agent: str) -> Message:
     message.metadata[AGENT_KEY] = agent
     return message

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 from pydantic import BaseModel, Field
 
@@ -245,7 +245,7 @@ class _PlanRunner(GraphRunner):
             outcome = PlanOutcome(
                 task=values.get("task", ""),
                 plan=list(values.get("plan") or []),
-                results=[r["output"] for r in self.pattern.round_results(values)],  # type: ignore[arg-type]
+                results=[r["output"] for r in self.pattern.round_results(cast(PlanState, values))],
                 verdict=Verdict.model_validate(values["verdict"]),
                 rounds=int(values.get("round") or 0),
                 history=[r for r in values.get("rejected") or [] if r.get("run_id") == run_id],
