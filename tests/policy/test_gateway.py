@@ -21,8 +21,8 @@ INVOICE = (
 
 
 async def test_default_gateway_denies_everything(tools: dict[str, Any], history: Any, ctx: Any) -> None:
-    gw = ToolGateway()
-    result = await gw.execute(ToolCall("read_inbox", {}), tools, ctx(history("hi")))
+    with ToolGateway() as gw:
+        result = await gw.execute(ToolCall("read_inbox", {}), tools, ctx(history("hi")))
     assert result.is_error and result.content["type"] == "policy_denied"
     assert "cedar:default-deny" in result.content["rules"]
 

@@ -55,10 +55,11 @@ async def test_secret_in_a_tool_exception_is_redacted(ctx: Any) -> None:
     def leaky(token: str) -> str:
         raise RuntimeError(f"auth failed for token {token}")
 
-    gw = ToolGateway(Policy({"assistant": ["leaky"]}), secrets=StaticSecretProvider({"token": "tok-secret-canary-42"}))
-    result = await gw.execute(ToolCall("leaky", {}), {"leaky": leaky}, ctx([]))
+    with ToolGateway(
+        Policy({"assistant": ["leaky"]}), secrets=StaticSecretProvider({"token": "tok-secret-canary-42"})
+    ) as gw:
+        result = await gw.execute(ToolCall("leaky", {}), {"leaky": leaky}, ctx([]))
     assert result.is_error and "tok-secret-canary-42" not in result.content_text()
-    gw.audit.close()
 
 
 async def test_env_file_and_chain_providers(tmp_path: Path) -> None:

@@ -107,6 +107,16 @@ class ToolGateway:
             self._audit("allow", who, call, arguments, decision.reasons)
         return await self._run(call, tool, arguments, who)
 
+    def close(self) -> None:
+        """Close the audit log (and its SQLite connection)."""
+        self.audit.close()
+
+    def __enter__(self) -> ToolGateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def execute_sync(self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext) -> ToolResult:
         """`execute` for synchronous callers (refuses inside a running event loop)."""
         return run_sync(self.execute(call, tools, context))
