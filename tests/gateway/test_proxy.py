@@ -585,3 +585,11 @@ def test_day_budget_refusal_says_when_it_resets() -> None:
     assert reply.status == 429
     assert 1 <= int(reply.headers["retry-after"]) <= 86400
     assert "retry-after" not in error_reply(BudgetExceededError("spent", scope="tenant:acme")).headers
+
+
+async def test_health_needs_no_key() -> None:
+    async with running_proxy({"m": ScriptedModel([])}) as proxy, aiohttp.ClientSession() as http:
+        root = proxy.base_url.removesuffix("/v1")
+        async with http.get(f"{root}/health", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"status": "ok"}

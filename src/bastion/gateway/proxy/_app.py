@@ -8,8 +8,9 @@ pydantic-core, and there is no middleware.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any, Protocol, cast
 
 from fastapi import FastAPI, Request
@@ -292,6 +293,20 @@ def _default_models(gateway: object) -> Callable[[], Iterable[str]]:
     return models
 
 
+async def _health() -> Response:
+    """Liveness for load balancers; no key needed, reveals nothing."""
+    return _json(200, {"status": "ok"})
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncGenerator[None]:
+    yield
+    # The server's loop is ending: close the pooled provider connections made on it.
+    from bastion.gateway._http import aclose_http_sessions
+
+    await aclose_http_sessions()
+
+
 def create_proxy_app(
     gateway: ProxyGateway,
     *,
@@ -319,7 +334,7 @@ def create_proxy_app(
         list_models = _default_models(gateway)
     hook = budget_hook if budget_hook is not None else GatewayKeyBudgets(gateway)
     proxy = _Proxy(gateway, keys, list_models, hook, max_body_bytes)
-    app = FastAPI(title=title, docs_url=None, redoc_url=None)
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.proxy = proxy
 
     # The body is validated by hand (from bytes, one pass) rather than by FastAPI's dependency
@@ -335,6 +350,7 @@ def create_proxy_app(
             }
         },
     )
+    app.add_api_route("/health", _health, methods=["GET"])
     app.add_api_route("/v1/models", proxy.list_models, methods=["GET"])
     app.add_api_route("/v1/models/{model}", proxy.retrieve_model, methods=["GET"])
 
