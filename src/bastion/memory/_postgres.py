@@ -369,7 +369,7 @@ class PostgresMemoryStore:
         check_search_args(query, k, mode)
         pool = await self._conn_pool()
         t = to_ts(as_of) if as_of is not None else now()
-        depth = k if mode != "hybrid" else max(3 * k, 30)
+        depth = k if mode != "hybrid" else 2 * k
         vector = (await self.embedder.embed([query]))[0] if mode in ("vector", "hybrid") else None
         where = "ns = %(ns)s AND valid_from <= %(t)s AND (valid_to IS NULL OR valid_to > %(t)s)"
         if not include_untrusted:

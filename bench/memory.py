@@ -1,0 +1,525 @@
+"""Memory benchmark: per-tenant hybrid query latency at 10k and 100k items, recall of the vector
+index against exact search, and retrieval quality (BM25 vs vectors vs hybrid) on a generated
+multi-session conversational-memory dataset.
+
+    .venv/bin/python bench/memory.py            # full run (~3-5 min on 2 cores)
+    .venv/bin/python bench/memory.py --quick    # small sizes, for a smoke test
+    .venv/bin/python bench/memory.py --postgres # also PostgreSQL + pgvector (HNSW)
+
+Writes bench/results/memory.json and prints a table.
+
+Latency corpora: sentence-like synthetic text (stopwords plus Zipf-distributed content words)
+embedded by `ClusteredEmbedder`, dense clustered 384-d vectors (MiniLM's dimension, so the
+vector scan costs the same) computed in ~0.05 ms, because embedding 100k texts with MiniLM on
+2 shared cores would take ~40 min. Query latency is the store's whole `search()` call (query
+embedding included: ~0.05 ms here); MiniLM's own query-embedding time is reported separately.
+The quality dataset uses the real MiniLM embedder. Machine load is recorded: on a shared
+machine the tail latencies mostly measure the neighbours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import itertools
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bastion.memory import MemoryItem, MiniLMEmbedder, Namespace, SQLiteMemoryStore
+from bastion.memory._store import MemoryStore
+
+RESULTS = Path(__file__).parent / "results" / "memory.json"
+TENANTS = 4
+
+# --- synthetic corpus for latency --------------------------------------------------------------
+
+_SYLLABLES = "ka lo mi ne ru sa te vo zi pa qu ba do fe gi hu ja ke li mo nu po ri su ta ve wu xo yi ze".split()
+
+
+def vocabulary(n: int, rng: random.Random) -> list[str]:
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+_FUNCTION_WORDS = "the a of and to in is it that for on with as was at by be this from or".split()
+
+
+class Corpus:
+    """Sentence-like texts: ~40% function words (which queries drop as stopwords) and content
+    words from a Zipf-Mandelbrot distribution (rank offset 30, exponent 1.1) over 50k pseudo-words,
+    so no content word is in more than a few percent of texts, as in natural text."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.vocab = vocabulary(50_000, rng)
+        self.weights = list(itertools.accumulate(1.0 / (i + 31) ** 1.1 for i in range(len(self.vocab))))
+
+    def words(self, n: int) -> list[str]:
+        return self.rng.choices(self.vocab, cum_weights=self.weights, k=n)
+
+    def sentence(self) -> str:
+        content = self.words(self.rng.randint(6, 14))
+        out: list[str] = []
+        for w in content:
+            if self.rng.random() < 0.7:
+                out.append(self.rng.choice(_FUNCTION_WORDS))
+            out.append(w)
+        return " ".join(out)
+
+    def query(self) -> str:
+        return " ".join(self.words(self.rng.randint(2, 5)))
+
+
+class ClusteredEmbedder:
+    """Dense, clustered 384-d unit vectors, deterministic per text (a stand-in with the shape of
+    sentence-embedding data, for latency and index-recall runs where MiniLM would be too slow)."""
+
+    def __init__(self, dim: int = 384, clusters: int = 256, spread: float = 0.7) -> None:
+        gen = np.random.default_rng(0)
+        self._centers = gen.standard_normal((clusters, dim)).astype(np.float32)
+        self._dim = dim
+        self._spread = spread
+
+    @property
+    def name(self) -> str:
+        return f"clustered-{self._dim}"
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            gen = np.random.default_rng(seed)
+            v = self._centers[seed % len(self._centers)] + self._spread * gen.standard_normal(self._dim)
+            out.append((v / np.linalg.norm(v)).astype(np.float32).tolist())
+        return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def latency_run(total: int, queries: int, rng: random.Random, store: MemoryStore) -> dict[str, Any]:
+    corpus = Corpus(rng)
+    per_tenant = total // TENANTS
+    namespaces = [Namespace(f"tenant-{t}", agent="bench", user=f"user-{t}") for t in range(TENANTS)]
+    started = time.perf_counter()
+    for ns in namespaces:
+        for start in range(0, per_tenant, 2000):
+            batch = [MemoryItem(corpus.sentence()) for _ in range(min(2000, per_tenant - start))]
+            await store.put_many(ns, batch)
+    await store.flush()
+    ingest_s = time.perf_counter() - started
+    qs = [(rng.choice(namespaces), corpus.query()) for _ in range(queries)]
+    out: dict[str, Any] = {"items": total, "tenants": TENANTS, "items_per_tenant": per_tenant,
+                           "ingest_items_per_s": round(total / ingest_s)}  # fmt: skip
+    for mode in ("hybrid", "bm25", "vector"):
+        for ns, q in qs[:20]:  # warm caches
+            await store.search(ns, q, k=10, mode=mode)
+        times: list[float] = []
+        gc.collect()
+        gc.disable()  # a collection pause is the process's, not the query's
+        try:
+            for ns, q in qs:
+                t0 = time.perf_counter()
+                hits = await store.search(ns, q, k=10, mode=mode)
+                times.append((time.perf_counter() - t0) * 1000)
+                assert all(h.item.text for h in hits)
+        finally:
+            gc.enable()
+        out[mode] = {"p50_ms": round(percentile(times, 0.5), 3), "p95_ms": round(percentile(times, 0.95), 3)}
+    return out
+
+
+def tenant_vectors(store: SQLiteMemoryStore, ns: Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """(rowids, float vectors) of one tenant's vector partition, read back from the index."""
+    from bastion.memory._store import tenant_suffix
+
+    s = tenant_suffix(ns.tenant)
+    rows = store._db.execute(f"SELECT rowid, emb FROM vec_{s} WHERE ns = ?", (ns.key,)).fetchall()
+    ids = np.array([r[0] for r in rows])
+    mat = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+    return ids, mat / np.linalg.norm(mat, axis=1, keepdims=True)
+
+
+def index_recall(store: SQLiteMemoryStore, ns: Namespace, queries: list[list[float]], k: int = 10) -> float:
+    """recall@k of the store's vector index against exact brute-force cosine search."""
+    ids, mat = tenant_vectors(store, ns)
+    found = 0
+    t = time.time() + 1e6
+    for q in queries:
+        qv = np.asarray(q, dtype=np.float32)
+        exact = set(ids[np.argsort(-(mat @ qv))[:k]].tolist())
+        approx = {r for r, _ in store._knn(tenant_suffix_of(ns), ns, q, k, t, False, None)}
+        found += len(exact & approx)
+    return found / (k * len(queries))
+
+
+def tenant_suffix_of(ns: Namespace) -> str:
+    from bastion.memory._store import tenant_suffix
+
+    return tenant_suffix(ns.tenant)
+
+
+# --- conversational memory dataset -------------------------------------------------------------
+
+PETS = [("dog", "puppy", "her"), ("cat", "kitten", "him"), ("rabbit", "bunny", "her"), ("parrot", "bird", "him")]
+PET_NAMES = "Biscuit Miso Pepper Noodle Waffles Juniper Tofu Ziggy Mochi Pickles Olive Bean Sprout Clementine".split()
+CITIES = ("Lisbon Bergen Porto Galway Trieste Aarhus Split Bilbao Gdansk Tallinn Valletta Cadiz Brest Hull "
+          "Kiel Nantes Malmo Riga").split()  # fmt: skip
+FOODS = "peanuts shellfish sesame kiwi strawberries almonds mustard celery lupin walnuts".split()
+SPORTS = [("bouldering", "at the climbing gym"), ("rowing", "on the river"), ("fencing", "at the club"),
+          ("judo", "at the dojo"), ("swimming", "at the lido"), ("cycling", "in the hills")]  # fmt: skip
+SURNAMES = ("Okafor Lindqvist Haddad Moreau Tanaka Novak Brennan Castillo Ivanova Mensah Kowalski Ferreira "
+            "Achebe Varga Sorensen Quispe").split()  # fmt: skip
+DAYS = "Monday Tuesday Wednesday Thursday Friday".split()
+BODY = "knee shoulder back wrist ankle eyes teeth hip".split()
+CODES = "Falcon Orchid Basalt Quill Harbor Juniper Nimbus Tundra Cobalt Saffron Ember Atlas Lynx Meridian Sable".split()
+MONTHS = "March April May June July September October November".split()
+COUSINS = "Ana Bruno Carla Dmitri Elena Farid Greta Hugo Ines Jonas Kaia Luca Marta Nils Oona Pavel".split()
+ENTITY_DISTRACTORS = 10
+HOURS = "9am 10:30 noon 2pm 3:15 4pm 5:30".split()
+PROFESSIONS = "dentist physiotherapist optician hairdresser vet GP accountant".split()
+GADGETS = "phone tablet console headset smartwatch camera".split()
+PLACES = ["near the station", "in the old town", "by the canal", "above a bakery", "next to the park"]
+APPOINTMENT_DISTRACTORS = [
+    "I have an appointment with the {prof} on {day}.",
+    "My appointment with the {prof} got cancelled again.",
+    "When is the appointment for the {thing} repair?",
+    "The {prof} said my next appointment is in {month}.",
+    "I keep forgetting when my {prof} appointment is.",
+    "Dr. {other} retired last year, sadly.",
+    "Can you book me an appointment with a {prof} for {day}?",
+]
+LAUNCH_DISTRACTORS = [
+    "When does the new {gadget} launch?",
+    "The {gadget} launch event is in {month}.",
+    "Our product launch party got moved to {day}.",
+    "Did you see the rocket launch on the news on {day}?",
+    "The launch of the new {gadget} was delayed to {month}.",
+    "The {other} team celebrated their launch on {day}.",
+]
+LIVE_DISTRACTORS = [
+    "My cousin lives {place} now.",
+    "Where do my cousins live these days? I always forget.",
+    "My friend now lives {place} in {city}.",
+    "We now live closer to the park than before.",
+    "My other cousin moved to {city} last year.",
+    "{other} from work lives {place}.",
+]
+
+
+def pseudo_names(n: int, seed: int) -> list[str]:
+    """Rare proper names (as real surnames and project code names mostly are)."""
+    rng = random.Random(seed)
+    names: set[str] = set()
+    while len(names) < n:
+        names.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize())
+    return sorted(names)
+
+
+SURNAMES += pseudo_names(40, 1)
+CODES += pseudo_names(40, 2)
+COUSINS += pseudo_names(40, 3)
+FILLER_USER = [
+    "The weather has been {adj} all week, I barely left the house.",
+    "I tried a new {dish} recipe last night and it turned out {adj}.",
+    "Work was {adj} today, too many meetings about the {thing}.",
+    "We watched a documentary about {thing} yesterday, it was {adj}.",
+    "My commute took forever because of the {thing} on the motorway.",
+    "I'm thinking of repainting the {room} a {color} shade.",
+    "The {room} still smells of {dish} from the weekend.",
+    "Do you have any tips for keeping the {room} tidy?",
+    "I finished the book about {thing}, the ending was {adj}.",
+    "I need to buy a new {thing} before the holidays.",
+]
+FILLER_ASSISTANT = [
+    "That sounds {adj}! Tell me more if you like.",
+    "Good to hear. Anything I can help you plan for the {room}?",
+    "I can suggest a few ideas about {thing} if that helps.",
+    "Noted. Would you like a reminder about the {thing}?",
+    "Sounds like a {adj} day. Rest well.",
+]
+FILL = {
+    "adj": "grey lovely exhausting strange wonderful dull hectic calm surprising bland".split(),
+    "dish": "lentil soup risotto curry lasagne tacos dumplings ramen paella".split(),
+    "thing": "budget roadworks garden printer volcanoes bees quarterly report umbrella sofa laptop".split(),
+    "room": "kitchen hallway bedroom study bathroom attic".split(),
+    "color": "green blue yellow terracotta white".split(),
+}
+
+
+@dataclass
+class Question:
+    conv: int
+    text: str
+    evidence: str  # id of the evidence turn
+    kind: str  # "paraphrase" (semantic) or "entity" (lexical)
+
+
+def fill(template: str, rng: random.Random) -> str:
+    return template.format(**{k: rng.choice(v) for k, v in FILL.items()})
+
+
+def others(pool: list[str], value: str, rng: random.Random, n: int) -> list[str]:
+    return rng.sample([p for p in pool if p != value], n)
+
+
+def fact_block(rng: random.Random) -> list[tuple[str, list[str], str, str]]:
+    """(evidence, distractors, question, kind) for one conversation. "paraphrase" questions
+    share at most one word with their evidence, and have distractors sharing the question's
+    words; "entity" questions name a rare entity, and have many near-identical distractors
+    about other entities (hard for vectors)."""
+    facts: list[tuple[str, list[str], str, str]] = []
+    pet, syn, pron = rng.choice(PETS)
+    name = rng.choice(PET_NAMES)
+    facts.append((
+        rng.choice([f"We adopted a {pet} last spring and named {pron} {name}.",
+                    f"{name}, our new {pet}, keeps chewing the sofa cushions."]),
+        ["Who was that on the phone earlier? I forgot the caller's name.",
+         f"That {syn} clip you sent me was so funny, I watched it twice.",
+         f"My neighbour's {pet} {rng.choice(others(PET_NAMES, name, rng, 1))} barks at the postman."],
+        rng.choice([f"What is my {syn} called?", f"What name did I give my {syn}?"]),
+        "paraphrase",
+    ))  # fmt: skip
+    city = rng.choice(CITIES)
+    facts.append((
+        rng.choice([f"I grew up in {city}, a small town right by the harbour.",
+                    f"My childhood was spent in {city}; I still miss the sea air."]),
+        ["Originally I wanted to take the train, but driving was faster.",
+         "The town council finally fixed the potholes on our street.",
+         f"We spent a lovely holiday in {rng.choice(others(CITIES, city, rng, 1))} two summers ago."],
+        rng.choice(["Where am I originally from?", "What town am I from?"]),
+        "paraphrase",
+    ))  # fmt: skip
+    food = rng.choice(FOODS)
+    facts.append((
+        rng.choice([f"I break out in hives whenever I eat {food}.",
+                    f"Last time I had {food} my throat swelled up; it's the one food I can't touch."]),
+        ["What food are we bringing to the picnic on Sunday?",
+         "My colleague is allergic to cats, poor thing.",
+         f"I bought {rng.choice(others(FOODS, food, rng, 1))} at the market, they looked fresh."],
+        rng.choice(["Which food am I allergic to?", "What should I never eat?"]),
+        "paraphrase",
+    ))  # fmt: skip
+    sport, place = rng.choice(SPORTS)
+    facts.append((
+        rng.choice([f"Every Saturday morning I go {sport} {place}.",
+                    f"I've been doing {sport} {place} for years, it clears my head."]),
+        ["Did you catch the sport highlights at the weekend?",
+         "On Saturday morning the market was packed with tourists.",
+         f"My brother tried {rng.choice([s for s, _ in SPORTS if s != sport])} once and hated it."],
+        rng.choice(["What sport do I practise at the weekend?", "What do I do on Saturday mornings for exercise?"]),
+        "paraphrase",
+    ))  # fmt: skip
+
+    def variants(templates: list[str], n: int, **pools: list[str]) -> list[str]:
+        out: set[str] = set()
+        while len(out) < n:
+            out.add(rng.choice(templates).format(**{k: rng.choice(v) for k, v in pools.items()}))
+        return sorted(out)
+
+    doc, day, hour = rng.choice(SURNAMES), rng.choice(DAYS), rng.choice(HOURS)
+    facts.append((
+        rng.choice([f"Dr. {doc}'s office moved my slot to {day} at {hour}.",
+                    f"Got a call from Dr. {doc}: {day} at {hour} it is."]),
+        variants(APPOINTMENT_DISTRACTORS, ENTITY_DISTRACTORS, prof=PROFESSIONS, day=DAYS, month=MONTHS,
+                 other=others(SURNAMES, doc, rng, 5), thing=FILL["thing"]),
+        f"When is my appointment with Dr. {doc}?",
+        "entity",
+    ))  # fmt: skip
+    code, month = rng.choice(CODES), rng.choice(MONTHS)
+    facts.append((
+        rng.choice([f"{code} slipped to {month} because of the audit.",
+                    f"Bad news: {code} won't ship before {month}."]),
+        variants(LAUNCH_DISTRACTORS, ENTITY_DISTRACTORS, gadget=GADGETS, month=MONTHS, day=DAYS,
+                 other=others(CODES, code, rng, 5)),
+        f"When does {code} launch now?",
+        "entity",
+    ))  # fmt: skip
+    cousin, ccity = rng.choice(COUSINS), rng.choice(CITIES)
+    facts.append((
+        rng.choice([f"{cousin} finally found a flat in {ccity}.",
+                    f"{cousin} says the rent in {ccity} is outrageous."]),
+        variants(LIVE_DISTRACTORS, ENTITY_DISTRACTORS, city=CITIES, place=PLACES,
+                 other=others(COUSINS, cousin, rng, 5)),
+        f"Where does my cousin {cousin} live now?",
+        "entity",
+    ))  # fmt: skip
+    return facts
+
+
+def conversational_dataset(conversations: int, sessions: int, turns: int, seed: int = 7):
+    """Multi-session dialogues; each fact is stated once (its evidence turn), with distractor
+    turns that share the question's words (beating BM25) or its meaning (beating vectors)."""
+    rng = random.Random(seed)
+    items: dict[int, list[MemoryItem]] = {}
+    questions: list[Question] = []
+    for c in range(conversations):
+        facts = fact_block(rng)
+        lines: list[tuple[str, str, str | None]] = []  # (role, text, fact key)
+        for f, (evidence, distractors, question, kind) in enumerate(facts):
+            lines.append(("user", evidence, f"c{c}f{f}"))
+            lines.extend(("user", d, None) for d in distractors)
+            questions.append(Question(c, question, f"c{c}f{f}", kind))
+        while len(lines) < sessions * turns:
+            role = rng.choice(["user", "assistant"])
+            lines.append((role, fill(rng.choice(FILLER_USER if role == "user" else FILLER_ASSISTANT), rng), None))
+        rng.shuffle(lines)
+        conv_items = []
+        for i, (role, text, key) in enumerate(lines):
+            session = i // turns
+            item = MemoryItem(text, metadata={"role": role, "session": session},
+                              valid_from=1_700_000_000.0 + session * 86_400 + i)  # fmt: skip
+            if key:
+                item.id = key
+            conv_items.append(item)
+        items[c] = conv_items
+    return items, questions
+
+
+async def quality_run(conversations: int, sessions: int, turns: int) -> dict[str, Any]:
+    items, questions = conversational_dataset(conversations, sessions, turns)
+    embedder = MiniLMEmbedder()
+    t0 = time.perf_counter()
+    (probe,) = await embedder.embed(["warm up"])
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteMemoryStore(Path(tmp) / "quality.db", embedder, batch_size=64)
+        try:
+            for c, conv in items.items():
+                await store.put_many(Namespace("bench", user=f"conv-{c}"), conv)
+            await store.flush()
+            embed_s = time.perf_counter() - t0
+            total = sum(len(v) for v in items.values())
+            ks = (1, 5, 10)
+            result: dict[str, Any] = {"conversations": conversations, "turns": total, "questions": len(questions),
+                                      "minilm_texts_per_s": round(total / embed_s, 1)}  # fmt: skip
+            for mode in ("bm25", "vector", "hybrid"):
+                hits_at = {k: 0 for k in ks}
+                by_kind: dict[str, list[bool]] = {}
+                for q in questions:
+                    hits = await store.search(Namespace("bench", user=f"conv-{q.conv}"), q.text, k=10, mode=mode)
+                    ids = [h.item.id for h in hits]
+                    rank = ids.index(q.evidence) + 1 if q.evidence in ids else 99
+                    for k in ks:
+                        hits_at[k] += rank <= k
+                    by_kind.setdefault(q.kind, []).append(rank <= 10)
+                result[mode] = {f"recall@{k}": round(hits_at[k] / len(questions), 3) for k in ks}
+                for kind, flags in by_kind.items():
+                    result[mode][f"recall@10_{kind}"] = round(sum(flags) / len(flags), 3)
+            # recall@10 of the binary-quantised index vs exact cosine, on the MiniLM vectors
+            qvecs = embedder.embed_sync([q.text for q in questions])
+            qtimes = []
+            for q in questions[:50]:
+                s = time.perf_counter()
+                embedder.embed_sync([q.text])
+                qtimes.append((time.perf_counter() - s) * 1000)
+            result["minilm_query_embed_p50_ms"] = round(statistics.median(qtimes), 2)
+            recall_hits = 0
+            for c in items:
+                ns = Namespace("bench", user=f"conv-{c}")
+                conv_q = [v for q, v in zip(questions, qvecs, strict=True) if q.conv == c]
+                recall_hits += index_recall(store, ns, conv_q) * len(conv_q)
+            result["index_recall@10_minilm"] = round(recall_hits / len(questions), 4)
+            assert len(probe) == 384
+        finally:
+            await store.close()
+    return result
+
+
+async def index_recall_at_scale(store: SQLiteMemoryStore, rng: random.Random, n: int = 100) -> float:
+    """recall@10 of the binary index vs exact, on one tenant of the latency corpus."""
+    ns = Namespace("tenant-0", agent="bench", user="user-0")
+    corpus = Corpus(rng)
+    queries = await store.embedder.embed([corpus.query() for _ in range(n)])
+    return index_recall(store, ns, queries)
+
+
+async def postgres_run(rng: random.Random, total: int, queries: int) -> dict[str, Any]:
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="bastion-xdg-"))
+    from bastion.memory import PostgresMemoryStore
+    from bastion.testing._postgres import postgres_server
+
+    with postgres_server() as url:
+        store = PostgresMemoryStore(url, ClusteredEmbedder(), max_size=2)
+        try:
+            return await latency_run(total, queries, rng, store)
+        finally:
+            await store.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--postgres", action="store_true")
+    args = parser.parse_args()
+    sizes = [2_000, 8_000] if args.quick else [10_000, 100_000]
+    queries = 100 if args.quick else 400
+    rng = random.Random(42)
+    report: dict[str, Any] = {"machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+                              "python": sys.version.split()[0], "latency_sqlite": [], "notes": []}  # fmt: skip
+    for total in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SQLiteMemoryStore(Path(tmp) / "lat.db", ClusteredEmbedder(), index="binary")
+            try:
+                row = await latency_run(total, queries, rng, store)
+                row["index_recall@10_clustered"] = round(await index_recall_at_scale(store, rng), 4)
+                report["latency_sqlite"].append(row)
+            finally:
+                await store.close()
+        print(f"latency {total}: {report['latency_sqlite'][-1]}", flush=True)
+    if args.postgres:
+        report["latency_postgres"] = [await postgres_run(rng, sizes[0], queries)]
+        print(f"postgres: {report['latency_postgres']}", flush=True)
+    convs = 6 if args.quick else 20
+    report["quality"] = await quality_run(convs, sessions=5, turns=30)
+    print(f"quality: {report['quality']}", flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+    print_table(report)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"\nmachine: {r['machine']}")
+    print("\n| backend | items (tenants x per tenant) | mode | p50 ms | p95 ms | ingest items/s | index recall@10 |")
+    print("|---|---|---|---|---|---|---|")
+    for backend in ("sqlite", "postgres"):
+        for row in r.get(f"latency_{backend}", []):
+            for mode in ("hybrid", "bm25", "vector"):
+                recall = row.get("index_recall@10_clustered", "") if mode == "vector" else ""
+                print(f"| {backend} | {row['items']:,} ({row['tenants']} x {row['items_per_tenant']:,}) | {mode} | "
+                      f"{row[mode]['p50_ms']} | {row[mode]['p95_ms']} | {row['ingest_items_per_s']:,} | {recall} |")  # fmt: skip
+    q = r["quality"]
+    print(f"\nconversational memory: {q['conversations']} dialogues, {q['turns']} turns, {q['questions']} questions "
+          f"(MiniLM int8, {q['minilm_texts_per_s']} texts/s, query embed p50 {q['minilm_query_embed_p50_ms']} ms; "
+          f"binary index recall@10 vs exact: {q['index_recall@10_minilm']})")  # fmt: skip
+    print("\n| retrieval | recall@1 | recall@5 | recall@10 | recall@10 paraphrase qs | recall@10 entity qs |")
+    print("|---|---|---|---|---|---|")
+    for mode in ("bm25", "vector", "hybrid"):
+        m = q[mode]
+        print(f"| {mode} | {m['recall@1']} | {m['recall@5']} | {m['recall@10']} | "
+              f"{m['recall@10_paraphrase']} | {m['recall@10_entity']} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
