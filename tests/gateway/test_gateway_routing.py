@@ -235,3 +235,24 @@ async def test_tiers_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) ->
             await explicit.request(req(), "cheap")
     finally:
         get_settings.cache_clear()
+
+
+async def test_retry_moves_to_another_deployment_without_waiting() -> None:
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    a = ScriptedModel([RateLimitError(429, "a busy", retry_after=5)], name="test:a")
+    b = echo("test:b")
+    gw = gw_with(a, b, deployments={"m": ["test:a", "test:b"]}, retry=RetryPolicy(max_attempts=2), sleep=sleep)
+    assert (await gw.request(req(), "m")).model == "test:b"
+    assert sleeps == []  # a's Retry-After only matters for a
+    # with a single deployment the hint is honoured
+    solo = gw_with(
+        ScriptedModel([RateLimitError(429, "busy", retry_after=5), "ok"], name="test:solo"),
+        retry=RetryPolicy(max_attempts=2),
+        sleep=sleep,
+    )
+    await solo.request(req(), "test:solo")
+    assert sleeps == [5]

@@ -456,7 +456,7 @@ class Gateway:
                 deployment.in_flight -= 1
             deployment.breaker.record(error)
             failures += 1
-            await self._backoff(error, failures, deadline_at, deployment, span)
+            await self._backoff(error, failures, deadline_at, deployment, span, slot)
 
     async def _open_stream(
         self, plan: Plan, request: ModelRequest, span: Any
@@ -477,8 +477,9 @@ class Gateway:
                     deployment = slot.pick()
                     timeout = self._attempt_timeout(attempt_timeout, deadline_at, deployment)
                     deployment.in_flight += 1
-                    events = aiter(deployment.model.stream(request))
+                    events: AsyncIterator[StreamEvent] | None = None
                     try:
+                        events = aiter(deployment.model.stream(request))
                         if timeout is None:
                             first = await anext(events)
                         else:
@@ -489,16 +490,18 @@ class Gateway:
                     except BaseException:
                         deployment.breaker.release()
                         deployment.in_flight -= 1
-                        await _aclose(events)
+                        if events is not None:
+                            await _aclose(events)
                         raise
                     else:
                         deployment.breaker.record_success()
                         return first, events, deployment
                     deployment.in_flight -= 1
-                    await _aclose(events)
+                    if events is not None:
+                        await _aclose(events)
                     deployment.breaker.record(error)
                     failures += 1
-                    await self._backoff(error, failures, deadline_at, deployment, span)
+                    await self._backoff(error, failures, deadline_at, deployment, span, slot)
             except _DeadlineExceeded:
                 raise
             except Exception as e:
@@ -528,11 +531,23 @@ class Gateway:
         return remaining if attempt_timeout is None else min(attempt_timeout, remaining)
 
     async def _backoff(
-        self, error: ModelError, failures: int, deadline_at: float | None, deployment: Deployment, span: Any
+        self,
+        error: ModelError,
+        failures: int,
+        deadline_at: float | None,
+        deployment: Deployment,
+        span: Any,
+        slot: Slot,
     ) -> None:
         delay = self._retry.delay(error, failures, self._rand)
         if delay is None:
             raise error
+        if (
+            delay
+            and len(slot.deployments) > 1
+            and any(d is not deployment and d.breaker.available() for d in slot.deployments)
+        ):
+            delay = 0.0  # the next attempt goes to another deployment: no reason to wait for this one
         if deadline_at is not None and self._clock() + delay >= deadline_at:
             raise _DeadlineExceeded(
                 f"the total deadline of {self._retry.deadline}s would pass before retry {failures + 1} of "
@@ -645,8 +660,10 @@ def _as_model_error(error: BaseException, deployment: Deployment, timeout: float
         if error.model is None:
             error.model = deployment.name
         return error
+    if timeout is None:
+        return ModelTimeoutError(f"{deployment.name} timed out: {error}", model=deployment.name)
     return ModelTimeoutError(
-        f"{deployment.name} did not answer within {timeout}s; raise the timeout with "
+        f"{deployment.name} did not answer within {timeout:g}s; raise the timeout with "
         "ModelSettings(timeout=...) or RetryPolicy(attempt_timeout=...)",
         model=deployment.name,
     )
