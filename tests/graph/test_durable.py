@@ -245,3 +245,28 @@ async def test_retention_prunes_finished_threads_but_keeps_waiting_ones(backend:
     assert deleted == ["finished"]
     assert (await app.aget_state("finished")).checkpoint_id is None
     assert [i.value for i in (await app.aget_state("waiting")).interrupts] == ["ok?"]
+
+
+async def test_a_failed_step_with_an_in_place_reducer_is_rebuilt_from_storage(backend: Checkpointer) -> None:
+    def extend_in_place(current: list[int], update: list[int]) -> list[int]:
+        current.extend(update)  # a common (if impolite) reducer style
+        return current
+
+    class Bag(TypedDict, total=False):
+        items: Annotated[list[int], extend_in_place]
+
+    flaky = {"on": True}
+
+    def route(s: Bag) -> str:
+        if flaky["on"]:
+            raise ConnectionError("router lost its backend")
+        return "__end__"
+
+    g = Graph(Bag)
+    g.add_node("first", lambda s: {"items": [1]}).add_node("more", lambda s: {"items": [2]})
+    g.add_edge(START, "first").add_edge("first", "more").add_conditional_edges("more", route)
+    app = g.compile(checkpointer=backend)
+    with pytest.raises(ConnectionError):
+        await app.ainvoke({"items": [0]}, thread_id="t")
+    flaky["on"] = False
+    assert (await app.ainvoke(None, thread_id="t"))["items"] == [0, 1, 2]

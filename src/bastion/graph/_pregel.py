@@ -636,6 +636,20 @@ class Engine:
     ) -> Run:
         """Run (or resume) the graph; returns the finished or paused `Run`."""
         run = Run(checkpointer, thread_id, ns, context or RunContext(), sink, resume if resume is not None else {})
+        try:
+            return await self._execute_run(run, input, checkpoint_id, resume_if_exists, step_limit)
+        except BaseException:
+            # A failed step may have half-applied updates (a reducer that mutates in place):
+            # the next attempt must rebuild from storage, not from this process's memory.
+            if run.checkpointer is not None and thread_id is not None:
+                self._cache.pop((id(run.checkpointer), thread_id, ns), None)
+            raise
+
+    async def _execute_run(
+        self, run: Run, input: Any, checkpoint_id: str | None, resume_if_exists: bool, step_limit: int | None
+    ) -> Run:
+        thread_id = run.thread_id
+        ns = run.ns
         decoded: Decoded | None = None
         if run.checkpointer is not None and thread_id is not None:
             decoded = await self._decoded(run.checkpointer, thread_id, ns, checkpoint_id)
