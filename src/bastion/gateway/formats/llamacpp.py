@@ -16,6 +16,8 @@ loads another GGUF file with the same template. Cost is always 0.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import threading
@@ -53,7 +55,28 @@ def _import_llama() -> Any:
         import llama_cpp
     except ImportError as e:
         raise MissingExtraError("local", "llama-cpp-python", "the local model (local:gemma-3-270m)") from e
+    global _exit_hook
+    if not _exit_hook:
+        _exit_hook = True
+        atexit.register(_close_at_exit)
     return llama_cpp
+
+
+_exit_hook = False
+
+
+def _close_at_exit() -> None:
+    # llama_cpp opens two os.devnull handles at import and never closes them, which prints
+    # "unclosed file" ResourceWarnings at every interpreter exit; close the models first
+    # (their __del__ does not need the handles), then the handles.
+    with contextlib.suppress(Exception):
+        for llm in _models.values():
+            llm.close()
+        _models.clear()
+        from llama_cpp import _utils  # pyright: ignore[reportPrivateUsage]
+
+        _utils.outnull_file.close()
+        _utils.errnull_file.close()
 
 
 def bundled_model_path() -> Path:
@@ -88,6 +111,10 @@ def _model_path(name: str) -> Path:
     )
 
 
+def _threads() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
 def load_llama(name: str = DEFAULT_MODEL) -> Any:
     """The process-wide `llama_cpp.Llama` for `name`, loaded on first use (blocking)."""
     llama_cpp = _import_llama()
@@ -99,7 +126,10 @@ def load_llama(name: str = DEFAULT_MODEL) -> Any:
             llm = llama_cpp.Llama(
                 model_path=key,
                 n_ctx=N_CTX,
-                n_threads=max(1, min(4, os.cpu_count() or 1)),
+                # Half the cores: llama.cpp threads spin while they wait for each other, so
+                # on a busy machine more threads than free cores is ~10x slower, not faster.
+                n_threads=_threads(),
+                n_threads_batch=_threads(),
                 verbose=False,
             )
             _models[key] = llm
