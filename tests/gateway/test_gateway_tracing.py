@@ -17,12 +17,12 @@ from bastion.types import Message, ModelRequest, ModelResponse, ModelSettings, R
 
 
 class Spans:
-    def __init__(self, exporter: Spans, handle: TracingHandle) -> None:
+    def __init__(self, exporter: InMemorySpanExporter, handle: TracingHandle) -> None:
         self._exporter = exporter
-        self._handle = handle
+        self.handle = handle
 
     def get_finished_spans(self) -> tuple[ReadableSpan, ...]:
-        assert self._handle.force_flush(5)  # spans are exported in batches
+        assert self.handle.force_flush(5)  # spans are exported in batches
         return self._exporter.get_finished_spans()
 
 
@@ -122,3 +122,25 @@ async def test_on_call_hook_sees_every_call() -> None:
         ("test:m", "test:m", True),
     ]
     assert all(r.error is None and r.ended >= r.started for r in records)
+
+
+async def test_budget_consumption_is_a_gauge(exporter: Spans) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bastion.gateway import Budget, BudgetLimits
+
+    gw = Gateway(
+        models=[FunctionModel(priced, name="acme:m")],
+        pricing={"acme:m": {"input": 1.0, "output": 1.0}},
+        budgets=Budget(tenant=BudgetLimits(tokens=4_000_000, usd=10.0)),
+        cache=False,
+    )
+    await gw.request(ModelRequest([Message.user("hi")], context=RunContext(tenant="acme")), "acme:m")
+    samples = {
+        s.labels.get("bastion_budget_scope"): s.value
+        for fam in text_string_to_metric_families(exporter.handle.prometheus_text())
+        for s in fam.samples
+        if s.name == "bastion_budget_used"
+    }
+    assert samples["tenant:acme:tokens"] == pytest.approx(0.25)
+    assert samples["tenant:acme:usd"] == pytest.approx(0.1)

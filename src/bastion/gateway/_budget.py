@@ -237,6 +237,7 @@ class Reservation:
     id: str
     tokens: int
     usd: float
+    charges: tuple[tuple[str, BudgetLimits], ...] = ()
 
 
 class Budget:
@@ -295,11 +296,25 @@ class Budget:
         result = await self.store.try_reserve(charges, tokens, usd)
         if isinstance(result, Violation):
             raise _exceeded(result)
-        return Reservation(result, tokens, usd)
+        return Reservation(result, tokens, usd, tuple(charges))
 
     async def settle(self, reservation: Reservation | None, tokens: int, usd: float) -> None:
-        if reservation is not None:
-            await self.store.settle(reservation.id, tokens, usd)
+        if reservation is None:
+            return
+        await self.store.settle(reservation.id, tokens, usd)
+        if _metrics_on():
+            await self._report(reservation.charges)
+
+    async def _report(self, charges: Sequence[tuple[str, BudgetLimits]]) -> None:
+        """Budget gauges (`bastion_budget_used`, fraction consumed) for dashboards and alerts."""
+        from bastion.tracing._metrics import record_budget
+
+        for key, limits in charges:
+            spend = await self.store.spent(key)
+            if limits.tokens is not None:
+                record_budget(f"{key}:tokens", float(spend.tokens), float(limits.tokens))
+            if limits.usd is not None:
+                record_budget(f"{key}:usd", spend.usd, limits.usd)
 
     async def spent(self, key: str) -> Spend:
         """Spend so far for a scope key such as `tenant:acme`."""
@@ -309,6 +324,14 @@ class Budget:
         close = getattr(self.store, "aclose", None)
         if close is not None:
             await close()
+
+
+def _metrics_on() -> bool:
+    # Only look once tracing is loaded anyway (the gateway's chat span imports it).
+    import sys
+
+    state = sys.modules.get("bastion.tracing._state")
+    return state is not None and getattr(state, "STATE", None) is not None and state.STATE.instruments is not None
 
 
 def _exceeded(v: Violation) -> BudgetExceededError:
