@@ -116,3 +116,79 @@ async def test_sigkilled_run_resumes_without_repeating_completed_calls(tmp_path:
     results = {r.tool_call_id: r.content for m in model.requests[0].messages for r in m.tool_results}
     assert results == {"s1": "found q", "a1": "archived x"}
     assert (tmp_path / "search.log").read_text() == "q\n"
+
+
+WINDOW_CHILD = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from pathlib import Path
+
+    from bastion.checkpoint import SqliteCheckpointer
+    from bastion.graph.agent import Agent
+    from bastion.testing import DirectToolExecutor, ScriptedModel
+    from bastion.tools import tool
+    from bastion.types import ToolCall
+
+    work, die_after = Path(sys.argv[1]), sys.argv[2]
+
+    class DieAfterJournal(SqliteCheckpointer):
+        # Dies right after a memoized call is journalled, before the engine records that its
+        # task finished: the window in which only the journal prevents a repeat.
+        async def put_journal(self, entry):
+            await super().put_journal(entry)
+            if die_after in entry.key:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    @tool
+    def search(query: str) -> str:
+        with open(work / "search.log", "a") as f:
+            f.write(query + "\\n")
+        return "found " + query
+
+    async def main():
+        model = ScriptedModel([ToolCall("search", {"query": "q"}, id="s1"), "too late"])
+        saver = DieAfterJournal(str(work / "runs.db"))
+        agent = Agent(model, tools=[search], tool_executor=DirectToolExecutor(), checkpointer=saver)
+        await agent.run("search", thread_id="window")
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+@pytest.mark.parametrize("die_after", [":model:", ":tool:s1"])
+async def test_a_call_journalled_just_before_a_crash_is_not_repeated(tmp_path: Path, die_after: str) -> None:
+    from bastion.checkpoint import SqliteCheckpointer
+    from bastion.graph.agent import Agent
+    from bastion.testing import DirectToolExecutor, ScriptedModel
+    from bastion.tools import tool
+
+    run_child_to_death(WINDOW_CHILD, tmp_path, die_after)
+    searched_before = (tmp_path / "search.log").read_text() if (tmp_path / "search.log").exists() else ""
+
+    @tool
+    def search(query: str) -> str:
+        with open(tmp_path / "search.log", "a") as f:
+            f.write(query + "\n")
+        return "found " + query
+
+    model = ScriptedModel(["Found it."])  # the first turn was journalled by the dead process
+    saver = SqliteCheckpointer(str(tmp_path / "runs.db"))
+    agent = Agent(model, tools=[search], tool_executor=DirectToolExecutor(), checkpointer=saver)
+    try:
+        done = await agent.resume(thread_id="window")
+    finally:
+        await saver.aclose()
+    assert done.output == "Found it." and len(model.requests) == 1
+    assert (tmp_path / "search.log").read_text() == "q\n"
+    assert searched_before == ("q\n" if die_after == ":tool:s1" else "")
+
+
+def run_child_to_death(code: str, tmp_path: Path, *args: str) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
