@@ -42,6 +42,7 @@ from _util import (
     machine_note,
     percentile,
     table,
+    tree_cpu_seconds,
     write_results,
 )
 
@@ -62,7 +63,8 @@ class Run:
     p50_ms: float
     p95_ms: float
     rps: float
-    cpu_p50_us: float | None = None  # client-process CPU per call (concurrency 1 only)
+    # CPU µs per call: the client process (p50, concurrency 1) or the proxy server (mean per request)
+    cpu_us: float | None = None
 
 
 async def measure(
@@ -173,7 +175,7 @@ async def client_latency(base_url: str, quick: bool) -> tuple[list[Run], dict[st
     def show(run: Run) -> None:
         print(
             f"  {run.name:40s} c={run.concurrency:<3d} p50 {run.p50_ms:7.3f} ms  p95 {run.p95_ms:7.3f} ms  "
-            f"{run.rps:8.0f} calls/s" + (f"  CPU {run.cpu_p50_us:6.0f} µs/call" if run.cpu_p50_us else ""),
+            f"{run.rps:8.0f} calls/s" + (f"  CPU {run.cpu_us:6.0f} µs/call" if run.cpu_us else ""),
             flush=True,
         )
 
@@ -257,7 +259,9 @@ def _resolve(name: str) -> Any:
     return resolve_model(name)
 
 
-async def load(url: str, key: str, *, concurrency: int, count: int, max_seconds: float, name: str) -> Run:
+async def load(
+    url: str, key: str, *, concurrency: int, count: int, max_seconds: float, name: str, pid: int | None = None
+) -> Run:
     import aiohttp
 
     headers = {"Authorization": f"Bearer {key}"}
@@ -271,7 +275,12 @@ async def load(url: str, key: str, *, concurrency: int, count: int, max_seconds:
 
         for _ in range(20):
             await call(0)
-        return await measure(name, call, concurrency=concurrency, count=count, max_seconds=max_seconds)
+        cpu0 = tree_cpu_seconds(pid) if pid else 0.0
+        run = await measure(name, call, concurrency=concurrency, count=count, max_seconds=max_seconds)
+        if pid and run.calls:
+            # The server's own CPU per request: robust to other load on the machine.
+            run.cpu_us = (tree_cpu_seconds(pid) - cpu0) / run.calls * 1e6
+        return run
 
 
 async def proxy_throughput(upstream: str, quick: bool, logdir: Path) -> tuple[list[Run], dict[str, str]]:
@@ -279,15 +288,15 @@ async def proxy_throughput(upstream: str, quick: bool, logdir: Path) -> tuple[li
     round of each counts, so a burst of load from elsewhere on the machine hurts neither alone."""
     notes: dict[str, str] = {}
     count, limit, rounds = (1500, 4.0, 1) if quick else (4000, 6.0, 2)
-    targets: list[tuple[str, str, str]] = []  # (name, base url, key)
+    targets: list[tuple[str, str, str, int]] = []  # (name, base url, key, server pid)
     with contextlib.ExitStack() as stack:
         port = free_port()
         key = "bst-bench-" + os.urandom(8).hex()
         cmd = [sys.executable, __file__, "--serve-bastion-proxy", str(port), upstream, key]
-        stack.enter_context(
+        proc = stack.enter_context(
             child(cmd, ready_url=f"http://127.0.0.1:{port}/v1/models", timeout=30, log=logdir / "bastion-proxy.log")
         )
-        targets.append(("Bastion proxy", f"http://127.0.0.1:{port}/v1", key))
+        targets.append(("Bastion proxy", f"http://127.0.0.1:{port}/v1", key, proc.pid))
 
         litellm_bin = Path(sys.executable).parent / "litellm"
         if not has_module("litellm.proxy.proxy_server") or not litellm_bin.exists():
@@ -310,7 +319,7 @@ async def proxy_throughput(upstream: str, quick: bool, logdir: Path) -> tuple[li
             cmd = [str(litellm_bin), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
             cmd += ["--num_workers", "1"]
             try:
-                stack.enter_context(
+                proc = stack.enter_context(
                     child(
                         cmd,
                         ready_url=f"http://127.0.0.1:{port}/health/liveliness",
@@ -319,17 +328,17 @@ async def proxy_throughput(upstream: str, quick: bool, logdir: Path) -> tuple[li
                         log=logdir / "litellm-proxy.log",
                     )
                 )
-                targets.append(("LiteLLM proxy", f"http://127.0.0.1:{port}/v1", MASTER_KEY))
+                targets.append(("LiteLLM proxy", f"http://127.0.0.1:{port}/v1", MASTER_KEY, proc.pid))
             except (RuntimeError, TimeoutError) as e:
                 notes["LiteLLM proxy"] = f"n/a (could not start: {e})"
 
         best: dict[str, Run] = {}
         for i in range(rounds):
-            for name, url, key in targets:
-                run = await load(url, key, concurrency=50, count=count, max_seconds=limit, name=name)
+            for name, url, key, pid in targets:
+                run = await load(url, key, concurrency=50, count=count, max_seconds=limit, name=name, pid=pid)
                 print(
                     f"  {name:15s} round {i + 1}: {run.rps:7.0f} req/s  (p50 {run.p50_ms:.2f} ms, "
-                    f"{run.calls} requests, {run.errors} errors)",
+                    f"{run.calls} requests, {run.errors} errors, server CPU {fmt(run.cpu_us, 0)} µs/request)",
                     flush=True,
                 )
                 if name not in best or run.rps > best[name].rps:
@@ -347,7 +356,7 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
         """(wall p50, client CPU p50) above the bare aiohttp call, at concurrency 1."""
         if run is None or bare is None or run is bare or run.concurrency != 1:
             return None, None
-        cpu = run.cpu_p50_us - bare.cpu_p50_us if run.cpu_p50_us is not None and bare.cpu_p50_us is not None else None
+        cpu = run.cpu_us - bare.cpu_us if run.cpu_us is not None and bare.cpu_us is not None else None
         return run.p50_ms - bare.p50_ms, cpu
 
     rows = []
@@ -360,7 +369,7 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
                 fmt(r.p50_ms, 3),
                 fmt(r.p95_ms, 3),
                 fmt(wall, 3),
-                fmt(r.cpu_p50_us, 0) if r.concurrency == 1 else "",
+                fmt(r.cpu_us, 0) if r.concurrency == 1 else "",
                 fmt(cpu, 0),
                 fmt(r.rps, 0),
                 str(r.calls),
@@ -393,12 +402,20 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
     ratio = litellm_added / bastion_added if bastion_added and litellm_added and bastion_added > 0 else None
     cpu_ratio = litellm_cpu / bastion_cpu if bastion_cpu and litellm_cpu and bastion_cpu > 0 else None
 
-    prow = [[r.name, fmt(r.rps, 0), fmt(r.p50_ms, 2), fmt(r.p95_ms, 2), str(r.calls), str(r.errors)] for r in proxies]
+    prow = [
+        [r.name, fmt(r.rps, 0), fmt(r.cpu_us, 0), fmt(r.p50_ms, 2), fmt(r.p95_ms, 2), str(r.calls), str(r.errors)]
+        for r in proxies
+    ]
     for name, note in notes.items():
         if note.startswith("n/a") and "proxy" in name.lower():
-            prow.append([name, note, "", "", "", ""])
+            prow.append([name, note, "", "", "", "", ""])
     print()
-    print(table(["proxy (1 worker, c=50)", "req/s", "p50 ms", "p95 ms", "requests", "errors"], prow))
+    print(
+        table(["proxy (1 worker, c=50)", "req/s", "server CPU µs/req", "p50 ms", "p95 ms", "requests", "errors"], prow)
+    )
+    b_cpu = next((r.cpu_us for r in proxies if r.name == "Bastion proxy"), None)
+    l_cpu = next((r.cpu_us for r in proxies if r.name == "LiteLLM proxy"), None)
+    proxy_cpu_ratio = l_cpu / b_cpu if b_cpu and l_cpu else None
     bastion_rps = next((r.rps for r in proxies if r.name == "Bastion proxy"), None)
     litellm_rps = next((r.rps for r in proxies if r.name == "LiteLLM proxy"), None)
     proxy_ratio = bastion_rps / litellm_rps if bastion_rps and litellm_rps else None
@@ -428,6 +445,7 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
             fmt(proxy_ratio, 1, "x"),
             verdict(None if proxy_ratio is None else proxy_ratio >= 10),
         ],
+        ["LiteLLM proxy / Bastion proxy server CPU per request", fmt(proxy_cpu_ratio, 1, "x"), ""],
     ]
     print()
     print(table(["summary", "value", "target"], summary))
@@ -448,6 +466,7 @@ def report(latency: list[Run], proxies: list[Run], notes: dict[str, str], quick:
         "litellm_over_bastion_added": ratio,
         "litellm_over_bastion_added_cpu": cpu_ratio,
         "proxy_throughput_ratio": proxy_ratio,
+        "proxy_cpu_per_request_ratio": proxy_cpu_ratio,
     }
 
 
