@@ -256,3 +256,14 @@ async def test_retry_moves_to_another_deployment_without_waiting() -> None:
     )
     await solo.request(req(), "test:solo")
     assert sleeps == [5]
+
+
+def test_request_sync_wraps_the_async_core() -> None:
+    gw = gw_with(echo("test:a"))
+    assert gw.request_sync(req(), "test:a").text == "test:a answered"
+
+
+async def test_request_sync_refuses_inside_a_loop() -> None:
+    async with gw_with(echo("test:a")) as gw:
+        with pytest.raises(UserError, match="running event loop"):
+            gw.request_sync(req(), "test:a")
