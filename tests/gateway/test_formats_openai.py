@@ -224,3 +224,33 @@ def test_sync_use_on_fresh_loops_does_not_leak_sessions() -> None:
 
     assert asyncio.run(run()) == ["hey", "hey"]
     assert open_session_count() == 0
+
+
+async def test_error_object_mid_stream_is_unavailable() -> None:
+    from aiohttp import web
+
+    from bastion.errors import ProviderUnavailableError
+    from bastion.gateway._resolve import resolve_model
+
+    # Some compatible servers (vLLM, LiteLLM) send an error object after the 200 has gone out.
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": [{"index": 0, "delta": {"content": "par"}}]}\n\n')
+        await resp.write(b'data: {"error": {"message": "engine died", "code": 500}}\n\n')
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        model = resolve_model(f"openai-compat:http://127.0.0.1:{port}/v1#m")
+        with pytest.raises(ProviderUnavailableError, match="engine died"):
+            await collect(model.stream(ModelRequest([Message.user("x")])))
+    finally:
+        await aclose_http_sessions()
+        await runner.cleanup()

@@ -405,8 +405,7 @@ class FakeOpenAIServer:
             raise asyncio.CancelledError
         return None
 
-    def _answer(self, body: JSON, shape: Shape, schema: Any, forced_tool: JSON | None) -> _Answer:
-        prompt_chars = len(json.dumps(body.get("messages") or body.get("contents") or ""))
+    def _answer(self, body: JSON, shape: Shape, schema: Any, forced_tool: JSON | None, prompt_bytes: int) -> _Answer:
         # A fault at the head of the script belongs to the next request, not to this one.
         item: Any = self._replies.popleft() if self._replies and not isinstance(self._replies[0], Fault) else None
         usage: Usage | None = None
@@ -435,7 +434,7 @@ class FakeOpenAIServer:
             text, calls, usage, finish = item.text, list(item.tool_calls), item.usage, item.finish_reason
         if usage is None:
             out = _tokens(text) + sum(_tokens(json.dumps(c.arguments)) for c in calls)
-            usage = Usage(input_tokens=max(1, prompt_chars // 4), output_tokens=out, requests=1)
+            usage = Usage(input_tokens=max(1, prompt_bytes // 4), output_tokens=out, requests=1)
         return _Answer(text, calls, usage, finish or ("tool_calls" if calls else "stop"))
 
     # --- OpenAI ------------------------------------------------------------------------------
@@ -451,7 +450,7 @@ class FakeOpenAIServer:
             return early
         fmt = body.get("response_format") or {}
         schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
-        answer = self._answer(body, "openai", schema, None)
+        answer = self._answer(body, "openai", schema, None, request.content_length or 0)
         model = body.get("model", "fake-model")
         rid = f"chatcmpl-fake-{next(self._ids)}"
         finish = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}[
@@ -581,7 +580,7 @@ class FakeOpenAIServer:
         choice = body.get("tool_choice") or {}
         if choice.get("type") == "tool":
             forced = next((t for t in body.get("tools") or () if t.get("name") == choice.get("name")), None)
-        answer = self._answer(body, "anthropic", None, forced)
+        answer = self._answer(body, "anthropic", None, forced, request.content_length or 0)
         u = answer.usage
         usage = {
             "input_tokens": u.input_tokens - u.cache_read_tokens - u.cache_write_tokens,
@@ -694,7 +693,7 @@ class FakeOpenAIServer:
             return early
         config = body.get("generationConfig") or {}
         schema = config.get("responseSchema") or config.get("responseJsonSchema")
-        answer = self._answer(body, "gemini", schema, None)
+        answer = self._answer(body, "gemini", schema, None, request.content_length or 0)
         u = answer.usage
         usage = {
             "promptTokenCount": u.input_tokens,

@@ -256,6 +256,14 @@ class HTTPModel:
             model=self._name,
         )
 
+    def stream_error(self, chunk: Any) -> ProviderUnavailableError:
+        """An error object sent in place of a chunk: the provider failed after the 200."""
+        return unavailable(
+            f"{self._name}: the provider reported an error mid-stream: {json.dumps(chunk)[:300]}; retry the request",
+            model=self._name,
+            body=json.dumps(chunk),
+        )
+
     def invalid(self, what: str, data: Any) -> InvalidResponseError:
         return InvalidResponseError(f"{self._name} answered without {what}: {json.dumps(data)[:300]}", model=self._name)
 

@@ -205,7 +205,7 @@ class GeminiModel(HTTPModel):
                 if not isinstance(chunk, dict):
                     raise self.invalid("a response chunk", chunk)
                 if "error" in chunk:
-                    raise self.invalid("an error-free stream", chunk)
+                    raise self.stream_error(chunk)
                 response_id = response_id or chunk.get("responseId")
                 if chunk.get("usageMetadata"):
                     usage = chunk["usageMetadata"]

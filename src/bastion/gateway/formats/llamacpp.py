@@ -368,8 +368,10 @@ class LlamaCppModel:
                         if stop.is_set():
                             break
                         choice = chunk["choices"][0]
-                        completion += 1
-                        finish = choice.get("finish_reason") or finish
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                        else:
+                            completion += 1  # one chunk per generated token
                         if choice.get("text"):
                             loop.call_soon_threadsafe(queue.put_nowait, ("text", choice["text"]))
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", (finish, prompt_tokens, completion)))

@@ -201,7 +201,7 @@ class OpenAIChatModel(HTTPModel):
                 if not isinstance(chunk, dict):
                     raise self.invalid("a chunk object", chunk)
                 if "error" in chunk:
-                    raise self.invalid("an error-free stream", chunk)
+                    raise self.stream_error(chunk)
                 response_id = response_id or chunk.get("id")
                 if chunk.get("usage"):
                     usage = chunk["usage"]
