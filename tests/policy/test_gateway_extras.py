@@ -3,9 +3,12 @@ cases, the sync wrapper, and approvals recorded once across a resume."""
 
 from __future__ import annotations
 
+import datetime
+import json
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from bastion.errors import UserError
 from bastion.policy import ArgLimit, AuditLog, HostAllowlist, Policy, ToolGateway
@@ -130,3 +133,38 @@ async def test_tool_error_text_keeps_the_tool_trust(ctx: Any, make_gateway: Any)
     assert result.is_error and result.trust == "untrusted"
     assert result.content["type"] == "RuntimeError"
     assert gw.audit.entries(event="injection_signal")
+
+
+class Payee(BaseModel):
+    name: str
+    iban: str
+
+
+@tool(side_effect="write")
+def schedule_payment(payee: Payee, when: datetime.date, reference: str, amount: float) -> str:
+    """Schedule a payment (rich argument types: a nested model and a date)."""
+    return f"{payee.name} on {when.isoformat()} ({reference}): {amount}"
+
+
+async def test_rich_arguments_flow_through_policy_audit_and_approval(ctx: Any, make_gateway: Any, history: Any) -> None:
+    args = {
+        "payee": {"name": "Bob", "iban": "GB33BUKB20201555555555"},
+        "when": "2026-05-30",
+        "reference": "INV-2026-05-30",
+        "amount": 40,
+    }
+    # the date and reference appear in the e-mail, the payee does not: only the IBAN is tainted
+    msgs = history(
+        "Pay Bob 40 EUR", ("read_inbox", "Invoice INV-2026-05-30 due 2026-05-30, IBAN GB33BUKB20201555555555")
+    )
+    gw, asked = make_gateway(Policy({"assistant": ["schedule_payment"]}), answers=["approve"])
+    result = await gw.execute(
+        ToolCall("schedule_payment", args, id="c1"), {"schedule_payment": schedule_payment}, ctx(msgs)
+    )
+    assert "Bob on 2026-05-30 (INV-2026-05-30): 40.0" in result.content_text()
+    payload = asked[0].to_payload()
+    json.dumps(payload)  # what a UI receives must be JSON
+    assert [u["value"] for u in payload["risk"]["untrusted_values"]] == ["GB33BUKB20201555555555"]
+    assert payload["risk"]["amounts"] == ["40.00"]
+    assert gw.audit.entries(event="approval_granted")[0].args["when"] == "2026-05-30"
+    assert gw.audit.verify().ok

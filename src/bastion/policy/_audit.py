@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bastion.tools._plain import to_plain
 from bastion.tools._tool import canonical_json
 
 AUDIT_FORMAT_VERSION = 1
@@ -78,7 +79,7 @@ def entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
 
 
 def args_hash(arguments: Any) -> str:
-    return hashlib.sha256(canonical_json(arguments).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(to_plain(arguments)).encode()).hexdigest()
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from bastion.policy._policy import Policy, PolicyDecision
 from bastion.policy._secrets import EnvSecretProvider, Redactor, SecretProvider
 from bastion.policy._taint import spotlight as spotlight_result
 from bastion.tools._executor import ToolCallContext
+from bastion.tools._plain import to_plain
 from bastion.tools._registry import ToolRegistry
 from bastion.tools._runner import ToolRunner, error_result
 from bastion.tools._tool import Tool
@@ -90,16 +91,17 @@ class ToolGateway:
             self._audit("deny", who, call, call.arguments, ["invalid-arguments"], {"problems": checked.content})
             return self._finish(checked, who, call)
         arguments = checked
+        plain = to_plain(arguments)
 
         signals = self.policy.scan_descriptions(tools.values())
         decision = self.policy.decide(
-            tool, arguments, agent=context.agent, run=run, messages=context.messages, signals=signals
+            tool, plain, agent=context.agent, run=run, messages=context.messages, signals=signals
         )
         if decision.effect == "deny":
             self._audit("deny", who, call, arguments, decision.reasons, {"why": decision.messages})
             return self._denied(call, decision)
         if decision.effect == "require_approval":
-            outcome = await self._approval(call, tool, arguments, decision, who, context)
+            outcome = await self._approval(call, tool, arguments, plain, decision, who, context)
             if isinstance(outcome, ToolResult):
                 return outcome
             arguments = outcome
@@ -154,11 +156,13 @@ class ToolGateway:
         call: ToolCall,
         tool: Tool,
         arguments: dict[str, Any],
+        plain: dict[str, Any],
         decision: PolicyDecision,
         who: _Who,
         context: ToolCallContext,
     ) -> dict[str, Any] | ToolResult:
-        redacted_args, _ = self.redactor.redact(arguments)
+        """The arguments to run with (the original or a human's edit), or the result to return."""
+        redacted_args, _ = self.redactor.redact(plain)
         risk = summarize_risk(
             tool=tool.name,
             side_effect=tool.side_effect,
@@ -207,7 +211,7 @@ class ToolGateway:
                 return self._finish(checked, who, call)
             again = self.policy.decide(
                 tool,
-                checked,
+                to_plain(checked),
                 agent=who.agent,
                 run=context.run,
                 messages=context.messages,
@@ -279,7 +283,7 @@ class ToolGateway:
         reasons: list[str],
         detail: dict[str, Any] | None = None,
     ) -> None:
-        redacted_args, _ = self.redactor.redact(arguments) if arguments is not None else (None, [])
+        redacted_args, _ = self.redactor.redact(to_plain(arguments)) if arguments is not None else (None, [])
         redacted_detail, _ = self.redactor.redact(detail or {})
         self.audit.append(
             AuditEntry(

@@ -31,6 +31,10 @@ _BARE_HOST = re.compile(r"\b(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+(?:[a-z]
 _NUMBER = re.compile(r"\+?\d[\d \-().]{5,}\d")
 _AMOUNT = re.compile(r"(?<![\w.])\d{1,3}(?:[,']\d{3})+(?:\.\d+)?|(?<![\w.])\d+(?:\.\d+)?")
 _COMMON_TLDS_ONLY = {"e.g", "i.e"}
+_DATE = re.compile(
+    r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"
+    r"|\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b|\b\d{1,2}:\d{2}(?::\d{2})?\b"
+)
 
 # Free-text arguments (bodies, notes) carry data legitimately copied from tools; only
 # destinations embedded in them (addresses, IBANs, links) count there, not every number.
@@ -94,6 +98,8 @@ def extract_values(text: str, *, numbers: bool = True) -> set[tuple[ValueKind, s
         found.add(("host", _host_of(url)))
         spans.append(m.span())
     if numbers:
+        # dates and times are neither amounts nor phone/account numbers
+        spans.extend(m.span() for m in _DATE.finditer(text))
         # digits inside an IBAN, address or URL are part of that value, not amounts or phones
         masked = text
         for start, end in spans:
@@ -144,6 +150,9 @@ def argument_values(
             continue
         text = str(value)
         found = extract_values(text, numbers=not is_content)
+        if not _MONEY_ARG.search(top):
+            # numbers inside a non-money string (a reference, a date) are not amounts
+            found = {(k, v) for k, v in found if k != "amount"}
         if not is_content and not any(k in ("url", "email") for k, _ in found):
             found |= {("host", h) for h in _hosts_in(text)}
         out.extend((path, kind, v) for kind, v in sorted(found))

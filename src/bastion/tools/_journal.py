@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from bastion.tools._plain import to_plain
 from bastion.tools._tool import canonical_json
 from bastion.types import ToolResult
 
@@ -27,7 +28,7 @@ EntryState = Literal["pending", "done"]
 
 def idempotency_key(run_id: str, tool_call_id: str, arguments: dict[str, Any]) -> str:
     """Stable key of one side effect: the same call in the same run maps to the same key."""
-    args_hash = hashlib.sha256(canonical_json(arguments).encode()).hexdigest()
+    args_hash = hashlib.sha256(canonical_json(to_plain(arguments)).encode()).hexdigest()
     return f"{run_id}:{tool_call_id}:{args_hash[:32]}"
 
 
@@ -93,9 +94,7 @@ class MemoryJournal:
 
     async def complete(self, key: str, result: ToolResult) -> None:
         # Round-trip through JSON so memory and SQLite return the same shapes.
-        self._entries[key] = JournalEntry(
-            key, result.name, "done", _result_from_json(_result_to_json(result))
-        )
+        self._entries[key] = JournalEntry(key, result.name, "done", _result_from_json(_result_to_json(result)))
 
     async def abort(self, key: str) -> None:
         entry = self._entries.get(key)
@@ -138,9 +137,7 @@ class SqliteJournal:
             )
             if cur.rowcount == 1:
                 return None
-            row = self._db.execute(
-                "SELECT tool, state, result FROM tool_journal WHERE key = ?", (key,)
-            ).fetchone()
+            row = self._db.execute("SELECT tool, state, result FROM tool_journal WHERE key = ?", (key,)).fetchone()
         tool_name, state, blob = row
         return JournalEntry(key, tool_name, state, _result_from_json(blob) if blob else None)
 

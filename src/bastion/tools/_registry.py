@@ -33,9 +33,7 @@ class SchemaDiff:
 
 def _type_of(prop: Mapping[str, Any]) -> str:
     """A comparable description of a property's type, ignoring docs."""
-    keep = {
-        k: v for k, v in prop.items() if k in ("type", "anyOf", "oneOf", "allOf", "$ref", "items", "format")
-    }
+    keep = {k: v for k, v in prop.items() if k in ("type", "anyOf", "oneOf", "allOf", "$ref", "items", "format")}
     return canonical_json(keep)
 
 
@@ -56,9 +54,7 @@ def compare_schemas(tool: str, old: Tool | Mapping[str, Any], new: Tool | Mappin
     added = [n for n in new_props if n not in old_props]
     renamed: set[str] = set()
     for r in removed:
-        twin = next(
-            (a for a in added if a not in renamed and _type_of(new_props[a]) == _type_of(old_props[r])), None
-        )
+        twin = next((a for a in added if a not in renamed and _type_of(new_props[a]) == _type_of(old_props[r])), None)
         if twin is not None and r in old_req:
             renamed.add(twin)
             diff.breaking.append(f"required field {r!r} renamed to {twin!r}")
