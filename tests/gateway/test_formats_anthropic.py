@@ -213,3 +213,51 @@ async def test_overloaded_529_is_unavailable_and_429_rate_limited(srv: FakeOpenA
     with pytest.raises(RateLimitError) as info:
         await srv.anthropic_model().request(ModelRequest([Message.user("x")]))
     assert info.value.retry_after is None
+
+
+async def test_streamed_invalid_tool_json_is_kept_raw(srv: FakeOpenAIServer) -> None:
+    start = {"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3}}}
+    block = {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}
+    frames = [
+        ("message_start", start),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": '{"city": '},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 4}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    body = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in frames)
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(body.encode())
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        from bastion.gateway._resolve import resolve_model
+
+        model = resolve_model("anthropic:c", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}/v1", api_key="k")
+        response = await collect(model.stream(ModelRequest([Message.user("x")])))
+        assert response.tool_calls[0].arguments == {"_raw": '{"city": '}
+        assert response.usage == Usage(3, 4, requests=1)
+    finally:
+        await aclose_http_sessions()
+        await runner.cleanup()

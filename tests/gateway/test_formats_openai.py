@@ -254,3 +254,14 @@ async def test_error_object_mid_stream_is_unavailable() -> None:
     finally:
         await aclose_http_sessions()
         await runner.cleanup()
+
+
+async def test_abandoning_a_stream_releases_the_connection(srv: FakeOpenAIServer) -> None:
+    model = srv.model()
+    stream = model.stream(ModelRequest([Message.user("a b c d e f")]))
+    async for event in stream:
+        assert isinstance(event, TextDelta)
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    # the pooled connection is usable again at once
+    assert (await model.request(ModelRequest([Message.user("next")]))).text == "next"
