@@ -152,7 +152,7 @@ def argument_values(
         found = extract_values(text, numbers=not is_content)
         if not _MONEY_ARG.search(top):
             # numbers inside a non-money string (a reference, a date) are not amounts
-            found = {(k, v) for k, v in found if k != "amount"}
+            found = {kv for kv in found if kv[0] != "amount"}
         if not is_content and not any(k in ("url", "email") for k, _ in found):
             found |= {("host", h) for h in _hosts_in(text)}
         out.extend((path, kind, v) for kind, v in sorted(found))
