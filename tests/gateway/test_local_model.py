@@ -126,3 +126,24 @@ async def test_real_model_streams_structured_output() -> None:
     )
     assert isinstance(json.loads(response.text)["city"], str)
     assert response.usage.output_tokens > 0
+
+
+@pytest.mark.local_model
+async def test_real_model_with_tools_on_auto_answers_or_calls_validly() -> None:
+    response = await collect(
+        resolve_model("local:gemma-3-270m").stream(
+            ModelRequest(
+                [Message.user("What time is it?")],
+                tools=[WEATHER, CLOCK],
+                settings=ModelSettings(max_tokens=40, timeout=120),
+            )
+        )
+    )
+    # The grammar leaves exactly two shapes: one schema-valid tool call, or a text answer.
+    if response.tool_calls:
+        call = response.tool_calls[0]
+        assert response.finish_reason == "tool_calls" and call.name in ("get_weather", "get_time")
+        if call.name == "get_weather":
+            assert set(call.arguments) == {"city", "unit"}
+    else:
+        assert response.finish_reason in ("stop", "length") and response.text
