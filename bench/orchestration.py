@@ -46,30 +46,56 @@ class FanState(TypedDict, total=False):
 # --- timing ----------------------------------------------------------------------------------
 
 
-async def per_op(fn: Callable[[], Awaitable[Any]], budget: float, rounds: int = 5) -> float:
-    """Median seconds per call over `rounds` rounds of about `budget / rounds` seconds each."""
-    await fn()  # warm up
-    samples: list[float] = []
-    for _ in range(rounds):
-        n = 0
+class Timer:
+    """Timed rounds on one event loop. Rounds of the two engines alternate, so load from
+    other processes on a shared machine hits both alike; each result is a median of rounds."""
+
+    def __init__(self, budget: float, rounds: int = 5) -> None:
+        self.runner = asyncio.Runner()
+        self.round_seconds = budget / rounds
+        self.rounds = rounds
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def _round(self, call: Callable[[], Any], is_async: bool) -> float:
+        async def timed_async() -> float:
+            n, start = 0, time.perf_counter()
+            deadline = start + self.round_seconds
+            while True:
+                await call()
+                n += 1
+                now = time.perf_counter()
+                if now >= deadline:
+                    return (now - start) / n
+
+        def timed_sync() -> float:
+            n, start = 0, time.perf_counter()
+            deadline = start + self.round_seconds
+            while True:
+                call()
+                n += 1
+                now = time.perf_counter()
+                if now >= deadline:
+                    return (now - start) / n
+
         gc.collect()
-        start = time.perf_counter()
-        deadline = start + budget / rounds
-        while True:
-            await fn()
-            n += 1
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        samples.append((now - start) / n)
-    return statistics.median(samples)
+        return self.runner.run(timed_async()) if is_async else timed_sync()
 
-
-def sync_per_op(fn: Callable[[], Any], budget: float, rounds: int = 5) -> float:
-    async def wrapped() -> None:
-        fn()
-
-    return asyncio.run(per_op(wrapped, budget, rounds))
+    def compare(
+        self, ours: Callable[[], Awaitable[Any]], peer: Callable[[], Any] | None, peer_async: bool
+    ) -> tuple[float, float | None]:
+        """Median seconds per call of `ours` (async) and `peer`, rounds interleaved."""
+        self._round(ours, True)  # warm up
+        if peer is not None:
+            self._round(peer, peer_async)
+        a: list[float] = []
+        b: list[float] = []
+        for _ in range(self.rounds):
+            a.append(self._round(ours, True))
+            if peer is not None:
+                b.append(self._round(peer, peer_async))
+        return statistics.median(a), (statistics.median(b) if b else None)
 
 
 def db_bytes(path: Path) -> int:
@@ -254,58 +280,58 @@ def lg_bytes_per_turn(path: Path, turns: int) -> float:
 # --- the run ---------------------------------------------------------------------------------
 
 
-async def measure_bastion(tmp: Path, budget: float, turns: int) -> dict[str, float]:
+def measure(tmp: Path, budget: float, turns: int, with_peer: bool) -> tuple[dict[str, float], dict[str, float] | None]:
     from bastion.checkpoint import SqliteCheckpointer
 
-    out: dict[str, float] = {}
-    chain = bastion_chain().compile()
-    out["step_us"] = await per_op(lambda: chain.ainvoke({"x": 0}), budget) / 10 * 1e6
-
+    timer = Timer(budget)
+    ours: dict[str, float] = {}
+    peer: dict[str, float] | None = {} if with_peer else None
+    counter = iter(range(10**9))
     cp = SqliteCheckpointer(tmp / "bastion-runs.db")
+    conn = lg_conn(tmp / "lg-runs.db") if with_peer else None
     try:
-        app = bastion_three(cp)
-        counter = iter(range(10**9))
-        out["durable_runs_s"] = 1 / await per_op(lambda: app.ainvoke({"x": 0}, thread_id=f"t{next(counter)}"), budget)
+        chain = bastion_chain().compile()
+        fan = bastion_fanout()
+        durable = bastion_three(cp)
+        if peer is None:
+            ours["step_us"] = timer.compare(lambda: chain.ainvoke({"x": 0}), None, False)[0] / 10 * 1e6
+            ours["durable_runs_s"] = (
+                1 / timer.compare(lambda: durable.ainvoke({"x": 0}, thread_id=f"t{next(counter)}"), None, False)[0]
+            )
+            ours["fanout_ms"] = timer.compare(lambda: fan.ainvoke({}), None, False)[0] * 1e3
+        else:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            lg_achain = lg_chain(use_async=True).compile()
+            lg_schain = lg_chain(use_async=False).compile()
+            lg_fan = lg_fanout()
+            lg_durable = lg_three(SqliteSaver(conn))
+            # LangGraph's best of its async and sync paths (its sync path is usually faster).
+            a, b = timer.compare(lambda: chain.ainvoke({"x": 0}), lambda: lg_achain.ainvoke({"x": 0}), True)
+            _, c = timer.compare(lambda: chain.ainvoke({"x": 0}), lambda: lg_schain.invoke({"x": 0}), False)
+            assert b is not None and c is not None
+            ours["step_us"] = a / 10 * 1e6
+            peer["step_us_async"], peer["step_us_sync"] = b / 10 * 1e6, c / 10 * 1e6
+            peer["step_us"] = min(peer["step_us_async"], peer["step_us_sync"])
+            a, b = timer.compare(
+                lambda: durable.ainvoke({"x": 0}, thread_id=f"t{next(counter)}"),
+                lambda: lg_durable.invoke({"x": 0}, {"configurable": {"thread_id": f"t{next(counter)}"}}),
+                False,
+            )
+            assert b is not None
+            ours["durable_runs_s"], peer["durable_runs_s"] = 1 / a, 1 / b
+            a, b = timer.compare(lambda: fan.ainvoke({}), lambda: lg_fan.ainvoke({}), True)
+            assert b is not None
+            ours["fanout_ms"], peer["fanout_ms"] = a * 1e3, b * 1e3
+        ours["bytes_per_turn"] = timer.runner.run(bastion_bytes_per_turn(tmp / "bastion-chat.db", turns))
+        if peer is not None:
+            peer["bytes_per_turn"] = lg_bytes_per_turn(tmp / "lg-chat.db", turns)
     finally:
         cp.close()
-    out["bytes_per_turn"] = await bastion_bytes_per_turn(tmp / "bastion-chat.db", turns)
-    fan = bastion_fanout()
-    out["fanout_ms"] = await per_op(lambda: fan.ainvoke({}), budget, rounds=3) * 1e3
-    return out
-
-
-def measure_langgraph(tmp: Path, budget: float, turns: int) -> dict[str, float]:
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    out: dict[str, float] = {}
-    achain = lg_chain(use_async=True).compile()
-    schain = lg_chain(use_async=False).compile()
-
-    async def run_chain() -> Any:
-        return await achain.ainvoke({"x": 0})
-
-    # LangGraph's best of its async and sync paths (its sync path is usually faster).
-    out["step_us_async"] = asyncio.run(per_op(run_chain, budget)) / 10 * 1e6
-    out["step_us_sync"] = sync_per_op(lambda: schain.invoke({"x": 0}), budget) / 10 * 1e6
-    out["step_us"] = min(out["step_us_async"], out["step_us_sync"])
-
-    conn = lg_conn(tmp / "lg-runs.db")
-    try:
-        app = lg_three(SqliteSaver(conn))
-        counter = iter(range(10**9))
-        out["durable_runs_s"] = 1 / sync_per_op(
-            lambda: app.invoke({"x": 0}, {"configurable": {"thread_id": f"t{next(counter)}"}}), budget
-        )
-    finally:
-        conn.close()
-    out["bytes_per_turn"] = lg_bytes_per_turn(tmp / "lg-chat.db", turns)
-    fan = lg_fanout()
-
-    async def run_fan() -> Any:
-        return await fan.ainvoke({})
-
-    out["fanout_ms"] = asyncio.run(per_op(run_fan, budget, rounds=3)) * 1e3
-    return out
+        if conn is not None:
+            conn.close()
+        timer.close()
+    return ours, peer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,25 +355,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"langgraph is not installed here; re-running under {python}", flush=True)
             os.execv(str(python), [str(python), __file__, *argv, "--no-peer-venv"])
 
-    budget = 1.0 if args.quick else 3.0
+    budget = 1.0 if args.quick else 3.0  # seconds per engine and measurement
     turns = 20 if args.quick else 50
     started = time.perf_counter()
+    peer_version = None
+    try:
+        from importlib.metadata import version
+
+        import langgraph  # noqa: F401
+
+        peer_version = version("langgraph")
+    except ImportError:
+        print("LangGraph is not installed; its column shows n/a", flush=True)
     with tempfile.TemporaryDirectory(prefix="bastion-bench-orch-") as d:
-        tmp = Path(d)
-        print("measuring Bastion ...", flush=True)
-        ours = asyncio.run(measure_bastion(tmp, budget, turns))
-        peer: dict[str, float] | None = None
-        peer_version = None
-        try:
-            from importlib.metadata import version
-
-            import langgraph  # noqa: F401
-
-            peer_version = version("langgraph")
-            print(f"measuring LangGraph {peer_version} ...", flush=True)
-            peer = measure_langgraph(tmp, budget, turns)
-        except ImportError:
-            print("LangGraph is not installed; its column shows n/a", flush=True)
+        print(f"measuring Bastion and LangGraph {peer_version or '(absent)'}, rounds interleaved ...", flush=True)
+        ours, peer = measure(Path(d), budget, turns, peer_version is not None)
 
     def ratio(key: str, higher_is_better: bool) -> float | None:
         if peer is None:
@@ -376,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         table(["benchmark", "Bastion", f"LangGraph {peer_version or ''}".strip(), "Bastion advantage", "target"], body)
     )
-    print(f"\n{machine_note()}; medians of timed rounds; both engines in the same process and run.")
+    print(f"\n{machine_note()}; medians of interleaved timed rounds; both engines in one process and run.")
     data: dict[str, Any] = {
         "machine": machine_note(),
         "langgraph_version": peer_version,
