@@ -168,3 +168,10 @@ async def test_rich_arguments_flow_through_policy_audit_and_approval(ctx: Any, m
     assert payload["risk"]["amounts"] == ["40.00"]
     assert gw.audit.entries(event="approval_granted")[0].args["when"] == "2026-05-30"
     assert gw.audit.verify().ok
+
+
+async def test_default_approver_outside_a_graph_explains_the_fix(tools: dict[str, Any], ctx: Any, bank: Any) -> None:
+    with ToolGateway(Policy({"assistant": ["transfer"]})) as gw:
+        with pytest.raises(UserError, match="CallbackApprover"):
+            await gw.execute(ToolCall("transfer", {"iban": "DE89370400440532013000", "amount": 1}), tools, ctx([]))
+    assert bank.transfers == []

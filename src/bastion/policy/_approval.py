@@ -114,7 +114,14 @@ class InterruptApprover:
                 "this call needs human approval but no graph engine is running it; pass "
                 "ToolGateway(approver=CallbackApprover(...)) to decide approvals in-process"
             )
-        answer = interrupt(request.to_payload())
+        try:
+            answer = interrupt(request.to_payload())
+        except UserError as e:  # not inside a graph node, or no checkpointer
+            raise UserError(
+                f"{e}. The call to {request.tool!r} needs human approval, which pauses the run through the "
+                "graph engine: run the agent with a checkpointer, or decide in-process with "
+                "ToolGateway(approver=CallbackApprover(...))"
+            ) from e
         if inspect.isawaitable(answer):
             answer = await answer
         return parse_resume(answer)
