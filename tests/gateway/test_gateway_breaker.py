@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bastion.errors import (
     CircuitOpenError,
@@ -152,3 +154,35 @@ async def test_caller_errors_do_not_open_the_breaker(error: Exception) -> None:
         with pytest.raises(type(error)):
             await gw.request(req(), "test:m")
     assert gw.breaker_states() == {"test:m": "closed"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    threshold=st.integers(min_value=1, max_value=5),
+    steps=st.lists(st.sampled_from(["ok", "fail", "tick"]), max_size=60),
+)
+def test_breaker_matches_a_reference_model(threshold: int, steps: list[str]) -> None:
+    """Against a tiny reference: opens on `threshold` consecutive failures, half-opens after
+    the cool-down, a probe decides; calls are refused while open."""
+    clock = Clock()
+    b = CircuitBreaker("x", CircuitBreakerConfig(failure_threshold=threshold, cooldown=10), clock)
+    state, streak, opened_at = "closed", 0, 0.0
+    for step in steps:
+        if step == "tick":
+            clock.now += 5
+            continue
+        if state == "open" and clock.now - opened_at >= 10:
+            state = "half_open"
+        allowed = b.acquire()
+        assert allowed == (state != "open"), (state, step)
+        if not allowed:
+            continue
+        if step == "ok":
+            b.record_success()
+            state, streak = "closed", 0
+        else:
+            b.record_failure()
+            streak += 1
+            if state == "half_open" or streak >= threshold:
+                state, streak, opened_at = "open", 0, clock.now
+        assert b.state == state

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bastion.errors import (
     ContextWindowExceededError,
@@ -175,3 +177,18 @@ async def test_unexpected_exceptions_propagate_untouched() -> None:
     with pytest.raises(KeyError):
         await gw.request(req(), "test:m")
     assert t.sleeps == [] and gw.breaker_states() == {"test:m": "closed"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    failures=st.integers(min_value=1, max_value=60),
+    r=st.floats(min_value=0, max_value=1),
+    base=st.floats(min_value=0, max_value=10),
+    cap=st.floats(min_value=0, max_value=100),
+)
+def test_full_jitter_stays_within_the_exponential_cap(failures: int, r: float, base: float, cap: float) -> None:
+    p = RetryPolicy(max_attempts=100, base_delay=base, max_delay=cap)
+    delay = p.backoff(failures, lambda: r)
+    ceiling = min(cap, base * 2 ** (failures - 1))
+    assert 0 <= delay <= ceiling
+    assert delay == pytest.approx(r * ceiling)
