@@ -113,3 +113,33 @@ async def test_emit_from_a_sync_node_in_a_worker_thread() -> None:
     g.add_node("w", worker, timeout=5).add_edge(START, "w")  # a timeout runs sync nodes in a thread
     tokens = [e.data async for e in g.compile().astream({}, kinds={"token"})]
     assert tokens == ["from thread"]
+
+
+async def test_cancelling_a_stream_keeps_finished_siblings(backend: Checkpointer) -> None:
+    from collections import Counter
+
+    runs: Counter[str] = Counter()
+    hang = {"on": True}
+
+    def fast(s: State) -> State:
+        runs["fast"] += 1
+        return {"log": ["fast"]}
+
+    async def slow(s: State) -> State:
+        runs["slow"] += 1
+        if hang["on"]:
+            await asyncio.Event().wait()
+        return {"log": ["slow"]}
+
+    g = Graph(State)
+    g.add_node("fast", fast).add_node("slow", slow)
+    g.add_edge(START, "fast").add_edge(START, "slow")
+    app = g.compile(checkpointer=backend)
+    stream = app.astream({}, thread_id="t")
+    async for e in stream:
+        if e.kind == "node_end" and e.node == "fast":
+            break  # the consumer walks away while "slow" is still running
+    await stream.aclose()
+    hang["on"] = False
+    out = await app.ainvoke(None, thread_id="t")
+    assert sorted(out["log"]) == ["fast", "slow"] and runs == Counter(fast=1, slow=2)

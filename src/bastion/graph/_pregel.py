@@ -493,9 +493,13 @@ class Engine:
                 await self._record_interrupts(run, [(t, gi)])
                 raise
         elif todo:
-            outs = await asyncio.gather(*(self._run_task(run, t, run.durable) for _, t in todo), return_exceptions=True)
-            if run.durable:
-                await run.flush()
+            try:
+                outs = await asyncio.gather(
+                    *(self._run_task(run, t, run.durable) for _, t in todo), return_exceptions=True
+                )
+            finally:
+                if run.durable:  # also when cancelled: finished siblings must not be lost
+                    await run.flush()
             interrupted: list[tuple[Task, GraphInterrupt]] = []
             error: BaseException | None = None
             for (i, t), o in zip(todo, outs, strict=True):
