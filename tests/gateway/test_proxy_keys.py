@@ -87,3 +87,23 @@ async def test_sqlite_persists_hashes_only(tmp_path: Path) -> None:
     assert plaintext[len(KEY_PREFIX) :].encode() not in raw
     with SQLiteKeyStore(path) as reopened:
         assert await reopened.get(hash_key(plaintext)) == record
+
+
+def test_cli_mint_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion.gateway.proxy.__main__ import main
+
+    db = str(tmp_path / "keys.db")
+    assert main(["--keys", db, "mint", "--tenant", "acme", "--model", "cheap", "--max-budget-usd", "3"]) == 0
+    minted = capsys.readouterr()
+    plaintext = minted.out.strip()
+    assert plaintext.startswith(KEY_PREFIX)
+    assert main(["--keys", db, "keys", "--tenant", "acme"]) == 0
+    listing = capsys.readouterr().out
+    assert "tenant=acme" in listing and "models=cheap" in listing and "max_usd=3.0" in listing
+    assert plaintext not in listing  # listings never show keys
+    key_id = listing.split()[0]
+    assert main(["--keys", db, "revoke", key_id]) == 0
+    assert main(["--keys", db, "revoke", "nope"]) == 1
+    capsys.readouterr()
+    assert main(["--keys", db, "keys"]) == 0
+    assert "REVOKED" in capsys.readouterr().out
