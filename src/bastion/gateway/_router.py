@@ -19,8 +19,8 @@ from bastion.gateway._model import Model
 from bastion.types import ModelRequest, RunContext
 
 Strategy = Literal["round_robin", "least_in_flight"]
-Target: TypeAlias = "str | Model"
-RouteHook: TypeAlias = "Callable[[ModelRequest, RunContext], str | Model | None]"
+Target: TypeAlias = str | Model
+RouteHook: TypeAlias = Callable[[ModelRequest, RunContext], str | Model | None]
 """`route(request, context) -> tier | model | None`: picks a target when a call names none
 (None: the gateway's default). Must be fast and deterministic: it runs on every such call."""
 
