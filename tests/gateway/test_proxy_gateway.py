@@ -15,8 +15,7 @@ import pytest
 
 from bastion.gateway import Budget, BudgetLimits, Gateway, RetryPolicy
 from bastion.gateway._http import aclose_http_sessions
-from bastion.gateway.proxy import InMemoryKeyStore, create_proxy_app, mint_key
-from bastion.gateway.proxy._budgets import key_scope
+from bastion.gateway.proxy import InMemoryKeyStore, create_proxy_app, key_scope, mint_key
 from bastion.testing import FakeOpenAIServer, Fault
 
 

@@ -107,3 +107,29 @@ def test_cli_mint_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     capsys.readouterr()
     assert main(["--keys", db, "keys"]) == 0
     assert "REVOKED" in capsys.readouterr().out
+
+
+def test_public_surface_is_pinned() -> None:
+    import bastion.gateway.proxy as proxy
+
+    assert sorted(proxy.__all__) == sorted(
+        [
+            "KEY_PREFIX",
+            "BudgetHook",
+            "ChatCompletionBody",
+            "GatewayKeyBudgets",
+            "InMemoryKeyStore",
+            "KeyStore",
+            "ProxyApp",
+            "ProxyGateway",
+            "SQLiteKeyStore",
+            "VirtualKey",
+            "create_proxy_app",
+            "hash_key",
+            "key_scope",
+            "mint_key",
+            "new_key",
+        ]
+    )
+    for name in proxy.__all__:
+        assert getattr(proxy, name) is not None

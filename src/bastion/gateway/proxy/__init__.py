@@ -7,7 +7,8 @@ no embeddings, assistants, files or the Responses API.
 """
 
 from bastion.gateway.proxy._app import BudgetHook, ProxyApp, ProxyGateway, create_proxy_app
-from bastion.gateway.proxy._codec import BadRequest, ChatCompletionBody
+from bastion.gateway.proxy._budgets import GatewayKeyBudgets, key_scope
+from bastion.gateway.proxy._codec import ChatCompletionBody
 from bastion.gateway.proxy._keys import (
     KEY_PREFIX,
     InMemoryKeyStore,
@@ -21,9 +22,9 @@ from bastion.gateway.proxy._keys import (
 
 __all__ = [
     "KEY_PREFIX",
-    "BadRequest",
     "BudgetHook",
     "ChatCompletionBody",
+    "GatewayKeyBudgets",
     "InMemoryKeyStore",
     "KeyStore",
     "ProxyApp",
@@ -32,6 +33,7 @@ __all__ = [
     "VirtualKey",
     "create_proxy_app",
     "hash_key",
+    "key_scope",
     "mint_key",
     "new_key",
 ]
