@@ -277,8 +277,12 @@ class PostgresMemoryStore:
             by_part.setdefault(part, []).append((_vec(vector), item_id))
         async with self._pool.connection() as conn, conn.transaction():
             for part, rows in by_part.items():
-                async with conn.cursor() as cur:
-                    await cur.executemany(f"UPDATE {part} SET embedding = %s::vector WHERE id = %s", rows)
+                # One statement per batch: per-row round trips dominated ingestion.
+                await conn.execute(
+                    f"UPDATE {part} AS t SET embedding = v.e::vector FROM unnest(%s::text[], %s::text[]) AS v(e, id) "
+                    "WHERE t.id = v.id",
+                    ([e for e, _ in rows], [i for _, i in rows]),
+                )
 
     async def forget(self, ns: Namespace, item_id: str, *, hard: bool = False) -> bool:
         pool = await self._conn_pool()

@@ -86,6 +86,8 @@ class SQLiteMemoryStore:
         *,
         index: VectorIndex = "binary",
         candidates: int = 40,
+        cache_mb: int = 64,
+        mmap_mb: int = 256,
         batch_size: int = 64,
         max_delay: float = 0.05,
     ) -> None:
@@ -112,6 +114,9 @@ class SQLiteMemoryStore:
             if str(path) != ":memory:":
                 self._q("PRAGMA journal_mode=WAL")
             self._q("PRAGMA synchronous=NORMAL")
+            # The default 2 MB page cache thrashes once a few tenants' indexes are in use.
+            self._q(f"PRAGMA cache_size = -{int(cache_mb) * 1024}")
+            self._q(f"PRAGMA mmap_size = {int(mmap_mb) * 1024 * 1024}")
             self._init_meta()
         except BaseException:
             self._db.close()
