@@ -6,9 +6,11 @@ until then every `record_*` call is a cheap no-op, like the span helpers.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,7 @@ from bastion.tracing import semconv as sc
 from bastion.tracing._state import STATE
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
+    from opentelemetry.metrics import Counter, Meter, MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 AttrValue = str | bool | int | float
@@ -42,20 +44,91 @@ class _GaugeValues:
             return [Observation(v, dict(k)) for k, v in self.values.items()]
 
 
+_Apply = Callable[[float, Mapping[str, AttrValue]], None]
+
+
+class _Recorder:
+    """Applies metric measurements on a background thread.
+
+    The SDK spends tens of microseconds per measurement (attribute hashing, aggregation
+    locks); a chat span records four. Callers only append to a deque; the thread (or
+    `drain()`, before every collection) feeds the SDK.
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self._pending: deque[tuple[_Apply, float, Mapping[str, AttrValue]]] = deque()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stop = False
+        self._interval_s = interval_s
+        self._thread = threading.Thread(target=self._run, name="bastion-metrics", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, fn: Callable[[float, Mapping[str, AttrValue]], None], value: float, attrs: Mapping[str, AttrValue]
+    ) -> None:
+        self._pending.append((fn, value, attrs))
+
+    def drain(self) -> None:
+        with self._lock:
+            pending = self._pending
+            while pending:
+                fn, value, attrs = pending.popleft()
+                try:
+                    fn(value, attrs)
+                except Exception:  # one bad measurement must not stop the others
+                    logging.getLogger("bastion.tracing").exception("recording a metric failed")
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wakeup.wait(self._interval_s)
+            self.drain()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wakeup.set()
+        self._thread.join(5)
+        self.drain()
+
+
+class _Deferred:
+    """A counter or histogram whose `add`/`record` go through the recorder."""
+
+    __slots__ = ("_fn", "_recorder")
+
+    def __init__(self, fn: Callable[..., None], recorder: _Recorder) -> None:
+        self._fn = fn
+        self._recorder = recorder
+
+    def add(self, value: float, attributes: Mapping[str, AttrValue]) -> None:
+        self._recorder.submit(self._fn, value, attributes)
+
+    record = add
+
+
 @dataclass(slots=True)
 class Instruments:
-    token_usage: Histogram
-    duration: Histogram
-    cost: Counter
-    tool_calls: Counter
-    tool_errors: Counter
-    spans_dropped: Counter
-    cost_alerts: Counter
+    token_usage: _Deferred
+    duration: _Deferred
+    cost: _Deferred
+    tool_calls: _Deferred
+    tool_errors: _Deferred
+    spans_dropped: _Deferred
+    cost_alerts: _Deferred
     circuit: _GaugeValues
     budget: _GaugeValues
+    recorder: _Recorder
+
+    def flush(self) -> None:
+        """Apply every pending measurement now (before a collection)."""
+        self.recorder.drain()
+
+    def close(self) -> None:
+        self.recorder.close()
 
     @classmethod
     def create(cls, meter: Meter) -> Instruments:
+        recorder = _Recorder()
         circuit, budget = _GaugeValues(), _GaugeValues()
         meter.create_observable_gauge(
             sc.METRIC_CIRCUIT_STATE,
@@ -68,28 +141,35 @@ class Instruments:
             unit="1",
             description="fraction of a budget consumed",
         )
-        return cls(
-            token_usage=meter.create_histogram(
-                sc.METRIC_TOKEN_USAGE,
-                unit="{token}",
-                description="Number of input and output tokens used",
-                explicit_bucket_boundaries_advisory=list(map(float, sc.TOKEN_USAGE_BUCKETS)),
-            ),
-            duration=meter.create_histogram(
-                sc.METRIC_OPERATION_DURATION,
-                unit="s",
-                description="GenAI operation duration",
-                explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
-            ),
-            cost=meter.create_counter(sc.METRIC_COST, unit="USD", description="money spent on model calls"),
-            tool_calls=meter.create_counter(sc.METRIC_TOOL_CALLS, description="tool calls executed"),
-            tool_errors=meter.create_counter(sc.METRIC_TOOL_ERRORS, description="tool calls that failed"),
-            spans_dropped=meter.create_counter(
+        token_usage = meter.create_histogram(
+            sc.METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=list(map(float, sc.TOKEN_USAGE_BUCKETS)),
+        )
+        duration = meter.create_histogram(
+            sc.METRIC_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
+        )
+        counters: dict[str, Counter] = {
+            "cost": meter.create_counter(sc.METRIC_COST, unit="USD", description="money spent on model calls"),
+            "tool_calls": meter.create_counter(sc.METRIC_TOOL_CALLS, description="tool calls executed"),
+            "tool_errors": meter.create_counter(sc.METRIC_TOOL_ERRORS, description="tool calls that failed"),
+            "spans_dropped": meter.create_counter(
                 sc.METRIC_SPANS_DROPPED, description="spans the embedded store dropped (queue full)"
             ),
-            cost_alerts=meter.create_counter(sc.METRIC_COST_ALERTS, description="cost anomaly alerts"),
+            "cost_alerts": meter.create_counter(sc.METRIC_COST_ALERTS, description="cost anomaly alerts"),
+        }
+        deferred = {name: _Deferred(c.add, recorder) for name, c in counters.items()}
+        return cls(
+            token_usage=_Deferred(token_usage.record, recorder),
+            duration=_Deferred(duration.record, recorder),
             circuit=circuit,
             budget=budget,
+            recorder=recorder,
+            **deferred,
         )
 
 
@@ -100,7 +180,9 @@ def configure_metrics(meter_provider: MeterProvider | None = None) -> Instrument
 
         meter_provider = metrics.get_meter_provider()
     instruments = Instruments.create(meter_provider.get_meter("bastion", schema_url=sc.SCHEMA_URL))
-    STATE.instruments = instruments
+    previous, STATE.instruments = STATE.instruments, instruments
+    if previous is not None:
+        previous.close()
     return instruments
 
 
@@ -163,6 +245,8 @@ def prometheus_text(reader: InMemoryMetricReader) -> str:
     for a `/metrics` route. Counters get `_total`, histograms `_bucket`/`_sum`/`_count`."""
     from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
+    if STATE.instruments is not None:
+        STATE.instruments.flush()
     data = reader.get_metrics_data()
     lines: list[str] = []
     if data is None:

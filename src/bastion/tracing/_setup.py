@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from bastion.tracing._metrics import Instruments
     from bastion.tracing._store import TraceStore
 
 
@@ -30,10 +31,13 @@ class TracingHandle:
     meter_provider: MeterProvider | None = None
     metric_reader: InMemoryMetricReader | None = None
     processors: list[SpanProcessor] = field(default_factory=list)
+    instruments: Instruments | None = None
 
     def force_flush(self, timeout_s: float = 10.0) -> bool:
         """Export everything finished so far (OTLP batches and the store queue)."""
         ok = self.provider.force_flush(int(timeout_s * 1000))
+        if self.instruments is not None:
+            self.instruments.flush()
         if self.meter_provider is not None:
             ok = self.meter_provider.force_flush(int(timeout_s * 1000)) and ok
         if self.store is not None:
@@ -50,6 +54,8 @@ class TracingHandle:
         """Flush and stop exporters; the span helpers go back to no-op."""
         try:
             self.provider.shutdown()
+            if self.instruments is not None:
+                self.instruments.close()
             if self.meter_provider is not None:
                 self.meter_provider.shutdown()
         finally:
@@ -162,7 +168,7 @@ def configure_tracing(
         handle.processors.append(processor)
 
     if metrics:
-        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
         from bastion.tracing._metrics import configure_metrics
@@ -172,10 +178,15 @@ def configure_tracing(
         readers: list[MetricReader] = [reader]
         if otlp_endpoint:
             readers.append(_otlp_metric_reader(otlp_endpoint, protocol, headers, export_timeout_s, metrics_interval_s))
-        handle.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-        configure_metrics(handle.meter_provider)
+        # Exemplars would double the cost of each record on the span path; traces already
+        # carry the per-call detail, so metrics stay aggregate.
+        handle.meter_provider = MeterProvider(
+            metric_readers=readers, resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
+        )
+        handle.instruments = configure_metrics(handle.meter_provider)
 
-    else:
+    elif STATE.instruments is not None:
+        STATE.instruments.close()
         STATE.instruments = None
     if set_global:
         from opentelemetry import trace
