@@ -113,6 +113,20 @@ async def test_keyframes_bound_the_chain_and_keep_state_exact(backend: Checkpoin
     values = (await app.aget_state("t")).values
     assert values["count"] == 7
     assert values["log"] == [x for i in range(7) for x in ("in", str(2 * i + 1))]
+    history = [s async for s in app.aget_state_history("t")]  # rebuilt in one pass across keyframes
+    assert len(history) == 14
+    assert [len(s.values["log"]) for s in history] == list(range(14, 0, -1))
+    assert [s.values.get("count", 0) for s in history][::2] == [7, 6, 5, 4, 3, 2, 1]
+
+
+def test_checkpoint_ids_sort_after_their_parent_even_with_a_skewed_clock() -> None:
+    import time
+
+    from bastion.graph._pregel import new_checkpoint_id
+
+    ahead = f"{time.time_ns() + 10**12:016x}abcd"  # written by a machine whose clock runs 1000 s fast
+    child = new_checkpoint_id(ahead)
+    assert child > ahead and new_checkpoint_id() > child
 
 
 async def test_memo_results_are_journaled_and_not_repeated(backend: Checkpointer) -> None:

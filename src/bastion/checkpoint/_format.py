@@ -139,6 +139,38 @@ def decode_chain(chain: Sequence[CheckpointRecord], log_channels: frozenset[str]
     )
 
 
+def decode_history(records: Sequence[CheckpointRecord], log_channels: frozenset[str] | set[str]) -> dict[str, Decoded]:
+    """Rebuild every checkpoint of a thread in one forward pass (each payload parsed once).
+
+    `records` may come in any order and must include every ancestor back to a keyframe.
+    """
+    out: dict[str, Decoded] = {}
+    ordered = sorted(records, key=lambda r: r.checkpoint_id)
+    by_id = {r.checkpoint_id: r for r in ordered}
+    for rec in ordered:
+        parent = out.get(rec.parent_id or "") if not rec.is_keyframe else None
+        if not rec.is_keyframe and parent is None:
+            if rec.parent_id not in by_id:
+                raise CheckpointError(f"checkpoint {rec.checkpoint_id} lost its ancestor {rec.parent_id}")
+            continue  # pragma: no cover - ids are time-ordered, so parents come first
+        p = upgrade(loads(rec.payload))
+        values: dict[str, Any] = dict(parent.values) if parent is not None else {}
+        for ch, v in p["values"].items():
+            values[ch] = v
+        for ch, items in p["logs"].items():
+            cur = values.get(ch)
+            values[ch] = [*cur, *items] if isinstance(cur, list) else list(items)
+        out[rec.checkpoint_id] = Decoded(
+            values=values,
+            next=[(t[0], t[1] if len(t) > 1 else NO_ARG) for t in p["next"]],
+            source=p.get("src", "loop"),
+            meta=p.get("meta", {}),
+            depth=0 if parent is None else parent.depth + 1,
+            record=rec,
+        )
+    return out
+
+
 # --- writes and journal ----------------------------------------------------------------------
 
 
@@ -190,6 +222,7 @@ __all__ = [
     "SerializationError",
     "decode_chain",
     "decode_done",
+    "decode_history",
     "decode_payload",
     "encode_checkpoint",
     "encode_done",

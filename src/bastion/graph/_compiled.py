@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from bastion._sync import run_sync
-from bastion.checkpoint._format import Decoded, decode_chain
+from bastion.checkpoint._format import Decoded
 from bastion.errors import UserError
 from bastion.graph._pregel import Engine, Run, Sink
 from bastion.graph._types import GraphEvent, StateSnapshot
@@ -180,14 +180,13 @@ class CompiledGraph(Engine):
 
     async def aget_state_history(self, thread_id: str, *, limit: int | None = None) -> AsyncIterator[StateSnapshot]:
         """Every checkpoint of the thread (all branches), newest first."""
-        from bastion.checkpoint._base import follow_parents
+        from bastion.checkpoint._format import decode_history
 
         cp = self._require_cp()
         rows = await cp.list(thread_id, "")
-        shown = rows if limit is None else rows[:limit]
-        for rec in shown:
-            chain = follow_parents(rows, rec)
-            yield await self._snapshot(thread_id, decode_chain(chain, self.schema.log_channels))
+        states = decode_history(rows, self.schema.log_channels)
+        for rec in rows if limit is None else rows[:limit]:
+            yield await self._snapshot(thread_id, states[rec.checkpoint_id])
 
     def get_state_history(self, thread_id: str, *, limit: int | None = None) -> list[StateSnapshot]:
         async def collect() -> list[StateSnapshot]:
@@ -216,8 +215,11 @@ class CompiledGraph(Engine):
             raise UserError(f"as_node={as_node!r} is not a node of this graph; nodes: {sorted(self.nodes)}")
         run = Run(cp, thread_id, "", RunContext(), None, {})
         decoded = await self._decoded(cp, thread_id, "", checkpoint_id)
-        if checkpoint_id is not None and decoded is None:
-            raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+        if checkpoint_id is not None:
+            if decoded is None:
+                raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+            latest = await cp.get(thread_id, "")
+            run.id_floor = latest.checkpoint_id if latest is not None else ""
         kept: list[tuple[str, Any]] = []
         if decoded is not None:
             tasks = self._load(run, decoded)

@@ -61,13 +61,13 @@ _id_lock = threading.Lock()
 _last_ns = 0
 
 
-def new_checkpoint_id() -> str:
-    """Time-ordered ids (hex nanoseconds, strictly increasing in this process, random tail)."""
+def new_checkpoint_id(after: str | None = None) -> str:
+    """Time-ordered ids: hex nanoseconds (strictly increasing in this process, and greater than
+    `after`, the parent's id, even if another machine's clock ran ahead) plus a random tail."""
     global _last_ns
+    floor = int(after[:16], 16) if after else 0
     with _id_lock:
-        t = time.time_ns()
-        if t <= _last_ns:
-            t = _last_ns + 1
+        t = max(time.time_ns(), _last_ns + 1, floor + 1)
         _last_ns = t
     return f"{t:016x}{random.getrandbits(16):04x}"
 
@@ -104,6 +104,7 @@ class Run:
         self.dirty: set[str] = set()
         self.log_saved: dict[str, int] = {}
         self.checkpoint_id: str | None = None
+        self.id_floor = ""  # new checkpoint ids sort after this (the thread's latest, when branching)
         self.keyframe_id = ""
         self.depth = 0
         self.step = -1  # the first checkpoint (the input) is step 0
@@ -546,7 +547,7 @@ class Engine:
             run.dirty.clear()
             return [Task(n, a, f"{step}:{i}") for i, (n, a) in enumerate(nxt)]
         assert run.thread_id is not None
-        cid = new_checkpoint_id()
+        cid = new_checkpoint_id(max(run.checkpoint_id or "", run.id_floor))
         logs_ch = self.schema.log_channels
         keyframe = run.checkpoint_id is None or run.depth + 1 >= self.keyframe_every
         values: dict[str, Any] = {}
@@ -657,10 +658,13 @@ class Engine:
         decoded: Decoded | None = None
         if run.checkpointer is not None and thread_id is not None:
             decoded = await self._decoded(run.checkpointer, thread_id, ns, checkpoint_id)
-            if checkpoint_id is not None and decoded is None:
-                raise UserError(
-                    f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; list them with aget_state_history"
-                )
+            if checkpoint_id is not None:
+                if decoded is None:
+                    raise UserError(
+                        f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; list them with aget_state_history"
+                    )
+                latest = await run.checkpointer.get(thread_id, ns)
+                run.id_floor = latest.checkpoint_id if latest is not None else ""
         elif checkpoint_id is not None:
             raise UserError("checkpoint_id= needs a checkpointer and thread_id=")
         if resume_if_exists and decoded is not None:
