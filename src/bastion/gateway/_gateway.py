@@ -3,7 +3,8 @@
 One call: route the target to a plan (fallback chain of slots, each slot one model or several
 load-balanced deployments) -> exact/semantic cache lookup -> budget reservation -> attempts with
 retries (backoff + full jitter, `Retry-After`, per-attempt timeout, total deadline) behind a
-circuit breaker per deployment -> price -> settle the budget -> cache the answer.
+circuit breaker per deployment (`_attempts.py`) -> price -> settle the budget -> cache the
+answer, all inside one `chat` span.
 
 Streams get the same routing, breakers, retries and fallbacks, but only until the first event
 is yielded: after that the caller has seen output, so a failure propagates.
@@ -22,42 +23,20 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from bastion.errors import (
-    AllModelsFailedError,
-    ContextWindowExceededError,
     ModelError,
-    ModelTimeoutError,
     UnknownModelError,
 )
+from bastion.gateway._attempts import DEFAULT_FALLBACK_ON, AttemptRunner, GatewayStats, aclose_stream
 from bastion.gateway._breaker import CircuitBreaker, CircuitBreakerConfig
 from bastion.gateway._budget import Budget, Reservation
 from bastion.gateway._cache import ResponseCache, SemanticCache, SemanticProbe, cache_key
 from bastion.gateway._model import Model
 from bastion.gateway._pricing import Pricing
 from bastion.gateway._retry import RetryPolicy
-from bastion.gateway._router import Deployment, Plan, RouteHook, Router, Slot, Strategy, Target
+from bastion.gateway._router import Deployment, Plan, RouteHook, Router, Strategy, Target
 from bastion.types import ModelRequest, ModelResponse, ResponseDone, StreamEvent, Usage
 
 log = logging.getLogger("bastion.gateway")
-
-DEFAULT_FALLBACK_ON: tuple[type[BaseException], ...] = (ModelError,)
-
-
-class _DeadlineExceeded(ModelTimeoutError):
-    """The call's total deadline passed: no fallback can help any more."""
-
-
-@dataclass(slots=True)
-class GatewayStats:
-    """Counters since the gateway was created (cheap ints, read them for metrics)."""
-
-    calls: int = 0
-    retries: int = 0
-    fallbacks: int = 0
-    cache_hits: int = 0
-    semantic_hits: int = 0
-    saved_usd: float = 0.0
-    cost_usd: float = 0.0
-    budget_refusals: int = 0
 
 
 @dataclass(slots=True)
@@ -117,7 +96,6 @@ class Gateway:
             registered.update((m.name, m) for m in models)
         self._owned: list[Model] = []
         self._resolver = resolver
-        self._retry = retry or RetryPolicy()
         self._breaker_config = breaker or CircuitBreakerConfig()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._router = Router(
@@ -130,9 +108,6 @@ class Gateway:
             default=default,
             route=route,
         )
-        # A context-window error always falls back: a larger model is the only fix.
-        self._fallback_on = (ContextWindowExceededError, *fallback_on)
-        self._windows: dict[str, int | None] = dict(context_windows or {})
         self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
         self.budgets = budgets
         self.semantic_cache = semantic_cache
@@ -141,9 +116,17 @@ class Gateway:
         self._force_cache = cache is True  # True: on even when settings.cache_enabled is off
         self.on_call = on_call
         self._clock = clock
-        self._sleep = sleep
-        self._rand = rand
         self.stats = GatewayStats()
+        self._attempts = AttemptRunner(
+            retry=retry or RetryPolicy(),
+            fallback_on=fallback_on,
+            context_windows=context_windows,
+            pricing=self.pricing,
+            stats=self.stats,
+            clock=clock,
+            sleep=sleep,
+            rand=rand,
+        )
         self._closed = False
 
     # --- public API ---------------------------------------------------------------------------
@@ -156,7 +139,7 @@ class Gateway:
         with _spans().chat(plan.primary, request) as span:
             if self.budgets is None and self.on_call is None and not self._may_cache(request):
                 # Fast path: nothing to look up, reserve or report.
-                response, deployment = await self._run(plan, request, span)
+                response, deployment = await self._attempts.run(plan, request, span)
                 self._price(response, deployment, request)
             else:
                 response = await self._request_full(plan, request, span)
@@ -178,7 +161,7 @@ class Gateway:
         exc_info: tuple[Any, Any, Any] = (None, None, None)
         try:
             reservation = await self._reserve(plan, request)
-            first, events, deployment = await self._open_stream(plan, request, span)
+            first, events, deployment = await self._attempts.open_stream(plan, request, span)
             try:
                 event: StreamEvent | None = first
                 while event is not None:
@@ -193,7 +176,7 @@ class Gateway:
                 raise
             finally:
                 deployment.in_flight -= 1
-                await _aclose(events)
+                await aclose_stream(events)
         except GeneratorExit:
             raise
         except BaseException as e:
@@ -287,7 +270,7 @@ class Gateway:
         deployment: Deployment | None = None
         error: BaseException | None = None
         try:
-            response, deployment = await self._run(plan, request, span)
+            response, deployment = await self._attempts.run(plan, request, span)
             self._price(response, deployment, request)
         except BaseException as e:
             error = e
@@ -388,188 +371,6 @@ class Gateway:
         except Exception:  # an observer must never break a model call
             log.exception("gateway on_call observer failed")
 
-    # --- attempts, retries, fallbacks ---------------------------------------------------------
-
-    def _deadline(self) -> float | None:
-        deadline = self._retry.deadline
-        return None if deadline is None else self._clock() + deadline
-
-    async def _run(self, plan: Plan, request: ModelRequest, span: Any) -> tuple[ModelResponse, Deployment]:
-        deadline_at = self._deadline()
-        slots = plan.slots
-        if len(slots) == 1:
-            return await self._run_slot(slots[0], request, deadline_at, span)
-        errors: list[BaseException] = []
-        floor: int | None = None  # window a fallback must exceed after a context-window error
-        for slot in slots:
-            if floor is not None:
-                window = self._window(slot)
-                if window is not None and window <= floor:
-                    errors.append(
-                        ContextWindowExceededError(
-                            f"skipped: context window {window} is not larger than {floor}", model=slot.label
-                        )
-                    )
-                    continue
-            try:
-                return await self._run_slot(slot, request, deadline_at, span)
-            except _DeadlineExceeded:
-                raise
-            except Exception as e:
-                if not isinstance(e, self._fallback_on):
-                    raise
-                errors.append(e)
-                self.stats.fallbacks += 1
-                if span is not None and span.recording:
-                    span.add_event("bastion.fallback", {"bastion.from": slot.label, "error.type": type(e).__name__})
-                if isinstance(e, ContextWindowExceededError):
-                    window = self._window(slot)
-                    if window is not None:
-                        floor = max(floor or 0, window)
-        raise AllModelsFailedError(errors)
-
-    async def _run_slot(
-        self, slot: Slot, request: ModelRequest, deadline_at: float | None, span: Any
-    ) -> tuple[ModelResponse, Deployment]:
-        policy = self._retry
-        attempt_timeout = request.settings.timeout or policy.attempt_timeout
-        failures = 0
-        while True:
-            deployment = slot.pick()
-            timeout = self._attempt_timeout(attempt_timeout, deadline_at, deployment)
-            deployment.in_flight += 1
-            try:
-                if timeout is None:
-                    response = await deployment.model.request(request)
-                else:
-                    async with asyncio.timeout(timeout):
-                        response = await deployment.model.request(request)
-            except (ModelError, TimeoutError) as e:
-                error = _as_model_error(e, deployment, timeout)
-            except BaseException:
-                deployment.breaker.release()
-                raise
-            else:
-                deployment.breaker.record_success()
-                return response, deployment
-            finally:
-                deployment.in_flight -= 1
-            deployment.breaker.record(error)
-            failures += 1
-            await self._backoff(error, failures, deadline_at, deployment, span, slot)
-
-    async def _open_stream(
-        self, plan: Plan, request: ModelRequest, span: Any
-    ) -> tuple[StreamEvent, AsyncIterator[StreamEvent], Deployment]:
-        """Start a stream and read its first event, with retries and fallbacks. The caller owns
-        the returned iterator and the deployment's in-flight count."""
-        deadline_at = self._deadline()
-        errors: list[BaseException] = []
-        floor: int | None = None
-        attempt_timeout = request.settings.timeout or self._retry.attempt_timeout
-        for slot in plan.slots:
-            if floor is not None and (w := self._window(slot)) is not None and w <= floor:
-                errors.append(ContextWindowExceededError(f"skipped: window {w} <= {floor}", model=slot.label))
-                continue
-            failures = 0
-            try:
-                while True:
-                    deployment = slot.pick()
-                    timeout = self._attempt_timeout(attempt_timeout, deadline_at, deployment)
-                    deployment.in_flight += 1
-                    events: AsyncIterator[StreamEvent] | None = None
-                    try:
-                        events = aiter(deployment.model.stream(request))
-                        if timeout is None:
-                            first = await anext(events)
-                        else:
-                            async with asyncio.timeout(timeout):
-                                first = await anext(events)
-                    except (ModelError, TimeoutError) as e:
-                        error = _as_model_error(e, deployment, timeout)
-                    except BaseException:
-                        deployment.breaker.release()
-                        deployment.in_flight -= 1
-                        if events is not None:
-                            await _aclose(events)
-                        raise
-                    else:
-                        deployment.breaker.record_success()
-                        return first, events, deployment
-                    deployment.in_flight -= 1
-                    if events is not None:
-                        await _aclose(events)
-                    deployment.breaker.record(error)
-                    failures += 1
-                    await self._backoff(error, failures, deadline_at, deployment, span, slot)
-            except _DeadlineExceeded:
-                raise
-            except Exception as e:
-                if len(plan.slots) == 1 or not isinstance(e, self._fallback_on):
-                    raise
-                errors.append(e)
-                self.stats.fallbacks += 1
-                if span is not None and span.recording:
-                    span.add_event("bastion.fallback", {"bastion.from": slot.label, "error.type": type(e).__name__})
-                if isinstance(e, ContextWindowExceededError) and (w := self._window(slot)) is not None:
-                    floor = max(floor or 0, w)
-        raise AllModelsFailedError(errors)
-
-    def _attempt_timeout(
-        self, attempt_timeout: float | None, deadline_at: float | None, deployment: Deployment
-    ) -> float | None:
-        if deadline_at is None:
-            return attempt_timeout
-        remaining = deadline_at - self._clock()
-        if remaining <= 0:
-            deployment.breaker.release()
-            raise _DeadlineExceeded(
-                f"the total deadline of {self._retry.deadline}s passed before calling {deployment.name}; "
-                "raise RetryPolicy(deadline=...)",
-                model=deployment.name,
-            )
-        return remaining if attempt_timeout is None else min(attempt_timeout, remaining)
-
-    async def _backoff(
-        self,
-        error: ModelError,
-        failures: int,
-        deadline_at: float | None,
-        deployment: Deployment,
-        span: Any,
-        slot: Slot,
-    ) -> None:
-        delay = self._retry.delay(error, failures, self._rand)
-        if delay is None:
-            raise error
-        if (
-            delay
-            and len(slot.deployments) > 1
-            and any(d is not deployment and d.breaker.available() for d in slot.deployments)
-        ):
-            delay = 0.0  # the next attempt goes to another deployment: no reason to wait for this one
-        if deadline_at is not None and self._clock() + delay >= deadline_at:
-            raise _DeadlineExceeded(
-                f"the total deadline of {self._retry.deadline}s would pass before retry {failures + 1} of "
-                f"{deployment.name} (last error: {type(error).__name__}: {error}); raise RetryPolicy(deadline=...)",
-                model=deployment.name,
-            ) from error
-        self.stats.retries += 1
-        if span is not None and span.recording:
-            span.add_event(
-                "bastion.retry",
-                {"bastion.model": deployment.name, "error.type": type(error).__name__, "bastion.delay_s": delay},
-            )
-        log.debug("retrying %s in %.3fs after %s", deployment.name, delay, type(error).__name__)
-        if delay > 0:
-            await self._sleep(delay)
-
-    def _window(self, slot: Slot) -> int | None:
-        name = slot.deployments[0].name
-        if name not in self._windows:
-            self._windows[name] = self.pricing.context_window(name)
-        return self._windows[name]
-
     # --- model resolution and breakers ---------------------------------------------------------
 
     def _resolve(self, name: str) -> Model:
@@ -653,26 +454,6 @@ def estimate_prompt_tokens(request: ModelRequest) -> int:
     if request.output is not None:
         chars += len(str(request.output.schema))
     return chars // 4 + 1
-
-
-def _as_model_error(error: BaseException, deployment: Deployment, timeout: float | None) -> ModelError:
-    if isinstance(error, ModelError):
-        if error.model is None:
-            error.model = deployment.name
-        return error
-    if timeout is None:
-        return ModelTimeoutError(f"{deployment.name} timed out: {error}", model=deployment.name)
-    return ModelTimeoutError(
-        f"{deployment.name} did not answer within {timeout:g}s; raise the timeout with "
-        "ModelSettings(timeout=...) or RetryPolicy(attempt_timeout=...)",
-        model=deployment.name,
-    )
-
-
-async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
-    close: Any = getattr(events, "aclose", None)
-    if close is not None:
-        await close()
 
 
 __all__ = [
