@@ -118,3 +118,12 @@ def history() -> Callable[..., list[Message]]:
 @pytest.fixture
 def ctx() -> Callable[..., ToolCallContext]:
     return _ctx
+
+
+@pytest.fixture(autouse=True)
+def _reset_trace_redactor() -> Iterator[None]:
+    """Gateways plug their redactor into the tracer (process-wide); leave it as we found it."""
+    yield
+    from bastion.tracing import set_redactor
+
+    set_redactor(None)

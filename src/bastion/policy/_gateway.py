@@ -26,13 +26,14 @@ from bastion.policy._approval import (
 )
 from bastion.policy._audit import AuditEntry, AuditEvent, AuditLog, args_hash
 from bastion.policy._policy import Policy, PolicyDecision
-from bastion.policy._secrets import EnvSecretProvider, Redactor, SecretProvider
+from bastion.policy._secrets import EnvSecretProvider, Redactor, SecretProvider, shared_redactor
 from bastion.policy._taint import spotlight as spotlight_result
 from bastion.tools._executor import ToolCallContext
 from bastion.tools._plain import to_plain
 from bastion.tools._registry import ToolRegistry
 from bastion.tools._runner import ToolRunner, error_result
 from bastion.tools._tool import Tool
+from bastion.tracing import spans
 from bastion.types import ToolCall, ToolResult
 
 
@@ -58,13 +59,19 @@ class ToolGateway:
         redactor: Redactor | None = None,
         spotlight: bool = True,
         pin_tools: bool = True,
+        trace_redaction: bool = True,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self.approver: Approver = approver if approver is not None else InterruptApprover()
         self.secrets: SecretProvider = secrets if secrets is not None else EnvSecretProvider()
         self.audit = audit if audit is not None else AuditLog()
         self.runner = runner if runner is not None else ToolRunner()
-        self.redactor = redactor if redactor is not None else Redactor()
+        self.redactor = redactor if redactor is not None else shared_redactor()
+        if trace_redaction:
+            # Span content (tool arguments, results, errors) then loses injected secret values too.
+            from bastion.tracing import set_redactor
+
+            set_redactor(self.redactor)
         self.spotlight = spotlight
         # Per agent, the first schema version seen of each tool; a breaking change later in the
         # process (an MCP server swapping a tool under a running agent) is refused.
@@ -94,9 +101,11 @@ class ToolGateway:
         plain = to_plain(arguments)
 
         signals = self.policy.scan_descriptions(tools.values())
-        decision = self.policy.decide(
-            tool, plain, agent=context.agent, run=run, messages=context.messages, signals=signals
-        )
+        with spans.policy(tool.name, "pending") as span:
+            decision = self.policy.decide(
+                tool, plain, agent=context.agent, run=run, messages=context.messages, signals=signals
+            )
+            span.record_decision(decision.effect, ", ".join(decision.reasons))
         if decision.effect == "deny":
             self._audit("deny", who, call, arguments, decision.reasons, {"why": decision.messages})
             return self._denied(call, decision)

@@ -138,6 +138,20 @@ def _detect_secrets_patterns() -> list[tuple[str, re.Pattern[str]]]:
     return out
 
 
+def _combined(patterns: list[tuple[str, re.Pattern[str]]]) -> re.Pattern[str] | None:
+    """One alternation of every rule (flags scoped per rule) to pre-screen text cheaply."""
+    parts: list[str] = []
+    for _, p in patterns:
+        pattern, insensitive = p.pattern, bool(p.flags & re.IGNORECASE)
+        if pattern.startswith("(?i)"):
+            pattern, insensitive = pattern[4:], True
+        parts.append(f"(?i:{pattern})" if insensitive else f"(?:{pattern})")
+    try:
+        return re.compile("|".join(parts))
+    except re.error:  # a rule with flags we cannot scope: scan rule by rule
+        return None
+
+
 class Redactor:
     """Removes credentials from strings and nested JSON-like values.
 
@@ -151,6 +165,7 @@ class Redactor:
         if use_detect_secrets:
             patterns += _detect_secrets_patterns()
         self._patterns = patterns
+        self._any = _combined(patterns)
         self._exact: set[str] = set()
         self._exact_re: re.Pattern[str] | None = None
 
@@ -175,6 +190,8 @@ class Redactor:
                     break
                 if "injected_secret" not in hits:
                     hits.append("injected_secret")
+        if self._any is not None and self._any.search(text) is None:
+            return text, hits  # one scan instead of one per rule: most results hold no credential
         for name, pattern in self._patterns:
             if pattern.groups:
 
@@ -210,6 +227,18 @@ class Redactor:
         return walk(value), sorted(set(hits))
 
 
+_shared: Redactor | None = None
+
+
+def shared_redactor() -> Redactor:
+    """The process-wide redactor every gateway uses unless given its own: secrets injected by
+    one gateway are then removed from anything any of them (and the tracer) emits."""
+    global _shared
+    if _shared is None:
+        _shared = Redactor()
+    return _shared
+
+
 __all__ = [
     "REDACTED",
     "ChainSecretProvider",
@@ -218,4 +247,5 @@ __all__ = [
     "Redactor",
     "SecretProvider",
     "StaticSecretProvider",
+    "shared_redactor",
 ]
