@@ -265,3 +265,25 @@ async def test_abandoning_a_stream_releases_the_connection(srv: FakeOpenAIServer
     await stream.aclose()  # type: ignore[attr-defined]
     # the pooled connection is usable again at once
     assert (await model.request(ModelRequest([Message.user("next")]))).text == "next"
+
+
+def test_session_left_on_a_finished_loop_is_detached_quietly() -> None:
+    import asyncio
+    import gc
+
+    async def call(url: str, close: bool) -> str:
+        model = OpenAIChatModel("m", openai_compat_provider(url))
+        text = (await model.request(ModelRequest([Message.user("hey")]))).text
+        if close:
+            await aclose_http_sessions()
+        return text
+
+    async def run() -> list[str]:
+        async with FakeOpenAIServer() as server:
+            first = await asyncio.to_thread(asyncio.run, call(server.base_url, False))  # forgets to close
+            second = await asyncio.to_thread(asyncio.run, call(server.base_url, True))
+            return [first, second]
+
+    assert asyncio.run(run()) == ["hey", "hey"]
+    gc.collect()  # an undetached session would warn "Unclosed client session" here
+    assert open_session_count() == 0
