@@ -66,3 +66,18 @@ async def test_frozen_v1_thread_is_read_and_resumed(backend: Checkpointer) -> No
 def test_unreadable_versions_are_refused_clearly(payload: dict[str, object], message: str) -> None:
     with pytest.raises(CheckpointError, match=message):
         upgrade(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"v":2,"values":[],"logs":{},"next":[]}',
+        '{"v":2,"values":{},"logs":{"m":"not a list"},"next":[]}',
+        '{"v":2,"values":{},"logs":{},"next":[[1]]}',
+    ],
+)
+async def test_a_damaged_checkpoint_is_refused_with_advice(backend: Checkpointer, payload: str) -> None:
+    await backend.put(CheckpointRecord("bad", "", "01", None, "01", 0, 1.0, payload))
+    app = _graph().compile(checkpointer=backend)
+    with pytest.raises(CheckpointError, match="does not match the checkpoint schema.*Fork or delete"):
+        await app.aget_state("bad")

@@ -294,3 +294,28 @@ def test_sync_invoke_and_its_guard_inside_a_loop() -> None:
             app.invoke({"count": 1})
 
     asyncio.run(inside())
+
+
+def test_sync_invoke_from_many_threads_on_one_app(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bastion.checkpoint import SqliteCheckpointer
+
+    cp = SqliteCheckpointer(tmp_path / "threads.db")
+    try:
+        g = Graph(State)
+        g.add_node("a", lambda s: {"count": s.get("count", 0) + 1, "log": ["a"]})
+        g.add_node("b", lambda s: {"count": s["count"] * 2, "log": ["b"]})
+        g.add_edge(START, "a").add_edge("a", "b")
+        app = g.compile(checkpointer=cp)
+
+        def worker(i: int) -> list[int]:
+            return [app.invoke({"count": i}, thread_id=f"w{i}")["count"] for _ in range(10)]
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(worker, range(8)))
+        for i, counts in enumerate(results):
+            assert counts == [(i + 1) * 2] * 10  # each turn: input sets count=i, a adds 1, b doubles
+            assert len(app.get_state(f"w{i}").values["log"]) == 20
+    finally:
+        cp.close()

@@ -63,7 +63,26 @@ def upgrade(p: Any, what: str = "checkpoint") -> Payload:
     while v < FORMAT_VERSION:
         payload = MIGRATIONS[v - 1](payload)
         v = payload["v"]
+    if what == "checkpoint":
+        _check_checkpoint(payload)
     return payload
+
+
+def _check_checkpoint(p: Payload) -> None:
+    """The envelope's schema: refuse a damaged payload here, not deep inside the engine."""
+    ok = (
+        isinstance(p.get("values"), dict)
+        and isinstance(p.get("logs"), dict)
+        and all(isinstance(items, list) for items in p["logs"].values())
+        and isinstance(p.get("next"), list)
+        and all(isinstance(t, list) and 1 <= len(t) <= 2 and isinstance(t[0], str) for t in p["next"])
+        and isinstance(p.get("meta", {}), dict)
+    )
+    if not ok:
+        raise CheckpointError(
+            "stored checkpoint payload does not match the checkpoint schema (values, logs, next); "
+            "it is corrupt or was written by something else. Fork or delete the thread"
+        )
 
 
 def _dumps(p: Payload) -> str:

@@ -83,7 +83,7 @@ class Graph:
     def add_node(
         self,
         name: str | Callable[..., Any],
-        fn: Callable[..., Any] | CompiledGraph | None = None,
+        fn: Callable[..., Any] | CompiledGraph | Graph | None = None,
         *,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
@@ -104,6 +104,8 @@ class Graph:
             raise InvalidGraphError(f"node {name!r} already exists; node names must be unique")
         if timeout is not None and timeout <= 0:
             raise InvalidGraphError(f"timeout for node {name!r} must be positive seconds, got {timeout}")
+        if isinstance(fn, Graph):
+            fn = fn.compile()
         if isinstance(fn, CompiledGraph):
             self.nodes[name] = NodeSpec(name, None, True, False, retry, timeout, fn)
         elif callable(fn):

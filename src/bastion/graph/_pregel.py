@@ -184,6 +184,7 @@ class Engine:
         # reads one record instead of its whole delta chain. Valid only while that record is
         # still the thread's latest (another process may have moved on).
         self._cache: OrderedDict[tuple[int, str, str], Decoded] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -194,9 +195,9 @@ class Engine:
         if rec is None:
             return None
         key = (id(checkpointer), thread_id, ns)
-        hit = self._cache.get(key)
+        with self._cache_lock:
+            hit = self._cache.get(key)
         if hit is not None and hit.record.checkpoint_id == rec.checkpoint_id and hit.record.thread_id == thread_id:
-            self._cache.move_to_end(key)
             return hit
         chain = [rec] if rec.is_keyframe else await checkpointer.get_chain(thread_id, ns, rec.checkpoint_id)
         d = decode_chain(chain, self.schema.log_channels)
@@ -204,10 +205,11 @@ class Engine:
         return d
 
     def _remember(self, key: tuple[int, str, str], d: Decoded) -> None:
-        self._cache[key] = d
-        self._cache.move_to_end(key)
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        with self._cache_lock:  # sync wrappers may run the same app from several threads
+            self._cache[key] = d
+            self._cache.move_to_end(key)
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
 
     def _load(self, run: Run, d: Decoded) -> list[Task]:
         run.values = {k: v for k, v in d.values.items() if not k.startswith("__")}
@@ -647,7 +649,8 @@ class Engine:
             # A failed step may have half-applied updates (a reducer that mutates in place):
             # the next attempt must rebuild from storage, not from this process's memory.
             if run.checkpointer is not None and thread_id is not None:
-                self._cache.pop((id(run.checkpointer), thread_id, ns), None)
+                with self._cache_lock:
+                    self._cache.pop((id(run.checkpointer), thread_id, ns), None)
             raise
 
     async def _execute_run(
