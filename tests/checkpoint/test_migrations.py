@@ -79,5 +79,5 @@ def test_unreadable_versions_are_refused_clearly(payload: dict[str, object], mes
 async def test_a_damaged_checkpoint_is_refused_with_advice(backend: Checkpointer, payload: str) -> None:
     await backend.put(CheckpointRecord("bad", "", "01", None, "01", 0, 1.0, payload))
     app = _graph().compile(checkpointer=backend)
-    with pytest.raises(CheckpointError, match="does not match the checkpoint schema.*Fork or delete"):
+    with pytest.raises(CheckpointError, match=r"does not match the checkpoint schema.*Fork or delete"):
         await app.aget_state("bad")
