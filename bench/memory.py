@@ -481,6 +481,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     sizes = [2_000, 8_000] if args.quick else [10_000, 100_000]
     queries = 100 if args.quick else 400
@@ -503,8 +504,8 @@ async def main() -> None:
     convs = 6 if args.quick else 20
     report["quality"] = await quality_run(convs, sessions=5, turns=30)
     print(f"quality: {report['quality']}", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
     print_table(report)
 
 

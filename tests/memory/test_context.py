@@ -179,3 +179,15 @@ async def test_summary_passed_from_another_history_is_ignored_safely() -> None:
     asm = ContextAssembler(window=4000, counter=Words())
     out = await asm.assemble(history, summary=Summary("older facts", through="msg_not_here", count=3))
     assert "older facts" in out.messages[0].text and out.messages[1:] == history
+
+
+@pytest.mark.local_model
+def test_local_models_count_with_their_own_tokenizer() -> None:
+    pytest.importorskip("llama_cpp")
+    from bastion.gateway.formats.llamacpp import LlamaCppModel
+    from bastion.memory._tokens import LlamaCppCounter
+
+    counter = counter_for(LlamaCppModel())
+    assert isinstance(counter, LlamaCppCounter)
+    n = counter.count("The quick brown fox jumps over the lazy dog.")
+    assert 8 <= n <= 14 and counter.count("") == 0

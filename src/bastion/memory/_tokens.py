@@ -1,8 +1,8 @@
 """Token counting for context budgets, per model family.
 
 Exact counts need the model's own tokenizer. In order of preference:
-1. the model itself, when it can count (`count_tokens(text)` or `tokenize(bytes)`, as the
-   llama.cpp model of `local:` does);
+1. the model itself: `count_tokens(text)` / `tokenize(bytes)` if it has them, and for the
+   gateway's llama.cpp `local:` models the GGUF file's own tokenizer;
 2. a Hugging Face `tokenizer.json` given explicitly (`tokenizers` library);
 3. a fast calibrated estimate per family (characters per token for ASCII text, with
    non-ASCII text counted denser), rounded up and padded by a safety margin so budgets are
@@ -93,6 +93,24 @@ class ModelCounter:
         return len(self._model.tokenize(text.encode("utf-8"), add_bos=False))
 
 
+class LlamaCppCounter:
+    """Exact counts for `local:` models: the llama.cpp tokenizer of the process-wide model
+    (`bastion.gateway`'s loader), loaded on the first count, not at construction."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self._llm: Any = None
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._llm is None:
+            from bastion.gateway.formats.llamacpp import load_llama
+
+            self._llm = load_llama(self.model_name)
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
 def family(model_name: str) -> str:
     """The family part of a `"provider:model"` address (`openai`, `anthropic`, `local` ...)."""
     provider, _, rest = model_name.partition(":")
@@ -110,6 +128,8 @@ def counter_for(model: Any = None, *, tokenizer_file: str | Path | None = None) 
     if model is not None and not isinstance(model, str):
         if hasattr(model, "count_tokens") or hasattr(model, "tokenize"):
             return ModelCounter(model)
+        if getattr(model, "wire_format", None) == "llamacpp" and hasattr(model, "model_name"):
+            return LlamaCppCounter(model.model_name)
         model = getattr(model, "name", None)
     if isinstance(model, str):
         return EstimateCounter(_CHARS_PER_TOKEN.get(family(model), _DEFAULT_CPT))
@@ -137,6 +157,7 @@ def messages_tokens(counter: TokenCounter, messages: Sequence[Message]) -> int:
 __all__ = [
     "MESSAGE_OVERHEAD",
     "EstimateCounter",
+    "LlamaCppCounter",
     "ModelCounter",
     "TokenCounter",
     "TokenizerCounter",

@@ -1,0 +1,29 @@
+"""The memory benchmark runs end to end (small sizes) and reports every number it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "memory.py"
+
+
+@pytest.mark.slow
+def test_bench_quick_run(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for row in report["latency_sqlite"]:
+        assert row["hybrid"]["p50_ms"] > 0 and 0 <= row["index_recall@10_clustered"] <= 1
+    quality = report["quality"]
+    assert quality["questions"] > 0 and 0 < quality["index_recall@10_minilm"] <= 1
+    for mode in ("bm25", "vector", "hybrid"):
+        assert 0 <= quality[mode]["recall@10"] <= 1
+    assert "| hybrid |" in proc.stdout
