@@ -298,3 +298,39 @@ async def test_semantic_embedder_dimension_change_is_a_clear_error() -> None:
     cache.store(probe, ModelResponse(Message.assistant("a")))
     with pytest.raises(UserError, match="different sizes"):
         await cache.lookup(r, "acme:m")
+
+
+async def test_default_cache_on_an_unwritable_home_turns_itself_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bastion.config import get_settings
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the home directory should be")
+    monkeypatch.setenv("BASTION_HOME", str(blocker / "home"))
+    get_settings.cache_clear()
+    try:
+        model = counting_model()
+        gw = Gateway(models=[model])  # the default cache
+        for _ in range(2):
+            assert (await gw.request(req(), "acme:m")).cached is False
+        assert len(model.requests) == 2
+        assert any("could not open the default response cache" in r.getMessage() for r in caplog.records)
+    finally:
+        get_settings.cache_clear()
+
+
+async def test_default_cache_writes_under_the_settings_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.config import get_settings
+
+    monkeypatch.setenv("BASTION_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        model = counting_model()
+        gw = Gateway(models=[model])
+        await gw.request(req(), "acme:m")
+        assert (await gw.request(req(), "acme:m")).cached and len(model.requests) == 1
+        assert (tmp_path / "home" / "cache.db").exists()
+        await gw.aclose()
+    finally:
+        get_settings.cache_clear()

@@ -322,7 +322,12 @@ class Gateway:
         if not self._force_cache and not get_settings().cache_enabled:
             self._default_cache = False
             return None
-        self._cache = ResponseCache()
+        try:
+            self._cache = ResponseCache()
+        except Exception:  # e.g. a read-only home: run uncached rather than fail every call
+            log.warning("could not open the default response cache; caching is off", exc_info=True)
+            self._default_cache = False
+            return None
         return self._cache
 
     async def _reserve(self, plan: Plan, request: ModelRequest) -> Reservation | None:
