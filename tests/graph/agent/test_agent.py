@@ -101,8 +101,10 @@ async def test_structured_output_gives_up_with_a_clear_error(executor: DirectToo
     model = ScriptedModel(["not json", "still not", "nope"])
     agent = Agent(model, output_type=Weather, output_retries=2, tool_executor=executor)
     with pytest.raises(OutputValidationError, match=r"did not match Weather after 3 attempts.*output_retries="):
-        await agent.run("Weather?")
+        await agent.run("Weather?", thread_id="w")
     assert model.remaining == 0
+    with pytest.raises(UserError, match="ran out of replies"):  # the thread took the new input
+        await agent.run("Try again", thread_id="w")
 
 
 async def test_runaway_loop_is_stopped_by_max_turns(executor: DirectToolExecutor) -> None:
@@ -111,6 +113,19 @@ async def test_runaway_loop_is_stopped_by_max_turns(executor: DirectToolExecutor
     with pytest.raises(MaxTurnsExceededError, match=r"made 3 model calls.*max_turns=3"):
         await agent.run("loop forever")
     assert len(model.requests) == 3 and len(executor.calls) == 3
+
+
+async def test_a_thread_stays_usable_after_a_run_fails_on_a_limit(executor: DirectToolExecutor) -> None:
+    replies: list[Any] = [ToolCall("get_temperature", {"city": "Oslo"})] * 2 + ["not json", "4 degrees"]
+    model = ScriptedModel(replies)
+    agent = Agent(model, tools=[get_temperature], max_turns=2, tool_executor=executor)
+    with pytest.raises(MaxTurnsExceededError):
+        await agent.run("loop", thread_id="limits")
+    # the failed run ended cleanly: new input is accepted and the history is well formed
+    result = await agent.run("just answer", thread_id="limits")
+    assert result.output == "not json" and result.turns == 1
+    roles = [m.role for m in result.messages]
+    assert roles == ["user", "assistant", "tool", "assistant", "tool", "user", "assistant"]
 
 
 def test_run_sync_and_its_guard_inside_a_loop(executor: DirectToolExecutor) -> None:

@@ -19,6 +19,7 @@ from bastion.errors import MaxTurnsExceededError, OutputValidationError
 from bastion.gateway import collect
 from bastion.graph import END, NodeConfig, Send, append, emit, memo
 from bastion.graph.agent._codec import response_from_dict, response_to_dict, result_from_dict, result_to_dict
+from bastion.graph.agent._failure import failed
 from bastion.graph.agent._history import tag
 from bastion.graph.agent._nested import collect_spend
 from bastion.graph.agent._output import OutputInvalid
@@ -60,6 +61,7 @@ class AgentState(TypedDict, total=False):
     cost: float
     spend: Annotated[list[dict[str, Any]], append]  # sub-agents run as tools: {"run_id", "usage", "cost"}
     done: bool
+    error: dict[str, str] | None  # how this run failed: {"type", "message"} (raised by the runner)
 
 
 @dataclass(slots=True)
@@ -116,9 +118,11 @@ def make_model_node(group: AgentGroup) -> Any:
         agent = group.active(state)
         turns = state.get("turns") or 0
         if turns >= agent.max_turns:
-            raise MaxTurnsExceededError(
-                f"agent {agent.name!r} made {turns} model calls without a final answer (max_turns="
-                f"{agent.max_turns}); raise max_turns=, or check that the tools give the model what it needs"
+            return failed(
+                MaxTurnsExceededError(
+                    f"agent {agent.name!r} made {turns} model calls without a final answer (max_turns="
+                    f"{agent.max_turns}); raise max_turns=, or check that the tools give the model what it needs"
+                )
             )
         runtime = current_runtime()
         request = ModelRequest(
@@ -156,12 +160,13 @@ def make_model_node(group: AgentGroup) -> Any:
         except OutputInvalid as e:
             retries = state.get("retries") or 0
             if retries >= agent.output_retries:
-                raise OutputValidationError(
+                error = OutputValidationError(
                     f"agent {agent.name!r}: the final answer did not match {spec.schema.name} after "
                     f"{retries + 1} attempts ({e.problems}); raise output_retries=, simplify the output "
                     "type, or use a model that supports structured output",
                     model=response.model or None,
-                ) from None
+                )
+                return {**update, **failed(error)}
             return {**update, "messages": [message, spec.feedback(e.problems)], "retries": retries + 1}
 
     return model_node

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from bastion.errors import UserError
+from bastion.errors import BastionError, UserError
+from bastion.graph.agent._failure import rebuild_failure
 from bastion.graph.agent._loop import (
     AgentGroup,
     AgentState,
@@ -111,9 +112,19 @@ class GraphRunner:
         context = context or RunContext()
         with self._span(context, input) as span, use_runtime(Runtime(context=context)):
             await self.app().ainvoke(input, thread_id=thread, context=context)
-            result = await self.result(thread)
+            result = await self._final(thread_id, thread)
             _record_output(span, result)
-        await self._forget(thread_id, result)
+        return result
+
+    async def _final(self, thread_id: str | None, thread: str) -> AgentResult[Any]:
+        """The run's result, or the failure it ended with (raised), forgetting an ephemeral
+        thread either way."""
+        try:
+            result = await self.result(thread)
+        except BastionError:
+            await self._forget(thread_id, thread, interrupted=False)
+            raise
+        await self._forget(thread_id, thread, interrupted=result.interrupted)
         return result
 
     def _span(self, context: RunContext, input: Any) -> AbstractContextManager[Any]:
@@ -130,12 +141,12 @@ class GraphRunner:
         self.app()
         await self._checkpointer.delete_thread(thread_id)
 
-    async def _forget(self, thread_id: str | None, result: AgentResult[Any]) -> None:
+    async def _forget(self, thread_id: str | None, thread: str, *, interrupted: bool) -> None:
         # With the default in-memory checkpointer, a run without a thread_id cannot be continued
         # later, so its checkpoints are kept only while it waits on an interrupt (then
         # result.thread_id is the handle to resume it); otherwise they would pile up.
-        if self._owned and thread_id is None and not result.interrupted:
-            await self._checkpointer.delete_thread(result.thread_id)
+        if self._owned and thread_id is None and not interrupted:
+            await self._checkpointer.delete_thread(thread)
 
     async def stream(
         self, input: AgentInput | None, *, resume: Any, thread_id: str | None, context: RunContext | None
@@ -155,14 +166,18 @@ class GraphRunner:
                 payload = _custom_payload(event)
                 if payload is not None:
                     yield payload
-            result = await self.result(thread)
+            result = await self._final(thread_id, thread)
             _record_output(span, result)
-        await self._forget(thread_id, result)
         yield RunDone(result)
 
     async def result(self, thread_id: str) -> AgentResult[Any]:
+        """The thread's current result; raises the failure its last run ended with."""
         snapshot = await self.app().aget_state(thread_id)
-        return self.to_result(dict(snapshot.values or {}), list(snapshot.interrupts or []), thread_id)
+        values = dict(snapshot.values or {})
+        failure = values.get("error")
+        if failure and not snapshot.interrupts:
+            raise rebuild_failure(failure)
+        return self.to_result(values, list(snapshot.interrupts or []), thread_id)
 
 
 class Runner(GraphRunner):
@@ -214,6 +229,7 @@ class Runner(GraphRunner):
             "usage": {},
             "cost": 0.0,
             "done": False,
+            "error": None,
         }
 
     def to_result(self, values: dict[str, Any], interrupts: list[Any], thread_id: str) -> AgentResult[Any]:

@@ -20,6 +20,7 @@ from bastion.gateway import Model
 from bastion.graph import END, START, Graph, Send, append, memo
 from bastion.graph.agent._agent import Agent, AgentInput
 from bastion.graph.agent._codec import response_from_dict, response_to_dict
+from bastion.graph.agent._failure import failed
 from bastion.graph.agent._history import HistoryFilter, drop_tool_chatter, tag
 from bastion.graph.agent._members import output_text, run_member, said_by, spend_of, total_spend
 from bastion.graph.agent._resolve import resolve_model_like
@@ -42,6 +43,7 @@ class SupervisorState(TypedDict, total=False):
     spend: Annotated[list[dict[str, Any]], append]
     output: Any
     done: bool
+    error: dict[str, str] | None
 
 
 class Supervisor:
@@ -138,9 +140,12 @@ class Supervisor:
     async def supervise(self, state: SupervisorState) -> dict[str, Any]:
         rounds = state.get("rounds") or 0
         if rounds >= self.max_rounds:
-            raise MaxTurnsExceededError(
-                f"supervisor {self.name!r} routed {rounds} rounds without finishing (max_rounds={self.max_rounds}); "
-                "raise max_rounds= or make the routing rule/instructions say when the work is done"
+            return failed(
+                MaxTurnsExceededError(
+                    f"supervisor {self.name!r} routed {rounds} rounds without finishing (max_rounds="
+                    f"{self.max_rounds}); raise max_rounds= or make the routing rule/instructions say when "
+                    "the work is done"
+                )
             )
         messages = state.get("messages") or []
         run_id = state.get("run_id", "")
@@ -265,6 +270,7 @@ class _SupervisorRunner(GraphRunner):
             "routes": [],
             "output": None,
             "done": False,
+            "error": None,
         }
 
     def to_result(self, values: dict[str, Any], interrupts: list[Any], thread_id: str) -> AgentResult[Any]:
