@@ -66,10 +66,20 @@ async def test_spans_of_a_run_with_a_tool_and_a_sub_agent(traced: Traced) -> Non
     root = by_name["invoke_agent lead"]
     assert root.parent is None and root.attributes["gen_ai.agent.name"] == "lead"
     assert {s.context.trace_id for s in finished} == {root.context.trace_id}
-    assert by_name["execute_tool lookup"].parent.span_id == root.context.span_id
+    by_id = {s.context.span_id: s for s in finished}
+
+    def ancestors(span: Any) -> list[str]:
+        out: list[str] = []
+        while span.parent is not None:
+            span = by_id[span.parent.span_id]
+            out.append(span.name)
+        return out
+
+    # the engine may put its own node spans in between; the nesting is what matters
+    assert ancestors(by_name["execute_tool lookup"])[-1] == "invoke_agent lead"
     assert by_name["execute_tool lookup"].attributes["gen_ai.tool.call.id"] == "c1"
-    sub = by_name["invoke_agent researcher"]
-    assert sub.parent.span_id == by_name["execute_tool research"].context.span_id
+    sub = ancestors(by_name["invoke_agent researcher"])
+    assert "execute_tool research" in sub and sub[-1] == "invoke_agent lead"
 
 
 async def test_an_interrupt_is_not_a_failed_span(traced: Traced) -> None:
