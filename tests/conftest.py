@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+# The gateway's exact cache is on by default and persists under .bastion/; tests must never
+# reuse an answer from an earlier test run (fake servers may reuse ports).
+os.environ.setdefault("BASTION_CACHE_ENABLED", "false")
 
 
 @pytest.fixture(scope="session")

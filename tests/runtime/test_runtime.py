@@ -32,7 +32,7 @@ class EchoAgent:
 
     async def invoke(
         self, input: Any, *, thread_id: str, context: RunContext, resume: Any = None, recover: bool = False,
-        emit: EventSink | None = None,
+        emit: EventSink | None = None, **_: Any,
     ) -> RunOutcome:  # fmt: skip
         self.calls.append({"input": input, "thread": thread_id, "resume": resume, "recover": recover})
         if emit:

@@ -57,9 +57,12 @@ class AgentRunnable:
         resume: Any = None,
         recover: bool = False,
         emit: EventSink | None = None,
+        checkpoint_before: str | None = None,
     ) -> RunOutcome:
         from bastion.tracing import spans
 
+        if recover and resume is None and await self.latest_checkpoint(thread_id) == checkpoint_before:
+            recover = False  # the crash came before this run's first checkpoint: start it over
         name = getattr(self.agent, "name", None) or "agent"
         # One trace per run attempt, rooted at `invoke_agent {name}`: model, tool, policy and
         # checkpoint spans opened by the agent nest under it.
@@ -69,6 +72,13 @@ class AgentRunnable:
             if outcome.status == "completed":
                 span.record_output(outcome.output)
             return outcome
+
+    async def latest_checkpoint(self, thread_id: str) -> str | None:
+        checkpointer = getattr(self.agent, "checkpointer", None)
+        if checkpointer is None:
+            return None
+        record = await checkpointer.get(thread_id)
+        return record.checkpoint_id if record is not None else None
 
     async def _invoke(
         self, input: Any, thread_id: str, context: RunContext, resume: Any, recover: bool, emit: EventSink | None

@@ -152,6 +152,13 @@ class SqlRunStore:
 
     def _init_schema(self) -> None:
         conn = self._conn()
+        if self.dialect == "postgres":
+            # Serialise schema creation across processes starting at once (catalog races).
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('bastion_runs_schema'))")
+                for stmt in _schema(self.dialect):
+                    conn.execute(stmt)
+            return
         for stmt in _schema(self.dialect):
             conn.execute(stmt)
 

@@ -72,7 +72,9 @@ class Runnable(Protocol):
 
     `invoke` must be resumable: called again for the same thread after a crash (`recover=True`)
     it continues from the last checkpoint instead of starting over, and with `resume` it feeds
-    the human's decision to the pending interrupt(s).
+    the human's decision to the pending interrupt(s). `checkpoint_before` is the thread's latest
+    checkpoint when this run first started (from `latest_checkpoint`, if the runnable has it):
+    a recovered run that never got past it starts again from its input.
     """
 
     async def invoke(
@@ -84,4 +86,5 @@ class Runnable(Protocol):
         resume: Any = None,
         recover: bool = False,
         emit: EventSink | None = None,
+        checkpoint_before: str | None = None,
     ) -> RunOutcome: ...

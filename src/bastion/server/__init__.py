@@ -2,6 +2,7 @@
 
 from bastion.server._app import Admin, Extension, Operator, Viewer, create_app, require
 from bastion.server._auth import ApiKeyStore, Principal, Role, SQLiteApiKeyStore
+from bastion.server._project import Project, ProjectEnv, load_project
 
 __all__ = [
     "Admin",
@@ -9,9 +10,12 @@ __all__ = [
     "Extension",
     "Operator",
     "Principal",
+    "Project",
+    "ProjectEnv",
     "Role",
     "SQLiteApiKeyStore",
     "Viewer",
     "create_app",
+    "load_project",
     "require",
 ]
