@@ -290,7 +290,12 @@ async def test_plan_execute_verify_returns_the_last_verdict_when_rounds_run_out(
         ),
         max_rounds=1,
     )
-    outcome = (await pattern.run("do a")).output
+    events = [e async for e in pattern.stream("do a")]
+    tokens = "".join(e.text for e in events if isinstance(e, TokenEvent) and e.agent == "executor")
+    assert tokens == "done a"
+    done = events[-1]
+    assert isinstance(done, RunDone)
+    outcome = done.result.output
     assert outcome is not None and not outcome.ok and outcome.verdict.feedback == "wrong"
     assert json.loads(json.dumps(outcome.results)) == ["done a"]
 

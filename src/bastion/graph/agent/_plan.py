@@ -10,7 +10,7 @@ either way, so the caller decides what an unverified outcome means.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict, cast
 
@@ -21,7 +21,7 @@ from bastion.errors import UserError
 from bastion.graph import END, START, Graph, Send, append
 from bastion.graph.agent._agent import Agent, AgentInput
 from bastion.graph.agent._members import output_text, run_member, said_by, spend_of, total_spend
-from bastion.graph.agent._result import AgentResult
+from bastion.graph.agent._result import AgentEvent, AgentResult
 from bastion.graph.agent._run import CONTINUE, GraphRunner, to_messages
 from bastion.types import Message, RunContext, new_id
 
@@ -96,6 +96,12 @@ class PlanExecuteVerify:
         self, task: str, *, thread_id: str | None = None, context: RunContext | None = None
     ) -> AgentResult[PlanOutcome]:
         return await self._runner.run(task, thread_id=thread_id, context=context)
+
+    def stream(
+        self, task: str, *, thread_id: str | None = None, context: RunContext | None = None
+    ) -> AsyncIterator[AgentEvent]:
+        """Run and yield the role agents' events (tokens, tool calls ...), then `RunDone`."""
+        return self._runner.stream(task, resume=CONTINUE, thread_id=thread_id, context=context)
 
     async def resume(
         self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None

@@ -109,7 +109,7 @@ class Supervisor:
     def stream(
         self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None
     ) -> AsyncIterator[AgentEvent]:
-        return self._runner.stream(input, resume=None, thread_id=thread_id, context=context)
+        return self._runner.stream(input, resume=CONTINUE, thread_id=thread_id, context=context)
 
     # --- pieces ------------------------------------------------------------------------------
 
