@@ -195,3 +195,19 @@ def test_public_surface_is_pinned() -> None:
     for name in pkg.__all__:
         assert getattr(pkg, name) is not None, name
     assert "DirectToolExecutor" in __import__("bastion.testing").testing.__all__
+
+
+async def test_one_agent_serves_many_concurrent_runs_without_cross_talk(executor: DirectToolExecutor) -> None:
+    def reply(request: ModelRequest) -> Any:
+        user = request.messages[-1].text if request.messages[-1].role == "user" else None
+        if user is not None:  # first turn: look the city up
+            return ToolCall("get_temperature", {"city": user})
+        return f"{request.messages[-1].tool_results[0].content} in {request.messages[-3].text}"
+
+    agent = Agent(FunctionModel(reply), tools=[get_temperature], tool_executor=executor)
+    cities = ["Paris", "Oslo"] * 25
+    results = await asyncio.wait_for(
+        asyncio.gather(*(agent.run(c, thread_id=f"c{i}") for i, c in enumerate(cities))), 30
+    )
+    temperatures = {"Paris": 18.5, "Oslo": 4.0}
+    assert [r.output for r in results] == [f"{temperatures[c]} in {c}" for c in cities]
