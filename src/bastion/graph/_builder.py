@@ -212,11 +212,14 @@ class Graph:
         step_limit: int = 25,
         keyframe_every: int = 1000,
         name: str = "graph",
+        trace_nodes: bool = False,
     ) -> CompiledGraph:
         """Check the graph and return a runnable `CompiledGraph`.
 
         `step_limit` bounds supersteps per invocation (`GraphRecursionError` beyond it);
         `keyframe_every` bounds how many delta checkpoints are read to rebuild a state.
+        When tracing is configured, checkpoint writes are spans; `trace_nodes` adds a
+        `graph node <name>` span around every node (off by default: agent traces stay flat).
         """
         from bastion.graph._compiled import CompiledGraph
 
@@ -233,6 +236,7 @@ class Graph:
             step_limit=step_limit,
             keyframe_every=keyframe_every,
             name=name,
+            trace_nodes=trace_nodes,
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -72,6 +73,15 @@ def new_checkpoint_id(after: str | None = None) -> str:
     return f"{t:016x}{random.getrandbits(16):04x}"
 
 
+def _tracing_on() -> bool:
+    """Whether spans would be recorded; decided once per run so untraced runs pay nothing."""
+    if "bastion.tracing._state" not in sys.modules and "opentelemetry.trace" not in sys.modules:
+        return False
+    from bastion.tracing._state import active_tracer
+
+    return active_tracer() is not None
+
+
 class Task:
     __slots__ = ("arg", "id", "node")
 
@@ -111,6 +121,7 @@ class Run:
         self.done: dict[str, Result] = {}  # finished tasks of the coming step (from storage)
         self.interrupts: list[Interrupt] = []  # raised in the coming step
         self.static_pause = False
+        self.traced = False
         self._buffer: list[WriteRecord] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -163,6 +174,7 @@ class Engine:
         step_limit: int,
         keyframe_every: int,
         name: str,
+        trace_nodes: bool = False,
     ) -> None:
         self.schema: StateSchema = graph.schema
         self.nodes: dict[str, NodeSpec] = dict(graph.nodes)
@@ -180,6 +192,7 @@ class Engine:
         self.step_limit = step_limit
         self.keyframe_every = keyframe_every
         self.name = name
+        self.trace_nodes = trace_nodes
         # The latest decoded state per (checkpointer, thread, ns): a warm thread's next turn
         # reads one record instead of its whole delta chain. Valid only while that record is
         # still the thread's latest (another process may have moved on).
@@ -370,7 +383,9 @@ class Engine:
         try:
             if run.sink is not None:
                 self._emit(run, "node_start", task.node, None, task.id)
-            if spec.retry is not None or spec.timeout is not None:
+            if run.traced and self.trace_nodes:
+                out = await self._traced_call(run, spec, task, ctx)
+            elif spec.retry is not None or spec.timeout is not None:
                 out = await self._call_with_policy(run, spec, task, ctx)
             elif spec.subgraph is not None:
                 out = await self._call_subgraph(run, spec, task)
@@ -399,6 +414,17 @@ class Engine:
             return result
         finally:
             CURRENT.reset(token)
+
+    async def _traced_call(self, run: Run, spec: NodeSpec, task: Task, ctx: TaskContext) -> Any:
+        from bastion.tracing import spans
+
+        attrs = {"bastion.graph.node": task.node, "bastion.graph.step": ctx.step, "bastion.graph.task_id": task.id}
+        with spans.span(f"graph node {task.node}", attrs):
+            if spec.retry is not None or spec.timeout is not None or spec.fn is None:
+                return await self._call_with_policy(run, spec, task, ctx)
+            state = task.arg if task.arg is not NO_ARG else self.schema.view(run.values)
+            out = spec.fn(state, ctx.config()) if spec.wants_config else spec.fn(state)
+            return await out if asyncio.iscoroutine(out) else out
 
     async def _call_with_policy(self, run: Run, spec: NodeSpec, task: Task, ctx: TaskContext) -> Any:
         fn = spec.fn
@@ -580,7 +606,13 @@ class Engine:
             time.time(),
             payload,
         )
-        await run.checkpointer.put(record)
+        if run.traced:
+            from bastion.tracing import spans
+
+            with spans.checkpoint(run.thread_id, step):
+                await run.checkpointer.put(record)
+        else:
+            await run.checkpointer.put(record)
         cached = dict(run.values)
         cached.update({k: list(v) for k, v in run.joins.items()})
         self._remember(
@@ -643,6 +675,7 @@ class Engine:
     ) -> Run:
         """Run (or resume) the graph; returns the finished or paused `Run`."""
         run = Run(checkpointer, thread_id, ns, context or RunContext(), sink, resume if resume is not None else {})
+        run.traced = _tracing_on()
         try:
             return await self._execute_run(run, input, checkpoint_id, resume_if_exists, step_limit)
         except BaseException:
