@@ -102,3 +102,23 @@ def test_promotion_without_captured_input_explains_how_to_fix(store: TraceStore)
     with pytest.raises(UserError, match="not in the store"):
         Dataset.from_traces(store, trace_ids=["0" * 32])
     assert store.get_trace(trace_id) is not None
+
+
+async def test_stored_runs_are_evaluated_after_the_fact(traced: TracingHandle, store: TraceStore) -> None:
+    from bastion.evals import OutcomeCheck, evaluate_trace
+    from bastion.tracing import semconv as sc
+
+    trace_id = _run("booker", "r-online", "book JFK", fail=False, calls=[ToolCall("search_flights", {"to": "JFK"})])
+    traced.force_flush()
+    case = Case("book JFK", Expected(tool_calls=[ToolCall("search_flights", {"to": "JFK"})], output="booked"))
+    results = await evaluate_trace(store, trace_id, [TrajectoryMatch("strict"), OutcomeCheck()], case)
+    assert [(r.name, r.passed) for r in results] == [("trajectory_strict", True), ("outcome", True)]
+    tree = store.get_trace(trace_id)
+    assert tree is not None
+    [root] = tree.roots
+    [evaluation] = tree.find(name="evaluation")
+    assert evaluation.parent_id == root.span_id
+    assert evaluation.attributes[sc.BASTION_RUN_ID] == "r-online"
+    assert [e["attributes"][sc.GEN_AI_EVALUATION_NAME] for e in evaluation.events] == ["trajectory_strict", "outcome"]
+    with pytest.raises(UserError, match="not in the store"):
+        await evaluate_trace(store, "f" * 32, [OutcomeCheck()])

@@ -51,6 +51,7 @@ EVALS_ALL = [
     "Trajectory",
     "TrajectoryMatch",
     "Verdict",
+    "evaluate_trace",
     "gate",
     "main",
     "match_trajectory",

@@ -8,7 +8,7 @@ package runs and scores agents; it does not build them (see `bastion.graph`).
 
 from __future__ import annotations
 
-from bastion.evals._dataset import Dataset, trajectory_from_trace
+from bastion.evals._dataset import Dataset, evaluate_trace, trajectory_from_trace
 from bastion.evals._gate import EvalSuite, GateResult, gate, main
 from bastion.evals._judge import LLMJudge, Verdict, parse_verdict
 from bastion.evals._outcome import OutcomeCheck
@@ -35,6 +35,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryMatch",
     "Verdict",
+    "evaluate_trace",
     "gate",
     "main",
     "match_trajectory",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bastion.errors import UserError
-from bastion.evals._types import Case, Expected, Trajectory, call_from_dict
+from bastion.evals._types import Case, EvalResult, Evaluator, Expected, Trajectory, call_from_dict
 from bastion.tracing import semconv as sc
 from bastion.types import ToolCall
 
@@ -190,4 +190,62 @@ class Dataset:
         return ds
 
 
-__all__ = ["Dataset", "call_from_dict", "trajectory_from_trace"]
+async def evaluate_trace(
+    store: TraceStore,
+    trace_id: str,
+    evaluators: Iterable[Evaluator],
+    case: Case | None = None,
+) -> list[EvalResult]:
+    """Score a stored run after the fact (online evaluation of production traffic).
+
+    The trajectory comes from the trace; `case` supplies expectations (default: a case with
+    the run's captured input and no expectations). Results are written back to the store as
+    an `evaluation` child span of the run's root carrying one `gen_ai.evaluation.result`
+    event per evaluator, so they show up with the trace.
+    """
+    import time
+
+    from bastion.tracing import SpanRecord
+    from bastion.types import new_id
+
+    tree = store.get_trace(trace_id)
+    if tree is None:
+        raise UserError(f"trace {trace_id!r} is not in the store {store.path}")
+    trajectory = trajectory_from_trace(tree)
+    case = case or Case(input=_input_of(tree), id=f"trace-{trace_id[:16]}")
+    results: list[EvalResult] = [await ev.evaluate(case, trajectory) for ev in evaluators]
+    root = tree.roots[0]
+    now = time.time_ns()
+    events: list[dict[str, Any]] = []
+    for r in results:
+        attrs: dict[str, Any] = {sc.GEN_AI_EVALUATION_NAME: r.name, sc.GEN_AI_EVALUATION_SCORE_VALUE: r.score}
+        if r.label is not None:
+            attrs[sc.GEN_AI_EVALUATION_SCORE_LABEL] = r.label
+        if r.explanation:
+            from bastion.tracing import redact
+
+            attrs[sc.GEN_AI_EVALUATION_EXPLANATION] = redact(r.explanation)
+        events.append({"name": sc.EVENT_EVALUATION_RESULT, "time_ns": now, "attributes": attrs})
+    inherited = {
+        k: v
+        for k, v in root.attributes.items()
+        if k in (sc.BASTION_RUN_ID, sc.BASTION_TENANT_ID, sc.GEN_AI_CONVERSATION_ID, sc.GEN_AI_AGENT_NAME)
+    }
+    store.add(
+        [
+            SpanRecord(
+                trace_id=trace_id,
+                span_id=new_id()[:16],
+                parent_id=root.span_id,
+                name="evaluation",
+                start_ns=now,
+                end_ns=now,
+                attributes={**inherited, sc.GEN_AI_OPERATION_NAME: "bastion.evaluation"},
+                events=events,
+            )
+        ]
+    )
+    return results
+
+
+__all__ = ["Dataset", "call_from_dict", "evaluate_trace", "trajectory_from_trace"]
