@@ -33,9 +33,10 @@ if TYPE_CHECKING:
         SQLiteCacheStore,
     )
     from bastion.gateway._gateway import CallRecord, Gateway, GatewayModel, GatewayStats
+    from bastion.gateway._http import aclose_http_sessions
     from bastion.gateway._pricing import Pricing
-    from bastion.gateway._providers import Provider, register_provider
-    from bastion.gateway._resolve import resolve_model
+    from bastion.gateway._providers import Provider, register_provider, unregister_provider
+    from bastion.gateway._resolve import default_model_name, resolve_model
     from bastion.gateway._retry import RetryPolicy
     from bastion.gateway._router import RouteHook, Strategy
 
@@ -63,7 +64,10 @@ _LAZY = {
     "Pricing": "_pricing",
     "Provider": "_providers",
     "register_provider": "_providers",
+    "unregister_provider": "_providers",
     "resolve_model": "_resolve",
+    "default_model_name": "_resolve",
+    "aclose_http_sessions": "_http",
     "RetryPolicy": "_retry",
     "RouteHook": "_router",
     "Strategy": "_router",
@@ -96,10 +100,13 @@ __all__ = [
     "SemanticCache",
     "Spend",
     "Strategy",
+    "aclose_http_sessions",
     "collect",
+    "default_model_name",
     "register_provider",
     "resolve_model",
     "stream_via_request",
+    "unregister_provider",
 ]
 
 
