@@ -85,8 +85,8 @@ def _check_checkpoint(p: Payload) -> None:
         )
 
 
-def _dumps(p: Payload) -> str:
-    return json.dumps(p, separators=(",", ":"), ensure_ascii=False)
+# One encoder for every payload: `json.dumps(..., separators=...)` would build a new one per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 
 
 NO_ARG: Any = object()
@@ -125,7 +125,7 @@ def encode_checkpoint(
             "logs": enc_logs,
             "next": nxt,
             "src": source,
-            "meta": to_jsonable(meta, "metadata"),
+            "meta": meta,  # the engine's own plain-JSON bookkeeping
         }
     )
 

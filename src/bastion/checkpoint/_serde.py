@@ -200,9 +200,12 @@ def to_jsonable(value: Any, path: str = "state") -> Any:
         raise SerializationError("value is nested too deeply (or contains a cycle)", path) from None
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+
+
 def dumps(value: Any, path: str = "state") -> str:
     """`to_jsonable` then compact JSON text."""
-    return json.dumps(to_jsonable(value, path), separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER(to_jsonable(value, path))
 
 
 # --- decoding --------------------------------------------------------------------------------

@@ -60,17 +60,23 @@ _CACHE_SIZE = 256
 
 _id_lock = threading.Lock()
 _last_ns = 0
+_PROCESS_TAIL = f"{random.SystemRandom().getrandbits(16):04x}"
 
 
 def new_checkpoint_id(after: str | None = None) -> str:
     """Time-ordered ids: hex nanoseconds (strictly increasing in this process, and greater than
-    `after`, the parent's id, even if another machine's clock ran ahead) plus a random tail."""
+    `after`, the parent's id, even if another machine's clock ran ahead) plus a per-process
+    random tail that keeps two processes' ids apart."""
     global _last_ns
     floor = int(after[:16], 16) if after else 0
     with _id_lock:
-        t = max(time.time_ns(), _last_ns + 1, floor + 1)
+        t = time.time_ns()
+        if t <= _last_ns:
+            t = _last_ns + 1
+        if t <= floor:
+            t = floor + 1
         _last_ns = t
-    return f"{t:016x}{random.getrandbits(16):04x}"
+    return f"{t:016x}{_PROCESS_TAIL}"
 
 
 def _tracing_on() -> bool:
