@@ -18,11 +18,14 @@ from bastion.testing._tools import DirectToolExecutor
 
 if TYPE_CHECKING:
     from bastion.memory._embedders import HashingEmbedder
-    from bastion.testing._fake_server import FakeOpenAIServer, Fault
+    from bastion.testing._fake_server import FakeOpenAIServer, FakeReply, Fault
+    from bastion.testing._postgres import postgres_server
+    from bastion.testing._serve import serve_app
 
 __all__ = [
     "DirectToolExecutor",
     "FakeOpenAIServer",
+    "FakeReply",
     "Fault",
     "FunctionModel",
     "HashingEmbedder",
@@ -48,7 +51,7 @@ def __getattr__(name: str) -> Any:
         from bastion.testing._postgres import postgres_server
 
         return postgres_server
-    if name in {"FakeOpenAIServer", "Fault"}:
+    if name in {"FakeOpenAIServer", "FakeReply", "Fault"}:
         from bastion.testing import _fake_server
 
         return getattr(_fake_server, name)
