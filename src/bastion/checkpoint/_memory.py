@@ -16,9 +16,13 @@ class MemoryCheckpointer:
         self._checkpoints: dict[tuple[str, str], dict[str, CheckpointRecord]] = {}
         self._writes: dict[tuple[str, str, str], list[WriteRecord]] = {}
         self._journal: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._latest: dict[tuple[str, str], str] = {}
 
     async def put(self, record: CheckpointRecord) -> None:
-        self._checkpoints.setdefault((record.thread_id, record.ns), {})[record.checkpoint_id] = record
+        key = (record.thread_id, record.ns)
+        self._checkpoints.setdefault(key, {})[record.checkpoint_id] = record
+        if record.checkpoint_id > self._latest.get(key, ""):
+            self._latest[key] = record.checkpoint_id
 
     async def put_writes(self, writes: Sequence[WriteRecord]) -> None:
         for w in writes:
@@ -28,7 +32,7 @@ class MemoryCheckpointer:
         rows = self._checkpoints.get((thread_id, ns))
         if not rows:
             return None
-        return rows.get(checkpoint_id) if checkpoint_id else rows[max(rows)]
+        return rows.get(checkpoint_id) if checkpoint_id else rows[self._latest[(thread_id, ns)]]
 
     async def get_chain(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> list[CheckpointRecord]:
         target = await self.get(thread_id, ns, checkpoint_id)
@@ -70,6 +74,7 @@ class MemoryCheckpointer:
     async def delete_thread(self, thread_id: str) -> None:
         for key in [k for k in self._checkpoints if k[0] == thread_id]:
             del self._checkpoints[key]
+            self._latest.pop(key, None)
         for wkey in [k for k in self._writes if k[0] == thread_id]:
             del self._writes[wkey]
         for jkey in [k for k in self._journal if k[0] == thread_id]:
@@ -79,7 +84,7 @@ class MemoryCheckpointer:
         rows = self._checkpoints.get((thread_id, ""))
         if not rows:
             return False
-        writes = self._writes.get((thread_id, "", max(rows)), [])
+        writes = self._writes.get((thread_id, "", self._latest[(thread_id, "")]), [])
         return any(w.kind == "interrupt" for w in writes)
 
     async def prune(self, *, older_than: float, keep_interrupted: bool = True) -> list[str]:
