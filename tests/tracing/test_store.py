@@ -88,7 +88,7 @@ def test_queries_by_trace_run_session_tenant_time_and_attribute(store: TraceStor
     assert store.count() == 4
 
 
-def test_dropped_spans_are_counted_when_the_queue_is_full(tmp_path: Path) -> None:
+def test_dropped_spans_are_counted_when_the_queue_is_full(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "tiny.db"
     store = TraceStore(path, queue_size=5, batch_size=5)
     handle = configure_tracing(otlp_endpoint="", store=store)
@@ -111,6 +111,7 @@ def test_dropped_spans_are_counted_when_the_queue_is_full(tmp_path: Path) -> Non
     assert store.count() == stats.written
     metrics = {s.name: s.value for fam in text_string_to_metric_families(handle.prometheus_text()) for s in fam.samples}
     assert metrics["bastion_tracing_spans_dropped_total"] == stats.dropped
+    assert "queue full, dropped" in caplog.text and "queue_size" in caplog.text
     handle.shutdown()
     store.close()
 

@@ -11,6 +11,7 @@ silently. Rows carry a format version `v`; the schema migrates through an ordere
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 ROW_VERSION = 1
+
+logger = logging.getLogger("bastion.tracing")
 
 # Position = schema version. Append, never edit.
 _MIGRATIONS: list[str] = [
@@ -339,6 +342,7 @@ class TraceStore:
         self._failed = 0  # spans lost to write errors
         self._failed_batches = 0
         self._last_error: str | None = None
+        self._last_drop_log = -1e9
         self._closing = False
         self._closed = False
         self._write_conn = self._connect()
@@ -450,6 +454,16 @@ class TraceStore:
             from bastion.tracing._metrics import record_spans_dropped
 
             record_spans_dropped(new, str(self.path.name))
+            now = time.monotonic()
+            if now - self._last_drop_log >= 10.0:  # loud, but not a log line per span
+                self._last_drop_log = now
+                logger.warning(
+                    "trace store %s: queue full, dropped %d spans (%d in total); raise "
+                    "TraceStore(queue_size=...) or reduce the span rate",
+                    self.path,
+                    new,
+                    self._dropped,
+                )
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every span queued so far is written (or failed); False on timeout."""
