@@ -130,6 +130,8 @@ async def latency_run(total: int, queries: int, rng: random.Random, store: Memor
             await store.put_many(ns, batch)
     await store.flush()
     ingest_s = time.perf_counter() - started
+    if hasattr(store, "analyze"):
+        await store.analyze()  # type: ignore[attr-defined]
     qs = [(rng.choice(namespaces), corpus.query()) for _ in range(queries)]
     out: dict[str, Any] = {"items": total, "tenants": TENANTS, "items_per_tenant": per_tenant,
                            "ingest_items_per_s": round(total / ingest_s)}  # fmt: skip
