@@ -466,6 +466,25 @@ async def index_recall_at_scale(store: SQLiteMemoryStore, rng: random.Random, n:
     return index_recall(store, ns, queries)
 
 
+async def pg_index_recall(store: Any, ns: Namespace, queries: list[list[float]], k: int = 10) -> float:
+    """recall@k of pgvector's HNSW index against the same query with index scans disabled."""
+    from bastion.memory._postgres import _vec  # pyright: ignore[reportPrivateUsage]
+    from bastion.memory._store import tenant_suffix
+
+    part = f"bastion_memory_items_{tenant_suffix(ns.tenant)}"
+    sql = f"SELECT id FROM {part} WHERE embedding IS NOT NULL AND ns = %s ORDER BY embedding <=> %s::vector LIMIT %s"
+    found = 0
+    pool = await store._conn_pool()
+    async with pool.connection() as conn:
+        for q in queries:
+            approx = {r[0] for r in await (await conn.execute(sql, (ns.key, _vec(q), k))).fetchall()}
+            async with conn.transaction():
+                await conn.execute("SET LOCAL enable_indexscan = off")
+                exact = {r[0] for r in await (await conn.execute(sql, (ns.key, _vec(q), k))).fetchall()}
+            found += len(approx & exact)
+    return found / (k * len(queries))
+
+
 async def postgres_run(rng: random.Random, total: int, queries: int) -> dict[str, Any]:
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="bastion-xdg-"))
     from bastion.memory import PostgresMemoryStore
@@ -474,7 +493,12 @@ async def postgres_run(rng: random.Random, total: int, queries: int) -> dict[str
     with postgres_server() as url:
         store = PostgresMemoryStore(url, ClusteredEmbedder(), max_size=2)
         try:
-            return await latency_run(total, queries, rng, store)
+            row = await latency_run(total, queries, rng, store)
+            corpus = Corpus(rng)
+            qv = await store.embedder.embed([corpus.query() for _ in range(100)])
+            ns = Namespace("tenant-0", agent="bench", user="user-0")
+            row["index_recall@10_clustered"] = round(await pg_index_recall(store, ns, qv), 4)
+            return row
         finally:
             await store.close()
 
@@ -523,8 +547,12 @@ def print_table(r: dict[str, Any]) -> None:
                 cells = [backend, size, mode, m["p50_ms"], m["p95_ms"], m["cpu_p50_ms"], m["cpu_p95_ms"],
                          f"{row['ingest_items_per_s']:,}"]  # fmt: skip
                 print("| " + " | ".join(str(c) for c in cells) + " |")
-    recalls = [f"{row['items']:,} items: {row['index_recall@10_clustered']}" for row in r["latency_sqlite"]]
-    print(f"\nSQLite binary index recall@10 vs exact, clustered synthetic vectors: {'; '.join(recalls)}")
+    for backend, index in (("sqlite", "binary-quantised scan + rerank"), ("postgres", "HNSW")):
+        recalls = [
+            f"{row['items']:,} items: {row['index_recall@10_clustered']}" for row in r.get(f"latency_{backend}", [])
+        ]
+        if recalls:
+            print(f"\n{backend} {index} recall@10 vs exact (clustered synthetic vectors): {'; '.join(recalls)}")
     q = r["quality"]
     print(f"\nconversational memory: {q['conversations']} dialogues, {q['turns']} turns, {q['questions']} questions "
           f"(MiniLM int8, {q['minilm_texts_per_s']} texts/s, query embed p50 {q['minilm_query_embed_p50_ms']} ms; "
