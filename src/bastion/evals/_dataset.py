@@ -240,7 +240,7 @@ async def evaluate_trace(
                 name="evaluation",
                 start_ns=now,
                 end_ns=now,
-                attributes={**inherited, sc.GEN_AI_OPERATION_NAME: "bastion.evaluation"},
+                attributes={**inherited, sc.GEN_AI_OPERATION_NAME: sc.OP_EVALUATION},
                 events=events,
             )
         ]

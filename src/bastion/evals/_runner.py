@@ -22,6 +22,7 @@ from bastion.errors import UserError
 from bastion.evals._dataset import Dataset
 from bastion.evals._stats import pass_at_k, pass_hat_k, wilson_lower_bound
 from bastion.evals._types import Case, EvalResult, Evaluator, Trajectory
+from bastion.tracing import semconv as sc
 from bastion.tracing import spans
 
 Target = Callable[[Case], Awaitable[Trajectory | Any] | Trajectory | Any]
@@ -195,8 +196,8 @@ async def _attempt(
     start = time.perf_counter()
     with spans.span(
         f"eval {dataset}",
-        {"bastion.eval.case": case.id, "bastion.eval.attempt": index},
-        operation="bastion.eval",
+        {sc.BASTION_EVAL_CASE: case.id, sc.BASTION_EVAL_ATTEMPT: index},
+        operation=sc.OP_EVAL,
     ) as span:
         try:
             result = target(case)

@@ -201,19 +201,19 @@ def record_budget(scope: str, used: float, limit: float) -> None:
     inst = STATE.instruments
     if inst is None:
         return
-    inst.budget.set(used / limit if limit > 0 else math.inf, {"bastion.budget.scope": scope})
+    inst.budget.set(used / limit if limit > 0 else math.inf, {sc.BASTION_BUDGET_SCOPE: scope})
 
 
 def record_spans_dropped(count: int, store: str) -> None:
     inst = STATE.instruments
     if inst is not None and count:
-        inst.spans_dropped.add(count, {"bastion.store": store})
+        inst.spans_dropped.add(count, {sc.BASTION_STORE: store})
 
 
 def record_cost_alert(kind: str) -> None:
     inst = STATE.instruments
     if inst is not None:
-        inst.cost_alerts.add(1, {"bastion.alert.kind": kind})
+        inst.cost_alerts.add(1, {sc.BASTION_ALERT_KIND: kind})
 
 
 # --- Prometheus text exposition ---------------------------------------------------------------

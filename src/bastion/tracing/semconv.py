@@ -22,6 +22,8 @@ OP_EMBEDDINGS: Final = "embeddings"
 OP_RETRIEVAL: Final = "retrieval"
 OP_CHECKPOINT: Final = "bastion.checkpoint"
 OP_POLICY: Final = "bastion.policy"
+OP_EVAL: Final = "bastion.eval"  # one attempt of an eval case (evaluation events hang here)
+OP_EVALUATION: Final = "bastion.evaluation"  # results written back to a stored trace
 
 # --- gen_ai.* attributes ----------------------------------------------------------------------
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
@@ -33,6 +35,7 @@ GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
 GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
 GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
 GEN_AI_REQUEST_SEED: Final = "gen_ai.request.seed"
+GEN_AI_REQUEST_TOP_K: Final = "gen_ai.request.top_k"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
@@ -54,6 +57,12 @@ GEN_AI_SYSTEM_INSTRUCTIONS: Final = "gen_ai.system_instructions"  # content: opt
 GEN_AI_EMBEDDINGS_DIMENSION_COUNT: Final = "gen_ai.embeddings.dimension.count"
 GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"  # metric attribute: "input" | "output"
 ERROR_TYPE: Final = "error.type"
+
+# exception event (OTel general semconv)
+EVENT_EXCEPTION: Final = "exception"
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
 
 # gen_ai.evaluation.result event
 EVENT_EVALUATION_RESULT: Final = "gen_ai.evaluation.result"
@@ -83,6 +92,14 @@ BASTION_RETRIEVAL_RESULTS: Final = "bastion.retrieval.results"
 BASTION_EMBEDDINGS_INPUTS: Final = "bastion.embeddings.inputs"
 BASTION_SCHEMA: Final = "bastion.schema_version"
 BASTION_TAG_PREFIX: Final = "bastion.tag."  # + RunContext.tags key
+BASTION_EVAL_CASE: Final = "bastion.eval.case"
+BASTION_EVAL_ATTEMPT: Final = "bastion.eval.attempt"
+EVENT_CONTROL_FLOW: Final = "bastion.control_flow"  # an interrupt unwound this span (not an error)
+BASTION_SIGNAL: Final = "bastion.signal"
+# metric attributes
+BASTION_BUDGET_SCOPE: Final = "bastion.budget.scope"
+BASTION_STORE: Final = "bastion.store"
+BASTION_ALERT_KIND: Final = "bastion.alert.kind"
 
 # --- metrics ----------------------------------------------------------------------------------
 METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"  # histogram, {token}

@@ -271,11 +271,11 @@ class Span:
             etype = error_type or type(exc).__qualname__
             message = redact(str(exc))
             self._span.add_event(
-                "exception",
+                sc.EVENT_EXCEPTION,
                 {
-                    "exception.type": type(exc).__qualname__,
-                    "exception.message": message,
-                    "exception.stacktrace": redact("".join(traceback.format_exception(exc))),
+                    sc.EXCEPTION_TYPE: type(exc).__qualname__,
+                    sc.EXCEPTION_MESSAGE: message,
+                    sc.EXCEPTION_STACKTRACE: redact("".join(traceback.format_exception(exc))),
                 },
             )
         else:
@@ -289,7 +289,7 @@ class Span:
 
         if isinstance(exc, ControlFlowSignal):
             # An interrupt pauses the run; it is not a failure of this span.
-            self.add_event("bastion.control_flow", {"bastion.signal": type(exc).__name__})
+            self.add_event(sc.EVENT_CONTROL_FLOW, {sc.BASTION_SIGNAL: type(exc).__name__})
             return
         self.record_error(exc)
 
@@ -504,7 +504,7 @@ class RetrievalSpan(Span):
     def _attributes(self) -> dict[str, AttrValue]:
         attrs: dict[str, AttrValue] = {sc.GEN_AI_DATA_SOURCE_ID: self._source}
         if self._top_k is not None:
-            attrs["gen_ai.request.top_k"] = self._top_k
+            attrs[sc.GEN_AI_REQUEST_TOP_K] = self._top_k
         if self._query is not None and capture_mode() == "span_attributes":
             attrs[sc.BASTION_RETRIEVAL_QUERY] = redact(self._query)
         return attrs
