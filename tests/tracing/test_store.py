@@ -164,3 +164,13 @@ def test_prune_deletes_whole_old_traces_only(store: TraceStore) -> None:
     assert store.prune(before=T0 + 0.5) == 0  # t1 still has a newer span
     assert store.prune(before=T0 + 150) == 3  # t1 (2 spans) and t2
     assert [t.trace_id for t in store.list_traces()] == ["t3"]
+
+
+def test_a_file_that_is_not_a_store_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"my precious notes, not a database" * 100)
+    with pytest.raises(UserError, match="not a usable trace store"):
+        TraceStore(path)
+    assert path.read_bytes() == b"my precious notes, not a database" * 100
+    with TraceStore(tmp_path / "new" / "dir" / "t.db") as store:  # parents are created
+        assert store.count() == 0

@@ -345,8 +345,16 @@ class TraceStore:
         self._last_drop_log = -1e9
         self._closing = False
         self._closed = False
-        self._write_conn = self._connect()
-        self._migrate(self._write_conn)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._write_conn = self._connect()
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path} is not a usable trace store ({e}); point TraceStore at another file") from e
+        try:
+            self._migrate(self._write_conn)
+        except BaseException:
+            self._write_conn.close()
+            raise
         self._read_conn = self._connect()
         self._read_lock = threading.Lock()
         self._thread = threading.Thread(target=self._writer, name="bastion-trace-store", daemon=True)
@@ -355,8 +363,12 @@ class TraceStore:
     # --- connections ---
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
