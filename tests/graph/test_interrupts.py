@@ -159,3 +159,16 @@ async def test_interrupt_needs_a_checkpointer_and_resume_needs_a_pause(backend: 
     await app.ainvoke(Command(resume="x"), thread_id="t")
     with pytest.raises(UserError, match="no pending interrupt"):
         await app.ainvoke(Command(resume=1), thread_id="t")
+
+
+async def test_a_pause_after_one_node_still_honours_a_pause_before_the_next(backend: Checkpointer) -> None:
+    g = Graph(State)
+    g.add_node("plan", lambda s: {"log": ["plan"]}).add_node("pay", lambda s: {"log": ["pay"]})
+    g.add_edge(START, "plan").add_edge("plan", "pay")
+    app = g.compile(checkpointer=backend, interrupt_after=["plan"], interrupt_before=["pay"])
+    out = await app.ainvoke({}, thread_id="t")
+    assert out["__interrupt__"][0].value == {"when": "after", "nodes": ["plan"]}
+    out = await app.ainvoke(None, thread_id="t")
+    assert out["log"] == ["plan"] and out["__interrupt__"][0].value == {"when": "before", "nodes": ["pay"]}
+    out = await app.ainvoke(None, thread_id="t")
+    assert out["log"] == ["plan", "pay"] and "__interrupt__" not in out

@@ -126,7 +126,8 @@ class Run:
         self.step = -1  # the first checkpoint (the input) is step 0
         self.done: dict[str, Result] = {}  # finished tasks of the coming step (from storage)
         self.interrupts: list[Interrupt] = []  # raised in the coming step
-        self.static_pause = False
+        self.static_pause = ""  # "before" / "after" when paused by interrupt_before / interrupt_after
+        self.static_ids: set[str] = set()
         self.traced = False
         self._buffer: list[WriteRecord] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -251,8 +252,9 @@ class Engine:
             elif w.kind == "interrupt":
                 p = decode_payload(w.payload)
                 run.interrupts.append(Interrupt(p["id"], p["value"], p["node"], p.get("ns", "")))
-                if w.task_id == _STATIC_TASK:
-                    run.static_pause = True
+                if w.task_id == _STATIC_TASK and isinstance(p["value"], dict):
+                    run.static_pause = str(p["value"].get("when", ""))
+                    run.static_ids.add(p["id"])
             elif w.kind == "resume":
                 run.resume.update(decode_payload(w.payload)["values"])
 
@@ -637,7 +639,7 @@ class Engine:
         run.dirty.clear()
         run.done = {}
         run.interrupts = []
-        run.static_pause = False
+        run.static_pause = ""
         if run.sink is not None:
             run.sink(GraphEvent("checkpoint", None, cid, step, run.ns))
         return [Task(n, a, f"{cid}:{i}") for i, (n, a) in enumerate(nxt)]
@@ -645,7 +647,7 @@ class Engine:
     async def _static_interrupt(self, run: Run, nodes: list[str], when: str) -> None:
         if run.checkpointer is None or run.thread_id is None or run.checkpoint_id is None:
             raise UserError(f"interrupt_{when} needs durable state: compile with a checkpointer and pass thread_id=")
-        iid = interrupt_id(run.ns, f"{run.checkpoint_id}:{_STATIC_TASK}", 0)
+        iid = interrupt_id(run.ns, f"{run.checkpoint_id}:{_STATIC_TASK}:{when}", 0)
         intr = Interrupt(iid, {"when": when, "nodes": nodes}, nodes[0], run.ns)
         await run.checkpointer.put_writes(
             [
@@ -660,7 +662,8 @@ class Engine:
             ]
         )
         run.interrupts.append(intr)
-        run.static_pause = True
+        run.static_ids.add(iid)
+        run.static_pause = when
         self._emit(run, "interrupt", intr.node, [intr])
 
     # --- the loop ----------------------------------------------------------------------------
@@ -731,7 +734,12 @@ class Engine:
                         "state use aupdate_state(), then resume with Command(resume=...) or None"
                     )
                 await self._apply_resume(run, cmd.resume)
-            skip_before = True
+            static = [i.id for i in run.pending_interrupts() if i.id in run.static_ids]
+            if static:  # continuing past a breakpoint answers it
+                await self._record_resume(run, dict.fromkeys(static))
+            # Resuming the step that paused or failed: its interrupt_before check already ran,
+            # unless the pause came after the previous step (interrupt_after).
+            skip_before = run.static_pause != "after"
         else:
             if decoded is not None:
                 self._load(run, decoded)
@@ -763,6 +771,10 @@ class Engine:
                 f"{len(pending)} interrupts are pending ({ids}); resume with "
                 "Command(resume={interrupt_id: value, ...}) naming each one you answer"
             )
+        await self._record_resume(run, answers)
+
+    async def _record_resume(self, run: Run, answers: dict[str, Any]) -> None:
+        assert run.checkpointer is not None and run.thread_id is not None and run.checkpoint_id is not None
         await run.checkpointer.put_writes(
             [WriteRecord(run.thread_id, run.ns, run.checkpoint_id, _RESUME_TASK, "resume", encode_resume(answers))]
         )
