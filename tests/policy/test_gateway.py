@@ -25,6 +25,7 @@ async def test_default_gateway_denies_everything(tools: dict[str, Any], history:
         result = await gw.execute(ToolCall("read_inbox", {}), tools, ctx(history("hi")))
     assert result.is_error and result.content["type"] == "policy_denied"
     assert "cedar:default-deny" in result.content["rules"]
+    assert "Policy({'assistant': ['read_inbox']})" in result.content["error"]  # how to grant it
 
 
 async def test_ungranted_agent_denied_granted_allowed(

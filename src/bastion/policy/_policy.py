@@ -196,9 +196,8 @@ class Policy:
             "network": list(tool.network),
             "version": tool.version,
         }
-        cedar = self.cedar.decide(
-            agent=agent, tenant=run.tenant, grants=self.grants_for(agent, run.tenant), tool=tool_entity, context=context
-        )
+        grants = self.grants_for(agent, run.tenant)
+        cedar = self.cedar.decide(agent=agent, tenant=run.tenant, grants=grants, tool=tool_entity, context=context)
         decision = PolicyDecision(
             cedar.effect,
             [f"cedar:{p}" for p in cedar.policy_ids],
@@ -210,8 +209,10 @@ class Policy:
             hosts,
         )
         if cedar.effect == "deny":
+            granted = tool.name in grants
             decision.messages.append(
                 f"agent {agent!r} (tenant {run.tenant!r}) is not permitted to call {tool.name!r}"
+                + ("" if granted else f" (the tool is not granted: Policy({{{agent!r}: [{tool.name!r}]}}))")
                 + (f"; Cedar errors: {'; '.join(cedar.errors)}" if cedar.errors else "")
             )
             return decision
