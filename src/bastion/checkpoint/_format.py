@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from bastion.checkpoint._base import CheckpointRecord
@@ -103,7 +103,8 @@ class Decoded:
     meta: dict[str, Any]
     depth: int  # checkpoints since the keyframe
     record: CheckpointRecord
-    log_lens: dict[str, int] = field(default_factory=dict[str, int])
+    delta_bytes: int = 0  # payload bytes of the chain after its keyframe
+    keyframe_bytes: int = 0
 
 
 def encode_checkpoint(
@@ -155,6 +156,8 @@ def decode_chain(chain: Sequence[CheckpointRecord], log_channels: frozenset[str]
         meta=newest.get("meta", {}),
         depth=len(chain) - 1,
         record=chain[0],
+        delta_bytes=sum(len(r.payload) for r in chain[:-1]),
+        keyframe_bytes=len(chain[-1].payload),
     )
 
 
@@ -186,6 +189,8 @@ def decode_history(records: Sequence[CheckpointRecord], log_channels: frozenset[
             meta=p.get("meta", {}),
             depth=0 if parent is None else parent.depth + 1,
             record=rec,
+            delta_bytes=0 if parent is None else parent.delta_bytes + len(rec.payload),
+            keyframe_bytes=len(rec.payload) if parent is None else parent.keyframe_bytes,
         )
     return out
 

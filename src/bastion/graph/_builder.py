@@ -210,14 +210,16 @@ class Graph:
         interrupt_before: Sequence[str] = (),
         interrupt_after: Sequence[str] = (),
         step_limit: int = 25,
-        keyframe_every: int = 1000,
+        keyframe_every: int = 200,
         name: str = "graph",
         trace_nodes: bool = False,
     ) -> CompiledGraph:
         """Check the graph and return a runnable `CompiledGraph`.
 
         `step_limit` bounds supersteps per invocation (`GraphRecursionError` beyond it);
-        `keyframe_every` bounds how many delta checkpoints are read to rebuild a state.
+        `keyframe_every`: a complete keyframe is written after at least this many delta
+        checkpoints once the deltas outweigh the last keyframe, and always after 10x as many;
+        this bounds what is read to rebuild a cold state.
         When tracing is configured, checkpoint writes are spans; `trace_nodes` adds a
         `graph node <name>` span around every node (off by default: agent traces stay flat).
         """

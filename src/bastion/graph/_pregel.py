@@ -123,6 +123,8 @@ class Run:
         self.id_floor = ""  # new checkpoint ids sort after this (the thread's latest, when branching)
         self.keyframe_id = ""
         self.depth = 0
+        self.delta_bytes = 0  # payload bytes written since the last keyframe
+        self.keyframe_bytes = 0
         self.step = -1  # the first checkpoint (the input) is step 0
         self.done: dict[str, Result] = {}  # finished tasks of the coming step (from storage)
         self.interrupts: list[Interrupt] = []  # raised in the coming step
@@ -238,6 +240,8 @@ class Engine:
         run.checkpoint_id = rec.checkpoint_id
         run.keyframe_id = rec.keyframe_id
         run.depth = d.depth
+        run.delta_bytes = d.delta_bytes
+        run.keyframe_bytes = d.keyframe_bytes
         run.step = rec.step
         run.log_saved = {
             ch: len(v) for ch, v in run.values.items() if ch in self.schema.log_channels and isinstance(v, list)
@@ -585,7 +589,13 @@ class Engine:
         assert run.thread_id is not None
         cid = new_checkpoint_id(max(run.checkpoint_id or "", run.id_floor))
         logs_ch = self.schema.log_channels
-        keyframe = run.checkpoint_id is None or run.depth + 1 >= self.keyframe_every
+        # A keyframe rewrites every channel in full (the whole message list too), so it is written
+        # only when the deltas since the last one outweigh it: keyframes then cost at most as
+        # much storage as the deltas. The hard cap bounds the rows read to rebuild a cold state.
+        depth = run.depth + 1
+        keyframe = run.checkpoint_id is None or depth >= 10 * self.keyframe_every
+        if not keyframe and depth >= self.keyframe_every:
+            keyframe = run.delta_bytes >= run.keyframe_bytes
         values: dict[str, Any] = {}
         logs: dict[str, list[Any]] = {}
         if keyframe:
@@ -625,10 +635,23 @@ class Engine:
         cached.update({k: list(v) for k, v in run.joins.items()})
         self._remember(
             (id(run.checkpointer), run.thread_id, run.ns),
-            Decoded(cached, list(nxt), source, meta, 0 if keyframe else run.depth + 1, record),
+            Decoded(
+                cached,
+                list(nxt),
+                source,
+                meta,
+                0 if keyframe else depth,
+                record,
+                0 if keyframe else run.delta_bytes + len(payload),
+                len(payload) if keyframe else run.keyframe_bytes,
+            ),
         )
         run.checkpoint_id = cid
-        run.depth = 0 if keyframe else run.depth + 1
+        run.depth = 0 if keyframe else depth
+        if keyframe:
+            run.delta_bytes, run.keyframe_bytes = 0, len(payload)
+        else:
+            run.delta_bytes += len(payload)
         if keyframe:
             run.keyframe_id = cid
         run.step = step
