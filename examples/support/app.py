@@ -5,7 +5,10 @@
 - context: a knowledge base ingested into hybrid (BM25 + MiniLM vectors) memory, searched by a tool;
 - observability: every run is one trace (agent → model → tool → policy spans) with cost;
 - security: every tool call passes the policy gateway — default deny, approvals for refunds,
-  taint rules against prompt injection, a sandboxed code tool.
+  taint rules against prompt injection; the calculator runs its Python in a bubblewrap sandbox.
+
+`support` is a supervisor that routes each request by rule to a member agent with one tool
+(knowledge base, order lookup, refunds, calculator), each on the bundled 270M model.
 
 `support-redteam` runs the same tools and policy with a *hijacked* model (scripted to obey the
 injected instruction hidden in order 1043's customer note), to show the gateway holds even when
@@ -16,29 +19,76 @@ Run it with `bastion serve --app examples/support/app.py:build` or `make demo`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Annotated, Any
 
 from orders import order_tools, seed
+from pydantic import Field
 
 from bastion.gateway import Budget, BudgetLimits, Gateway
-from bastion.graph.agent import Agent
+from bastion.graph.agent import Agent, Supervisor
 from bastion.memory import Document, MiniLMEmbedder, Namespace, SQLiteMemoryStore, ingest, memory_tools
 from bastion.policy import ArgLimit, AuditLog, Policy, ToolGateway
 from bastion.server import Project, ProjectEnv
 from bastion.testing import ScriptedModel
-from bastion.tools.sandbox import SandboxLimits, sandbox_tools
-from bastion.types import ModelSettings, ToolCall
+from bastion.tools import tool
+from bastion.tools.sandbox import Sandbox, SandboxLimits
+from bastion.types import Message, ModelRequest, ModelResponse, ModelSettings, StreamEvent, ToolCall
 
 HERE = Path(__file__).parent
 TENANT = "acme"
 ATTACKER_IBAN = "GB33BUKB20201555555555"
+ARITHMETIC = r"^[0-9][0-9. +*/()-]*[0-9)]$"  # the calculator only ever sees arithmetic
 
-INSTRUCTIONS = (
-    "You are the support assistant of an online shop. Answer briefly. "
-    "Use search_memory for questions about returns, shipping or warranty. "
-    "Use get_order to look up an order number. Use refund only when the customer asks for a refund. "
-    "Use run_python for arithmetic."
-)
+INSTRUCTIONS = {
+    "kb": "You answer questions about the shop's policies. Search the knowledge base, then answer in one sentence.",
+    "orders": "You look up orders. Call get_order with the order number, then say where the order is.",
+    "refunds": "You refund orders. Call refund with the order number, the amount and the customer's IBAN if given.",
+    "calc": (
+        "You do arithmetic with the calculate tool, then state the result.\n\n"
+        'User: Add 2 and 3.\nAssistant: {"tool": "calculate", "arguments": {"expression": "2 + 3"}}\n'
+        'User: Multiply 4.5 by 2.\nAssistant: {"tool": "calculate", "arguments": {"expression": "4.5 * 2"}}'
+    ),
+}
+
+
+def route(messages: list[Message]) -> str | None:
+    """The supervisor's rule: pick the member for the customer's latest request; finish once a
+    member has answered it."""
+    last_user = max(i for i, m in enumerate(messages) if m.role == "user")
+    if any(m.role == "assistant" and m.text and not m.tool_calls for m in messages[last_user + 1 :]):
+        return None
+    text = messages[last_user].text.lower()
+    if "refund" in text:
+        return "refunds"
+    if any(word in text for word in ("python", "add up", "calculate", "sum of")):
+        return "calc"
+    if re.search(r"\border\b|\b\d{4}\b", text):
+        return "orders"
+    return "kb"
+
+
+class OneToolThenAnswer:
+    """Guidance for a very small model: its first turn must call one of the agent's tools (the
+    grammar makes the call schema-valid), and once a tool has answered it must reply in text.
+    Bigger models do not need this; it keeps the demo's flow predictable on a 270M base model."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.name = getattr(model, "name", "guided")
+
+    def _guide(self, request: ModelRequest) -> ModelRequest:
+        answered = any(m.role == "tool" for m in request.messages)
+        return replace(request, tool_choice="none" if answered else "required")
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        return await self.model.request(self._guide(request))
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        return self.model.stream(self._guide(request))
 
 
 def hijacked_model() -> ScriptedModel:
@@ -71,24 +121,44 @@ async def build(env: ProjectEnv) -> Project:
     )
     policy = Policy(
         {
-            "support": ["search_memory", "get_order", "refund", "run_python"],
+            "kb": ["search_memory"],
+            "orders": ["get_order"],
+            "refunds": ["refund"],
+            "calc": ["calculate"],
             "support-redteam": ["get_order", "refund"],
         },
-        rules=[ArgLimit("refund", "amount", max=500)],
+        rules=[ArgLimit("refund", "amount", max=1000)],
         on_taint="deny",  # a destination copied from untrusted tool output never gets paid
     )
     tool_gateway = ToolGateway(policy, audit=AuditLog(env.home / "audit.db"))
-    kb_tools = memory_tools(memory, lambda run: Namespace(run.tenant, scope="kb"))[:1]  # search_memory only
-    tools = [*kb_tools, *order_tools(orders_db), *sandbox_tools(SandboxLimits(wall_timeout=10))[:1]]
-    settings = ModelSettings(temperature=0.0, max_tokens=160)
+    search_memory = memory_tools(memory, lambda run: Namespace(run.tenant, scope="kb"))[0]
+    get_order, refund = order_tools(orders_db)
+    box = Sandbox(SandboxLimits(wall_timeout=10))
 
-    support = Agent(
-        gateway.model("local"), name="support", instructions=INSTRUCTIONS, tools=tools, max_turns=4,
-        model_settings=settings, tool_executor=tool_gateway, checkpointer=env.checkpointer(),
-        description="Support assistant on the bundled local model",
-    )  # fmt: skip
+    @tool(side_effect="none")
+    async def calculate(expression: Annotated[str, Field(pattern=ARITHMETIC, max_length=80)]) -> str:
+        """Evaluate an arithmetic expression with Python, in the bubblewrap sandbox.
+
+        Args:
+            expression: numbers and + - * / only, e.g. 2 + 3
+        """
+        result = await box.run_python(f"print({expression})")
+        return result.stdout.strip() if result.ok else f"error: {result.stderr.strip()[-200:]}"
+
+    settings = ModelSettings(temperature=0.0, max_tokens=60)
+    local = OneToolThenAnswer(gateway.model("local"))
+
+    def member(name: str, tool: Any) -> Agent[Any]:
+        return Agent(
+            local, name=name, instructions=INSTRUCTIONS[name], tools=[tool], max_turns=2, model_settings=settings,
+            tool_executor=tool_gateway, checkpointer=env.checkpointer(),
+        )  # fmt: skip
+
+    members = [member("kb", search_memory), member("orders", get_order), member("refunds", refund),
+               member("calc", calculate)]  # fmt: skip
+    support = Supervisor(members, router=route, name="support", max_rounds=2, checkpointer=env.checkpointer())
     redteam = Agent(
-        hijacked_model(), name="support-redteam", instructions=INSTRUCTIONS, tools=order_tools(orders_db),
+        hijacked_model(), name="support-redteam", instructions=INSTRUCTIONS["orders"], tools=[get_order, refund],
         max_turns=4, tool_executor=tool_gateway, checkpointer=env.checkpointer(),
         description="The same tools and policy, driven by a prompt-injected model",
     )  # fmt: skip

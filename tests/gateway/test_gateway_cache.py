@@ -308,6 +308,7 @@ async def test_default_cache_on_an_unwritable_home_turns_itself_off(
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the home directory should be")
     monkeypatch.setenv("BASTION_HOME", str(blocker / "home"))
+    monkeypatch.setenv("BASTION_CACHE_ENABLED", "true")  # the test suite turns it off by default
     get_settings.cache_clear()
     try:
         model = counting_model()
@@ -324,6 +325,7 @@ async def test_default_cache_writes_under_the_settings_home(tmp_path: Path, monk
     from bastion.config import get_settings
 
     monkeypatch.setenv("BASTION_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BASTION_CACHE_ENABLED", "true")  # the test suite turns it off by default
     get_settings.cache_clear()
     try:
         model = counting_model()

@@ -147,3 +147,23 @@ async def test_real_model_with_tools_on_auto_answers_or_calls_validly() -> None:
             assert set(call.arguments) == {"city", "unit"}
     else:
         assert response.finish_reason in ("stop", "length") and response.text
+
+
+def test_transcript_prompt_for_the_base_model() -> None:
+    call = ToolCall("get_weather", {"city": "Oslo", "unit": "celsius"})
+    request = ModelRequest(
+        [
+            Message.system("You are terse."),
+            Message.user("Weather in Oslo?"),
+            Message.assistant("", [call]),
+            Message.tool(ToolResult(call.id, "get_weather", {"temp": 3})),
+        ],
+        tools=[WEATHER],
+        tool_choice="none",
+    )
+    prompt = build_prompt(request, "transcript")
+    assert prompt.startswith("You are terse.\n")
+    assert "User: Weather in Oslo?\n" in prompt
+    assert 'Assistant: {"tool": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}\n' in prompt
+    assert 'Tool get_weather result: {"temp": 3}\nAssistant:' in prompt
+    assert "<start_of_turn>" not in prompt and prompt.endswith("Assistant:")

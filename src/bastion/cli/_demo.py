@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bastion.cli._approval import find_approval
 from bastion.errors import UserError
 
 console = Console()
@@ -81,7 +82,8 @@ async def run_scenario(base: str, key: str, *, timeout: float = 240.0) -> list[d
             approved = False
             while run["status"] == "interrupted" and on_approval == "approve":
                 payload = run["interrupts"][0].get("payload") or {}
-                risk = (payload.get("risk") or {}).get("text") if isinstance(payload, dict) else None
+                ask = find_approval(payload) or {}
+                risk = (ask.get("risk") or {}).get("text")
                 console.print(f"  [yellow]approval requested[/]: {risk or json.dumps(payload)[:300]}")
                 body = {"decision": {"action": "approve"}}
                 async with session.post(f"{base}/v1/approvals/{run['id']}", json=body) as r:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.prompt import Prompt
 
+from bastion.cli._approval import find_approval
 from bastion.errors import UserError
 from bastion.server._project import ProjectEnv, load_project
 from bastion.types import RunContext, new_id
@@ -18,8 +19,9 @@ console = Console()
 
 def _ask(interrupt: dict[str, Any], approve_all: bool) -> Any:
     payload = interrupt.get("payload") or {}
-    risk = payload.get("risk") if isinstance(payload, dict) else None
-    summary = (risk or {}).get("text") if isinstance(risk, dict) else None
+    ask = find_approval(payload) or {}
+    risk = ask.get("risk")
+    summary = risk.get("text") if isinstance(risk, dict) else None
     console.print(Panel(summary or json.dumps(payload, indent=2, default=str), title="approval needed", style="yellow"))
     if approve_all:
         console.print("[yellow]--yes: approved[/]")

@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bastion.errors import InvalidResponseError, MissingExtraError, ModelTimeoutError
 from bastion.types import (
@@ -163,14 +163,27 @@ def _tool_instructions(request: ModelRequest) -> str:
     return "\n".join(lines)
 
 
-def build_prompt(request: ModelRequest) -> str:
-    """The Gemma chat template: system text folds into the first user turn; tool results are
-    user turns; the prompt ends with an open model turn."""
+PromptStyle = Literal["gemma_chat", "transcript"]
+
+
+def _preamble(request: ModelRequest) -> list[str]:
     system = [m.text for m in request.messages if m.role == "system"]
     if request.tools and request.tool_choice != "none":
         system.append(_tool_instructions(request))
     if request.output is not None:
         system.append(f"Answer with JSON matching this schema: {json.dumps(request.output.schema)}")
+    return system
+
+
+def build_prompt(request: ModelRequest, style: PromptStyle = "gemma_chat") -> str:
+    """The prompt text. `gemma_chat` (instruction-tuned GGUFs): the Gemma chat template, system
+    text folded into the first user turn, tool results as user turns, ending with an open model
+    turn. `transcript` (the bundled 270M *base* model, which was never taught the chat
+    template): a plain `User:` / `Assistant:` transcript ending with `Assistant:`, which a
+    base model continues far more sensibly."""
+    if style == "transcript":
+        return _transcript(request)
+    system = _preamble(request)
     turns: list[tuple[str, str]] = []
     for m in request.messages:
         if m.role == "system":
@@ -190,6 +203,46 @@ def build_prompt(request: ModelRequest) -> str:
     out = [f"<start_of_turn>{role}\n{text}<end_of_turn>\n" for role, text in turns]
     out.append("<start_of_turn>model\n")
     return "".join(out)
+
+
+TRANSCRIPT_STOP = ["\nUser:", "\nTool ", "\n\n"]
+
+
+def _plain(value: Any) -> str:
+    """Tool output as prose-like text: a base model continues JSON with more JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(_plain(v) for v in value)  # pyright: ignore[reportUnknownVariableType]
+    if isinstance(value, dict):
+        if "text" in value:
+            return _plain(value["text"])
+        return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items() if k != "id")  # pyright: ignore[reportUnknownVariableType]
+    return str(value)
+
+
+def _transcript_line(role: str, part: Any) -> str:
+    if isinstance(part, ToolResult):
+        return f"Tool {part.name} {'error' if part.is_error else 'result'}: {_plain(part.content)}"
+    if isinstance(part, ToolCall):
+        return f"Assistant: {_render_part(part)}"
+    text = _render_part(part)
+    if not text:
+        return ""
+    return f"Assistant: {text}" if role == "assistant" else f"User: {text}"
+
+
+def _transcript(request: ModelRequest) -> str:
+    lines: list[str] = []
+    preamble = "\n\n".join(_preamble(request))
+    if preamble:
+        lines.append(preamble + "\n")
+    for m in request.messages:
+        if m.role == "system":
+            continue
+        lines.extend(line for line in (_transcript_line(m.role, p) for p in m.parts) if line)
+    lines.append("Assistant:")
+    return "\n".join(lines)
 
 
 def _offered(request: ModelRequest) -> list[Any]:
@@ -275,13 +328,22 @@ class LlamaCppModel:
     def __repr__(self) -> str:
         return f"LlamaCppModel({self._name!r})"
 
+    @property
+    def style(self) -> PromptStyle:
+        return "transcript" if self.model_name == DEFAULT_MODEL else "gemma_chat"
+
+    def _prompt(self, request: ModelRequest) -> str:
+        prompt = build_prompt(request, self.style)
+        return prompt + " " if self.style == "transcript" else prompt
+
     def _kwargs(self, request: ModelRequest, llm: Any) -> dict[str, Any]:
         s = request.settings
+        stops = TRANSCRIPT_STOP if self.style == "transcript" else ["<end_of_turn>"]
         kwargs: dict[str, Any] = {
             "max_tokens": s.max_tokens or DEFAULT_MAX_TOKENS,
             # A small base model rambles when sampled hot; greedy unless told otherwise.
             "temperature": 0.0 if s.temperature is None else s.temperature,
-            "stop": ["<end_of_turn>", *(s.stop or [])],
+            "stop": [*stops, *(s.stop or [])],
         }
         if s.top_p is not None:
             kwargs["top_p"] = s.top_p
@@ -290,6 +352,7 @@ class LlamaCppModel:
         forced = forced_prefix(request)
         schema = forced[1] if forced is not None else output_schema(request)
         if schema is not None:
+            kwargs["stop"] = list(s.stop or [])  # the grammar ends the JSON; transcript stops could cut it
             llama_cpp = _import_llama()
             kwargs["grammar"] = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         kwargs.update(s.extra)
@@ -297,7 +360,7 @@ class LlamaCppModel:
 
     def _generate(self, request: ModelRequest) -> tuple[str, str | None, int, int]:
         llm = load_llama(self.model_name)
-        prompt = build_prompt(request)
+        prompt = self._prompt(request)
         forced = forced_prefix(request)
         if forced is not None:
             prompt += forced[0]
@@ -358,7 +421,7 @@ class LlamaCppModel:
         def produce() -> None:
             try:
                 llm = load_llama(self.model_name)
-                prompt = build_prompt(request)
+                prompt = self._prompt(request)
                 kwargs = self._kwargs(request, llm)
                 prompt_tokens = len(llm.tokenize(prompt.encode(), special=True))
                 completion = 0

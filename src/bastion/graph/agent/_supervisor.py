@@ -82,6 +82,10 @@ class Supervisor:
         self._router = router
         self._runner = _SupervisorRunner(self, checkpointer)
 
+    @property
+    def checkpointer(self) -> Any:
+        return self._runner.checkpointer
+
     # --- running (same surface as Agent) -----------------------------------------------------
 
     async def run(
@@ -107,9 +111,15 @@ class Supervisor:
         return run_sync(self.resume(value, thread_id=thread_id, context=context))
 
     def stream(
-        self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None
+        self,
+        input: AgentInput | None,
+        *,
+        resume: Any = CONTINUE,
+        thread_id: str | None = None,
+        context: RunContext | None = None,
     ) -> AsyncIterator[AgentEvent]:
-        return self._runner.stream(input, resume=CONTINUE, thread_id=thread_id, context=context)
+        """Events as the members work; `input=None, resume=value` continues an interrupted run."""
+        return self._runner.stream(input, resume=resume, thread_id=thread_id, context=context)
 
     # --- pieces ------------------------------------------------------------------------------
 

@@ -112,15 +112,27 @@ async function renderRun(id) {
 
 // -- approvals ------------------------------------------------------------------------------
 
+function findApproval(v) {
+  if (!v || typeof v !== "object") return null;
+  if (v.type === "tool_approval") return v;
+  for (const child of Object.values(v)) {
+    const found = findApproval(child);
+    if (found) return found;
+  }
+  return null;
+}
+
 async function renderApprovals() {
   const items = await api("/v1/approvals");
   document.getElementById("approval-count").textContent = items.length || "";
   view().innerHTML = `<h2>Approvals</h2>` + (items.map((a) => a.interrupts.map((i) => {
     const p = i.payload || i.value || i;
+    const ask = findApproval(p) || p;  // nested agents wrap the tool's approval request
+    const risk = (ask.risk && ask.risk.text) || ask.risk_summary || ask.summary || ask;
     return `<div class="card approval" data-run="${esc(a.run_id)}" data-interrupt="${esc(i.id || "")}">
-      <div><b>${esc(a.agent)}</b> · run <a href="#/runs/${esc(a.run_id)}">${esc(a.run_id)}</a></div>
-      <div class="risk"><b>Risk summary</b><pre>${fmtJSON(p.risk_summary || p.summary || p)}</pre></div>
-      <label>Edited arguments (JSON, optional)<textarea rows="3" class="edit-args">${fmtJSON(p.arguments || "")}</textarea></label>
+      <div><b>${esc(a.agent)}</b> · ${esc(ask.tool || "")} · run <a href="#/runs/${esc(a.run_id)}">${esc(a.run_id)}</a></div>
+      <div class="risk"><b>Risk summary</b><pre>${fmtJSON(risk)}</pre></div>
+      <label>Edited arguments (JSON, optional)<textarea rows="3" class="edit-args">${fmtJSON(ask.arguments || "")}</textarea></label>
       <p><button class="approve">Approve</button> <button class="edit">Approve with edits</button>
          <button class="reject">Reject</button></p></div>`;
   }).join("")).join("") || `<p class="muted">Nothing is waiting for a decision.</p>`);
