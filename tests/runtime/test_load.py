@@ -1,0 +1,119 @@
+"""Load: 1,000 concurrent runs of a real `Agent` in one process, against a slow model server.
+
+The model is `FakeOpenAIServer` (real HTTP on 127.0.0.1) answering every request after a
+delay; the runs go through `Runtime.embedded(...)` (SQLite store, in-process worker with
+concurrency >= 1,000). A barrier inside the runnable holds each run until all 1,000 are in
+flight at once, so "1,000 concurrent" is a fact the test checks, not a timing hope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.graph.agent import Agent
+from bastion.runtime import AgentRunnable, RunOutcome, Runtime
+from bastion.runtime._types import EventSink
+from bastion.testing import FakeOpenAIServer, Fault
+from bastion.types import RunContext
+
+N = 1_000
+MODEL_DELAY = 1.0  # seconds the fake model takes per answer
+BARRIER_TIMEOUT = 40.0
+KB_PER_RUN_LIMIT = 200
+
+
+def _rss_kb() -> int:
+    """Current resident set size of this process (not the peak), from /proc."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class Gauge:
+    """Wraps a runnable: counts runs in flight, remembers the peak, and (optionally) holds
+    every run until `hold` of them are in flight together."""
+
+    def __init__(self, inner: Any, hold: int) -> None:
+        self.inner = inner
+        self.hold = hold
+        self.in_flight = 0
+        self.peak = 0
+        self.started = 0
+        self.all_in = asyncio.Event()
+        self.rss_at_peak_kb = 0
+
+    async def invoke(
+        self, input: Any, *, thread_id: str, context: RunContext, resume: Any = None, recover: bool = False,
+        emit: EventSink | None = None, checkpoint_before: str | None = None,
+    ) -> RunOutcome:  # fmt: skip
+        self.in_flight += 1
+        self.started += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.in_flight >= self.hold and not self.all_in.is_set():
+                self.rss_at_peak_kb = _rss_kb()
+                self.all_in.set()
+            await asyncio.wait_for(self.all_in.wait(), BARRIER_TIMEOUT)
+            outcome = await self.inner.invoke(
+                input, thread_id=thread_id, context=context, resume=resume, recover=recover, emit=emit,
+                checkpoint_before=checkpoint_before,
+            )  # fmt: skip
+            if self.in_flight == self.hold:
+                # The first answer back: the other runs still wait on their model calls, so
+                # this is when their sockets, requests and agent state are all alive.
+                self.rss_at_peak_kb = max(self.rss_at_peak_kb, _rss_kb())
+            return outcome
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_thousand_concurrent_agent_runs(tmp_path: Path) -> None:
+    from bastion.gateway import aclose_http_sessions
+
+    async with FakeOpenAIServer(record=False) as server:
+        server.always(Fault.slow(MODEL_DELAY))
+        # The default pool (100 connections) would queue requests client-side; allow them all.
+        model = server.model(connection_limit=N + 100)
+        agent = Agent(model, name="loady", instructions="answer briefly")
+        gauge = Gauge(AgentRunnable(agent), hold=N)
+        runtime = Runtime.embedded(tmp_path / "runs.db", {"loady": gauge}, worker_concurrency=N + 24)
+        try:
+            async with runtime:
+                # Warm up (imports, HTTP session, SQLite pages) so the RSS baseline is honest.
+                gauge.hold = 1
+                warm = await runtime.run(tenant="t", agent="loady", input="warm-up", timeout=30)
+                assert warm.status == "completed", warm.error
+                gauge.hold = N
+                gauge.all_in = asyncio.Event()
+                gauge.peak = 0
+                gc.collect()
+                rss_before = _rss_kb()
+
+                created = [await runtime.create_run(tenant="t", agent="loady", input=f"question {i}") for i in range(N)]
+                runs = await asyncio.wait_for(
+                    asyncio.gather(*(runtime.wait(r.id, tenant="t", timeout=90) for r in created)), timeout=100
+                )
+                server_requests = server.count
+        finally:
+            await aclose_http_sessions()
+
+    statuses: dict[str, int] = {}
+    for run in runs:
+        statuses[run.status] = statuses.get(run.status, 0) + 1
+    assert statuses == {"completed": N}, [r.error for r in runs if r.status != "completed"][:3]
+    assert len({r.id for r in runs}) == N  # none lost, none duplicated
+    assert all(isinstance(r.output, str) and r.output for r in runs)
+    assert gauge.started == N + 1  # every run invoked exactly once (plus the warm-up)
+    assert gauge.peak >= N, f"only {gauge.peak} runs were ever in flight together"
+    assert server_requests >= N + 1  # each run really called the slow model
+    growth_kb = gauge.rss_at_peak_kb - rss_before
+    print(f"\npeak in flight {gauge.peak}; RSS growth at peak {growth_kb} KB = {growth_kb / N:.1f} KB/run")
+    assert growth_kb / N < KB_PER_RUN_LIMIT, f"{growth_kb / N:.0f} KB per in-flight run"
