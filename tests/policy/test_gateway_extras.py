@@ -175,3 +175,22 @@ async def test_default_approver_outside_a_graph_explains_the_fix(tools: dict[str
         with pytest.raises(UserError, match="CallbackApprover"):
             await gw.execute(ToolCall("transfer", {"iban": "DE89370400440532013000", "amount": 1}), tools, ctx([]))
     assert bank.transfers == []
+
+
+async def test_a_broken_detector_fails_closed_without_crashing(
+    tools: dict[str, Any], make_gateway: Any, history: Any, ctx: Any, bank: Any
+) -> None:
+    class Broken:
+        name = "broken"
+
+        def detect(self, text: str) -> list[Any]:
+            raise RuntimeError("model file corrupted")
+
+    gw, _ = make_gateway(Policy({"assistant": ["send_email"]}, detectors=[Broken()]))
+    msgs = history("email bob@example.com", ("read_inbox", "hello"))
+    result = await gw.execute(
+        ToolCall("send_email", {"to": "bob@example.com", "subject": "s", "body": "b"}), tools, ctx(msgs)
+    )
+    assert result.is_error and result.content["type"] == "gateway_error"
+    assert "model file corrupted" in result.content["error"]
+    assert bank.emails == []

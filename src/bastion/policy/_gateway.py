@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion._sync import run_sync
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, ControlFlowSignal, UserError
 from bastion.policy._approval import (
     ApprovalDecision,
     ApprovalRequest,
@@ -79,6 +79,22 @@ class ToolGateway:
         self._pinned: dict[str, ToolRegistry] = {}
 
     async def execute(self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext) -> ToolResult:
+        try:
+            return await self._execute(call, tools, context)
+        except (ControlFlowSignal, UserError):
+            raise  # an approval pause, or a configuration mistake the developer must see
+        except Exception as e:
+            # Fail closed and keep the run alive: a bug in a detector or a store must neither
+            # crash the agent nor let the call through.
+            message, _ = self.redactor.redact_text(f"{type(e).__name__}: {e}")
+            return error_result(
+                call,
+                f"the tool gateway failed while handling this call ({message}); the tool may not have run. "
+                "Tell the user the action could not be completed.",
+                "gateway_error",
+            )
+
+    async def _execute(self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext) -> ToolResult:
         run = context.run
         who = _Who(run.tenant, context.agent, run.user, run.run_id)
         tool = tools.get(call.name)
