@@ -319,3 +319,11 @@ def test_sync_invoke_from_many_threads_on_one_app(tmp_path) -> None:  # type: ig
             assert len(app.get_state(f"w{i}").values["log"]) == 20
     finally:
         cp.close()
+
+
+async def test_an_empty_fan_out_is_a_no_op() -> None:
+    g = Graph(State)
+    g.add_node("fan", lambda s: [Send("work", i) for i in s.get("log", [])])
+    g.add_node("work", lambda i: {"count": 1})
+    g.add_edge(START, "fan")
+    assert await g.compile().ainvoke({"count": 0}) == {"count": 0}

@@ -279,8 +279,8 @@ class Engine:
             return list(upd.items()), self._gotos(node, cmd.goto)
         if isinstance(out, Send):
             return [], self._gotos(node, out)
-        if isinstance(out, list | tuple) and out and all(isinstance(x, Send) for x in out):  # type: ignore[union-attr]
-            return [], self._gotos(node, out)  # type: ignore[arg-type]
+        if isinstance(out, list | tuple) and all(isinstance(x, Send) for x in out):  # type: ignore[union-attr]
+            return [], self._gotos(node, out)  # type: ignore[arg-type]  # [] is an empty fan-out
         if isinstance(out, dict):
             return self._normalise(node, dict(out))  # type: ignore[arg-type]
         raise InvalidUpdateError(
