@@ -53,3 +53,27 @@ def test_taint_and_injection_never_turn_a_deny_into_allow(tools: dict[str, Any],
         messages=msgs,
     )
     assert d.effect == "deny"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    name=st.sampled_from(["transfer", "send_email", "fetch", "nope"]),
+    args=st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+)
+async def test_gateway_never_raises_on_arbitrary_model_output(
+    tools: dict[str, Any], make_gateway: Any, ctx: Any, name: str, args: dict[str, Any]
+) -> None:
+    from bastion.types import ToolCall
+
+    gw, _ = make_gateway(answers=["reject"] * 200)
+    result = await gw.execute(ToolCall(name, args), tools, ctx([]))
+    assert result.tool_call_id and result.name == name
+    if result.is_error:
+        assert {"error", "type"} <= set(result.content)
