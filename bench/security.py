@@ -424,14 +424,76 @@ def latency(n: int = 5000) -> dict[str, dict[str, float]]:
     return out
 
 
+def sandbox_latency(n: int = 30) -> dict[str, Any]:
+    """Start-to-exit time of a fresh bubblewrap sandbox per call, vs the same program unsandboxed."""
+    import shutil
+    import subprocess
+
+    from bastion.tools.sandbox import Sandbox
+
+    if not Sandbox.available():
+        return {"available": False}
+    box = Sandbox()
+
+    async def sandboxed() -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            result = await box.run(["/usr/bin/true"])
+            assert result.ok
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    def bare() -> list[float]:
+        true = shutil.which("true") or "/usr/bin/true"
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            subprocess.run([true], check=True)
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    python = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        asyncio.run(box.run_python("print(1)"))
+        python.append((time.perf_counter() - t0) * 1e3)
+    sb, plain = asyncio.run(sandboxed()), bare()
+    return {
+        "available": True,
+        "sandboxed_true_p50_ms": percentile(sb, 50),
+        "sandboxed_true_p95_ms": percentile(sb, 95),
+        "plain_subprocess_p50_ms": percentile(plain, 50),
+        "added_p50_ms": percentile(sb, 50) - percentile(plain, 50),
+        "sandboxed_python_p50_ms": percentile(python, 50),
+    }
+
+
 def main() -> None:
     load = os.getloadavg()[0]  # a shared machine: p95 moves with it, p50 much less
     lat = latency()
+    box = sandbox_latency()
     suites = [asyncio.run(run_suite("require_approval")), asyncio.run(run_suite("deny"))]
     print(f"\n## Policy decision latency ({machine_note()}, load average {load:.1f} during the run)\n")
     print(
         table(["case", "p50 ms", "p95 ms"], [[k, f"{v['p50_ms']:.3f}", f"{v['p95_ms']:.3f}"] for k, v in lat.items()])
     )
+    print("\n## Sandbox start (a fresh bubblewrap sandbox per call)\n")
+    if box.get("available"):
+        print(
+            table(
+                ["case", "p50 ms", "p95 ms"],
+                [
+                    ["/usr/bin/true, plain subprocess", f"{box['plain_subprocess_p50_ms']:.1f}", ""],
+                    ["/usr/bin/true in a fresh sandbox", f"{box['sandboxed_true_p50_ms']:.1f}",
+                     f"{box['sandboxed_true_p95_ms']:.1f}"],
+                    ["sandbox overhead", f"{box['added_p50_ms']:.1f}", ""],
+                    ["python3 -c 'print(1)' in a fresh sandbox", f"{box['sandboxed_python_p50_ms']:.1f}", ""],
+                ],
+            )
+        )  # fmt: skip
+    else:
+        print("bubblewrap not available here: sandbox start not measured")
     print("\n## Injection scenarios\n")
     rows = []
     for s in suites:
@@ -461,7 +523,8 @@ def main() -> None:
         )
     )
     path = write_results(
-        "security", {"machine": machine_note(), "load_average": load, "latency": lat, "suites": suites}
+        "security",
+        {"machine": machine_note(), "load_average": load, "latency": lat, "sandbox": box, "suites": suites},
     )
     print(f"\nwrote {path}")
 

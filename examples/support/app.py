@@ -30,12 +30,13 @@ from pydantic import Field
 
 from bastion.gateway import Budget, BudgetLimits, Gateway
 from bastion.graph.agent import Agent, Supervisor
-from bastion.memory import Document, MiniLMEmbedder, Namespace, SQLiteMemoryStore, ingest, memory_tools
+from bastion.memory import Document, MiniLMEmbedder, Namespace, SQLiteMemoryStore, ingest, retrieve
 from bastion.policy import ArgLimit, AuditLog, Policy, ToolGateway
 from bastion.server import Project, ProjectEnv
 from bastion.testing import ScriptedModel
 from bastion.tools import tool
 from bastion.tools.sandbox import Sandbox, SandboxLimits
+from bastion.tracing import spans
 from bastion.types import Message, ModelRequest, ModelResponse, ModelSettings, StreamEvent, ToolCall
 
 HERE = Path(__file__).parent
@@ -59,8 +60,8 @@ def route(messages: list[Message]) -> str | None:
     """The supervisor's rule: pick the member for the customer's latest request; finish once a
     member has answered it."""
     last_user = max(i for i, m in enumerate(messages) if m.role == "user")
-    if any(m.role == "assistant" and m.text and not m.tool_calls for m in messages[last_user + 1 :]):
-        return None
+    if any(m.role == "assistant" and not m.tool_calls for m in messages[last_user + 1 :]):
+        return None  # a member has replied
     text = messages[last_user].text.lower()
     if "refund" in text:
         return "refunds"
@@ -121,7 +122,7 @@ async def build(env: ProjectEnv) -> Project:
     )
     policy = Policy(
         {
-            "kb": ["search_memory"],
+            "kb": ["search_kb"],
             "orders": ["get_order"],
             "refunds": ["refund"],
             "calc": ["calculate"],
@@ -131,7 +132,18 @@ async def build(env: ProjectEnv) -> Project:
         on_taint="deny",  # a destination copied from untrusted tool output never gets paid
     )
     tool_gateway = ToolGateway(policy, audit=AuditLog(env.home / "audit.db"))
-    search_memory = memory_tools(memory, lambda run: Namespace(run.tenant, scope="kb"))[0]
+
+    @tool(side_effect="read", trust="trusted")  # our own documents
+    async def search_kb(query: str) -> str:
+        """Search the shop's policy documents and return the most relevant passage.
+
+        Args:
+            query: what the customer asks about.
+        """
+        run = spans.current_run()
+        hits = await retrieve(memory, Namespace(run.tenant if run else TENANT, scope="kb"), query, k=1)
+        return hits[0].item.text if hits else "nothing found"
+
     get_order, refund = order_tools(orders_db)
     box = Sandbox(SandboxLimits(wall_timeout=10))
 
@@ -154,7 +166,7 @@ async def build(env: ProjectEnv) -> Project:
             tool_executor=tool_gateway, checkpointer=env.checkpointer(),
         )  # fmt: skip
 
-    members = [member("kb", search_memory), member("orders", get_order), member("refunds", refund),
+    members = [member("kb", search_kb), member("orders", get_order), member("refunds", refund),
                member("calc", calculate)]  # fmt: skip
     support = Supervisor(members, router=route, name="support", max_rounds=2, checkpointer=env.checkpointer())
     redteam = Agent(
