@@ -1,10 +1,11 @@
 """The scale-out long-term memory backend: PostgreSQL + pgvector (HNSW) + tsvector, over a
 psycopg 3 async connection pool.
 
-Isolation is structural: `bastion_memory_items` is LIST-partitioned by tenant and every search
-queries the tenant's partition table by name, so the HNSW and GIN indexes it walks hold only
-that tenant's rows. Filters inside a tenant (namespace, validity, trust) run during the index
-scan with `hnsw.iterative_scan`, which keeps scanning until enough rows pass the filters
+Isolation is structural: items, episodes and skills are LIST-partitioned by tenant. Every
+search queries the tenant's item partition by name, so the HNSW and GIN indexes it walks hold
+only that tenant's rows (episode and skill queries are pruned to the tenant's partition).
+Filters inside a tenant (namespace, validity, trust) run during the index scan with
+`hnsw.iterative_scan`, which keeps scanning until enough rows pass the filters
 instead of returning fewer than `k`.
 """
 
@@ -170,7 +171,7 @@ class PostgresMemoryStore:
             )
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS bastion_memory_episodes(tenant text NOT NULL, {episode_cols}, "
-                "ns text NOT NULL, PRIMARY KEY (tenant, id))"
+                "ns text NOT NULL, PRIMARY KEY (tenant, id)) PARTITION BY LIST (tenant)"
             )
             await conn.execute(
                 "CREATE INDEX IF NOT EXISTS bastion_memory_episodes_time ON bastion_memory_episodes "
@@ -180,7 +181,7 @@ class PostgresMemoryStore:
                 "CREATE TABLE IF NOT EXISTS bastion_memory_skills(tenant text NOT NULL, ns text NOT NULL, "
                 "name text NOT NULL, version integer NOT NULL, instructions text NOT NULL, tools text, "
                 "description text, created_at double precision, trust text, "
-                "PRIMARY KEY (tenant, ns, name, version))"
+                "PRIMARY KEY (tenant, ns, name, version)) PARTITION BY LIST (tenant)"
             )
             cur = await conn.execute("SELECT key, value FROM bastion_memory_meta")
             found = dict(await cur.fetchall())
@@ -207,11 +208,14 @@ class PostgresMemoryStore:
             from psycopg import sql
 
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"bastion_memory_{s}",))
-            await conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF bastion_memory_items FOR VALUES IN ({})").format(
-                    sql.Identifier(f"bastion_memory_items_{s}"), sql.Literal(tenant)
+            for table in ("items", "episodes", "skills"):
+                await conn.execute(
+                    sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES IN ({})").format(
+                        sql.Identifier(f"bastion_memory_{table}_{s}"),
+                        sql.Identifier(f"bastion_memory_{table}"),
+                        sql.Literal(tenant),
+                    )
                 )
-            )
             await conn.execute(
                 "INSERT INTO bastion_memory_tenants VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (tenant, s, now())
             )
@@ -457,7 +461,8 @@ class PostgresMemoryStore:
         pool = await self._conn_pool()
         if episode.occurred_at is None:
             episode.occurred_at = now()
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, conn.transaction():
+            await self._partition(conn, ns.tenant, create=True)
             await conn.execute(
                 f"INSERT INTO bastion_memory_episodes(tenant, {cols(EPISODE_COLUMNS)}, ns) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -493,6 +498,7 @@ class PostgresMemoryStore:
         check_skill(skill)
         pool = await self._conn_pool()
         async with pool.connection() as conn, conn.transaction():
+            await self._partition(conn, ns.tenant, create=True)
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{ns.tenant}\x1f{ns.key}\x1f{skill.name}",)
             )
