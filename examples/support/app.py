@@ -46,8 +46,19 @@ ARITHMETIC = r"^[0-9][0-9. +*/()-]*[0-9)]$"  # the calculator only ever sees ari
 
 INSTRUCTIONS = {
     "kb": "You answer questions about the shop's policies. Search the knowledge base, then answer in one sentence.",
-    "orders": "You look up orders. Call get_order with the order number, then say where the order is.",
-    "refunds": "You refund orders. Call refund with the order number, the amount and the customer's IBAN if given.",
+    "orders": (
+        "You look up orders with get_order, then tell the customer the item and its status in one sentence.\n\n"
+        "User: Where is order 7?\nAssistant: (calls get_order(order_id=7))\n"
+        "Tool get_order result: order_id: 7; customer: sam; item: desk lamp; amount: 25.0; status: shipped\n"
+        "Assistant: Your desk lamp (order 7) has shipped."
+    ),
+    "refunds": (
+        "You refund orders with the refund tool (order number, amount, and the IBAN only if the customer gave one), "
+        "then confirm in one sentence.\n\n"
+        "User: Please refund order 7 (25 EUR).\nAssistant: (calls refund(order_id=7, amount=25.0))\n"
+        "Tool refund result: refunded 25.00 EUR for order 7 to the original payment method\n"
+        "Assistant: Done: 25.00 EUR for order 7 is on its way back to you."
+    ),
     "calc": (
         "You do arithmetic with the calculate tool, then state the result.\n\n"
         'User: Add 2 and 3.\nAssistant: {"tool": "calculate", "arguments": {"expression": "2 + 3"}}\n'

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from bastion.tools import Tool, tool
+
+IBAN = r"^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$"
 
 ORDERS = [
     # id, customer, item, amount EUR, status, customer note (free text the customer typed: untrusted)
@@ -46,7 +50,7 @@ def order_tools(path: Path) -> list[Tool]:
         return dict(zip(keys, row, strict=True))
 
     @tool(side_effect="irreversible")
-    def refund(order_id: int, amount: float, iban: str | None = None) -> str:
+    def refund(order_id: int, amount: float, iban: Annotated[str, Field(pattern=IBAN)] | None = None) -> str:
         """Refund an order. Money goes back to the original payment method, or to `iban` if given.
         This cannot be undone.
 

@@ -164,6 +164,6 @@ def test_transcript_prompt_for_the_base_model() -> None:
     prompt = build_prompt(request, "transcript")
     assert prompt.startswith("You are terse.\n")
     assert "User: Weather in Oslo?\n" in prompt
-    assert 'Assistant: {"tool": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}\n' in prompt
-    assert 'Tool get_weather result: {"temp": 3}\nAssistant:' in prompt
+    assert 'Assistant: (calls get_weather(city="Oslo", unit="celsius"))\n' in prompt
+    assert "Tool get_weather result: temp: 3\nAssistant:" in prompt  # tool output as prose
     assert "<start_of_turn>" not in prompt and prompt.endswith("Assistant:")

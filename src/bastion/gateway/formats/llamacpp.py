@@ -225,7 +225,10 @@ def _transcript_line(role: str, part: Any) -> str:
     if isinstance(part, ToolResult):
         return f"Tool {part.name} {'error' if part.is_error else 'result'}: {_plain(part.content)}"
     if isinstance(part, ToolCall):
-        return f"Assistant: {_render_part(part)}"
+        # Prose, not JSON: a base model continues a JSON line with more JSON. (A new call is
+        # still generated as JSON: the grammar enforces it.)
+        args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in part.arguments.items())
+        return f"Assistant: (calls {part.name}({args}))"
     text = _render_part(part)
     if not text:
         return ""
@@ -349,6 +352,8 @@ class LlamaCppModel:
             kwargs["top_p"] = s.top_p
         if s.seed is not None:
             kwargs["seed"] = s.seed
+        if self.style == "transcript":
+            kwargs["repeat_penalty"] = 1.3  # a small base model otherwise loops on the last phrase
         forced = forced_prefix(request)
         schema = forced[1] if forced is not None else output_schema(request)
         if schema is not None:
