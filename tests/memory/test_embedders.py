@@ -177,3 +177,41 @@ async def test_batcher_batches(tmp_path: Path) -> None:
     await batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(99, "late")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_reembed_recovers_items_left_without_vectors(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A failed batch, or a process that stopped before its batch ran, leaves items without
+    vectors; reembed() finds them in the database (not in memory) and embeds them."""
+    from bastion.memory import PostgresMemoryStore
+
+    def open_store(embedder: HashingEmbedder) -> SQLiteMemoryStore | PostgresMemoryStore:
+        if backend == "sqlite":
+            return SQLiteMemoryStore(tmp_path / "m.db", embedder)
+        return PostgresMemoryStore(request.getfixturevalue("pg_url"), embedder)
+
+    ns = Namespace("t")
+    broken = GatedEmbedder()
+    broken.gate.set()
+    broken.fail_next = True
+    store = open_store(broken)
+    try:
+        await store.put(ns, MemoryItem("the spare key is under the blue pot"))
+        with pytest.raises(RuntimeError, match="backend down"):
+            await asyncio.wait_for(store.flush(), 10)
+    finally:
+        await store.close()
+
+    store = open_store(GatedEmbedder())  # a new process: nothing pending in memory
+    store.embedder.gate.set()  # type: ignore[attr-defined]
+    try:
+        assert await store.search(ns, "the spare key is under the blue pot", mode="vector") == []
+        assert await store.reembed() == 1
+        await asyncio.wait_for(store.flush(), 10)
+        hits = await store.search(ns, "the spare key is under the blue pot", mode="vector")
+        assert [h.item.text for h in hits] == ["the spare key is under the blue pot"]
+        assert await store.reembed() == 0
+    finally:
+        await store.close()

@@ -566,6 +566,21 @@ class PostgresMemoryStore:
     async def flush(self) -> None:
         await self._batcher.flush()
 
+    async def reembed(self) -> int:
+        """Queue every item that has no vector yet (its batch failed, or the process stopped
+        before the batch ran) and return how many; `flush()` then waits for them."""
+        pool = await self._conn_pool()
+        queued = 0
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT suffix FROM bastion_memory_tenants")
+            for (s,) in await cur.fetchall():
+                part = f"bastion_memory_items_{s}"
+                rows = await (await conn.execute(f"SELECT id, text FROM {part} WHERE embedding IS NULL")).fetchall()
+                for item_id, text in rows:
+                    self._batcher.submit((part, item_id), text)
+                    queued += 1
+        return queued
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -540,6 +540,17 @@ class SQLiteMemoryStore:
     async def flush(self) -> None:
         await self._batcher.flush()
 
+    async def reembed(self) -> int:
+        """Queue every item that has no vector yet (its batch failed, or the process stopped
+        before the batch ran) and return how many; `flush()` then waits for them."""
+        self._check_open()
+        queued = 0
+        for (s,) in self._q("SELECT suffix FROM tenants").fetchall():
+            for rowid, text in self._q(f"SELECT rowid, text FROM items_{s} WHERE embedded = 0").fetchall():
+                self._batcher.submit((s, rowid), text)
+                queued += 1
+        return queued
+
     async def close(self) -> None:
         if self._closed:
             return
