@@ -191,3 +191,12 @@ def test_local_models_count_with_their_own_tokenizer() -> None:
     assert isinstance(counter, LlamaCppCounter)
     n = counter.count("The quick brown fox jumps over the lazy dog.")
     assert 8 <= n <= 14 and counter.count("") == 0
+
+
+async def test_weakest_evidence_is_dropped_before_failing() -> None:
+    hits = [f"evidence{i} " + "e " * 60 for i in range(5)]  # best first
+    asm = ContextAssembler(window=400, reserve_output=100, counter=Words(), summarizer=ScriptedModel([]))
+    out = await asm.assemble([Message.user("q?")], system="sys", evidence=hits)
+    block = out.messages[-2].text
+    assert "evidence0" in block and "evidence4" not in block
+    assert out.tokens <= out.budget and out.notes and "dropped" in out.notes[0]

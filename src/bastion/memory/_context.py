@@ -189,6 +189,15 @@ class ContextAssembler:
                 recent = recent[split:]
                 messages = build(recent, summary)
                 tokens = self.count(messages)
+        kept_evidence = list(evidence)
+        while tokens > self.budget and kept_evidence:
+            # Evidence is the most expendable part: drop the weakest item first.
+            kept_evidence.pop()
+            evidence_msg = Message.user(_render_evidence(kept_evidence)) if kept_evidence else None
+            messages = build(recent, summary)
+            tokens = self.count(messages)
+        if len(kept_evidence) < len(evidence):
+            result.notes.append(f"dropped {len(evidence) - len(kept_evidence)} of {len(evidence)} evidence items")
         if tokens > self.budget:
             raise ContextWindowExceededError(
                 f"the context needs {tokens} tokens but the budget is {self.budget} "
