@@ -99,8 +99,9 @@ def cost_routes(store: Any) -> Extension:
         async def costs(
             principal: Viewer,
             by: Literal["agent", "model", "tool", "user", "session", "run", "team", "tenant"] = "agent",
-            since: Annotated[float | None, Query(description="epoch seconds")] = None,
-            until: Annotated[float | None, Query(description="epoch seconds")] = None,
+            # Bounded so the nanosecond timestamps stay within SQLite's 64-bit integers (found by fuzzing).
+            since: Annotated[float | None, Query(ge=0, le=9e9, description="epoch seconds")] = None,
+            until: Annotated[float | None, Query(ge=0, le=9e9, description="epoch seconds")] = None,
         ) -> list[dict[str, Any]]:
             from bastion.tracing import cost_by
 
