@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BastionError as e:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {e}")
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -74,7 +74,7 @@ async def run(
             resume = next(iter(decisions.values())) if len(decisions) == 1 else decisions
         console.print()
         console.print(Panel(str(outcome.output), title="answer", style="bold green"))
-        console.print(f"cost ${total_cost:.6f} · thread {thread_id} · trace {outcome.trace_id}")
+        console.print(f"cost ${total_cost:.6f} · thread {thread_id} · trace {outcome.trace_id}", soft_wrap=True)
     finally:
         await project.close()
         tracing.force_flush(5)

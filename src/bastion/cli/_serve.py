@@ -25,6 +25,10 @@ async def serve(spec: str, env: ProjectEnv, *, host: str, port: int, workers: in
         mode = f"PostgreSQL ({env.database_url})" if env.database_url else f"embedded SQLite ({env.home})"
         console.print(f"[bold]Bastion[/] serving {sorted(project.agents)} on http://{host}:{port}  [dim]{mode}[/]")
         server = uvicorn.Server(uvicorn.Config(parts.app, host=host, port=port, log_level="warning", lifespan="on"))
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the
+        # previous handler; a no-op one lets us finish the clean-up below and exit 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         await server.serve()
     return 0
 
