@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ def test_demo_scenario_runs_offline_and_the_injection_is_blocked(tmp_path: Path)
         port = s.getsockname()[1]
     out = subprocess.run(
         [sys.executable, "-m", "bastion.cli", "--home", str(tmp_path), "demo", "--no-wait", "--port", str(port)],
-        capture_output=True, text=True, timeout=1200, check=False, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=1200, check=False, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout

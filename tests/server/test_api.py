@@ -23,7 +23,7 @@ class Agent:
 
     async def invoke(
         self, input: Any, *, thread_id: str, context: RunContext, resume: Any = None, recover: bool = False,
-        emit: EventSink | None = None,
+        emit: EventSink | None = None, **_: Any,
     ) -> RunOutcome:  # fmt: skip
         if emit:
             await emit("token", {"text": "thinking"})
