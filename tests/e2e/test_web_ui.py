@@ -70,7 +70,8 @@ async def test_approve_a_pending_tool_call_from_the_ui(server: tuple[str, str], 
     card = page.locator(f".approval[data-run='{run['id']}']")
     await card.wait_for()
     risk = await card.locator(".risk").inner_text()
-    assert "refund" in risk and "1042" in risk  # the system-written risk summary is shown
+    assert "'refund'" in risk and "cannot be undone" in risk and "40.00" in risk  # written by the system
+    assert '"order_id": 1042' in await card.locator(".edit-args").input_value()  # the arguments, editable
     await card.locator("button.approve").click()
     await page.wait_for_selector(".decided")
 
