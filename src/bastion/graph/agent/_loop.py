@@ -31,6 +31,7 @@ from bastion.graph.agent._result import (
     ToolResultEvent,
 )
 from bastion.graph.agent._runtime import current_runtime
+from bastion.memory import use_run_context
 from bastion.tools import ToolCallContext
 from bastion.tracing import spans
 from bastion.types import (
@@ -247,6 +248,7 @@ def make_tool_node(group: AgentGroup, histories: Histories) -> Any:
                     context=context.run,
                 ) as span,
                 collect_spend() as spent,  # sub-agents called as tools report here
+                use_run_context(context),  # memory tools pick their namespace (tenant, agent, user) from it
             ):
                 result = await agent.executor().execute(call, agent.tools_by_name, context)
                 span.record_result(result)
