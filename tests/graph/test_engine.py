@@ -327,3 +327,23 @@ async def test_an_empty_fan_out_is_a_no_op() -> None:
     g.add_node("work", lambda i: {"count": 1})
     g.add_edge(START, "fan")
     assert await g.compile().ainvoke({"count": 0}) == {"count": 0}
+
+
+def test_draw_mermaid_shows_edges_branches_and_joins() -> None:
+    g = Graph(State)
+    for n in "abcd":
+        g.add_node(n, lambda s: {})
+    g.add_edge(START, "a").add_conditional_edges("a", lambda s: "y", {"y": "b", "n": END})
+    g.add_edge("a", "c").add_edge(["b", "c"], "d").add_edge("d", END)
+    lines = g.compile().draw_mermaid().splitlines()
+    assert lines[0] == "flowchart TD"
+    for expected in (
+        "    __start__ --> a",
+        "    a --> c",
+        "    a -.-> |y| b",
+        "    a -.-> |n| __end__",
+        "    b --> |join| d",
+        "    c --> |join| d",
+        "    d --> __end__",
+    ):
+        assert expected in lines

@@ -11,7 +11,7 @@ from bastion._sync import run_sync
 from bastion.checkpoint._format import Decoded
 from bastion.errors import UserError
 from bastion.graph._pregel import Engine, Run, Sink
-from bastion.graph._types import GraphEvent, StateSnapshot
+from bastion.graph._types import END, START, GraphEvent, StateSnapshot
 from bastion.types import RunContext, new_id
 
 
@@ -256,6 +256,30 @@ class CompiledGraph(Engine):
         self, thread_id: str, checkpoint_id: str | None = None, *, new_thread_id: str | None = None
     ) -> StateSnapshot:
         return run_sync(self.afork(thread_id, checkpoint_id, new_thread_id=new_thread_id))
+
+    def draw_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart (edges solid, conditional edges dotted, joins
+        labelled `join`); paste it into any Markdown that renders Mermaid."""
+
+        def node_id(name: str) -> str:
+            return {START: "__start__", END: "__end__"}.get(name, name)
+
+        lines = ["flowchart TD", "    __start__([START])", "    __end__([END])"]
+        lines += [f"    {n}[{n}]" for n in self.nodes]
+        for src, dsts in self.edges.items():
+            lines += [f"    {node_id(src)} --> {node_id(d)}" for d in dsts]
+        for src, branches in self.branches.items():
+            for b in branches:
+                if b.path_map is None:
+                    lines.append(f"    {node_id(src)} -.-> |router| __end__")
+                else:
+                    lines += [f"    {node_id(src)} -.-> |{k}| {node_id(d)}" for k, d in b.path_map.items()]
+        for src, joins in self.joins_by_src.items():
+            lines += [f"    {node_id(src)} --> |join| {node_id(dst)}" for _key, _sources, dst in joins]
+        for n in self.nodes:
+            if not self.edges.get(n) and n not in self.branches and n not in self.joins_by_src:
+                lines.append(f"    {n} --> __end__")  # the branch ends here (explicitly or not)
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"CompiledGraph({self.name!r}, nodes={sorted(self.nodes)})"
