@@ -85,3 +85,28 @@ async def test_metrics_endpoint_exposes_prometheus_text(served: tuple[str, Any])
     async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
         text = await r.text()
     assert r.status == 200 and "gen_ai_client_token_usage" in text
+
+
+async def test_promote_a_run_to_an_eval_dataset(served: tuple[str, Any]) -> None:
+    _, call = served
+    _, run = await call("k-acme", "POST", "/v1/runs", json={"agent": "echo", "input": "ping", "wait": True})
+    body = {"run_id": run["id"], "expected": {"output_contains": ["ping"]}}
+    status, case = await call("k-acme", "POST", "/v1/evals/datasets/regressions/cases", json=body)
+    assert status == 201, case
+    assert case["input"] == "ping" and case["expected"] == {"output_contains": ["ping"]}
+    assert (await call("k-acme", "GET", "/v1/evals/datasets"))[1] == [{"name": "regressions", "cases": 1}]
+    status, dataset = await call("k-acme", "GET", "/v1/evals/datasets/regressions")
+    assert status == 200 and dataset["cases"][0]["metadata"]["run_id"] == run["id"]
+    # Another tenant neither sees the dataset nor can promote acme's run.
+    assert (await call("k-evil", "GET", "/v1/evals/datasets"))[1] == []
+    assert (await call("k-evil", "GET", "/v1/evals/datasets/regressions"))[0] == 404
+    assert (await call("k-evil", "POST", "/v1/evals/datasets/mine/cases", json={"run_id": run["id"]}))[0] == 404
+    assert (await call("k-acme", "GET", "/v1/evals/datasets/..%2Fescape"))[0] in (404, 422)
+
+
+async def test_cost_series_buckets_spend_over_time(served: tuple[str, Any]) -> None:
+    _, call = served
+    await call("k-acme", "POST", "/v1/runs", json={"agent": "echo", "input": "spend", "wait": True})
+    status, data = await call("k-acme", "GET", "/v1/costs/series?by=model&hours=1&buckets=6")
+    assert status == 200 and len(data["series"]["echo"]) == 6 and sum(data["series"]["echo"]) > 0
+    assert (await call("k-evil", "GET", "/v1/costs/series?by=model"))[1]["series"] == {}

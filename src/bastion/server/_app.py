@@ -273,8 +273,12 @@ def create_app(
             payload = json.loads(body or b"{}")
         except json.JSONDecodeError as e:
             raise UserError(f"webhook body is not JSON: {e}") from None
+        try:
+            input = hook.to_input(payload)
+        except Exception as e:  # the sender's payload does not fit the template: a 400, not a 500
+            raise UserError(f"webhook {name!r}: the payload does not fit its input template: {e!r}") from None
         run = await runtime.create_run(
-            tenant=hook.tenant, agent=hook.agent, input=hook.to_input(payload),
+            tenant=hook.tenant, agent=hook.agent, input=input,
             metadata={"trigger": f"webhook:{name}"}, multitask="enqueue",
         )  # fmt: skip
         return RunOut.of(run)

@@ -7,13 +7,17 @@ tenant. A tenant id in a query string is never trusted: it always comes from the
 
 # No `from __future__ import annotations`: FastAPI reads these route annotations at runtime.
 import asyncio
+import hashlib
+import re
 import time
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.runtime import Runtime
-from bastion.server._app import Extension, Viewer
+from bastion.server._app import Extension, Operator, Viewer
 from bastion.tracing import semconv as sc
 
 
@@ -120,6 +124,24 @@ def cost_routes(store: Any) -> Extension:
                 for r in rows
             ]
 
+        @app.get("/v1/costs/series", tags=["costs"])
+        async def cost_series(
+            principal: Viewer,
+            by: Literal["agent", "model", "tool", "user", "session", "team"] = "model",
+            hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
+            buckets: Annotated[int, Query(ge=1, le=200)] = 24,
+        ) -> dict[str, Any]:
+            """Spend per `by` key in `buckets` equal time buckets over the last `hours`."""
+            from bastion.tracing import cost_series as series
+
+            await asyncio.to_thread(store.flush, 2.0)
+            until = time.time() + 1
+            since = until - hours * 3600
+            data = await asyncio.to_thread(
+                series, store, by, bucket_s=hours * 3600 / buckets, since=since, until=until, tenant=principal.tenant
+            )
+            return {"since": since, "until": until, "buckets": buckets, "series": {str(k): v for k, v in data.items()}}
+
     return extend
 
 
@@ -154,3 +176,70 @@ def memory_routes(store: Any) -> Extension:
             ]
 
     return extend
+
+
+class PromoteRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run_id: str = Field(min_length=1, max_length=200)
+    expected: dict[str, Any] | None = Field(
+        default=None, description='what a correct run looks like, e.g. {"output_contains": ["refunded"]}'
+    )
+    golden: bool = Field(default=False, description="use the run's own tool calls as the reference trajectory")
+
+
+def eval_routes(store: Any, runtime: Runtime, home: Path) -> Extension:
+    """Evaluation datasets per tenant: promote a run (its trace) to a case, list and read datasets.
+    Datasets are JSONL files under `<home>/evals/<tenant>/`, runnable with `bastion eval`."""
+
+    def path_for(tenant: str, name: str) -> Path:
+        if not _NAME.fullmatch(name):
+            raise HTTPException(422, "dataset names are 1-64 letters, digits, '-' or '_'")
+        folder = home / "evals" / hashlib.sha256(tenant.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{name}.jsonl"
+
+    def extend(app: FastAPI) -> None:
+        from bastion.evals import Dataset, Expected
+
+        @app.get("/v1/evals/datasets", tags=["evals"])
+        async def list_datasets(principal: Viewer) -> list[dict[str, Any]]:
+            folder = path_for(principal.tenant, "x").parent
+            out = []
+            for file in sorted(folder.glob("*.jsonl")):
+                out.append({"name": file.stem, "cases": len(Dataset.from_jsonl(file))})
+            return out
+
+        @app.get("/v1/evals/datasets/{name}", tags=["evals"])
+        async def get_dataset(name: str, principal: Viewer) -> dict[str, Any]:
+            file = path_for(principal.tenant, name)
+            if not file.exists():
+                raise HTTPException(404, f"no dataset {name!r} for this tenant")
+            return {"name": name, "cases": [c.to_dict() for c in Dataset.from_jsonl(file)]}
+
+        @app.post("/v1/evals/datasets/{name}/cases", tags=["evals"], status_code=201)
+        async def promote(name: str, body: PromoteRun, principal: Operator) -> dict[str, Any]:
+            from bastion.evals import Case
+
+            run = await runtime.get_run(body.run_id, tenant=principal.tenant)
+            expected = Expected.from_dict(body.expected or {})
+            if body.golden:
+                # The reference trajectory is the tool calls the run made, read from its trace.
+                if not run.trace_id:
+                    raise HTTPException(409, f"run {run.id} has no trace (tracing was off when it ran)")
+                await asyncio.to_thread(store.flush, 2.0)
+                traced = await asyncio.to_thread(
+                    Dataset.from_traces, store, name, trace_ids=[run.trace_id], failed_only=False, golden=True
+                )
+                if traced.cases:
+                    expected.tool_calls = traced.cases[0].expected.tool_calls
+            case = Case(input=run.input, expected=expected, metadata={"run_id": run.id, "trace_id": run.trace_id})
+            file = path_for(principal.tenant, name)
+            dataset = Dataset.from_jsonl(file) if file.exists() else Dataset(name)
+            dataset.add(case)
+            dataset.to_jsonl(file)
+            return case.to_dict()
+
+    return extend
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")

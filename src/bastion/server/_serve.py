@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from bastion.runtime import Runtime, Scheduler
 from bastion.server._app import Extension, create_app
 from bastion.server._auth import SQLiteApiKeyStore
-from bastion.server._extensions import cost_routes, memory_routes, trace_routes
+from bastion.server._extensions import cost_routes, eval_routes, memory_routes, trace_routes
 from bastion.server._project import Project, ProjectEnv, build_runtime
 
 
@@ -47,7 +47,9 @@ async def build_server(
     runtime = build_runtime(project, env, workers=workers, lease_seconds=lease_seconds)
     stack.push_async_callback(project.close)
 
-    extensions: list[Extension] = [trace_routes(store, runtime), cost_routes(store)]
+    extensions: list[Extension] = [
+        trace_routes(store, runtime), cost_routes(store), eval_routes(store, runtime, env.home),
+    ]  # fmt: skip
     if project.memory is not None:
         extensions.append(memory_routes(project.memory))
     proxy = None

@@ -168,7 +168,18 @@ async function renderCosts() {
     <table id="costs-table"><thead><tr><th>${esc(by)}</th><th>Calls</th><th>Tokens in/out</th><th>Cost</th><th></th></tr></thead>
     <tbody>${rows.map((r) => `<tr><td>${esc(r.key)}</td><td>${r.calls}</td><td>${r.input_tokens}/${r.output_tokens}</td>
       <td>${fmtUSD(r.cost_usd)}</td><td><span class="cost-bar" style="width:${(r.cost_usd / max) * 200}px"></span></td></tr>`).join("")
-      || `<tr><td colspan="5" class="muted">No cost recorded yet.</td></tr>`}</tbody></table>`;
+      || `<tr><td colspan="5" class="muted">No cost recorded yet.</td></tr>`}</tbody></table>
+    <h3>Last 24 hours, by ${esc(by)}</h3><div id="cost-series" class="muted">…</div>`;
+  if (["tenant", "run"].includes(by)) { document.getElementById("cost-series").textContent = "(not available for this dimension)"; return; }
+  try {
+    const data = await api(`/v1/costs/series?by=${encodeURIComponent(by)}&hours=24&buckets=24`);
+    const keys = Object.keys(data.series);
+    const peak = Math.max(...keys.flatMap((k) => data.series[k]), 1e-12);
+    document.getElementById("cost-series").innerHTML = keys.map((k) => `
+      <div class="series-row"><span class="series-key">${esc(k)}</span><svg width="480" height="40" class="spark">${
+        data.series[k].map((v, i) => `<rect x="${i * 20}" y="${40 - (v / peak) * 38}" width="16" height="${(v / peak) * 38}"><title>${fmtUSD(v)}</title></rect>`).join("")
+      }</svg></div>`).join("") || "No spend in this window.";
+  } catch (e) { document.getElementById("cost-series").textContent = e.message; }
 }
 
 // -- memory ---------------------------------------------------------------------------------
