@@ -91,7 +91,11 @@ def server(tmp_path: Path) -> Iterator[ThreadedServer]:
     memory = SQLiteMemoryStore(tmp_path / "memory.db", embedder=HashingEmbedder())
     runtime = Runtime.embedded(tmp_path / "runs.db", {"echo": Echo()}, lease_seconds=5)
     app = create_app(
-        runtime, keys, webhooks=[Webhook("ticket", "echo", secret="s3cret", tenant="acme")],
+        runtime, keys,
+        webhooks=[
+            Webhook("ticket", "echo", secret="s3cret", tenant="acme"),
+            Webhook("strict", "echo", secret="s3cret", tenant="acme", input_template=lambda p: f"#{p['ticket']}"),
+        ],
         extensions=[trace_routes(traces, runtime), cost_routes(traces), memory_routes(memory)],
     )  # fmt: skip
     try:
@@ -170,3 +174,32 @@ def test_cost_window_out_of_range_is_a_clear_422(server: ThreadedServer, value: 
         assert "until" in bad.json()["error"]["message"]
         good = session.get(f"{server.base_url}/v1/costs", params={"until": "4102444800"}, headers=auth, timeout=10)
         assert good.status_code == 200 and good.json() == []
+
+
+def test_webhook_payload_that_does_not_fit_its_template_is_a_400(server: ThreadedServer) -> None:
+    """A signed payload the webhook's `input_template` cannot read is the sender's error, not a 500."""
+    import json
+
+    import requests
+
+    from bastion.runtime import sign
+
+    with requests.Session() as session:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        before = session.get(f"{server.base_url}/v1/runs", headers=auth, timeout=10).json()
+        for payload in ({"no_ticket": 1}, [1, 2], "text"):
+            body = json.dumps(payload).encode()
+            bad = session.post(
+                f"{server.base_url}/v1/triggers/strict", data=body,
+                headers={"X-Bastion-Signature": sign("s3cret", body)}, timeout=10,
+            )  # fmt: skip
+            assert bad.status_code == 400, bad.text
+            assert "strict" in bad.json()["error"]["message"] and "template" in bad.json()["error"]["message"]
+        body = json.dumps({"ticket": 7}).encode()
+        good = session.post(
+            f"{server.base_url}/v1/triggers/strict", data=body,
+            headers={"X-Bastion-Signature": sign("s3cret", body)}, timeout=10,
+        )  # fmt: skip
+        assert good.status_code == 202 and good.json()["input"] == "#7", good.text
+        after = session.get(f"{server.base_url}/v1/runs", headers=auth, timeout=10).json()
+        assert len(after) == len(before) + 1  # the rejected payloads created no runs
