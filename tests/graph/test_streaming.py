@@ -143,3 +143,46 @@ async def test_cancelling_a_stream_keeps_finished_siblings(backend: Checkpointer
     hang["on"] = False
     out = await app.ainvoke(None, thread_id="t")
     assert sorted(out["log"]) == ["fast", "slow"] and runs == Counter(fast=1, slow=2)
+
+
+def test_sync_stream_yields_live_events_and_cancels_when_left(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from bastion.checkpoint import SqliteCheckpointer
+
+    cancelled = threading.Event()
+
+    async def talk(s: State) -> State:
+        emit("token", "a")
+        emit("token", "b")
+        return {"text": "ab"}
+
+    async def hang(s: State) -> State:
+        emit("token", "hanging")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {}
+
+    cp = SqliteCheckpointer(tmp_path / "s.db")
+    try:
+        g = Graph(State)
+        g.add_node("talk", talk).add_node("hang", hang).add_edge(START, "talk").add_edge("talk", "hang")
+        app = g.compile(checkpointer=cp)
+        seen = []
+        for ev in app.stream({}, thread_id="t", kinds={"token"}):
+            seen.append(ev.data)
+            if ev.data == "hanging":
+                break  # the run is blocked in "hang": leaving must cancel it, not wait for it
+        assert seen == ["a", "b", "hanging"]
+        assert cancelled.wait(5)
+        assert app.get_state("t").next == ("hang",), "resumable from its last checkpoint"
+
+        g2 = Graph(State)
+        g2.add_node("boom", lambda s: 1 / 0).add_edge(START, "boom")
+        with pytest.raises(ZeroDivisionError):
+            list(g2.compile().stream({}))
+    finally:
+        cp.close()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import queue
 import threading
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
 from typing import Any
 
 from bastion._sync import run_sync
@@ -98,7 +101,7 @@ class CompiledGraph(Engine):
         checkpoint_id: str | None = None,
         step_limit: int | None = None,
         kinds: Collection[str] | None = None,
-    ) -> AsyncIterator[GraphEvent]:
+    ) -> AsyncGenerator[GraphEvent, None]:
         """Run like `ainvoke`, yielding events as they happen: node_start, node_end, update,
         token / tool_call (from `emit()` in nodes), interrupt, checkpoint, error, done.
 
@@ -139,6 +142,73 @@ class CompiledGraph(Engine):
                     await task
                 except BaseException:
                     pass
+
+    def stream(
+        self,
+        input: Any,
+        *,
+        thread_id: str | None = None,
+        context: RunContext | None = None,
+        checkpoint_id: str | None = None,
+        step_limit: int | None = None,
+        kinds: Collection[str] | None = None,
+    ) -> Iterator[GraphEvent]:
+        """Sync wrapper of `astream`: the run goes on a private event loop in a worker thread and
+        events are handed over as they happen. Leaving the loop early cancels the run."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise UserError("stream() was called inside a running event loop; use `async for ... in app.astream(...)`")
+        handoff: queue.SimpleQueue[GraphEvent | BaseException | None] = queue.SimpleQueue()
+        stop = threading.Event()
+        running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+
+        async def pump() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            running.append((asyncio.get_running_loop(), task))
+            events = self.astream(
+                input,
+                thread_id=thread_id,
+                context=context,
+                checkpoint_id=checkpoint_id,
+                step_limit=step_limit,
+                kinds=kinds,
+            )
+            try:
+                async for ev in events:
+                    if stop.is_set():  # the consumer left: closing the stream cancels the run
+                        break
+                    handoff.put(ev)
+            finally:
+                await events.aclose()
+
+        def worker() -> None:
+            try:
+                asyncio.run(pump())
+                handoff.put(None)
+            except BaseException as e:  # handed to the consumer, re-raised there
+                handoff.put(e)
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(worker,), daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            if running and thread.is_alive():  # the consumer left early: cancel the run now
+                loop, task = running[0]
+                with contextlib.suppress(RuntimeError):  # the loop may have just finished
+                    loop.call_soon_threadsafe(task.cancel)
+            thread.join()
 
     # --- inspecting threads ------------------------------------------------------------------
 
