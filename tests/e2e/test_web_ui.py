@@ -101,3 +101,19 @@ async def test_ui_asks_for_a_key_and_rejects_a_wrong_one(server: tuple[str, str]
     await page.click("#login-form button")
     await page.wait_for_selector("dialog#login[open]")  # 401: asked again, nothing shown
     assert await page.locator("#runs-table").count() == 0
+
+
+async def test_costs_and_memory_pages_render(server: tuple[str, str], browser_page: Any) -> None:
+    base, key = server
+    page = browser_page
+    await page.goto(f"{base}/#key={key}")
+    await page.click("a[data-tab=costs]")
+    await page.wait_for_selector("#costs-table")
+    await page.wait_for_function("document.getElementById('cost-series').textContent !== '…'")
+    await page.click("a[data-tab=memory]")
+    await page.fill("#mem-q", "refund policy")
+    await page.press("#mem-q", "Enter")
+    # This server has no memory store: the page says so instead of failing silently.
+    await page.wait_for_function("document.getElementById('mem-results').textContent.length > 0")
+    assert await page.locator("#mem-results").inner_text() == "Not Found"
+    assert "No cost recorded yet." in await page.locator("#costs-table").inner_text()  # scripted model: $0
