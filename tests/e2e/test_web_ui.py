@@ -110,10 +110,10 @@ async def test_costs_and_memory_pages_render(server: tuple[str, str], browser_pa
     await page.click("a[data-tab=costs]")
     await page.wait_for_selector("#costs-table")
     await page.wait_for_function("document.getElementById('cost-series').textContent !== '…'")
+    assert "No cost recorded yet." in await page.locator("#costs-table").inner_text()  # scripted model: $0
     await page.click("a[data-tab=memory]")
     await page.fill("#mem-q", "refund policy")
     await page.press("#mem-q", "Enter")
     # This server has no memory store: the page says so instead of failing silently.
     await page.wait_for_function("document.getElementById('mem-results').textContent.length > 0")
     assert await page.locator("#mem-results").inner_text() == "Not Found"
-    assert "No cost recorded yet." in await page.locator("#costs-table").inner_text()  # scripted model: $0
