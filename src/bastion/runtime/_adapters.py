@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from bastion.errors import UserError
 from bastion.runtime._types import EventSink, RunOutcome
 from bastion.types import RunContext
 
@@ -79,6 +80,24 @@ class AgentRunnable:
             return None
         record = await checkpointer.get(thread_id)
         return record.checkpoint_id if record is not None else None
+
+    async def rollback(self, thread_id: str, checkpoint_id: str | None) -> None:
+        """Make `checkpoint_id` the thread's latest state again (None: the thread had no state).
+
+        Uses only the checkpointer contract: copy the chain up to `checkpoint_id` aside, drop the
+        thread, copy it back. The copy aside is deleted last, so a crash midway leaves it to
+        recover from (thread id `<thread>~rollback`)."""
+        checkpointer = getattr(self.agent, "checkpointer", None)
+        if checkpointer is None:
+            raise UserError(f"agent {getattr(self.agent, 'name', '?')!r} has no checkpointer: nothing to roll back")
+        if checkpoint_id is None:
+            await checkpointer.delete_thread(thread_id)
+            return
+        aside = f"{thread_id}~rollback"
+        await checkpointer.fork(thread_id, "", checkpoint_id, aside)
+        await checkpointer.delete_thread(thread_id)
+        await checkpointer.fork(aside, "", checkpoint_id, thread_id)
+        await checkpointer.delete_thread(aside)
 
     async def _invoke(
         self, input: Any, thread_id: str, context: RunContext, resume: Any, recover: bool, emit: EventSink | None

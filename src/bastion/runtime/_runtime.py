@@ -128,15 +128,36 @@ class Runtime:
                 if strategy in ("interrupt", "rollback"):
                     for run in active:
                         await self.cancel(run.id, tenant=tenant)
+                if strategy == "rollback":
+                    await self._rollback(tenant, thread_id, active)
         run = new_run(tenant=tenant, thread_id=thread_id, agent=agent, input=input, user=user, metadata=metadata)
-        if strategy == "rollback" and thread_id is not None:
-            run.metadata["rollback"] = True
         self._finished[run.id] = asyncio.Event()
         await self.store.upsert_thread(tenant, run.thread_id, metadata or {})
         await self.store.create(run)
         await self.store.add_event(run.id, "run_queued", {"agent": agent})
         self.wakeup.notify()
         return run
+
+    async def _rollback(self, tenant: str, thread_id: str, cancelled: list[Run]) -> None:
+        """Undo what the cancelled runs wrote: restore the thread to where the earliest of them
+        started (its `checkpoint_before`, recorded by the worker). Runs that never started wrote
+        nothing and need nothing undone."""
+        started = [r for r in cancelled if r.attempts > 0]
+        if not started:
+            return
+        for run in started:  # bounded: a cancelled run stops at its next await, or at its lease
+            await self.wait(run.id, tenant=tenant, timeout=self._lease_seconds + 5)
+        first = min(started, key=lambda r: r.created_at)
+        fresh = await self.get_run(first.id, tenant=tenant)
+        agent = self.agents.get(first.agent)
+        restore = getattr(agent, "rollback", None)
+        if restore is None:
+            raise UserError(
+                f"agent {first.agent!r} cannot roll a thread back (its runnable has no rollback()); "
+                "use multitask_strategy=interrupt"
+            )
+        await restore(thread_id, fresh.checkpoint_before)
+        await self.store.add_event(first.id, "run_rolled_back", {"to_checkpoint": fresh.checkpoint_before})
 
     async def get_run(self, run_id: str, *, tenant: str) -> Run:
         run = await self.store.get(run_id, tenant)

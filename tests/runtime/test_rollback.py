@@ -1,0 +1,55 @@
+"""The `rollback` multitask strategy: cancel the active run and undo what it wrote to the thread."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bastion.checkpoint import SqliteCheckpointer
+from bastion.graph.agent import Agent
+from bastion.runtime import AgentRunnable, Runtime, SqlRunStore
+from bastion.testing import DirectToolExecutor, FunctionModel
+from bastion.tools import tool
+from bastion.types import ModelRequest, ToolCall
+
+GATE = asyncio.Event()
+STARTED = asyncio.Event()
+
+
+@tool
+async def block() -> str:
+    """Wait until released (the run is cancelled first)."""
+    STARTED.set()
+    await GATE.wait()
+    return "released"
+
+
+def reply(request: ModelRequest) -> str | ToolCall:
+    last = request.messages[-1]
+    if last.role == "tool":
+        return "done"
+    return ToolCall("block", {}) if last.text == "slow" else f"echo {last.text}"
+
+
+async def test_rollback_restores_the_thread_to_before_the_cancelled_run(tmp_path: Path) -> None:
+    GATE.clear()
+    STARTED.clear()
+    checkpointer = SqliteCheckpointer(tmp_path / "cp.db")
+    agent = Agent(FunctionModel(reply), tools=[block], name="a", checkpointer=checkpointer,
+                  tool_executor=DirectToolExecutor())  # fmt: skip
+    rt = Runtime(SqlRunStore.sqlite(tmp_path / "runs.db"), {"a": AgentRunnable(agent)}, lease_seconds=5)
+    async with rt:
+        first = await rt.run(tenant="t", agent="a", input="hello", thread_id="th", timeout=10)
+        assert first.output == "echo hello"
+        slow = await rt.create_run(tenant="t", agent="a", input="slow", thread_id="th")
+        await asyncio.wait_for(STARTED.wait(), 10)  # the slow run has written its first checkpoints
+        newer = await rt.create_run(tenant="t", agent="a", input="again", thread_id="th", multitask="rollback")
+        done = await rt.wait(newer.id, tenant="t", timeout=10)
+        assert (await rt.get_run(slow.id, tenant="t")).status == "cancelled"
+        assert done.status == "completed" and done.output == "echo again"
+        events = [k for _, k, _ in await rt.store.events(slow.id)]
+        assert "run_rolled_back" in events
+    result = await agent.run("and now?", thread_id="th")
+    users = [m.text for m in result.messages if m.role == "user"]
+    assert users == ["hello", "again", "and now?"]  # the cancelled run's "slow" turn is gone
+    checkpointer.close()
