@@ -10,8 +10,17 @@ from bastion import errors
 from bastion.testing import FunctionModel, ScriptedModel
 from bastion.types import Message, ModelRequest, ToolCall, ToolResult, Usage
 
+EXPECTED_PUBLIC = {
+    "Agent", "Gateway", "Graph", "Message", "Model", "ModelRequest", "ModelResponse", "Policy", "Project",
+    "RunContext", "Runtime", "TextPart", "Tool", "ToolCall", "ToolGateway", "ToolResult", "Usage", "__version__",
+    "get_settings", "resolve_model", "tool",
+}  # fmt: skip
+
 
 def test_all_is_pinned_and_resolves() -> None:
+    exceptions = {n for n in bastion.__all__ if n.endswith("Error") or n in {"ControlFlowSignal", "GraphInterrupt"}}
+    assert set(bastion.__all__) - exceptions == EXPECTED_PUBLIC
+    assert len(bastion.__all__) == len(set(bastion.__all__))
     for name in bastion.__all__:
         assert getattr(bastion, name) is not None, name
 
@@ -92,8 +101,10 @@ def test_run_sync_refuses_inside_loop() -> None:
             run_sync(noop())
 
     asyncio.run(inner())
+
     async def one() -> int:
         return 1
+
     assert run_sync(one()) == 1
 
 

@@ -36,8 +36,7 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(
         default=None,
-        description="model used when none is named; defaults to the first provider with a key, "
-        "else local:gemma-3-270m",
+        description="model used when none is named; defaults to the first provider with a key, else local:gemma-3-270m",
     )
     tiers: dict[str, str] = Field(
         default_factory=dict, description='tier -> model, e.g. {"cheap": "openai:gpt-4o-mini"}'

@@ -63,8 +63,7 @@ class MissingExtraError(UserError, ImportError):
         self.extra = extra
         self.package = package
         super().__init__(
-            f"{feature} needs the optional package {package!r}. "
-            f"Install it with: pip install 'bastion[{extra}]'"
+            f"{feature} needs the optional package {package!r}. Install it with: pip install 'bastion[{extra}]'"
         )
 
 
@@ -107,9 +106,7 @@ class ModelHTTPError(ModelError):
 class RateLimitError(ModelHTTPError):
     """HTTP 429. `retry_after` is the provider's hint in seconds, if any."""
 
-    def __init__(
-        self, status: int, body: str, *, retry_after: float | None = None, model: str | None = None
-    ) -> None:
+    def __init__(self, status: int, body: str, *, retry_after: float | None = None, model: str | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(status, body, model=model)
 

@@ -13,9 +13,7 @@ from bastion.tools.sandbox import Sandbox, SandboxLimits, sandbox_tools
 
 pytestmark = [
     pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)"
-    ),
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed (apt-get install bubblewrap)"),
 ]
 
 

@@ -24,9 +24,7 @@ class ToolCallContext:
 
 
 class ToolExecutor(Protocol):
-    async def execute(
-        self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext
-    ) -> ToolResult:
+    async def execute(self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext) -> ToolResult:
         """Run `call` against `tools`; failures come back as `ToolResult(is_error=True)`, never raise
         (except control-flow signals such as an approval interrupt)."""
         ...

@@ -62,9 +62,7 @@ class Tool:
         try:
             model = self.validator.model_validate(arguments)
         except ValidationError as e:
-            problems = [
-                {"path": ".".join(str(p) for p in err["loc"]), "error": err["msg"]} for err in e.errors()
-            ]
+            problems = [{"path": ".".join(str(p) for p in err["loc"]), "error": err["msg"]} for err in e.errors()]
             raise ToolArgumentsError(
                 f"invalid arguments for tool {self.name!r}: "
                 + "; ".join(f"{p['path'] or '<root>'}: {p['error']}" for p in problems),
