@@ -203,3 +203,17 @@ def test_webhook_payload_that_does_not_fit_its_template_is_a_400(server: Threade
         assert good.status_code == 202 and good.json()["input"] == "#7", good.text
         after = session.get(f"{server.base_url}/v1/runs", headers=auth, timeout=10).json()
         assert len(after) == len(before) + 1  # the rejected payloads created no runs
+
+
+def test_cost_series_with_a_vanishing_window_is_a_clear_422(server: ThreadedServer) -> None:
+    """Found by the fuzzer: `hours=5e-324` made zero-width buckets and answered 500."""
+    import requests
+
+    with requests.Session() as session:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        url = f"{server.base_url}/v1/costs/series"
+        bad = session.get(url, params={"hours": "5e-324", "buckets": "1"}, headers=auth, timeout=10)
+        assert bad.status_code == 422, bad.text
+        assert "hours" in bad.json()["error"]["message"]
+        good = session.get(url, params={"hours": "0.01", "buckets": "200"}, headers=auth, timeout=10)
+        assert good.status_code == 200 and good.json()["buckets"] == 200, good.text

@@ -128,7 +128,8 @@ def cost_routes(store: Any) -> Extension:
         async def cost_series(
             principal: Viewer,
             by: Literal["agent", "model", "tool", "user", "session", "team"] = "model",
-            hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
+            # At least 36 s: a vanishing window made zero-width buckets (ZeroDivisionError, found by fuzzing).
+            hours: Annotated[float, Query(ge=0.01, le=24 * 90)] = 24.0,
             buckets: Annotated[int, Query(ge=1, le=200)] = 24,
         ) -> dict[str, Any]:
             """Spend per `by` key in `buckets` equal time buckets over the last `hours`."""
