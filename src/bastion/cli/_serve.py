@@ -28,9 +28,13 @@ async def serve(spec: str, env: ProjectEnv, *, host: str, port: int, workers: in
         # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the
         # previous handler; a no-op one lets us finish the clean-up below and exit 0.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
+            signal.signal(sig, _ignore)
         await server.serve()
     return 0
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass
 
 
 async def worker(spec: str, env: ProjectEnv, *, concurrency: int, lease: float) -> int:
