@@ -53,3 +53,31 @@ async def test_rollback_restores_the_thread_to_before_the_cancelled_run(tmp_path
     users = [m.text for m in result.messages if m.role == "user"]
     assert users == ["hello", "again", "and now?"]  # the cancelled run's "slow" turn is gone
     checkpointer.close()
+
+
+async def test_retention_prunes_idle_threads_but_keeps_pending_approvals(tmp_path: Path) -> None:
+    import time
+
+    checkpointer = SqliteCheckpointer(tmp_path / "cp.db")
+
+    def approve_or_echo(request: ModelRequest) -> str | ToolCall:
+        last = request.messages[-1]
+        if last.role == "tool":
+            return "done"
+        return ToolCall("block", {}) if last.text == "needs approval" else f"echo {last.text}"
+
+    agent = Agent(FunctionModel(approve_or_echo), tools=[block], name="a", checkpointer=checkpointer,
+                  tool_executor=DirectToolExecutor(approval=["block"]))  # fmt: skip
+    rt = Runtime(SqlRunStore.sqlite(tmp_path / "runs.db"), {"a": AgentRunnable(agent)}, lease_seconds=5)
+    async with rt:
+        done = await rt.run(tenant="t", agent="a", input="hi", thread_id="old", timeout=10)
+        waiting = await rt.run(tenant="t", agent="a", input="needs approval", thread_id="pending", timeout=10)
+        assert done.status == "completed" and waiting.status == "interrupted"
+        assert await checkpointer.get("old") is not None
+        assert await rt.prune(older_than=time.time() - 3600) == []  # nothing is an hour old yet
+        deleted = await rt.prune(older_than=time.time() + 1)
+        assert deleted == [("t", "old")]  # the thread waiting for a human is kept
+        assert await rt.list_runs(tenant="t", thread_id="old") == []
+        assert await checkpointer.get("old") is None and await checkpointer.get("pending") is not None
+        assert [t["thread_id"] for t in await rt.store.list_threads("t")] == ["pending"]
+    checkpointer.close()

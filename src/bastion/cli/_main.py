@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8700)
     s.add_argument("--workers", type=int, default=1, help="in-process workers (0: API only)")
+    s.add_argument("--retention-days", type=float, help="delete threads idle for longer (kept while awaiting approval)")
 
     w = sub.add_parser("worker", help="claim and execute runs from a shared PostgreSQL")
     w.add_argument("--app", required=True)
@@ -91,7 +92,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "serve":
         from bastion.cli._serve import serve
 
-        return asyncio.run(serve(args.app, _env(args), host=args.host, port=args.port, workers=args.workers))  # type: ignore[arg-type]
+        retention = args.retention_days * 86400 if args.retention_days else None
+        return asyncio.run(
+            serve(args.app, _env(args), host=args.host, port=args.port, workers=args.workers, retention=retention)  # type: ignore[arg-type]
+        )
     if cmd == "worker":
         from bastion.cli._serve import worker
 

@@ -14,13 +14,15 @@ from bastion.server._project import ProjectEnv, load_project
 console = Console(stderr=True)
 
 
-async def serve(spec: str, env: ProjectEnv, *, host: str, port: int, workers: int) -> int:
+async def serve(
+    spec: str, env: ProjectEnv, *, host: str, port: int, workers: int, retention: float | None = None
+) -> int:
     import uvicorn
 
     from bastion.server._serve import build_server
 
     project = await load_project(spec, env)
-    parts, stack = await build_server(project, env, workers=workers)
+    parts, stack = await build_server(project, env, workers=workers, retention_seconds=retention)
     async with stack:
         mode = f"PostgreSQL ({env.database_url})" if env.database_url else f"embedded SQLite ({env.home})"
         console.print(f"[bold]Bastion[/] serving {sorted(project.agents)} on http://{host}:{port}  [dim]{mode}[/]")

@@ -81,6 +81,12 @@ class AgentRunnable:
         record = await checkpointer.get(thread_id)
         return record.checkpoint_id if record is not None else None
 
+    async def forget(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints (retention)."""
+        checkpointer = getattr(self.agent, "checkpointer", None)
+        if checkpointer is not None:
+            await checkpointer.delete_thread(thread_id)
+
     async def rollback(self, thread_id: str, checkpoint_id: str | None) -> None:
         """Make `checkpoint_id` the thread's latest state again (None: the thread had no state).
 

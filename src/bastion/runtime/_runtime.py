@@ -241,6 +241,20 @@ class Runtime:
         self.wakeup.notify()
         return await self.get_run(run_id, tenant=tenant)
 
+    async def prune(self, *, older_than: float, tenant: str | None = None) -> list[tuple[str, str]]:
+        """Retention: delete threads idle since `older_than` (epoch seconds) — their runs, events
+        and the agents' checkpoints. Threads with a queued, running or interrupted run (a pending
+        approval) are kept. Returns the (tenant, thread) pairs deleted."""
+        deleted: list[tuple[str, str]] = []
+        for tenant_id, thread_id, agents in await self.store.idle_threads(older_than, tenant):
+            for name in agents:
+                forget = getattr(self.agents.get(name), "forget", None)
+                if forget is not None:
+                    await forget(thread_id)
+            await self.store.delete_thread(tenant_id, thread_id)
+            deleted.append((tenant_id, thread_id))
+        return deleted
+
     async def list_runs(self, *, tenant: str, **filters: Any) -> list[Run]:
         return await self.store.list(tenant, **filters)
 

@@ -94,6 +94,7 @@ class RunStore(Protocol):
     async def upsert_thread(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> None: ...
     async def list_threads(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]: ...
     async def delete_thread(self, tenant: str, thread_id: str) -> None: ...
+    async def idle_threads(self, older_than: float, tenant: str | None = None) -> list[tuple[str, str, list[str]]]: ...
     async def close(self) -> None: ...
 
 
@@ -384,6 +385,30 @@ class SqlRunStore:
             self._exec("DELETE FROM bastion_threads WHERE tenant = ? AND thread_id = ?", (tenant, thread_id))
 
         await self._run(go)
+
+    async def idle_threads(self, older_than: float, tenant: str | None = None) -> list[tuple[str, str, list[str]]]:
+        """(tenant, thread, agents that ran in it) for threads with no run active or waiting for
+        a human, and no activity since `older_than` (epoch seconds): what retention may delete."""
+        query = """SELECT t.tenant, t.thread_id FROM bastion_threads t WHERE t.created_at < ?
+            AND NOT EXISTS (SELECT 1 FROM bastion_runs r WHERE r.tenant = t.tenant AND r.thread_id = t.thread_id
+                AND (r.status IN ('queued', 'running', 'interrupted') OR r.updated_at >= ?))"""
+        params: list[Any] = [older_than, older_than]
+        if tenant is not None:
+            query += " AND t.tenant = ?"
+            params.append(tenant)
+
+        def go() -> list[tuple[str, str, list[str]]]:
+            out: list[tuple[str, str, list[str]]] = []
+            for t, thread in self._exec(query, params, fetch="all"):
+                agents = self._exec(
+                    "SELECT DISTINCT agent FROM bastion_runs WHERE tenant = ? AND thread_id = ?",
+                    (t, thread),
+                    fetch="all",
+                )
+                out.append((t, thread, sorted(a for (a,) in agents)))
+            return out
+
+        return await self._run(go)
 
     async def close(self) -> None:
         with self._lock:

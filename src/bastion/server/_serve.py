@@ -4,6 +4,8 @@ proxy, triggers, UI — and tear it down again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +29,15 @@ class ServerParts:
 
 
 async def build_server(
-    project: Project, env: ProjectEnv, *, workers: int = 1, lease_seconds: float = 30.0
+    project: Project,
+    env: ProjectEnv,
+    *,
+    workers: int = 1,
+    lease_seconds: float = 30.0,
+    retention_seconds: float | None = None,
 ) -> tuple[ServerParts, AsyncExitStack]:
-    """The app plus an exit stack that shuts everything down in order."""
+    """The app plus an exit stack that shuts everything down in order. With `retention_seconds`,
+    threads idle for longer are deleted (runs, events, checkpoints) by a background task."""
     from bastion.tracing import TraceStore, configure_tracing
 
     stack = AsyncExitStack()
@@ -80,4 +88,21 @@ async def build_server(
             await asyncio.wait_for(task, 10)
 
         stack.push_async_callback(stop_scheduler)
+    if retention_seconds is not None:
+        stop = asyncio.Event()
+        interval = min(3600.0, max(1.0, retention_seconds / 10))
+
+        async def prune_forever() -> None:
+            while not stop.is_set():
+                await runtime.prune(older_than=time.time() - retention_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+
+        pruner = asyncio.create_task(prune_forever())
+
+        async def stop_pruner() -> None:
+            stop.set()
+            await asyncio.wait_for(pruner, 30)
+
+        stack.push_async_callback(stop_pruner)
     return ServerParts(app, runtime, keys, tracing, scheduler), stack
