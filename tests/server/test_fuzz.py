@@ -82,7 +82,7 @@ class ThreadedServer:
 def server(tmp_path: Path) -> Iterator[ThreadedServer]:
     from bastion.memory import HashingEmbedder, SQLiteMemoryStore
     from bastion.server import SQLiteApiKeyStore, create_app
-    from bastion.server._extensions import cost_routes, memory_routes, trace_routes
+    from bastion.server._extensions import cost_routes, eval_routes, memory_routes, trace_routes
     from bastion.tracing import TraceStore
 
     keys = SQLiteApiKeyStore(tmp_path / "keys.db")
@@ -96,7 +96,10 @@ def server(tmp_path: Path) -> Iterator[ThreadedServer]:
             Webhook("ticket", "echo", secret="s3cret", tenant="acme"),
             Webhook("strict", "echo", secret="s3cret", tenant="acme", input_template=lambda p: f"#{p['ticket']}"),
         ],
-        extensions=[trace_routes(traces, runtime), cost_routes(traces), memory_routes(memory)],
+        extensions=[
+            trace_routes(traces, runtime), cost_routes(traces), memory_routes(memory),
+            eval_routes(traces, runtime, tmp_path / "home"),
+        ],
     )  # fmt: skip
     try:
         with ThreadedServer(app) as srv:
@@ -113,6 +116,7 @@ def test_no_operation_answers_5xx(server: ThreadedServer) -> None:
     import requests
     import schemathesis
     from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
     from hypothesis.errors import Unsatisfiable
 
     with requests.Session() as session:
@@ -127,6 +131,7 @@ def test_no_operation_answers_5xx(server: ThreadedServer) -> None:
             headers=auth, timeout=10,
         )  # fmt: skip
         assert made.status_code == 201 and made.json()["status"] == "interrupted", made.text
+        real = {"run_id": made.json()["id"], "thread_id": made.json()["thread_id"]}
 
         failures: list[str] = []
         calls = 0
@@ -137,10 +142,14 @@ def test_no_operation_answers_5xx(server: ThreadedServer) -> None:
                     max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                     suppress_health_check=list(HealthCheck),
                 )  # fmt: skip
-                @given(case=op.as_strategy(mode, headers=auth))
-                def check(case: Any) -> None:
+                @given(case=op.as_strategy(mode, headers=auth), aim=st.booleans())
+                def check(case: Any, aim: bool) -> None:
                     nonlocal calls
                     calls += 1
+                    if aim:  # point half the ids at a real run/thread, so handlers get past the 404
+                        for params in (case.path_parameters, case.body):
+                            if isinstance(params, dict):
+                                params.update({k: v for k, v in real.items() if k in params})
                     response = case.call(base_url=server.base_url, session=session, headers=auth, timeout=30)
                     if response.status_code >= 500:
                         failures.append(
@@ -217,3 +226,26 @@ def test_cost_series_with_a_vanishing_window_is_a_clear_422(server: ThreadedServ
         assert "hours" in bad.json()["error"]["message"]
         good = session.get(url, params={"hours": "0.01", "buckets": "200"}, headers=auth, timeout=10)
         assert good.status_code == 200 and good.json()["buckets"] == 200, good.text
+
+
+def test_promoting_a_run_with_a_malformed_expected_is_a_clear_422(server: ThreadedServer) -> None:
+    """Found by the fuzzer: unknown `expected` fields raised ValueError and answered 500."""
+    import requests
+
+    with requests.Session() as session:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        run = session.post(
+            f"{server.base_url}/v1/runs", json={"agent": "echo", "input": "hi", "wait": True}, headers=auth, timeout=10
+        ).json()
+        url = f"{server.base_url}/v1/evals/datasets/smoke/cases"
+        bad = session.post(url, json={"run_id": run["id"], "expected": {"nonsense": 1}}, headers=auth, timeout=10)
+        assert bad.status_code == 422, bad.text
+        assert "nonsense" in bad.json()["error"]["message"]
+        listed = session.get(f"{server.base_url}/v1/evals/datasets", headers=auth, timeout=10).json()
+        assert listed == []  # nothing was written
+        good = session.post(
+            url, json={"run_id": run["id"], "expected": {"output_contains": ["hi"]}}, headers=auth, timeout=10
+        )
+        assert good.status_code == 201, good.text
+        listed = session.get(f"{server.base_url}/v1/evals/datasets", headers=auth, timeout=10).json()
+        assert listed == [{"name": "smoke", "cases": 1}]

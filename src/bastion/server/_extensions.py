@@ -222,7 +222,10 @@ def eval_routes(store: Any, runtime: Runtime, home: Path) -> Extension:
             from bastion.evals import Case
 
             run = await runtime.get_run(body.run_id, tenant=principal.tenant)
-            expected = Expected.from_dict(body.expected or {})
+            try:
+                expected = Expected.from_dict(body.expected or {})
+            except (ValueError, TypeError) as e:  # the caller's `expected` is malformed: a 422, not a 500
+                raise HTTPException(422, f"invalid expected: {e}") from None
             if body.golden:
                 # The reference trajectory is the tool calls the run made, read from its trace.
                 if not run.trace_id:
