@@ -278,28 +278,52 @@ class SqlRunStore:
     async def finish(
         self, run_id: str, worker: str, outcome: RunOutcome | None, error: str | None, *, cancelled: bool = False
     ) -> bool:
-        """Record the end of an attempt; fenced: only the current lease owner may write."""
+        """Record the end of an attempt and its final event (`run_completed`, `run_interrupted`,
+        `run_failed`, `run_cancelled`) in one transaction; fenced: only the current lease owner
+        may write, so a run ends exactly once even when its worker dies right after."""
         now = time.time()
         if cancelled:
             fields = ("cancelled", None, error, _dump([]), _dump({}), 0.0, None)
+            event: tuple[str, dict[str, Any]] = ("run_cancelled", {})
         elif outcome is not None:
             status: RunStatus = outcome.status
             fields = (
                 status, _dump(outcome.output), None, _dump(outcome.interrupts), _dump(outcome.usage),
                 outcome.cost_usd, outcome.trace_id,
             )  # fmt: skip
+            event = (f"run_{status}", {"output": outcome.output, "interrupts": outcome.interrupts})
         else:
             fields = ("failed", None, error, _dump([]), _dump({}), 0.0, None)
-        row = await self._run(
-            lambda: self._exec(
-                "UPDATE bastion_runs SET status = ?, output = ?, error = ?, interrupts = ?, usage = ?, cost_usd = ?, "
-                "trace_id = COALESCE(?, trace_id), worker = NULL, lease_expires_at = NULL, updated_at = ? "
-                "WHERE id = ? AND worker = ? AND status = 'running' RETURNING id",
-                (*fields, now, run_id, worker),
-                fetch="one",
-            )
+            event = ("run_failed", {"error": error})
+        update = (
+            "UPDATE bastion_runs SET status = ?, output = ?, error = ?, interrupts = ?, usage = ?, cost_usd = ?, "
+            "trace_id = COALESCE(?, trace_id), worker = NULL, lease_expires_at = NULL, updated_at = ? "
+            "WHERE id = ? AND worker = ? AND status = 'running' RETURNING id"
         )
-        return row is not None
+        insert = "INSERT INTO bastion_run_events (run_id, kind, data, at) VALUES (?, ?, ?, ?)"
+        event_row = (run_id, event[0], json.dumps(event[1], default=str), now)
+
+        def go() -> bool:
+            conn = self._conn()
+            if self.dialect == "sqlite":
+                with self._lock:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        done = conn.execute(update, (*fields, now, run_id, worker)).fetchone() is not None
+                        if done:
+                            conn.execute(insert, event_row)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                return done
+            with conn.transaction():
+                done = conn.execute(self._sql(update), (*fields, now, run_id, worker)).fetchone() is not None
+                if done:
+                    conn.execute(self._sql(insert), event_row)
+            return done
+
+        return await self._run(go)
 
     async def update(self, run_id: str, **fields: Any) -> None:
         allowed = {

@@ -206,7 +206,6 @@ class Worker:
             return
         if lease == "cancel":
             await self.store.finish(run.id, self.id, None, "cancelled on request", cancelled=True)
-            await emit("run_cancelled", {})
             return
         outcome: RunOutcome | None = None
         error: str | None = None
@@ -215,12 +214,8 @@ class Worker:
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
             log.warning("run %s failed: %s", run.id, error)
-        if await self.store.finish(run.id, self.id, outcome, error):
+        if await self.store.finish(run.id, self.id, outcome, error):  # also writes the final event
             self.completed += 1
-            if outcome is not None:
-                await emit(f"run_{outcome.status}", {"output": outcome.output, "interrupts": outcome.interrupts})
-            else:
-                await emit("run_failed", {"error": error})
 
     async def _keep_lease(self, run: Run, work: asyncio.Task[RunOutcome]) -> str:
         """Heartbeat until `work` ends; cancel it if the lease is lost or a cancel is requested."""
