@@ -36,7 +36,7 @@ demo: setup
 	$(PY) -m bastion.cli demo
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) -m bastion.cli bench
 
 clean:
 	rm -rf $(VENV) .bastion .pytest_cache
