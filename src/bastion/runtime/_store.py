@@ -45,6 +45,7 @@ def _schema(dialect: str) -> list[str]:
             created_at {real} NOT NULL, updated_at {real} NOT NULL, v INTEGER NOT NULL DEFAULT {SCHEMA_VERSION})""",
         "CREATE INDEX IF NOT EXISTS bastion_runs_queue ON bastion_runs (status, created_at)",
         "CREATE INDEX IF NOT EXISTS bastion_runs_thread ON bastion_runs (tenant, thread_id, created_at)",
+        "CREATE INDEX IF NOT EXISTS bastion_runs_lease ON bastion_runs (status, lease_expires_at)",
         f"""CREATE TABLE IF NOT EXISTS bastion_run_events (
             seq {serial} PRIMARY KEY{auto}, run_id TEXT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL,
             at {real} NOT NULL)""",
@@ -231,18 +232,31 @@ class SqlRunStore:
     def _claim(self, worker: str, lease_seconds: float) -> Run | None:
         now = time.time()
         # Runs of one thread execute one at a time: skip threads with a live running run.
-        pick = """SELECT id FROM bastion_runs r WHERE
-                (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < ?))
-                AND NOT EXISTS (SELECT 1 FROM bastion_runs o WHERE o.tenant = r.tenant AND o.thread_id = r.thread_id
-                    AND o.id <> r.id AND o.status = 'running' AND o.lease_expires_at >= ?)
+        eligible = """AND NOT EXISTS (SELECT 1 FROM bastion_runs o WHERE o.tenant = r.tenant
+                    AND o.thread_id = r.thread_id AND o.id <> r.id AND o.status = 'running' AND o.lease_expires_at >= ?)
                 AND NOT EXISTS (SELECT 1 FROM bastion_runs e WHERE e.tenant = r.tenant AND e.thread_id = r.thread_id
-                    AND e.status IN ('queued', 'running') AND e.created_at < r.created_at)
-                ORDER BY r.created_at LIMIT 1"""
+                    AND e.status IN ('queued', 'running') AND e.created_at < r.created_at)"""
         if self.dialect == "postgres":
-            pick += " FOR UPDATE SKIP LOCKED"
+            pick = f"""SELECT id FROM bastion_runs r WHERE
+                (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < ?)) {eligible}
+                ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED"""
+            pick_params: tuple[float, ...] = (now, now)
+        else:
+            # SQLite serves the OR above by scanning every running and queued run and sorting them,
+            # per claim (quadratic with thousands in flight); instead take the oldest eligible queued
+            # run and the oldest expired lease, each through an index, and the older of the two.
+            eligible = eligible.replace("bastion_runs o WHERE", "bastion_runs o INDEXED BY bastion_runs_thread WHERE")
+            pick = f"""SELECT id FROM (
+                SELECT * FROM (SELECT r.id, r.created_at FROM bastion_runs r WHERE r.status = 'queued' {eligible}
+                    ORDER BY r.created_at LIMIT 1)
+                UNION ALL
+                SELECT * FROM (SELECT r.id, r.created_at FROM bastion_runs r
+                    WHERE r.status = 'running' AND r.lease_expires_at < ? {eligible} ORDER BY r.created_at LIMIT 1)
+            ) ORDER BY created_at LIMIT 1"""
+            pick_params = (now, now, now)
         update = f"""UPDATE bastion_runs SET status = 'running', worker = ?, lease_expires_at = ?,
                 attempts = attempts + 1, updated_at = ? WHERE id = ({pick}) RETURNING {_COLUMNS}"""
-        params = (worker, now + lease_seconds, now, now, now)
+        params = (worker, now + lease_seconds, now, *pick_params)
         if self.dialect == "sqlite":
             conn = self._conn()
             with self._lock:
