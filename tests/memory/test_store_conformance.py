@@ -187,3 +187,19 @@ async def test_concurrent_writes_then_flush(store: MemoryStore, ns: Namespace) -
     await asyncio.wait_for(store.flush(), 30)
     hits = await store.search(ns, "note number 17 about topic17", mode="vector", k=1)
     assert hits[0].item.text == "note number 17 about topic17"
+
+
+async def test_bm25_finds_a_match_ranked_below_many_filtered_out_matches(store: MemoryStore, ns: Namespace) -> None:
+    # The SQLite backend ranks only the best k * 10 full-text matches before filtering by
+    # namespace, validity and trust; when the filters remove them all it must rank every match.
+    other = Namespace(ns.tenant, agent=ns.agent, user="someone-else")
+    await store.put_many(other, [MemoryItem(f"apple apple apple note {i}") for i in range(150)])
+    await store.put_many(ns, [MemoryItem(f"untrusted apple apple {i}", trust="untrusted") for i in range(150)])
+    mine = MemoryItem("a long sentence that mentions an apple once among many other different words here")
+    await store.put(ns, mine)
+    for mode in ("bm25", "hybrid"):
+        hits = await store.search(ns, "apple", k=3, mode=mode)
+        assert [h.item.id for h in hits] == [mine.id], mode
+    hits = await store.search(ns, "apple", k=200, mode="bm25", include_untrusted=True)
+    assert len(hits) == 151
+    assert {h.item.id for h in hits} >= {mine.id}

@@ -64,6 +64,9 @@ from bastion.memory._types import (
 
 VectorIndex = Literal["binary", "exact"]
 _FOREVER = 1e300  # vec0 metadata columns cannot hold NULL: "valid forever"
+BM25_CANDIDATES = 10
+"""BM25 ranks the top `k * BM25_CANDIDATES` full-text matches before applying the namespace,
+validity and trust filters (falling back to ranking every match if fewer than `k` pass)."""
 
 
 def _blob(vector: Sequence[float]) -> bytes:
@@ -402,13 +405,25 @@ class SQLiteMemoryStore:
         if not terms:
             return []
         match = " OR ".join(f'"{term}"' for term in terms)
+        params = {"match": match, "ns": ns.key, "t": t, "k": k, "kind": kind, "cap": k * BM25_CANDIDATES}
+        filters = "i.ns = :ns AND i.valid_from <= :t AND (i.valid_to IS NULL OR i.valid_to > :t)"
+        filters += self._filters("i.", untrusted, kind)
+        # Rank inside FTS5 first and look up only the best `cap` rows: joining every match to
+        # its item row before ranking cost ~1 ms per 2,000 matches (measured, 100k items).
         rows = self._q(
-            f"SELECT i.rowid, bm25(fts_{s}) AS score FROM fts_{s} JOIN items_{s} i ON i.rowid = fts_{s}.rowid "
-            f"WHERE fts_{s} MATCH :match AND i.ns = :ns AND i.valid_from <= :t "
-            f"AND (i.valid_to IS NULL OR i.valid_to > :t){self._filters('i.', untrusted, kind)} "
-            "ORDER BY score LIMIT :k",
-            {"match": match, "ns": ns.key, "t": t, "k": k, "kind": kind},
+            f"WITH c AS MATERIALIZED (SELECT rowid, bm25(fts_{s}) AS score FROM fts_{s} WHERE fts_{s} MATCH :match "
+            f"ORDER BY score LIMIT :cap) SELECT c.rowid, c.score, (SELECT count(*) FROM c) FROM c "
+            f"JOIN items_{s} i ON i.rowid = c.rowid WHERE {filters} ORDER BY c.score LIMIT :k",
+            params,
         ).fetchall()
+        if len(rows) < k and (not rows or rows[0][2] >= params["cap"]):
+            # Filters (namespace, validity, trust, kind) removed too many of the capped
+            # candidates: rank every match, so the result is exact, never short.
+            rows = self._q(
+                f"SELECT i.rowid, bm25(fts_{s}) AS score, 0 FROM fts_{s} JOIN items_{s} i ON i.rowid = fts_{s}.rowid "
+                f"WHERE fts_{s} MATCH :match AND {filters} ORDER BY score LIMIT :k",
+                params,
+            ).fetchall()
         return [(r[0], -r[1]) for r in rows]  # FTS5 bm25() is lower-is-better
 
     def _knn(
