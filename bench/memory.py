@@ -119,10 +119,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def latency_run(total: int, queries: int, rng: random.Random, store: MemoryStore) -> dict[str, Any]:
+async def latency_run(
+    total: int, queries: int, rng: random.Random, store: MemoryStore, tenants: int = TENANTS
+) -> dict[str, Any]:
     corpus = Corpus(rng)
-    per_tenant = total // TENANTS
-    namespaces = [Namespace(f"tenant-{t}", agent="bench", user=f"user-{t}") for t in range(TENANTS)]
+    per_tenant = total // tenants
+    namespaces = [Namespace(f"tenant-{t}", agent="bench", user=f"user-{t}") for t in range(tenants)]
     started = time.perf_counter()
     for ns in namespaces:
         for start in range(0, per_tenant, 2000):
@@ -133,7 +135,7 @@ async def latency_run(total: int, queries: int, rng: random.Random, store: Memor
     if hasattr(store, "analyze"):
         await store.analyze()  # type: ignore[attr-defined]
     qs = [(rng.choice(namespaces), corpus.query()) for _ in range(queries)]
-    out: dict[str, Any] = {"items": total, "tenants": TENANTS, "items_per_tenant": per_tenant,
+    out: dict[str, Any] = {"items": total, "tenants": tenants, "items_per_tenant": per_tenant,
                            "ingest_items_per_s": round(total / ingest_s)}  # fmt: skip
     for mode in ("hybrid", "bm25", "vector"):
         for ns, q in qs[:20]:  # warm caches
@@ -485,15 +487,19 @@ async def pg_index_recall(store: Any, ns: Namespace, queries: list[list[float]],
     return found / (k * len(queries))
 
 
-async def postgres_run(rng: random.Random, total: int, queries: int) -> dict[str, Any]:
+async def postgres_run(
+    rng: random.Random, total: int, queries: int, tenants: int = TENANTS, ef_search: int = 64
+) -> dict[str, Any]:
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="bastion-xdg-"))
     from bastion.memory import PostgresMemoryStore
     from bastion.testing._postgres import postgres_server
 
     with postgres_server() as url:
-        store = PostgresMemoryStore(url, ClusteredEmbedder(), max_size=2)
+        # Big embedding batches: one UPDATE per batch (the HNSW insertions are the rest).
+        store = PostgresMemoryStore(url, ClusteredEmbedder(), max_size=2, ef_search=ef_search, batch_size=500)
         try:
-            row = await latency_run(total, queries, rng, store)
+            row = await latency_run(total, queries, rng, store, tenants)
+            row["ef_search"] = ef_search
             corpus = Corpus(rng)
             qv = await store.embedder.embed([corpus.query() for _ in range(100)])
             ns = Namespace("tenant-0", agent="bench", user="user-0")
@@ -508,28 +514,42 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--tenant-size",
+        type=int,
+        default=None,
+        help="also run one tenant of this many items (default 100000; 8000 with --quick; 0: skip)",
+    )
+    parser.add_argument("--ef-search", type=int, default=64, help="pgvector hnsw.ef_search")
+    parser.add_argument("--skip-quality", action="store_true", help="skip the MiniLM conversational dataset")
     args = parser.parse_args()
     sizes = [2_000, 8_000] if args.quick else [10_000, 100_000]
+    tenant_size = args.tenant_size if args.tenant_size is not None else (8_000 if args.quick else 100_000)
+    runs = [(total, TENANTS) for total in sizes] + ([(tenant_size, 1)] if tenant_size else [])
     queries = 100 if args.quick else 400
     rng = random.Random(42)
     report: dict[str, Any] = {"machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
                               "python": sys.version.split()[0], "latency_sqlite": [], "notes": []}  # fmt: skip
-    for total in sizes:
+    for total, tenants in runs:
         with tempfile.TemporaryDirectory() as tmp:
             store = SQLiteMemoryStore(Path(tmp) / "lat.db", ClusteredEmbedder(), index="binary")
             try:
-                row = await latency_run(total, queries, rng, store)
+                row = await latency_run(total, queries, rng, store, tenants)
                 row["index_recall@10_clustered"] = round(await index_recall_at_scale(store, rng), 4)
                 report["latency_sqlite"].append(row)
             finally:
                 await store.close()
         print(f"latency {total}: {report['latency_sqlite'][-1]}", flush=True)
     if args.postgres:
-        report["latency_postgres"] = [await postgres_run(rng, sizes[0], queries)]
-        print(f"postgres: {report['latency_postgres']}", flush=True)
-    convs = 6 if args.quick else 20
-    report["quality"] = await quality_run(convs, sessions=5, turns=30)
-    print(f"quality: {report['quality']}", flush=True)
+        pg_runs = [(sizes[0], TENANTS)] + ([(tenant_size, 1)] if tenant_size else [])
+        report["latency_postgres"] = []
+        for total, tenants in pg_runs:
+            report["latency_postgres"].append(await postgres_run(rng, total, queries, tenants, args.ef_search))
+            print(f"postgres {total}: {report['latency_postgres'][-1]}", flush=True)
+    if not args.skip_quality:
+        convs = 6 if args.quick else 20
+        report["quality"] = await quality_run(convs, sessions=5, turns=30)
+        print(f"quality: {report['quality']}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print_table(report)
@@ -549,11 +569,15 @@ def print_table(r: dict[str, Any]) -> None:
                 print("| " + " | ".join(str(c) for c in cells) + " |")
     for backend, index in (("sqlite", "binary-quantised scan + rerank"), ("postgres", "HNSW")):
         recalls = [
-            f"{row['items']:,} items: {row['index_recall@10_clustered']}" for row in r.get(f"latency_{backend}", [])
+            f"{row['tenants']} x {row['items_per_tenant']:,} items: {row['index_recall@10_clustered']}"
+            + (f" (ef_search {row['ef_search']})" if "ef_search" in row else "")
+            for row in r.get(f"latency_{backend}", [])
         ]
         if recalls:
             print(f"\n{backend} {index} recall@10 vs exact (clustered synthetic vectors): {'; '.join(recalls)}")
-    q = r["quality"]
+    q = r.get("quality")
+    if q is None:
+        return
     print(f"\nconversational memory: {q['conversations']} dialogues, {q['turns']} turns, {q['questions']} questions "
           f"(MiniLM int8, {q['minilm_texts_per_s']} texts/s, query embed p50 {q['minilm_query_embed_p50_ms']} ms; "
           f"binary index recall@10 vs exact: {q['index_recall@10_minilm']})")  # fmt: skip

@@ -111,6 +111,15 @@ async def test_bad_input_is_rejected_and_writes_nothing(store: MemoryStore, ns: 
     assert await texts(store, ns, "llamas", mode="bm25") == [good.text]
     with pytest.raises(UserError, match="already exists"):
         await store.put(ns, MemoryItem("another", id=good.id))
+    # a batch is checked as a whole: a clash (with the store or inside the batch) writes none of it
+    fresh = MemoryItem("a fresh memory about alpacas")
+    with pytest.raises(UserError, match="already exists"):
+        await store.put_many(ns, [fresh, MemoryItem("clash", id=good.id)])
+    with pytest.raises(UserError, match="already exists|appears twice"):
+        await store.put_many(ns, [fresh, MemoryItem("twin", id=fresh.id)])
+    assert await store.get(ns, fresh.id) is None
+    await store.put_many(ns, [fresh])
+    assert await texts(store, ns, "alpacas", mode="bm25") == [fresh.text]
 
 
 async def test_forget_soft_and_hard(store: MemoryStore, ns: Namespace) -> None:
