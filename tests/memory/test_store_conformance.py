@@ -115,7 +115,7 @@ async def test_bad_input_is_rejected_and_writes_nothing(store: MemoryStore, ns: 
     fresh = MemoryItem("a fresh memory about alpacas")
     with pytest.raises(UserError, match="already exists"):
         await store.put_many(ns, [fresh, MemoryItem("clash", id=good.id)])
-    with pytest.raises(UserError, match="already exists|appears twice"):
+    with pytest.raises(UserError, match=r"already exists|appears twice"):
         await store.put_many(ns, [fresh, MemoryItem("twin", id=fresh.id)])
     assert await store.get(ns, fresh.id) is None
     await store.put_many(ns, [fresh])
