@@ -81,3 +81,25 @@ async def test_retention_prunes_idle_threads_but_keeps_pending_approvals(tmp_pat
         assert await checkpointer.get("old") is None and await checkpointer.get("pending") is not None
         assert [t["thread_id"] for t in await rt.store.list_threads("t")] == ["pending"]
     checkpointer.close()
+
+
+async def test_json_inputs_reach_the_agent_as_text_or_messages(tmp_path: Path) -> None:
+    from bastion.types import Message
+
+    seen: list[str] = []
+
+    def remember(request: ModelRequest) -> str:
+        seen.append(request.messages[-1].text)
+        return "ok"
+
+    agent = Agent(FunctionModel(remember), name="a", checkpointer=SqliteCheckpointer(tmp_path / "cp.db"))
+    rt = Runtime(SqlRunStore.sqlite(tmp_path / "runs.db"), {"a": AgentRunnable(agent)}, lease_seconds=5)
+    async with rt:
+        assert (await rt.run(tenant="t", agent="a", input={"ticket": 7, "title": "printer"}, timeout=10)).status == (
+            "completed"
+        )
+        messages = [Message.user("from a list of messages").to_dict()]
+        assert (await rt.run(tenant="t", agent="a", input=messages, timeout=10)).status == "completed"
+    assert seen == ['{"ticket": 7, "title": "printer"}', "from a list of messages"]
+    assert agent.checkpointer is not None
+    agent.checkpointer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from bastion.errors import UserError
@@ -36,6 +37,21 @@ def _interrupt_json(item: Any) -> dict[str, Any]:
         data.setdefault("payload", data.get("value"))
         return data  # pyright: ignore[reportUnknownVariableType]
     return {"id": "", "payload": data}
+
+
+def agent_input(value: Any) -> Any:
+    """Run input as JSON arrives over HTTP → what an `Agent` takes: text stays text, a list of
+    message dicts becomes messages, any other JSON value is given to the model as JSON text."""
+    from bastion.types import Message
+
+    if isinstance(value, str | Message):
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):  # pyright: ignore[reportUnknownVariableType]
+        try:
+            return [Message.from_dict(m) for m in value]  # pyright: ignore[reportUnknownArgumentType]
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"run input looks like messages but is not: {e}") from e
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 class AgentRunnable:
@@ -110,6 +126,7 @@ class AgentRunnable:
     ) -> RunOutcome:
         from bastion.graph.agent import RunDone
 
+        input = agent_input(input)
         if resume is not None:
             events = self.agent.stream(None, resume=resume, thread_id=thread_id, context=context)
         elif recover:
