@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
-import uvicorn
 from openai import AsyncOpenAI
 
 from bastion.errors import (
@@ -35,7 +33,7 @@ from bastion.errors import (
 from bastion.gateway import Model
 from bastion.gateway.proxy import InMemoryKeyStore, create_proxy_app, mint_key
 from bastion.gateway.proxy._errors import error_reply
-from bastion.testing import FunctionModel, ScriptedModel
+from bastion.testing import FunctionModel, ScriptedModel, serve_app
 from bastion.types import (
     Message,
     ModelRequest,
@@ -73,23 +71,8 @@ class ModelsGateway:
 @contextlib.asynccontextmanager
 async def serve(app: Any) -> AsyncIterator[str]:
     """Run `app` under uvicorn on a random 127.0.0.1 port; yield the `/v1` base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):  # readiness: bounded poll, ~10 s at most
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
-        sock.close()
+    async with serve_app(app, lifespan="off") as base:
+        yield f"{base}/v1"
 
 
 class Proxy:
