@@ -22,6 +22,8 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     for row in report["latency_sqlite"]:
         assert row["hybrid"]["p50_ms"] > 0 and 0 <= row["index_recall@10_clustered"] <= 1
+    # --quick adds one single-tenant run (--tenant-size, 8,000 items when quick)
+    assert [(r["tenants"], r["items_per_tenant"]) for r in report["latency_sqlite"]][-1] == (1, 8000)
     quality = report["quality"]
     assert quality["questions"] > 0 and 0 < quality["index_recall@10_minilm"] <= 1
     for mode in ("bm25", "vector", "hybrid"):
