@@ -76,6 +76,25 @@ def to_ns(t: TimeLike) -> int:
     return int(t * 1e9)
 
 
+def _indexed_columns(a: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The attributes the store keeps in their own (indexed) columns, in column order."""
+    cost = a.get(sc.BASTION_COST_USD)
+    return (
+        a.get(sc.GEN_AI_OPERATION_NAME),
+        a.get(sc.BASTION_RUN_ID),
+        a.get(sc.GEN_AI_CONVERSATION_ID),
+        a.get(sc.BASTION_TENANT_ID),
+        a.get(sc.BASTION_USER_ID),
+        a.get(sc.BASTION_TEAM_ID),
+        a.get(sc.GEN_AI_AGENT_NAME),
+        a.get(sc.GEN_AI_RESPONSE_MODEL) or a.get(sc.GEN_AI_REQUEST_MODEL),
+        a.get(sc.GEN_AI_TOOL_NAME),
+        float(cost) if cost is not None else None,
+        a.get(sc.GEN_AI_USAGE_INPUT_TOKENS),
+        a.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS),
+    )
+
+
 @dataclass(slots=True)
 class SpanRecord:
     """One stored span."""
@@ -106,8 +125,6 @@ class SpanRecord:
 
     def to_row(self) -> tuple[Any, ...]:
         a = self.attributes
-        model = a.get(sc.GEN_AI_RESPONSE_MODEL) or a.get(sc.GEN_AI_REQUEST_MODEL)
-        cost = a.get(sc.BASTION_COST_USD)
         return (
             self.trace_id,
             self.span_id,
@@ -118,18 +135,7 @@ class SpanRecord:
             self.end_ns,
             self.status,
             self.status_message,
-            a.get(sc.GEN_AI_OPERATION_NAME),
-            a.get(sc.BASTION_RUN_ID),
-            a.get(sc.GEN_AI_CONVERSATION_ID),
-            a.get(sc.BASTION_TENANT_ID),
-            a.get(sc.BASTION_USER_ID),
-            a.get(sc.BASTION_TEAM_ID),
-            a.get(sc.GEN_AI_AGENT_NAME),
-            model,
-            a.get(sc.GEN_AI_TOOL_NAME),
-            float(cost) if cost is not None else None,
-            a.get(sc.GEN_AI_USAGE_INPUT_TOKENS),
-            a.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS),
+            *_indexed_columns(a),
             json.dumps(a, ensure_ascii=False, default=str),
             json.dumps(self.events, ensure_ascii=False, default=str) if self.events else None,
             ROW_VERSION,
@@ -157,8 +163,6 @@ class SpanRecord:
         ctx = span.context
         parent = span.parent
         a: dict[str, Any] = dict(span.attributes or {})
-        model = a.get(sc.GEN_AI_RESPONSE_MODEL) or a.get(sc.GEN_AI_REQUEST_MODEL)
-        cost = a.get(sc.BASTION_COST_USD)
         events = (
             _dumps(
                 [{"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events]
@@ -176,18 +180,7 @@ class SpanRecord:
             span.end_time or 0,
             span.status.status_code.name,
             span.status.description,
-            a.get(sc.GEN_AI_OPERATION_NAME),
-            a.get(sc.BASTION_RUN_ID),
-            a.get(sc.GEN_AI_CONVERSATION_ID),
-            a.get(sc.BASTION_TENANT_ID),
-            a.get(sc.BASTION_USER_ID),
-            a.get(sc.BASTION_TEAM_ID),
-            a.get(sc.GEN_AI_AGENT_NAME),
-            model,
-            a.get(sc.GEN_AI_TOOL_NAME),
-            float(cost) if cost is not None else None,
-            a.get(sc.GEN_AI_USAGE_INPUT_TOKENS),
-            a.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS),
+            *_indexed_columns(a),
             _dumps(a),
             events,
             ROW_VERSION,
