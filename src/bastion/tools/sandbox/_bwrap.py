@@ -16,6 +16,7 @@ If bubblewrap is missing or cannot create namespaces, `Sandbox.run` raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import resource
@@ -169,10 +170,11 @@ class Sandbox:
             while chunk := await stream.read(65536):
                 room = cap - len(buf)
                 buf += chunk[:room]
-                if len(chunk) > room:
+                if len(chunk) > room and not truncated:
                     truncated = True
-                    _kill(proc)
-                    break
+                    _kill(proc, uid)
+                # Keep draining to EOF after the cap: a writer blocked on a full pipe would
+                # otherwise keep the other stream (and this run) open.
             return bytes(buf)
 
         async def feed() -> None:
@@ -193,7 +195,7 @@ class Sandbox:
         done, _ = await asyncio.wait({task}, timeout=self.limits.wall_timeout)
         if not done:
             timed_out = True
-            _kill(proc)
+            _kill(proc, uid)
         out, err, _, _ = await task
         code = proc.returncode if proc.returncode is not None else -9
         return SandboxResult(
@@ -213,8 +215,18 @@ class Sandbox:
         return await self.run(["/bin/sh", "-s"], stdin=script)
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    try:
+def _kill(proc: asyncio.subprocess.Process, uid: int) -> None:
+    """Kill the whole sandbox: the process group of bwrap, and every process running as the
+    sandbox's own uid (unique per call), so nothing it forked can keep a pipe open."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as f:
+                real_uid = next((line.split()[1] for line in f if line.startswith("Uid:")), None)
+            if real_uid == str(uid):
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone already, or not ours to read
