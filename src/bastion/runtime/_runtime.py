@@ -133,8 +133,7 @@ class Runtime:
         run = new_run(tenant=tenant, thread_id=thread_id, agent=agent, input=input, user=user, metadata=metadata)
         self._finished[run.id] = asyncio.Event()
         await self.store.upsert_thread(tenant, run.thread_id, metadata or {})
-        await self.store.create(run)
-        await self.store.add_event(run.id, "run_queued", {"agent": agent})
+        await self.store.create(run)  # also records the run_queued event
         self.wakeup.notify()
         return run
 

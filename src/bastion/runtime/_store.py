@@ -12,9 +12,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bastion.errors import MissingExtraError, UserError
 from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
@@ -29,6 +29,8 @@ _COLUMNS = (
     "created_at, updated_at"
 )
 _JSON_FIELDS = ("input", "output", "interrupts", "resume", "metadata", "usage")
+_INSERT_EVENT = "INSERT INTO bastion_run_events (run_id, kind, data, at) VALUES (?, ?, ?, ?)"
+T = TypeVar("T")
 
 
 def _schema(dialect: str) -> list[str]:
@@ -173,6 +175,23 @@ class SqlRunStore:
         cur = conn.execute(self._sql(query), params)
         return cur.fetchone() if fetch == "one" else cur.fetchall() if fetch == "all" else None
 
+    def _transaction(self, work: Callable[[Callable[[str, Sequence[Any]], Any]], T]) -> T:
+        """Run `work(execute)` in one transaction; `execute(sql, params)` takes `?` placeholders and
+        returns the cursor. SQLite: BEGIN IMMEDIATE under this process's writer lock."""
+        conn = self._conn()
+        if self.dialect == "sqlite":
+            with self._lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn.execute)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            return result
+        with conn.transaction():
+            return work(lambda sql, params: conn.execute(self._sql(sql), params))
+
     async def _run(self, fn: Any, *args: Any) -> Any:
         import asyncio
 
@@ -181,18 +200,24 @@ class SqlRunStore:
     # -- runs ---------------------------------------------------------------------------------
 
     def _create(self, run: Run) -> Run:
+        """Insert the run and its `run_queued` event together, so no worker can claim (and emit
+        `run_started`) before the run's history begins."""
         now = time.time()
         run.created_at = run.created_at or now
         run.updated_at = now
-        self._exec(
-            f"INSERT INTO bastion_runs ({_COLUMNS}) VALUES ({', '.join('?' * 22)})",
-            (
-                run.id, run.tenant, run.thread_id, run.agent, run.status, _dump(run.input), _dump(run.output),
-                run.error, _dump(run.interrupts), _dump(run.resume), run.attempts, run.worker,
-                run.lease_expires_at, int(run.cancel_requested), run.user, _dump(run.metadata), _dump(run.usage),
-                run.cost_usd, run.trace_id, run.checkpoint_before, run.created_at, run.updated_at,
-            ),
+        row = (
+            run.id, run.tenant, run.thread_id, run.agent, run.status, _dump(run.input), _dump(run.output),
+            run.error, _dump(run.interrupts), _dump(run.resume), run.attempts, run.worker,
+            run.lease_expires_at, int(run.cancel_requested), run.user, _dump(run.metadata), _dump(run.usage),
+            run.cost_usd, run.trace_id, run.checkpoint_before, run.created_at, run.updated_at,
         )  # fmt: skip
+
+        def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
+            execute(f"INSERT INTO bastion_runs ({_COLUMNS}) VALUES ({', '.join('?' * 22)})", row)
+            if run.status == "queued":
+                execute(_INSERT_EVENT, (run.id, "run_queued", json.dumps({"agent": run.agent}), now))
+
+        self._transaction(work)
         if self.dialect == "postgres" and run.status == "queued":
             self._exec(f"NOTIFY {NOTIFY_CHANNEL}, '{run.id}'")
         return run
@@ -257,18 +282,7 @@ class SqlRunStore:
         update = f"""UPDATE bastion_runs SET status = 'running', worker = ?, lease_expires_at = ?,
                 attempts = attempts + 1, updated_at = ? WHERE id = ({pick}) RETURNING {_COLUMNS}"""
         params = (worker, now + lease_seconds, now, *pick_params)
-        if self.dialect == "sqlite":
-            conn = self._conn()
-            with self._lock:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = conn.execute(update, params).fetchone()
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-        else:
-            row = self._exec(update, params, fetch="one")
+        row = self._transaction(lambda execute: execute(update, params).fetchone())
         return _row_to_run(row) if row else None
 
     async def claim(self, worker: str, lease_seconds: float) -> Run | None:
@@ -314,30 +328,15 @@ class SqlRunStore:
             "trace_id = COALESCE(?, trace_id), worker = NULL, lease_expires_at = NULL, updated_at = ? "
             "WHERE id = ? AND worker = ? AND status = 'running' RETURNING id"
         )
-        insert = "INSERT INTO bastion_run_events (run_id, kind, data, at) VALUES (?, ?, ?, ?)"
         event_row = (run_id, event[0], json.dumps(event[1], default=str), now)
 
-        def go() -> bool:
-            conn = self._conn()
-            if self.dialect == "sqlite":
-                with self._lock:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        done = conn.execute(update, (*fields, now, run_id, worker)).fetchone() is not None
-                        if done:
-                            conn.execute(insert, event_row)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
-                return done
-            with conn.transaction():
-                done = conn.execute(self._sql(update), (*fields, now, run_id, worker)).fetchone() is not None
-                if done:
-                    conn.execute(self._sql(insert), event_row)
+        def work(execute: Callable[[str, Sequence[Any]], Any]) -> bool:
+            done = execute(update, (*fields, now, run_id, worker)).fetchone() is not None
+            if done:
+                execute(_INSERT_EVENT, event_row)
             return done
 
-        return await self._run(go)
+        return await self._run(self._transaction, work)
 
     async def update(self, run_id: str, **fields: Any) -> None:
         allowed = {
@@ -362,7 +361,7 @@ class SqlRunStore:
     async def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
         await self._run(
             lambda: self._exec(
-                "INSERT INTO bastion_run_events (run_id, kind, data, at) VALUES (?, ?, ?, ?)",
+                _INSERT_EVENT,
                 (run_id, kind, json.dumps(data, default=str), time.time()),
             )
         )
