@@ -53,9 +53,10 @@ async def test_bm25_scores_equal_fts5_bm25(tmp_path: Path) -> None:
         await disk.close()
 
 
-async def test_writes_from_another_connection_are_seen_by_the_next_search(tmp_path: Path) -> None:
+@pytest.mark.parametrize("index", ["binary", "exact"])
+async def test_writes_from_another_connection_are_seen_by_the_next_search(tmp_path: Path, index: str) -> None:
     ns = Namespace("acme", user="u")
-    reader, writer = open_store(tmp_path / "m.db"), open_store(tmp_path / "m.db")
+    reader, writer = open_store(tmp_path / "m.db", index=index), open_store(tmp_path / "m.db", index=index)
     try:
         first = await writer.put(ns, MemoryItem("the boiler is serviced every autumn"))
         await writer.flush()

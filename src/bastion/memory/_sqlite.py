@@ -527,8 +527,8 @@ class SQLiteMemoryStore:
 
     def _query_tokens(self, query: str) -> list[str]:
         """FTS5's tokens of each query word: the phrases `_bm25` puts in its MATCH. (A word that
-        FTS5 splits into several tokens is one phrase there and several terms here; `query_terms`
-        splits on the characters that would cause that.)"""
+        FTS5 splits into several tokens would be one phrase there and several terms here; rare,
+        since `query_terms` already splits on punctuation and underscores.)"""
         out: list[str] = []
         for term in query_terms(query):
             out += self._tokenize(term, self._tokenize_query)
