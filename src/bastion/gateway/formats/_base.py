@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from bastion.gateway._providers import Provider
-    from bastion.types import ModelRequest
+    from bastion.types import Message, ModelRequest, Part
 
 JSON = dict[str, Any]
 
@@ -120,6 +120,30 @@ def parse_arguments(raw: str) -> dict[str, Any]:
     except ValueError:
         return {"_raw": raw}
     return value if isinstance(value, dict) else {"_raw": raw}
+
+
+def merged_turns(
+    messages: Sequence[Message], assistant_role: str, convert: Callable[[Part], JSON | None]
+) -> tuple[list[str], list[tuple[str, list[JSON]]]]:
+    """The system messages' texts, and the rest as (role, converted parts) turns: tool results
+    count as user turns, and consecutive turns of one role are merged, as Anthropic and Gemini
+    require alternating roles. Parts `convert` maps to None are left out, and so are messages
+    left empty."""
+    system: list[str] = []
+    turns: list[tuple[str, list[JSON]]] = []
+    for m in messages:
+        if m.role == "system":
+            system.append(m.text)
+            continue
+        role = assistant_role if m.role == "assistant" else "user"
+        parts = [p for p in (convert(x) for x in m.parts) if p is not None]
+        if not parts:
+            continue
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(parts)
+        else:
+            turns.append((role, parts))
+    return system, turns
 
 
 def split_data_uri(url: str) -> tuple[str, str] | None:

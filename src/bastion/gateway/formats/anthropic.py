@@ -16,7 +16,14 @@ from contextlib import aclosing
 from typing import Any
 
 from bastion.errors import ModelHTTPError, RateLimitError
-from bastion.gateway.formats._base import JSON, HTTPModel, parse_arguments, split_data_uri, unavailable
+from bastion.gateway.formats._base import (
+    JSON,
+    HTTPModel,
+    merged_turns,
+    parse_arguments,
+    split_data_uri,
+    unavailable,
+)
 from bastion.types import (
     FinishReason,
     ImagePart,
@@ -65,20 +72,8 @@ def _block(part: Any) -> JSON | None:
 
 
 def build_payload(request: ModelRequest, model: str) -> JSON:
-    system: list[str] = []
-    messages: list[JSON] = []
-    for m in request.messages:
-        if m.role == "system":
-            system.append(m.text)
-            continue
-        role = "assistant" if m.role == "assistant" else "user"
-        blocks = [b for b in (_block(p) for p in m.parts) if b is not None]
-        if not blocks:
-            continue
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
+    system, turns = merged_turns(request.messages, "assistant", _block)
+    messages: list[JSON] = [{"role": role, "content": blocks} for role, blocks in turns]
     s = request.settings
     payload: JSON = {"model": model, "messages": messages, "max_tokens": s.max_tokens or DEFAULT_MAX_TOKENS}
     if system:

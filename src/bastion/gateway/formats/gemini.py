@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from bastion.gateway.formats._base import JSON, HTTPModel, split_data_uri
+from bastion.gateway.formats._base import JSON, HTTPModel, merged_turns, split_data_uri
 from bastion.types import (
     FinishReason,
     ImagePart,
@@ -82,20 +82,8 @@ def _part(part: Any) -> JSON | None:
 
 
 def build_payload(request: ModelRequest) -> JSON:
-    system: list[str] = []
-    contents: list[JSON] = []
-    for m in request.messages:
-        if m.role == "system":
-            system.append(m.text)
-            continue
-        role = "model" if m.role == "assistant" else "user"
-        parts = [p for p in (_part(x) for x in m.parts) if p is not None]
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+    system, turns = merged_turns(request.messages, "model", _part)
+    contents: list[JSON] = [{"role": role, "parts": parts} for role, parts in turns]
     payload: JSON = {"contents": contents}
     if system:
         payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
