@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import bastion.memory._sqlite as sqlite_module
+from bastion.errors import UserError
 from bastion.memory import HashingEmbedder, MemoryItem, Namespace, SQLiteMemoryStore
 from bastion.memory._index import Filter, RowState, TenantIndex
 from bastion.memory._store import tenant_suffix
@@ -71,6 +72,11 @@ async def test_writes_from_another_connection_are_seen_by_the_next_search(tmp_pa
         assert first.id in [h.item.id for h in await reader.search(ns, "boiler serviced", as_of=first.recorded_at)]
         await writer.forget(ns, second.id, hard=True)
         assert await reader.search(ns, "boiler pressure bar") == []
+        batch = await writer.put_many(ns, [MemoryItem(f"radiator {i} in room {i} needs bleeding") for i in range(50)])
+        await writer.flush()
+        for mode in ("bm25", "vector"):
+            hits = await reader.search(ns, "radiator 37 in room 37 needs bleeding", mode=mode, k=1)  # type: ignore[arg-type]
+            assert [h.item.id for h in hits] == [batch[37].id], mode
     finally:
         await reader.close()
         await writer.close()
@@ -113,6 +119,12 @@ async def test_ram_budget_drops_least_recently_searched_tenants(tmp_path: Path) 
         assert list(store._loaded) == [tenant_suffix("t3"), tenant_suffix("t0")]
     finally:
         await store.close()
+
+
+def test_unknown_search_index_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown search index 'disk'; use 'ram' or 'sqlite'"):
+        open_store(tmp_path / "m.db", "disk")
+    assert not (tmp_path / "m.db").exists()
 
 
 def test_vector_search_recall_against_exact_cosine() -> None:
@@ -158,6 +170,6 @@ def test_removed_rows_leave_the_statistics() -> None:
     assert [r for r, _ in after] == [1] and len(index) == 2
     assert after[0][1] != before[0][1]  # fewer rows, other frequencies: another score
     with pytest.raises(ValueError, match="already indexed"):
-        index.add(1, RowState("a", "semantic", True, 0.0, None), ["x"])
+        index.add_many([(1, RowState("a", "semantic", True, 0.0, None), ["x"])])
     with pytest.raises(ValueError, match="dimensions"):
-        index.set_vector(1, [1.0, 2.0])
+        index.set_vectors([(1, [1.0, 2.0])])

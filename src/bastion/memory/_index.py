@@ -206,11 +206,8 @@ class TenantIndex:
     def __contains__(self, rowid: int) -> bool:
         return rowid in self._where
 
-    def add(self, rowid: int, state: RowState, tokens: Sequence[str]) -> None:
-        """Index a new item; `tokens` are its text's tokens as FTS5 produces them."""
-        self.add_many([(rowid, state, tokens)])
-
     def add_many(self, rows: Iterable[tuple[int, RowState, Sequence[str]]]) -> None:
+        """Index new items: (rowid, state, tokens), the tokens of its text as FTS5 produces them."""
         by_ns: dict[str, list[tuple[int, int, RowState, Sequence[str]]]] = {}
         for rowid, state, tokens in rows:
             if rowid in self._where:
@@ -239,12 +236,9 @@ class TenantIndex:
         part, slot = self._where[rowid]
         return bool(part.has_vec[slot])
 
-    def set_vector(self, rowid: int, vector: bytes | Sequence[float] | npt.NDArray[np.float32]) -> None:
-        """Set an item's vector (float32 bytes, as SQLite stores them, or numbers)."""
-        self.set_vectors([(rowid, vector)])
-
     def set_vectors(self, rows: Iterable[tuple[int, bytes | Sequence[float] | npt.NDArray[np.float32]]]) -> None:
-        """Set the vectors of indexed items; rows that are not indexed are skipped."""
+        """Set the vectors of indexed items (float32 bytes, as SQLite stores them, or numbers);
+        rows that are not indexed are skipped."""
         by_part: dict[int, tuple[_Partition, list[int], list[bytes]]] = {}
         size = self.dim * 4
         for rowid, vector in rows:

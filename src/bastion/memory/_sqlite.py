@@ -493,6 +493,8 @@ class SQLiteMemoryStore:
         index = loaded.index
         if changes[0][0] != loaded.seq + 1 or len(changes) > max(10_000, len(index)) or index.removed > len(index):
             return False
+        added: list[tuple[int, RowState, list[str]]] = []
+        embedded_rows: list[int] = []
         for rowid in dict.fromkeys(row for _, row in changes):
             row = self._q(
                 f"SELECT ns, kind, trust, valid_from, valid_to, text, embedded FROM items_{s} WHERE rowid = ?", (rowid,)
@@ -504,12 +506,18 @@ class SQLiteMemoryStore:
             state = RowState(ns, kind, trust == "trusted", valid_from, valid_to)
             if rowid in index:
                 index.update(rowid, state)
+                if embedded and not index.has_vector(rowid):
+                    embedded_rows.append(rowid)
             else:
-                index.add(rowid, state, self._doc_tokens(text))
-            if embedded and not index.has_vector(rowid):
-                vec = self._q(f"SELECT {self._vector_column} FROM vec_{s} WHERE rowid = ?", (rowid,)).fetchone()
-                if vec is not None:
-                    index.set_vector(rowid, vec[0])
+                added.append((rowid, state, self._doc_tokens(text)))
+                if embedded:
+                    embedded_rows.append(rowid)
+        # New rows and vectors go in as one batch each, as when the index is loaded.
+        index.add_many(added)
+        vector = f"SELECT {self._vector_column} FROM vec_{s} WHERE rowid = ?"
+        index.set_vectors(
+            (rowid, found[0]) for rowid in embedded_rows if (found := self._q(vector, (rowid,)).fetchone()) is not None
+        )
         loaded.seq = changes[-1][0]
         return True
 
