@@ -29,6 +29,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _util import ROOT, ensure_bench_venv
 
 from bastion.memory import MemoryItem, MiniLMEmbedder, Namespace, SQLiteMemoryStore
 from bastion.memory._store import MemoryStore
@@ -105,6 +107,9 @@ class ClusteredEmbedder:
         return self._dim
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return self.embed_sync(texts)
+
+    def embed_sync(self, texts: Sequence[str]) -> list[list[float]]:
         out: list[list[float]] = []
         for text in texts:
             seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
@@ -125,16 +130,18 @@ async def ingest(total: int, rng: random.Random, store: MemoryStore, tenants: in
     per_tenant = total // tenants
     namespaces = [Namespace(f"tenant-{t}", agent="bench", user=f"user-{t}") for t in range(tenants)]
     started = time.perf_counter()
+    texts: dict[str, list[str]] = {}
     for ns in namespaces:
         for start in range(0, per_tenant, 2000):
             batch = [MemoryItem(corpus.sentence()) for _ in range(min(2000, per_tenant - start))]
             await store.put_many(ns, batch)
+            texts.setdefault(ns.key, []).extend(item.text for item in batch)
     await store.flush()
     ingest_s = time.perf_counter() - started
     if hasattr(store, "analyze"):
         await store.analyze()  # type: ignore[attr-defined]
     return {"items": total, "tenants": tenants, "items_per_tenant": per_tenant,
-            "ingest_items_per_s": round(total / ingest_s), "namespaces": namespaces}  # fmt: skip
+            "ingest_items_per_s": round(total / ingest_s), "namespaces": namespaces, "texts": texts}  # fmt: skip
 
 
 async def measure(store: MemoryStore, queries: list[tuple[Namespace, str]]) -> dict[str, Any]:
@@ -179,6 +186,7 @@ async def latency_run(
 ) -> dict[str, Any]:
     row = await ingest(total, rng, store, tenants)
     namespaces = row.pop("namespaces")
+    row.pop("texts")
     corpus = Corpus(rng)
     qs = [(rng.choice(namespaces), corpus.query()) for _ in range(queries)]
     row.update(await measure(store, qs))
@@ -528,6 +536,51 @@ async def postgres_run(
             await store.close()
 
 
+# --- the peer: LangGraph's long-term memory store ----------------------------------------------
+
+PEER_QUERY_BUDGET_S = 60.0
+"""Stop timing the peer's queries after this long (at 100k items one query takes seconds)."""
+
+
+def langgraph_peer(
+    python: Path, facts: dict[str, Any], texts: dict[str, list[str]], queries: list[tuple[Namespace, str]]
+) -> dict[str, Any]:
+    """Run the same corpus and queries through LangGraph's `InMemoryStore` with its vector
+    index (LangGraph's stores have no full-text search), in `.bench-venv`, where LangGraph is."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, out = Path(tmp) / "data.json", Path(tmp) / "out.json"
+        data.write_text(json.dumps({"texts": texts, "queries": [[ns.key, q] for ns, q in queries]}))
+        subprocess.run([str(python), __file__, "--langgraph-peer", str(data), str(out)], check=True, timeout=1800)
+        return {**facts, **json.loads(out.read_text())}
+
+
+def run_langgraph_peer(data_path: Path, out_path: Path) -> None:
+    from langgraph.store.base import PutOp
+    from langgraph.store.memory import InMemoryStore
+
+    data = json.loads(data_path.read_text())
+    embedder = ClusteredEmbedder()
+    store = InMemoryStore(index={"dims": embedder.dim, "embed": embedder.embed_sync, "fields": ["text"]})
+    started = time.perf_counter()
+    for ns, texts in data["texts"].items():
+        for start in range(0, len(texts), 2000):
+            store.batch([PutOp((ns,), f"{start + i}", {"text": t}) for i, t in enumerate(texts[start : start + 2000])])
+    ingest_s = time.perf_counter() - started
+    times: list[float] = []
+    deadline = time.perf_counter() + PEER_QUERY_BUDGET_S
+    for ns, q in data["queries"]:
+        t0 = time.perf_counter()
+        hits = store.search((ns,), query=q, limit=10)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert len(hits) == 10
+        if time.perf_counter() > deadline and len(times) >= 20:
+            break
+    out_path.write_text(json.dumps({"peer": "langgraph InMemoryStore (vector index)", "queries_timed": len(times),
+                                    "ingest_items_per_s": round(sum(map(len, data["texts"].values())) / ingest_s),
+                                    "vector": {"p50_ms": round(percentile(times, 0.5), 3),
+                                               "p95_ms": round(percentile(times, 0.95), 3)}}))  # fmt: skip
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -541,14 +594,21 @@ async def main() -> None:
     )
     parser.add_argument("--ef-search", type=int, default=64, help="pgvector hnsw.ef_search")
     parser.add_argument("--skip-quality", action="store_true", help="skip the MiniLM conversational dataset")
+    parser.add_argument("--no-peer", action="store_true", help="skip LangGraph's store (run from .bench-venv)")
+    parser.add_argument("--langgraph-peer", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.langgraph_peer:
+        run_langgraph_peer(*args.langgraph_peer)
+        return
+    peer_python = None if args.no_peer else ensure_bench_venv(ROOT / "bench" / "requirements.txt")
     sizes = [2_000, 8_000] if args.quick else [10_000, 100_000]
     tenant_size = args.tenant_size if args.tenant_size is not None else (8_000 if args.quick else 100_000)
     runs = [(total, TENANTS) for total in sizes] + ([(tenant_size, 1)] if tenant_size else [])
     queries = 100 if args.quick else 400
     rng = random.Random(42)
     report: dict[str, Any] = {"machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
-                              "python": sys.version.split()[0], "latency_sqlite": [], "notes": []}  # fmt: skip
+                              "python": sys.version.split()[0], "latency_sqlite": [], "latency_langgraph": [],
+                              "notes": []}  # fmt: skip
     for total, tenants in runs:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "lat.db"
@@ -556,6 +616,7 @@ async def main() -> None:
             try:
                 facts = await ingest(total, rng, store, tenants)
                 namespaces = facts.pop("namespaces")
+                texts = facts.pop("texts")
                 corpus = Corpus(rng)
                 qs = [(rng.choice(namespaces), corpus.query()) for _ in range(queries)]
                 qv = await store.embedder.embed([corpus.query() for _ in range(100)])
@@ -572,6 +633,10 @@ async def main() -> None:
                             await searcher.close()
                     report["latency_sqlite"].append(row)
                     print(f"latency {total} ({search_index}): {row}", flush=True)
+                if peer_python is not None:
+                    peer = langgraph_peer(peer_python, facts, texts, qs)
+                    report["latency_langgraph"].append(peer)
+                    print(f"langgraph {total}: {peer}", flush=True)
             finally:
                 await store.close()
     if args.postgres:
@@ -605,6 +670,13 @@ def print_table(r: dict[str, Any]) -> None:
                 cells = [name, size, mode, m["p50_ms"], m["p95_ms"], m["cpu_p50_ms"], m["cpu_p95_ms"], recall,
                          first, f"{row['ingest_items_per_s']:,}"]  # fmt: skip
                 print("| " + " | ".join(str(c) for c in cells) + " |")
+    ours = {(row["items"], row["tenants"]): row for row in r.get("latency_sqlite", []) if row["search"] == "ram"}
+    for row in r.get("latency_langgraph", []):
+        size = f"{row['items']:,} ({row['tenants']} x {row['items_per_tenant']:,})"
+        m, mine = row["vector"], ours.get((row["items"], row["tenants"]))
+        ratio = f" ({m['p95_ms'] / mine['vector']['p95_ms']:.0f}x Bastion's vector p95)" if mine else ""
+        print(f"| langgraph InMemoryStore | {size} | vector | {m['p50_ms']} | {m['p95_ms']}{ratio} | | | 1.0 (exact) "
+              f"| | {row['ingest_items_per_s']:,} |")  # fmt: skip
     print("\nvector recall@10: the store's vector search vs exact cosine, clustered synthetic vectors (a hard case "
           "for quantised codes); first query: a tenant's first search (loads its RAM index)")  # fmt: skip
     q = r.get("quality")

@@ -16,7 +16,10 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "memory.py"
 def test_bench_quick_run(tmp_path: Path) -> None:
     out = tmp_path / "memory.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600
+        [sys.executable, str(BENCH), "--quick", "--no-peer", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
