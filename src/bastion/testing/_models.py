@@ -1,4 +1,4 @@
-"""Model test doubles: no network, deterministic, record every request they get."""
+"""Model test doubles: no network, deterministic, record the requests they get (the last 1,000 by default)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,24 @@ from bastion.types import (
     ToolCallDelta,
     Usage,
 )
+
+KEEP_REQUESTS = 1000
+"""How many recent requests a test model keeps in `.requests` unless told otherwise: enough for any
+assertion, bounded so a model serving a load test does not grow without end."""
+
+
+class RecentRequests(list[ModelRequest]):
+    """A list that keeps only the newest `maxlen` requests (all of them when `maxlen` is None)."""
+
+    def __init__(self, maxlen: int | None) -> None:
+        super().__init__()
+        self.maxlen = maxlen
+
+    def append(self, request: ModelRequest) -> None:
+        super().append(request)
+        if self.maxlen is not None and len(self) > self.maxlen:
+            del self[0]
+
 
 Reply: TypeAlias = ModelResponse | Message | str | list[ToolCall] | ToolCall | BaseException
 """What a scripted turn may be: a whole response, an assistant message, plain text, tool calls,
@@ -68,10 +86,14 @@ class ScriptedModel:
     >>> model = ScriptedModel(["hello", ToolCall("get_weather", {"city": "Paris"})])
     """
 
-    def __init__(self, replies: Sequence[Reply], *, name: str = "test:scripted") -> None:
+    def __init__(
+        self, replies: Sequence[Reply], *, name: str = "test:scripted", keep_requests: int | None = KEEP_REQUESTS
+    ) -> None:
         self._replies = list(replies)
         self._name = name
-        self.requests: list[ModelRequest] = []
+        self._calls = 0
+        self.requests = RecentRequests(keep_requests)
+        """The most recent requests (all of them with `keep_requests=None`)."""
 
     @property
     def name(self) -> str:
@@ -83,9 +105,10 @@ class ScriptedModel:
 
     async def request(self, request: ModelRequest) -> ModelResponse:
         self.requests.append(request)
+        self._calls += 1
         if not self._replies:
             raise UserError(
-                f"ScriptedModel {self._name!r} ran out of replies after {len(self.requests) - 1} calls; "
+                f"ScriptedModel {self._name!r} ran out of replies after {self._calls - 1} calls; "
                 "add more replies to the script"
             )
         return to_response(self._replies.pop(0), request, self._name)
@@ -102,10 +125,13 @@ ModelFunction: TypeAlias = Callable[[ModelRequest], Reply | Awaitable[Reply]]
 class FunctionModel:
     """Answers by calling `fn(request)` (sync or async), for tests whose replies depend on input."""
 
-    def __init__(self, fn: ModelFunction, *, name: str = "test:function") -> None:
+    def __init__(
+        self, fn: ModelFunction, *, name: str = "test:function", keep_requests: int | None = KEEP_REQUESTS
+    ) -> None:
         self._fn = fn
         self._name = name
-        self.requests: list[ModelRequest] = []
+        self.requests = RecentRequests(keep_requests)
+        """The most recent requests (all of them with `keep_requests=None`)."""
 
     @property
     def name(self) -> str:
