@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bastion.checkpoint import SqliteCheckpointer
 from bastion.graph.agent import Agent
-from bastion.runtime import AgentRunnable, Runtime, SqlRunStore
+from bastion.runtime import AgentRunnable, Runtime, SqlRunStore, thread_key
 from bastion.testing import DirectToolExecutor, FunctionModel
 from bastion.tools import tool
 from bastion.types import ModelRequest, ToolCall
@@ -49,7 +49,7 @@ async def test_rollback_restores_the_thread_to_before_the_cancelled_run(tmp_path
         assert done.status == "completed" and done.output == "echo again"
         events = [k for _, k, _ in await rt.store.events(slow.id)]
         assert "run_rolled_back" in events
-    result = await agent.run("and now?", thread_id="th")
+    result = await agent.run("and now?", thread_id=thread_key("t", "th"))
     users = [m.text for m in result.messages if m.role == "user"]
     assert users == ["hello", "again", "and now?"]  # the cancelled run's "slow" turn is gone
     checkpointer.close()
@@ -73,12 +73,13 @@ async def test_retention_prunes_idle_threads_but_keeps_pending_approvals(tmp_pat
         done = await rt.run(tenant="t", agent="a", input="hi", thread_id="old", timeout=10)
         waiting = await rt.run(tenant="t", agent="a", input="needs approval", thread_id="pending", timeout=10)
         assert done.status == "completed" and waiting.status == "interrupted"
-        assert await checkpointer.get("old") is not None
+        assert await checkpointer.get(thread_key("t", "old")) is not None
         assert await rt.prune(older_than=time.time() - 3600) == []  # nothing is an hour old yet
         deleted = await rt.prune(older_than=time.time() + 1)
         assert deleted == [("t", "old")]  # the thread waiting for a human is kept
         assert await rt.list_runs(tenant="t", thread_id="old") == []
-        assert await checkpointer.get("old") is None and await checkpointer.get("pending") is not None
+        assert await checkpointer.get(thread_key("t", "old")) is None
+        assert await checkpointer.get(thread_key("t", "pending")) is not None
         assert [t["thread_id"] for t in await rt.store.list_threads("t")] == ["pending"]
     checkpointer.close()
 

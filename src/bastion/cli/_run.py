@@ -11,6 +11,7 @@ from rich.prompt import Prompt
 
 from bastion.cli._approval import find_approval
 from bastion.errors import UserError
+from bastion.runtime import thread_key
 from bastion.server._project import ProjectEnv, load_project
 from bastion.types import RunContext, new_id
 
@@ -66,7 +67,9 @@ async def run(
         resume: Any = None
         total_cost = 0.0
         while True:
-            outcome = await runnable.invoke(input, thread_id=thread_id, context=context, resume=resume, emit=emit)
+            outcome = await runnable.invoke(
+                input, thread_id=thread_key(tenant, thread_id), context=context, resume=resume, emit=emit
+            )
             total_cost += outcome.cost_usd
             if outcome.status == "completed":
                 break

@@ -1,10 +1,10 @@
 """Runs, the run queue, workers with leases and heartbeats, recovery, schedules and triggers."""
 
 from bastion.runtime._adapters import AgentRunnable, to_jsonable
-from bastion.runtime._runtime import RunConflictError, RunNotFoundError, Runtime
+from bastion.runtime._runtime import RunConflictError, RunNotFoundError, Runtime, ThreadNotFoundError
 from bastion.runtime._store import RunStore, SqlRunStore, new_run
 from bastion.runtime._triggers import Schedule, Scheduler, Webhook, sign
-from bastion.runtime._types import MultitaskStrategy, Run, Runnable, RunOutcome, RunStatus
+from bastion.runtime._types import MultitaskStrategy, Run, Runnable, RunOutcome, RunStatus, thread_key
 from bastion.runtime._worker import LocalWakeup, PostgresWakeup, Wakeup, Worker
 
 __all__ = [
@@ -23,10 +23,12 @@ __all__ = [
     "Schedule",
     "Scheduler",
     "SqlRunStore",
+    "ThreadNotFoundError",
     "Wakeup",
     "Webhook",
     "Worker",
     "new_run",
     "sign",
+    "thread_key",
     "to_jsonable",
 ]

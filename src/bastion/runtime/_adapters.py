@@ -103,19 +103,41 @@ class AgentRunnable:
         if checkpointer is not None:
             await checkpointer.delete_thread(thread_id)
 
+    async def history(self, thread_id: str) -> list[dict[str, Any]]:
+        """The thread's top-level checkpoints, newest first (ids and steps, not their payloads)."""
+        checkpointer = getattr(self.agent, "checkpointer", None)
+        if checkpointer is None:
+            return []
+        return [
+            {"checkpoint_id": r.checkpoint_id, "parent_id": r.parent_id, "step": r.step, "created_at": r.created_at}
+            for r in await checkpointer.list(thread_id)
+        ]
+
+    async def fork(self, thread_id: str, checkpoint_id: str | None, new_thread_id: str) -> bool:
+        """Copy the thread's state at `checkpoint_id` (None: its latest) into `new_thread_id`;
+        False when this agent has no such checkpoint for the thread."""
+        checkpointer = getattr(self.agent, "checkpointer", None)
+        if checkpointer is None:
+            return False
+        record = await checkpointer.get(thread_id, "", checkpoint_id)
+        if record is None:
+            return False
+        await checkpointer.fork(thread_id, "", record.checkpoint_id, new_thread_id)
+        return True
+
     async def rollback(self, thread_id: str, checkpoint_id: str | None) -> None:
         """Make `checkpoint_id` the thread's latest state again (None: the thread had no state).
 
         Uses only the checkpointer contract: copy the chain up to `checkpoint_id` aside, drop the
         thread, copy it back. The copy aside is deleted last, so a crash midway leaves it to
-        recover from (thread id `<thread>~rollback`)."""
+        recover from (thread id `<thread>/~rollback`, which no client thread id can name)."""
         checkpointer = getattr(self.agent, "checkpointer", None)
         if checkpointer is None:
             raise UserError(f"agent {getattr(self.agent, 'name', '?')!r} has no checkpointer: nothing to roll back")
         if checkpoint_id is None:
             await checkpointer.delete_thread(thread_id)
             return
-        aside = f"{thread_id}~rollback"
+        aside = f"{thread_id}/~rollback"
         await checkpointer.fork(thread_id, "", checkpoint_id, aside)
         await checkpointer.delete_thread(thread_id)
         await checkpointer.fork(aside, "", checkpoint_id, thread_id)

@@ -16,7 +16,7 @@ from typing import Any
 
 from bastion.errors import BastionError, UserError
 from bastion.runtime._store import RunStore, SqlRunStore, new_run
-from bastion.runtime._types import TERMINAL, MultitaskStrategy, Run, Runnable
+from bastion.runtime._types import TERMINAL, MultitaskStrategy, Run, Runnable, thread_key
 from bastion.runtime._worker import LocalWakeup, PostgresWakeup, Wakeup, Worker
 
 
@@ -26,6 +26,11 @@ class RunConflictError(UserError):
 
 class RunNotFoundError(UserError):
     """No such run for this tenant."""
+
+
+class ThreadNotFoundError(UserError):
+    """No such thread (or checkpoint of it) for this tenant. Another tenant's thread is reported
+    the same way as one that does not exist, so ids cannot be probed."""
 
 
 class Runtime:
@@ -155,7 +160,7 @@ class Runtime:
                 f"agent {first.agent!r} cannot roll a thread back (its runnable has no rollback()); "
                 "use multitask_strategy=interrupt"
             )
-        await restore(thread_id, fresh.checkpoint_before)
+        await restore(thread_key(tenant, thread_id), fresh.checkpoint_before)
         await self.store.add_event(first.id, "run_rolled_back", {"to_checkpoint": fresh.checkpoint_before})
 
     async def get_run(self, run_id: str, *, tenant: str) -> Run:
@@ -249,13 +254,87 @@ class Runtime:
             for name in agents:
                 forget = getattr(self.agents.get(name), "forget", None)
                 if forget is not None:
-                    await forget(thread_id)
+                    await forget(thread_key(tenant_id, thread_id))
             await self.store.delete_thread(tenant_id, thread_id)
             deleted.append((tenant_id, thread_id))
         return deleted
+
+    # -- threads ------------------------------------------------------------------------------
+
+    async def _require_thread(self, tenant: str, thread_id: str) -> None:
+        if not await self.store.has_thread(tenant, thread_id):
+            raise ThreadNotFoundError(f"thread {thread_id!r} not found for this tenant")
+
+    async def delete_thread(self, thread_id: str, *, tenant: str) -> None:
+        """Delete a thread and everything stored for it: its runs and events, every agent's
+        checkpoints and step journal for it, and its pending approvals (the interrupted runs are
+        cancelled first, so a decision arriving meanwhile finds nothing to resume). The next run
+        on the same id starts empty. Refused (`RunConflictError`) while a run is queued or running."""
+        await self._require_thread(tenant, thread_id)
+        active = await self.store.active_for_thread(tenant, thread_id)
+        busy = [r for r in active if r.status != "interrupted"]
+        if busy:
+            raise RunConflictError(
+                f"thread {thread_id!r} has an active run ({busy[0].id}, {busy[0].status}); cancel it first"
+            )
+        for run in active:
+            await self.store.update(run.id, status="cancelled", cancel_requested=True)
+            self._on_done(run.id)
+        key = thread_key(tenant, thread_id)
+        # Every agent, not only those with runs on record: state must not outlive the thread
+        # even if its run rows went first (retention, or a delete before this existed).
+        for agent in self.agents.values():
+            forget = getattr(agent, "forget", None)
+            if forget is not None:
+                await forget(key)
+        await self.store.delete_thread(tenant, thread_id)
+
+    async def _agents_of(self, tenant: str, thread_id: str) -> list[str]:
+        """Agents that may hold the thread's state: those that ran in it first, then the others
+        (a fork has state before it has runs)."""
+        ran = [n for n in await self.store.thread_agents(tenant, thread_id) if n in self.agents]
+        return ran + sorted(n for n in self.agents if n not in ran)
+
+    async def thread_history(self, thread_id: str, *, tenant: str) -> list[dict[str, Any]]:
+        """The thread's checkpoints, newest first per agent:
+        `{"agent", "checkpoint_id", "parent_id", "step", "created_at"}`. Agents sharing one
+        checkpointer share the thread's state; each checkpoint is listed once."""
+        await self._require_thread(tenant, thread_id)
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for name in await self._agents_of(tenant, thread_id):
+            history = getattr(self.agents[name], "history", None)
+            if history is None:
+                continue
+            for item in await history(thread_key(tenant, thread_id)):
+                if item["checkpoint_id"] not in seen:
+                    seen.add(item["checkpoint_id"])
+                    out.append({"agent": name, **item})
+        return out
+
+    async def fork_thread(
+        self, thread_id: str, *, tenant: str, checkpoint_id: str | None = None, new_thread_id: str | None = None
+    ) -> str:
+        """Copy the thread's state (at `checkpoint_id`, else its latest) into a new thread of the
+        same tenant; returns the new thread's id. Time travel: runs on the fork continue from there."""
+        from bastion.types import new_id
+
+        await self._require_thread(tenant, thread_id)
+        target = new_thread_id or new_id("thread_")
+        if await self.store.has_thread(tenant, target):
+            raise RunConflictError(f"thread {target!r} already exists; fork into a new thread id")
+        copied = False
+        for name in await self._agents_of(tenant, thread_id):
+            fork = getattr(self.agents[name], "fork", None)
+            if fork is not None:
+                copied = await fork(thread_key(tenant, thread_id), checkpoint_id, thread_key(tenant, target)) or copied
+        if checkpoint_id is not None and not copied:
+            raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r} for this tenant")
+        await self.store.upsert_thread(tenant, target, {"forked_from": thread_id, "checkpoint_id": checkpoint_id})
+        return target
 
     async def list_runs(self, *, tenant: str, **filters: Any) -> list[Run]:
         return await self.store.list(tenant, **filters)
 
 
-__all__ = ["BastionError", "RunConflictError", "RunNotFoundError", "Runtime"]
+__all__ = ["BastionError", "RunConflictError", "RunNotFoundError", "Runtime", "ThreadNotFoundError"]

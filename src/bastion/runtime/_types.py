@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 from bastion.types import RunContext
 
@@ -17,6 +18,15 @@ MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 reject it (409), enqueue it behind the active run, interrupt (cancel) the active run and start
 the new one, or roll back: cancel the active run, restore the thread to its state before that
 run, then start the new one."""
+
+
+def thread_key(tenant: str, thread_id: str) -> str:
+    """Where a tenant's thread lives in storage (checkpoints, their namespaces, the step journal,
+    pending interrupts): `<tenant>/<thread_id>`. Clients choose thread ids, so two tenants may name
+    the same one; the key keeps them apart. Both parts are percent-encoded, so a key has exactly
+    one `/`: no (tenant, thread) pair can spell another's key, nor the keys derived from one
+    (a sub-agent's `<key>/<call>`, a rollback's `<key>/~rollback`). The only place it is derived."""
+    return f"{quote(tenant, safe='')}/{quote(thread_id, safe='')}"
 
 
 @dataclass(slots=True)
@@ -43,6 +53,11 @@ class Run:
     checkpoint_before: str | None = None  # thread checkpoint when the run started (for rollback)
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    @property
+    def thread_key(self) -> str:
+        """The thread's storage key (see `thread_key`): what the runnable is given as `thread_id`."""
+        return thread_key(self.tenant, self.thread_id)
 
     def context(self) -> RunContext:
         return RunContext(tenant=self.tenant, user=self.user, session=self.thread_id, run_id=self.id, agent=self.agent)
@@ -75,6 +90,10 @@ class Runnable(Protocol):
     the human's decision to the pending interrupt(s). `checkpoint_before` is the thread's latest
     checkpoint when this run first started (from `latest_checkpoint`, if the runnable has it):
     a recovered run that never got past it starts again from its input.
+
+    `thread_id` is the thread's storage key, already scoped by tenant (`thread_key`); the id the
+    client chose is `context.session`. The optional methods (`latest_checkpoint`, `forget`,
+    `rollback`, `history`, `fork`) receive storage keys too.
     """
 
     async def invoke(

@@ -184,12 +184,12 @@ class Worker:
         if not recover and run.resume is None and latest is not None:
             # Remember where the thread stood, so a crash before this run's first checkpoint
             # is recovered by starting over rather than by resuming an older run's state.
-            run.checkpoint_before = await latest(run.thread_id)
+            run.checkpoint_before = await latest(run.thread_key)
             await self.store.update(run.id, checkpoint_before=run.checkpoint_before)
         await emit("run_started", {"worker": self.id, "attempt": run.attempts})
         work = asyncio.create_task(
             agent.invoke(
-                run.input, thread_id=run.thread_id, context=run.context(), resume=run.resume,
+                run.input, thread_id=run.thread_key, context=run.context(), resume=run.resume,
                 recover=recover, emit=emit, checkpoint_before=run.checkpoint_before,
             )
         )  # fmt: skip
