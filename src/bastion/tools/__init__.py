@@ -10,6 +10,7 @@ from bastion.tools._journal import (
     MemoryJournal,
     SqliteJournal,
     idempotency_key,
+    use_journal,
 )
 from bastion.tools._registry import SchemaDiff, ToolRegistry, compare_schemas
 from bastion.tools._runner import RetryPolicy, ToolRunner, error_result
@@ -35,4 +36,5 @@ __all__ = [
     "output_schema_for",
     "schema_version",
     "tool",
+    "use_journal",
 ]

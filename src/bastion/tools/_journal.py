@@ -4,6 +4,11 @@ Each side-effecting call gets a key (run id + tool call id + arguments hash). Th
 the key `pending` before calling the tool and `done` with the result after; a replay of the
 same call returns the recorded result instead of calling again. A key left `pending` (the
 process died mid-call) is reported as "outcome unknown" rather than blindly repeated.
+
+The journal must live where the process that resumes the run can read it. A run that resumes
+on another worker cannot see a `MemoryJournal`, nor a `SqliteJournal` on the dead worker's
+disk, so the agent loop scopes a journal kept in the run's own checkpointer (shared whenever
+the checkpoints are) around each tool call with `use_journal`; the runner prefers that one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Generator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -156,10 +164,32 @@ class SqliteJournal:
             self._db.execute("DELETE FROM tool_journal WHERE key = ? AND state = 'pending'", (key,))
 
 
+_SCOPED: ContextVar[IdempotencyJournal | None] = ContextVar("bastion_tool_journal", default=None)
+
+
+@contextmanager
+def use_journal(journal: IdempotencyJournal | None) -> Generator[None]:
+    """Make `journal` the one every `ToolRunner` uses for calls made inside this block (the
+    agent loop passes the run's durable, shared journal this way). None restores each runner's
+    own journal, e.g. for a nested run without durable state inside a journaled tool call."""
+    token = _SCOPED.set(journal)
+    try:
+        yield
+    finally:
+        _SCOPED.reset(token)
+
+
+def scoped_journal() -> IdempotencyJournal | None:
+    """The journal set by the innermost `use_journal` block, if any."""
+    return _SCOPED.get()
+
+
 __all__ = [
     "IdempotencyJournal",
     "JournalEntry",
     "MemoryJournal",
     "SqliteJournal",
     "idempotency_key",
+    "scoped_journal",
+    "use_journal",
 ]

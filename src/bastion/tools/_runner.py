@@ -16,7 +16,7 @@ from typing import Any
 
 from bastion.errors import ControlFlowSignal, ToolArgumentsError, UserError
 from bastion.tools._breaker import CircuitBreaker
-from bastion.tools._journal import IdempotencyJournal, MemoryJournal, idempotency_key
+from bastion.tools._journal import IdempotencyJournal, MemoryJournal, idempotency_key, scoped_journal
 from bastion.tools._tool import Tool
 from bastion.types import ToolCall, ToolResult
 
@@ -45,10 +45,28 @@ def error_result(call: ToolCall, message: str, kind: str, **extra: Any) -> ToolR
     )
 
 
+OUTCOME_UNKNOWN = "outcome_unknown"
+
+
+def outcome_unknown(call: ToolCall, tool_name: str) -> ToolResult:
+    """What the model gets for a side effect that may have happened before a crash: never a
+    second attempt made on its behalf."""
+    return error_result(
+        call,
+        f"an earlier attempt of this {tool_name!r} call was interrupted (the process running it "
+        "stopped) and its outcome is unknown; it was not repeated. Check whether it took effect "
+        "before trying again with a new call, or tell the user it may or may not have happened.",
+        OUTCOME_UNKNOWN,
+    )
+
+
 @dataclass
 class ToolRunner:
     """Runs one validated, authorized call. Holds per-tool circuit breakers, so keep one
-    runner per process (the gateway owns one)."""
+    runner per process (the gateway owns one).
+
+    `journal` records side effects of calls made outside an agent run; inside one, the journal
+    the agent loop scopes with `use_journal` (kept in the run's checkpointer) takes its place."""
 
     journal: IdempotencyJournal = field(default_factory=MemoryJournal)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -100,24 +118,24 @@ class ToolRunner:
                 return checked
             arguments = checked
         side_effecting = tool.side_effect in ("write", "irreversible")
+        scoped = scoped_journal()
+        journal = scoped if scoped is not None else self.journal
         key: str | None = None
-        if side_effecting and run_id:
-            key = idempotency_key(run_id, call.id, arguments)
-            previous = await self.journal.begin(key, tool.name)
+        # A scoped journal is already per run and per task, so it needs no run id to key on.
+        if side_effecting and (run_id or scoped is not None):
+            key = idempotency_key(run_id or "", call.id, arguments)
+            # `begin` has committed the pending record before the tool body can start.
+            previous = await journal.begin(key, tool.name)
             if previous is not None:
                 if previous.state == "done" and previous.result is not None:
                     return previous.result
-                return error_result(
-                    call,
-                    f"an earlier attempt of this {tool.name!r} call was interrupted and its outcome is "
-                    "unknown; it was not repeated. Check whether it took effect before trying again "
-                    "with a new call.",
-                    "outcome_unknown",
-                )
+                if not tool.idempotent:
+                    return outcome_unknown(call, tool.name)
+                # An idempotent tool may take effect twice with the same outcome: run it again.
         breaker = self.breaker(tool.name)
         if not breaker.allow():
             if key is not None:
-                await self.journal.abort(key)
+                await journal.abort(key)
             return error_result(
                 call,
                 f"tool {tool.name!r} is failing repeatedly and is paused; try again in "
@@ -128,7 +146,7 @@ class ToolRunner:
             content = await self._attempts(tool, arguments, injected or {})
         except ControlFlowSignal:
             if key is not None:
-                await self.journal.abort(key)
+                await journal.abort(key)
             raise
         except asyncio.CancelledError:
             # Leave a side-effecting key pending: the call may have taken effect.
@@ -136,12 +154,12 @@ class ToolRunner:
         except Exception as e:
             breaker.record_failure()
             if key is not None:
-                await self.journal.abort(key)
+                await journal.abort(key)
             return self._failure(call, tool, e)
         breaker.record_success()
         result = ToolResult(tool_call_id=call.id, name=tool.name, content=content, trust=tool.trust)
         if key is not None:
-            await self.journal.complete(key, result)
+            await journal.complete(key, result)
         return result
 
     async def _attempts(self, tool: Tool, arguments: dict[str, Any], injected: Mapping[str, Any]) -> Any:
@@ -174,4 +192,4 @@ class ToolRunner:
         return result
 
 
-__all__ = ["RetryPolicy", "ToolRunner", "error_result"]
+__all__ = ["OUTCOME_UNKNOWN", "RetryPolicy", "ToolRunner", "error_result", "outcome_unknown"]
