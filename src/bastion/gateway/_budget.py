@@ -1,17 +1,23 @@
 """Hard budgets: tokens and USD per run, session, user, tenant and calendar day.
 
-Before a call the gateway *reserves* an estimate (prompt tokens + `max_tokens`, priced) in every
-scope the call's `RunContext` falls into, and refuses with `BudgetExceededError` if any scope
-would cross its limit; after the call it *settles* the reservation with the real usage. Checking
-and reserving happen in one atomic step, so concurrent calls cannot all slip under a limit: the
-overspend is bounded by how much one call's real usage exceeds its estimate.
+A budget is hard: before a call the gateway makes a `Claim` (an upper bound of the prompt's
+tokens and cost, plus up to `max_output` output tokens at the dearest output price of the
+fallback chain). The store grants, in one atomic step across every scope the call's
+`RunContext` falls into, the largest output allowance that the remainder of each scope (limit
+minus settled spend minus what calls in flight hold) can pay for; the gateway sends that as the
+call's `max_tokens`, and the store holds the worst case until the call settles with its real
+usage. Only when not even `min_output` tokens fit is the call refused (`BudgetExceededError`
+naming the scope and what remains). So against a provider that honours `max_tokens`, spend never
+crosses a limit, however many calls run at once; a provider that overspends anyway is recorded
+at its real usage and every later call is refused.
 
 Scope keys: `run:<tenant>/<run_id>`, `session:<tenant>/<session>`, `user:<tenant>/<user>`,
 `tenant:<tenant>`, `day:<tenant>/<YYYY-MM-DD>` (UTC). `overrides` sets limits for one key, e.g.
 `{"tenant:acme": BudgetLimits(usd=500)}`.
 
 `BudgetStore` is the small backend protocol: in-memory (one process) and SQLite (several
-processes on one host; WAL) here, a Postgres one fits the same three methods.
+processes on one host; WAL) here, PostgreSQL in `_budget_pg.py`. All three grant through
+`grant()`, so they clamp alike.
 """
 
 from __future__ import annotations
@@ -52,36 +58,84 @@ class Spend:
     reserved_usd: float = 0.0
 
 
+@dataclass(slots=True)  # not frozen: built on every budgeted call, and frozen init costs ~1 µs
+class Claim:
+    """What one call may cost: a fixed part (the prompt: `tokens`, `usd`, upper bounds) plus
+    between `min_output` and `max_output` output tokens at `usd_per_output` each."""
+
+    tokens: int
+    usd: float
+    max_output: int
+    usd_per_output: float = 0.0
+    min_output: int = 1
+
+    def held(self, output: int) -> tuple[int, float]:
+        """The (tokens, usd) a grant of `output` output tokens holds."""
+        return self.tokens + output, self.usd + output * self.usd_per_output
+
+
+@dataclass(slots=True)  # not frozen: built on every budgeted call, and frozen init costs ~1 µs
+class Grant:
+    """A reservation: its id and the output tokens it may use (the call's `max_tokens`)."""
+
+    id: str
+    output: int
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     key: str
     unit: str  # "tokens" | "usd"
     limit: float
     spend: Spend
-    needed: float
+    needed: float  # the least the call needs (prompt + `min_output`)
+
+
+# Float sums such as 0.1 + 0.2 must not refuse a call that exactly fits.
+_EPS = 1e-12
+
+
+def grant(scopes: Sequence[tuple[str, BudgetLimits, Spend]], claim: Claim) -> int | Violation:
+    """The output tokens every scope can pay for (at most `claim.max_output`), or the first scope
+    that cannot pay even `claim.min_output`. Pure: stores call it inside their atomic step."""
+    output = claim.max_output
+    for key, limits, spend in scopes:
+        if limits.tokens is not None:
+            room = limits.tokens - spend.tokens - spend.reserved_tokens - claim.tokens
+            if room < claim.min_output:
+                return Violation(key, "tokens", limits.tokens, spend, claim.tokens + claim.min_output)
+            output = min(output, room)
+        if limits.usd is not None:
+            room_usd = limits.usd - spend.usd - spend.reserved_usd - claim.usd
+            least = claim.min_output * claim.usd_per_output
+            if room_usd + _EPS < least or room_usd + _EPS < 0:
+                return Violation(key, "usd", limits.usd, spend, claim.usd + least)
+            if claim.usd_per_output > 0:
+                fits = int((room_usd + _EPS) / claim.usd_per_output)
+                # Division rounds; step down until the held amount provably fits.
+                while fits > 0 and fits * claim.usd_per_output > room_usd + _EPS:
+                    fits -= 1
+                output = min(output, fits)
+    return max(output, 0)
 
 
 def check(key: str, limits: BudgetLimits, spend: Spend, tokens: int, usd: float) -> Violation | None:
-    """The limit `key` would cross by reserving (tokens, usd) on top of `spend`, if any."""
-    if limits.tokens is not None and spend.tokens + spend.reserved_tokens + tokens > limits.tokens:
-        return Violation(key, "tokens", limits.tokens, spend, tokens)
-    # A tiny epsilon so float sums such as 0.1 + 0.2 do not refuse a call that exactly fits.
-    if limits.usd is not None and spend.usd + spend.reserved_usd + usd > limits.usd + 1e-12:
-        return Violation(key, "usd", limits.usd, spend, usd)
-    return None
+    """The limit `key` would cross by reserving exactly (tokens, usd) on top of `spend`, if any."""
+    result = grant([(key, limits, spend)], Claim(tokens, usd, 0, 0.0, 0))
+    return result if isinstance(result, Violation) else None
 
 
 class BudgetStore(Protocol):
-    """Where spend lives. `try_reserve` must check and reserve atomically."""
+    """Where spend lives. `try_reserve` must grant and hold atomically (see `grant()`)."""
 
-    async def try_reserve(
-        self, charges: Sequence[tuple[str, BudgetLimits]], tokens: int, usd: float
-    ) -> str | Violation:
-        """Reserve in every scope, or in none: a reservation id, or the first violation."""
+    async def try_reserve(self, charges: Sequence[tuple[str, BudgetLimits]], claim: Claim) -> Grant | Violation:
+        """Hold `claim.held(output)` in every scope for the largest output `grant()` allows, or
+        hold nothing and return the first violation."""
         ...
 
-    async def settle(self, reservation: str, tokens: int, usd: float) -> None:
-        """Replace the reservation by the real usage in each of its scopes."""
+    async def settle(self, reservation: str, keys: Sequence[str], tokens: int, usd: float) -> None:
+        """Drop the reservation and add the real usage to each scope in `keys` (also when the
+        reservation already expired: the spend happened)."""
         ...
 
     async def spent(self, key: str) -> Spend: ...
@@ -92,27 +146,22 @@ class MemoryBudgetStore:
 
     def __init__(self) -> None:
         self._spend: dict[str, Spend] = {}
-        self._reservations: dict[str, tuple[list[str], int, float]] = {}
+        self._reservations: dict[str, tuple[int, float]] = {}
 
-    async def try_reserve(
-        self, charges: Sequence[tuple[str, BudgetLimits]], tokens: int, usd: float
-    ) -> str | Violation:
-        for key, limits in charges:
-            violation = check(key, limits, self._spend.get(key, _ZERO), tokens, usd)
-            if violation is not None:
-                return violation
+    async def try_reserve(self, charges: Sequence[tuple[str, BudgetLimits]], claim: Claim) -> Grant | Violation:
+        output = grant([(k, lim, self._spend.get(k, _ZERO)) for k, lim in charges], claim)
+        if isinstance(output, Violation):
+            return output
+        tokens, usd = claim.held(output)
         for key, _ in charges:
             s = self._spend.get(key, _ZERO)
             self._spend[key] = Spend(s.tokens, s.usd, s.reserved_tokens + tokens, s.reserved_usd + usd)
         rid = uuid.uuid4().hex
-        self._reservations[rid] = ([k for k, _ in charges], tokens, usd)
-        return rid
+        self._reservations[rid] = (tokens, usd)
+        return Grant(rid, output)
 
-    async def settle(self, reservation: str, tokens: int, usd: float) -> None:
-        entry = self._reservations.pop(reservation, None)
-        if entry is None:
-            return
-        keys, held_tokens, held_usd = entry
+    async def settle(self, reservation: str, keys: Sequence[str], tokens: int, usd: float) -> None:
+        held_tokens, held_usd = self._reservations.pop(reservation, (0, 0.0))
         for key in keys:
             s = self._spend.get(key, _ZERO)
             self._spend[key] = Spend(
@@ -159,13 +208,11 @@ class SQLiteBudgetStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
-    async def try_reserve(
-        self, charges: Sequence[tuple[str, BudgetLimits]], tokens: int, usd: float
-    ) -> str | Violation:
-        return await asyncio.to_thread(self._try_reserve, charges, tokens, usd)
+    async def try_reserve(self, charges: Sequence[tuple[str, BudgetLimits]], claim: Claim) -> Grant | Violation:
+        return await asyncio.to_thread(self._try_reserve, charges, claim)
 
-    async def settle(self, reservation: str, tokens: int, usd: float) -> None:
-        await asyncio.to_thread(self._settle, reservation, tokens, usd)
+    async def settle(self, reservation: str, keys: Sequence[str], tokens: int, usd: float) -> None:
+        await asyncio.to_thread(self._settle, reservation, keys, tokens, usd)
 
     async def spent(self, key: str) -> Spend:
         return await asyncio.to_thread(self._spent, key)
@@ -187,16 +234,18 @@ class SQLiteBudgetStore:
         tokens, spent_usd = row if row else (0, 0.0)
         return Spend(int(tokens), float(spent_usd), int(held[0]), float(held[1]))
 
-    def _try_reserve(self, charges: Sequence[tuple[str, BudgetLimits]], tokens: int, usd: float) -> str | Violation:
+    def _try_reserve(self, charges: Sequence[tuple[str, BudgetLimits]], claim: Claim) -> Grant | Violation:
         now = time.time()
         with self._lock:
+            # IMMEDIATE takes the write lock first: no other process can reserve between our
+            # read of the remainders and our insert.
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for key, limits in charges:
-                    violation = check(key, limits, self._spent_locked(key, now), tokens, usd)
-                    if violation is not None:
-                        self._db.execute("ROLLBACK")
-                        return violation
+                output = grant([(k, lim, self._spent_locked(k, now)) for k, lim in charges], claim)
+                if isinstance(output, Violation):
+                    self._db.execute("ROLLBACK")
+                    return output
+                tokens, usd = claim.held(output)
                 rid = uuid.uuid4().hex
                 self._db.executemany(
                     "INSERT INTO budget_reservation (id, key, tokens, usd, expires) VALUES (?, ?, ?, ?, ?)",
@@ -204,18 +253,15 @@ class SQLiteBudgetStore:
                 )
                 self._db.execute("DELETE FROM budget_reservation WHERE expires <= ?", (now,))
                 self._db.execute("COMMIT")
-                return rid
+                return Grant(rid, output)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def _settle(self, reservation: str, tokens: int, usd: float) -> None:
+    def _settle(self, reservation: str, keys: Sequence[str], tokens: int, usd: float) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                keys = [
-                    k for (k,) in self._db.execute("SELECT key FROM budget_reservation WHERE id = ?", (reservation,))
-                ]
                 self._db.execute("DELETE FROM budget_reservation WHERE id = ?", (reservation,))
                 self._db.executemany(
                     "INSERT INTO budget_spend (key, tokens, usd) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
@@ -232,16 +278,25 @@ class SQLiteBudgetStore:
             return self._spent_locked(key, time.time())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every budgeted call
 class Reservation:
+    """What a call holds: `tokens` and `usd` in each scope of `charges`; `output` is the
+    `max_tokens` it was granted."""
+
     id: str
     tokens: int
     usd: float
     charges: tuple[tuple[str, BudgetLimits], ...] = ()
+    output: int = 0
 
 
 class Budget:
-    """Limits per scope plus the store that tracks spend against them."""
+    """Limits per scope plus the store that tracks spend against them.
+
+    `default_output_tokens` is the `max_tokens` a call under a limit gets when it sets none (a
+    call without a cap could spend without bound); `min_output_tokens` is the least output worth
+    making a call for: a call the remainder cannot pay that much for is refused, not clamped.
+    """
 
     def __init__(
         self,
@@ -253,9 +308,12 @@ class Budget:
         day: BudgetLimits | None = None,
         overrides: Mapping[str, BudgetLimits] | None = None,
         store: BudgetStore | None = None,
-        default_output_tokens: int = 1024,
+        default_output_tokens: int = 4096,
+        min_output_tokens: int = 16,
         today: Callable[[], str] | None = None,
     ) -> None:
+        if default_output_tokens < 1 or min_output_tokens < 1:
+            raise UserError("Budget(default_output_tokens=..., min_output_tokens=...) must be >= 1")
         self.run, self.session, self.user, self.tenant, self.day = run, session, user, tenant, day
         self.overrides = dict(overrides or {})
         for key in self.overrides:
@@ -266,9 +324,8 @@ class Budget:
                 )
         self.store: BudgetStore = store if store is not None else MemoryBudgetStore()
         self.default_output_tokens = default_output_tokens
+        self.min_output_tokens = min_output_tokens
         self._today = today or (lambda: datetime.now(UTC).date().isoformat())
-        every = [run, session, user, tenant, day, *self.overrides.values()]
-        self.tracks_usd = any(lim is not None and lim.usd is not None for lim in every)
 
     def charges(self, ctx: RunContext) -> list[tuple[str, BudgetLimits]]:
         """The (scope key, limits) pairs a call made under `ctx` counts against."""
@@ -288,20 +345,20 @@ class Budget:
                 out.append((key, limits))
         return out
 
-    async def reserve(self, ctx: RunContext, tokens: int, usd: float) -> Reservation | None:
-        """Hold (tokens, usd) in every scope of `ctx`, or raise `BudgetExceededError`."""
-        charges = self.charges(ctx)
-        if not charges:
-            return None
-        result = await self.store.try_reserve(charges, tokens, usd)
+    async def reserve(self, charges: Sequence[tuple[str, BudgetLimits]], claim: Claim) -> Reservation:
+        """Hold the largest output allowance of `claim` that every scope in `charges` can pay
+        for, or raise `BudgetExceededError` naming the scope and what remains of it."""
+        result = await self.store.try_reserve(charges, claim)
         if isinstance(result, Violation):
             raise _exceeded(result)
-        return Reservation(result, tokens, usd, tuple(charges))
+        tokens, usd = claim.held(result.output)
+        return Reservation(result.id, tokens, usd, tuple(charges), result.output)
 
     async def settle(self, reservation: Reservation | None, tokens: int, usd: float) -> None:
+        """Replace the reservation by the real usage (the provider's, even above what was held)."""
         if reservation is None:
             return
-        await self.store.settle(reservation.id, tokens, usd)
+        await self.store.settle(reservation.id, [k for k, _ in reservation.charges], tokens, usd)
         if _metrics_on():
             await self._report(reservation.charges)
 
@@ -338,15 +395,17 @@ def _exceeded(v: Violation) -> BudgetExceededError:
     scope = v.key.split(":", 1)[0]
     used = v.spend.tokens if v.unit == "tokens" else v.spend.usd
     held = v.spend.reserved_tokens if v.unit == "tokens" else v.spend.reserved_usd
+    left = max(0.0, v.limit - used - held)
 
     def fmt(x: float) -> str:
         return f"{int(x)} tokens" if v.unit == "tokens" else f"${x:.6f}"
 
     return BudgetExceededError(
-        f"budget {v.key!r} would be exceeded: limit {fmt(v.limit)}, used {fmt(used)} "
-        f"(+{fmt(held)} reserved by calls in flight), this call needs up to {fmt(v.needed)}. "
-        f"Raise it with Budget({scope}=BudgetLimits({v.unit}=...)) or "
-        f"Budget(overrides={{{v.key!r}: BudgetLimits({v.unit}=...)}}), or lower max_tokens",
+        f"budget {v.key!r} is exhausted: {fmt(left)} of its limit of {fmt(v.limit)} remain "
+        f"(used {fmt(used)}, +{fmt(held)} reserved by calls in flight), and this call needs at least "
+        f"{fmt(v.needed)} (its prompt plus a minimal answer). Raise it with "
+        f"Budget({scope}=BudgetLimits({v.unit}=...)) or Budget(overrides={{{v.key!r}: BudgetLimits({v.unit}=...)}}), "
+        "send a shorter prompt, or wait for calls in flight to settle",
         scope=v.key,
         limit=float(v.limit),
         used=float(used),
@@ -357,10 +416,13 @@ __all__ = [
     "Budget",
     "BudgetLimits",
     "BudgetStore",
+    "Claim",
+    "Grant",
     "MemoryBudgetStore",
     "Reservation",
     "SQLiteBudgetStore",
     "Spend",
     "Violation",
     "check",
+    "grant",
 ]

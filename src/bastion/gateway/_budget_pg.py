@@ -1,8 +1,10 @@
 """`PostgresBudgetStore`: budget spend shared by every process and host (extra `postgres`).
 
-Same protocol as the memory and SQLite stores. Check-and-reserve is one transaction that locks
-the scopes' spend rows (in key order, so concurrent reservations cannot deadlock); reservations
-are rows with an expiry so a crashed worker cannot hold a budget forever.
+Same protocol as the memory and SQLite stores. Grant-and-reserve is one transaction that first
+locks the scopes' spend rows (`SELECT ... FOR UPDATE`, in key order, so concurrent reservations
+cannot deadlock): every reservation and settlement of a scope queues on that row lock, so no
+other process can read the same remainder before our reservation is committed. Reservations are
+rows with an expiry so a crashed worker cannot hold a budget forever.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bastion.errors import MissingExtraError
-from bastion.gateway._budget import BudgetLimits, Spend, Violation, check
+from bastion.gateway._budget import BudgetLimits, Claim, Grant, Spend, Violation, grant
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bastion_budget_spend (
@@ -32,6 +34,7 @@ CREATE TABLE IF NOT EXISTS bastion_budget_reservation (
 CREATE INDEX IF NOT EXISTS bastion_budget_reservation_key ON bastion_budget_reservation (key, expires);
 """
 
+_SCHEMA_LOCK = 0x62617374_62756467  # "bastbudg": serialises schema creation across processes
 _HELD = (
     "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0) FROM bastion_budget_reservation "
     "WHERE key = %s AND expires > now()"
@@ -56,14 +59,15 @@ class PostgresBudgetStore:
             async with self._lock:
                 if not self._ready:
                     await self._pool.open()
-                    async with self._pool.connection() as conn:
+                    async with self._pool.connection() as conn, conn.transaction():
+                        # Concurrent CREATE ... IF NOT EXISTS can still collide (a unique
+                        # violation in pg_type) when several processes start at once.
+                        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                         await conn.execute(_SCHEMA)
                     self._ready = True
         return self._pool
 
-    async def try_reserve(
-        self, charges: Sequence[tuple[str, BudgetLimits]], tokens: int, usd: float
-    ) -> str | Violation:
+    async def try_reserve(self, charges: Sequence[tuple[str, BudgetLimits]], claim: Claim) -> Grant | Violation:
         pool = await self._open()
         ordered = sorted(charges, key=lambda c: c[0])
         async with pool.connection() as conn, conn.transaction():
@@ -71,16 +75,20 @@ class PostgresBudgetStore:
                 "INSERT INTO bastion_budget_spend (key) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                 ([k for k, _ in ordered],),
             )
+            scopes: list[tuple[str, BudgetLimits, Spend]] = []
             for key, limits in ordered:
                 cur = await conn.execute(
                     "SELECT tokens, usd FROM bastion_budget_spend WHERE key = %s FOR UPDATE", (key,)
                 )
                 spent_tokens, spent_usd = await cur.fetchone()
+                # Read after the lock is held: READ COMMITTED gives this statement a fresh
+                # snapshot, so it sees every reservation committed by whoever held it before.
                 held = await (await conn.execute(_HELD, (key,))).fetchone()
-                spend = Spend(int(spent_tokens), float(spent_usd), int(held[0]), float(held[1]))
-                violation = check(key, limits, spend, tokens, usd)
-                if violation is not None:
-                    return violation  # commits only the empty spend rows inserted above
+                scopes.append((key, limits, Spend(int(spent_tokens), float(spent_usd), int(held[0]), float(held[1]))))
+            output = grant(scopes, claim)
+            if isinstance(output, Violation):
+                return output  # commits only the empty spend rows inserted above
+            tokens, usd = claim.held(output)
             rid = uuid.uuid4().hex
             async with conn.cursor() as cur:
                 await cur.executemany(
@@ -88,23 +96,26 @@ class PostgresBudgetStore:
                     "VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
                     [(rid, key, tokens, usd, self._ttl) for key, _ in ordered],
                 )
-            await conn.execute("DELETE FROM bastion_budget_reservation WHERE expires <= now()")
-            return rid
+            # SKIP LOCKED: two reservers sweeping the same expired rows must not deadlock.
+            await conn.execute(
+                "DELETE FROM bastion_budget_reservation WHERE ctid IN (SELECT ctid FROM bastion_budget_reservation "
+                "WHERE expires <= now() FOR UPDATE SKIP LOCKED)"
+            )
+            return Grant(rid, output)
 
-    async def settle(self, reservation: str, tokens: int, usd: float) -> None:
+    async def settle(self, reservation: str, keys: Sequence[str], tokens: int, usd: float) -> None:
         pool = await self._open()
         async with pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "DELETE FROM bastion_budget_reservation WHERE id = %s RETURNING key", (reservation,)
-            )
-            keys = sorted(k for (k,) in await cur.fetchall())
+            # Spend rows first, in key order (the order reservers lock them in), then the
+            # reservation: the swap becomes visible to the next reserver in one commit.
             async with conn.cursor() as c:
                 await c.executemany(
                     "INSERT INTO bastion_budget_spend (key, tokens, usd) VALUES (%s, %s, %s) "
                     "ON CONFLICT (key) DO UPDATE SET tokens = bastion_budget_spend.tokens + excluded.tokens, "
                     "usd = bastion_budget_spend.usd + excluded.usd",
-                    [(k, tokens, usd) for k in keys],
+                    [(k, tokens, usd) for k in sorted(keys)],
                 )
+            await conn.execute("DELETE FROM bastion_budget_reservation WHERE id = %s", (reservation,))
 
     async def spent(self, key: str) -> Spend:
         pool = await self._open()

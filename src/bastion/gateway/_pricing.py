@@ -148,6 +148,32 @@ class Pricing:
             )
             return None
 
+    def bound(
+        self, model: str, input_tokens: int, output_tokens: int, settings: ModelSettings | None = None
+    ) -> tuple[float, float] | None:
+        """An upper bound of what a call can cost, for budgets: (USD for `input_tokens` of prompt,
+        USD per output token when the call may produce up to `output_tokens`), or None when the
+        model has no known price. The prompt is priced at the dearer of plain input and cache
+        writes (which cost more than input on some providers)."""
+        rates = self._override(model)
+        if rates is None and self._use_table and (settings is None or not settings.extra):
+            rates = self._linear.get(model, _UNSET)
+            if rates is _UNSET:
+                rates = self._linear[model] = self._linear_rates(model)
+        if rates is not None:  # plain per-token prices: no need to price three usages
+            prompt = input_tokens * max(rates.input, rates.cache_write or 0.0) / 1_000_000
+            return prompt * _ROUND_UP, rates.output / 1_000_000 * _ROUND_UP
+        plain = self.cost(model, Usage(input_tokens=input_tokens), settings)
+        if plain is None:
+            return None
+        written = self.cost(model, Usage(input_tokens=input_tokens, cache_write_tokens=input_tokens), settings)
+        prompt = max(plain, written or 0.0)
+        # Output is priced linearly for a given prompt size, also where tiers depend on the prompt.
+        full = self.cost(model, Usage(input_tokens=input_tokens, output_tokens=max(1, output_tokens)), settings)
+        per_output = max(0.0, ((full or 0.0) - plain) / max(1, output_tokens))
+        # Round up: a reservation must never be a hair below the price charged after the call.
+        return prompt * _ROUND_UP, per_output * _ROUND_UP
+
     def context_window(self, model: str) -> int | None:
         """The model's context window in tokens, if the price table knows it."""
         if not self._use_table:
@@ -225,6 +251,7 @@ class Pricing:
 
 
 _UNSET: Any = object()
+_ROUND_UP = 1 + 1e-9
 
 
 def _is_pattern(name: str) -> bool:
