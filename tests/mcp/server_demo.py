@@ -48,7 +48,17 @@ def probe() -> str:
     return ",".join(out)
 
 
+if os.environ.get("DEMO_WHERE"):
+
+    @server.tool(description="Report the interpreter's prefix.")
+    def where() -> str:
+        return sys.prefix
+
+
 if __name__ == "__main__":
+    if os.environ.get("DEMO_PIDFILE"):
+        with open(os.environ["DEMO_PIDFILE"], "w") as f:
+            f.write(str(os.getpid()))
     if len(sys.argv) > 2 and sys.argv[1] == "http":
         server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
     else:

@@ -123,6 +123,19 @@ class ToolRegistry(Mapping[str, Tool]):
         self._history[tool.name].append(tool)
         return diff
 
+    def resolve(self, name: str) -> Tool:
+        """The tool called `name`, or offered to providers as `name` (a model answering with the
+        provider-legal form such as `files__read` for `files.read`)."""
+        found = self._tools.get(name)
+        if found is not None:
+            return found
+        from bastion.gateway import ToolNames
+
+        canonical = ToolNames(self._tools).canonical(name)
+        if canonical in self._tools:
+            return self._tools[canonical]
+        raise KeyError(f"no tool named {name!r}; registered: {sorted(self._tools)}")
+
     def versions(self, name: str) -> list[str]:
         return [t.version for t in self._history.get(name, [])]
 

@@ -55,6 +55,15 @@ class Tool:
     def spec(self) -> ToolSpec:
         return ToolSpec(self.name, self.description, self.parameters)
 
+    @property
+    def provider_name(self) -> str:
+        """The name a provider sees when this tool is offered alone (`files.read` ->
+        `files__read`). Policies, audit and traces use `name`; the wire formats map between the
+        two, resolving collisions within a request (`bastion.gateway.ToolNames`)."""
+        from bastion.gateway import provider_tool_name
+
+        return provider_tool_name(self.name)
+
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Validate and coerce arguments; raise `ToolArgumentsError` listing each problem."""
         if self.validator is None:

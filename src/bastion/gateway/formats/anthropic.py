@@ -16,6 +16,7 @@ from contextlib import aclosing
 from typing import Any
 
 from bastion.errors import ModelHTTPError, RateLimitError
+from bastion.gateway._toolnames import request_tool_names
 from bastion.gateway.formats._base import (
     JSON,
     HTTPModel,
@@ -72,26 +73,36 @@ def _block(part: Any) -> JSON | None:
 
 
 def build_payload(request: ModelRequest, model: str) -> JSON:
-    system, turns = merged_turns(request.messages, "assistant", _block)
+    names = request_tool_names(request)
+
+    def block(part: Any) -> JSON | None:
+        converted = _block(part)
+        if converted is not None and isinstance(part, ToolCall):
+            converted["name"] = names.provider(part.name)
+        return converted
+
+    system, turns = merged_turns(request.messages, "assistant", block)
     messages: list[JSON] = [{"role": role, "content": blocks} for role, blocks in turns]
     s = request.settings
     payload: JSON = {"model": model, "messages": messages, "max_tokens": s.max_tokens or DEFAULT_MAX_TOKENS}
     if system:
         payload["system"] = "\n\n".join(system)
     tools: list[JSON] = [
-        {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in request.tools
+        {"name": names.provider(t.name), "description": t.description, "input_schema": t.parameters}
+        for t in request.tools
     ]
     choice = request.tool_choice
     if request.output is not None:
+        output_name = names.provider(request.output.name)
         tools.append(
             {
-                "name": request.output.name,
+                "name": output_name,
                 "description": "Give your final answer by calling this tool with the answer as its input.",
                 "input_schema": request.output.schema,
             }
         )
         # With other tools on offer the model may still call them; otherwise it must answer.
-        payload["tool_choice"] = {"type": "any"} if request.tools else {"type": "tool", "name": request.output.name}
+        payload["tool_choice"] = {"type": "any"} if request.tools else {"type": "tool", "name": output_name}
     elif request.tools:
         payload["tool_choice"] = (
             {"type": "auto"}
@@ -100,7 +111,7 @@ def build_payload(request: ModelRequest, model: str) -> JSON:
             if choice == "required"
             else {"type": "none"}
             if choice == "none"
-            else {"type": "tool", "name": choice}
+            else {"type": "tool", "name": names.provider(choice)}
         )
     if tools:
         payload["tools"] = tools
@@ -156,6 +167,7 @@ class AnthropicModel(HTTPModel):
 
     async def request(self, request: ModelRequest) -> ModelResponse:
         data = await self.post_json(self.url, build_payload(request, self.model_name), request)
+        names = request_tool_names(request)
         content = data.get("content") if isinstance(data, dict) else None
         if not isinstance(content, list):
             raise self.invalid("a content list", data)
@@ -167,7 +179,11 @@ class AnthropicModel(HTTPModel):
             elif kind == "tool_use":
                 arguments = block.get("input")
                 parts.append(
-                    ToolCall(block.get("name", ""), arguments if isinstance(arguments, dict) else {}, id=block["id"])
+                    ToolCall(
+                        names.canonical(block.get("name", "")),
+                        arguments if isinstance(arguments, dict) else {},
+                        id=block["id"],
+                    )
                 )
         parts, finish = self._finish(request, parts, data.get("stop_reason"))
         return ModelResponse(
@@ -195,6 +211,7 @@ class AnthropicModel(HTTPModel):
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         payload = build_payload(request, self.model_name)
+        names = request_tool_names(request)
         payload["stream"] = True
         output_name = request.output.name if request.output is not None else None
         blocks: dict[int, list[Any]] = {}  # block index -> [kind, text|id, name, fragments, tool index]
@@ -229,13 +246,14 @@ class AnthropicModel(HTTPModel):
                     if cb.get("type") == "text":
                         blocks[index] = ["text", [cb.get("text", "")], None, [], None]
                     elif cb.get("type") == "tool_use":
-                        is_answer = cb.get("name") == output_name
+                        name = names.canonical(cb.get("name", ""))
+                        is_answer = name == output_name
                         tool_index = None if is_answer else tool_count
                         if not is_answer:
                             tool_count += 1
-                        blocks[index] = ["tool", cb.get("id"), cb.get("name", ""), [], tool_index]
+                        blocks[index] = ["tool", cb.get("id"), name, [], tool_index]
                         if tool_index is not None:
-                            yield ToolCallDelta(index=tool_index, id=cb.get("id"), name=cb.get("name"))
+                            yield ToolCallDelta(index=tool_index, id=cb.get("id"), name=name)
                 elif kind == "message_start":
                     message = data.get("message") or {}
                     response_id = message.get("id")

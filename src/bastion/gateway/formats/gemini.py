@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from bastion.gateway._toolnames import request_tool_names
 from bastion.gateway.formats._base import JSON, HTTPModel, merged_turns, split_data_uri
 from bastion.types import (
     FinishReason,
@@ -82,7 +83,16 @@ def _part(part: Any) -> JSON | None:
 
 
 def build_payload(request: ModelRequest) -> JSON:
-    system, turns = merged_turns(request.messages, "model", _part)
+    names = request_tool_names(request)
+
+    def part(p: Any) -> JSON | None:
+        converted = _part(p)
+        if converted is not None and isinstance(p, ToolCall | ToolResult):
+            inner = converted["functionCall" if isinstance(p, ToolCall) else "functionResponse"]
+            inner["name"] = names.provider(p.name)
+        return converted
+
+    system, turns = merged_turns(request.messages, "model", part)
     contents: list[JSON] = [{"role": role, "parts": parts} for role, parts in turns]
     payload: JSON = {"contents": contents}
     if system:
@@ -91,7 +101,11 @@ def build_payload(request: ModelRequest) -> JSON:
         payload["tools"] = [
             {
                 "functionDeclarations": [
-                    {"name": t.name, "description": t.description, "parameters": clean_schema(t.parameters)}
+                    {
+                        "name": names.provider(t.name),
+                        "description": t.description,
+                        "parameters": clean_schema(t.parameters),
+                    }
                     for t in request.tools
                 ]
             }
@@ -100,7 +114,7 @@ def build_payload(request: ModelRequest) -> JSON:
         mode = {"auto": "AUTO", "required": "ANY", "none": "NONE"}.get(choice)
         config: JSON = {"mode": mode or "ANY"}
         if mode is None:
-            config["allowedFunctionNames"] = [choice]
+            config["allowedFunctionNames"] = [names.provider(choice)]
         payload["toolConfig"] = {"functionCallingConfig": config}
     generation: JSON = {}
     s = request.settings
@@ -155,6 +169,7 @@ class GeminiModel(HTTPModel):
 
     async def request(self, request: ModelRequest) -> ModelResponse:
         data = await self.post_json(self._url(False), build_payload(request), request)
+        names = request_tool_names(request)
         if not isinstance(data, dict):
             raise self.invalid("a response object", data)
         candidates = data.get("candidates") or []
@@ -171,7 +186,7 @@ class GeminiModel(HTTPModel):
                 elif "functionCall" in p:
                     fc = p["functionCall"]
                     kwargs = {"id": fc["id"]} if fc.get("id") else {}
-                    parts.append(ToolCall(fc.get("name", ""), fc.get("args") or {}, **kwargs))
+                    parts.append(ToolCall(names.canonical(fc.get("name", "")), fc.get("args") or {}, **kwargs))
         has_calls = any(isinstance(p, ToolCall) for p in parts)
         return ModelResponse(
             message=Message("assistant", parts),
@@ -188,6 +203,7 @@ class GeminiModel(HTTPModel):
         reason: str | None = None
         blocked = False
         response_id: str | None = None
+        names = request_tool_names(request)
         async with aclosing(self.post_sse(self._url(True), build_payload(request), request)) as events:
             async for _, chunk in events:
                 if not isinstance(chunk, dict):
@@ -208,7 +224,7 @@ class GeminiModel(HTTPModel):
                         elif "functionCall" in p:
                             fc = p["functionCall"]
                             kwargs = {"id": fc["id"]} if fc.get("id") else {}
-                            call = ToolCall(fc.get("name", ""), fc.get("args") or {}, **kwargs)
+                            call = ToolCall(names.canonical(fc.get("name", "")), fc.get("args") or {}, **kwargs)
                             yield ToolCallDelta(
                                 index=len(calls), id=call.id, name=call.name, arguments_delta=json.dumps(call.arguments)
                             )

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from bastion.gateway._toolnames import ToolNames, request_tool_names
 from bastion.gateway.formats._base import JSON, HTTPModel, parse_arguments
 from bastion.types import (
     FinishReason,
@@ -40,7 +41,7 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-def _message_to_openai(message: Message, out: list[JSON]) -> None:
+def _message_to_openai(message: Message, out: list[JSON], names: ToolNames) -> None:
     role = message.role
     if role == "tool" or any(isinstance(p, ToolResult) for p in message.parts):
         for part in message.parts:
@@ -56,7 +57,10 @@ def _message_to_openai(message: Message, out: list[JSON]) -> None:
                 {
                     "id": c.id,
                     "type": "function",
-                    "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+                    "function": {
+                        "name": names.provider(c.name),
+                        "arguments": json.dumps(c.arguments, ensure_ascii=False),
+                    },
                 }
                 for c in calls
             ]
@@ -81,16 +85,17 @@ def _message_to_openai(message: Message, out: list[JSON]) -> None:
 
 def build_payload(request: ModelRequest, model: str, *, max_tokens_key: str = "max_tokens") -> JSON:
     """The Chat Completions body for `request` (without `stream`)."""
+    names = request_tool_names(request)
     messages: list[JSON] = []
     for m in request.messages:
-        _message_to_openai(m, messages)
+        _message_to_openai(m, messages, names)
     payload: JSON = {"model": model, "messages": messages}
     if request.tools:
         payload["tools"] = [
             {
                 "type": "function",
                 "function": {
-                    "name": t.name,
+                    "name": names.provider(t.name),
                     "description": t.description,
                     "parameters": t.parameters,
                     **({"strict": True} if t.strict else {}),
@@ -100,13 +105,15 @@ def build_payload(request: ModelRequest, model: str, *, max_tokens_key: str = "m
         ]
         choice = request.tool_choice
         payload["tool_choice"] = (
-            choice if choice in ("auto", "required", "none") else {"type": "function", "function": {"name": choice}}
+            choice
+            if choice in ("auto", "required", "none")
+            else {"type": "function", "function": {"name": names.provider(choice)}}
         )
     if request.output is not None:
         payload["response_format"] = {
             "type": "json_schema",
             "json_schema": {
-                "name": request.output.name,
+                "name": names.provider(request.output.name),
                 "schema": request.output.schema,
                 "strict": request.output.strict,
             },
@@ -159,6 +166,7 @@ class OpenAIChatModel(HTTPModel):
 
     async def request(self, request: ModelRequest) -> ModelResponse:
         data = await self.post_json(self.url, self._payload(request), request)
+        names = request_tool_names(request)
         try:
             choice = data["choices"][0]
             msg = choice["message"]
@@ -171,7 +179,8 @@ class OpenAIChatModel(HTTPModel):
         for call in msg.get("tool_calls") or ():
             fn = call.get("function") or {}
             kwargs: JSON = {"id": call["id"]} if call.get("id") else {}
-            parts.append(ToolCall(fn.get("name", ""), parse_arguments(fn.get("arguments") or ""), **kwargs))
+            name = names.canonical(fn.get("name", ""))
+            parts.append(ToolCall(name, parse_arguments(fn.get("arguments") or ""), **kwargs))
         finish = _FINISH.get(choice.get("finish_reason") or "stop", "stop")
         if finish == "stop" and any(isinstance(p, ToolCall) for p in parts):
             finish = "tool_calls"
@@ -185,6 +194,7 @@ class OpenAIChatModel(HTTPModel):
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         payload = self._payload(request)
+        names = request_tool_names(request)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
         text: list[str] = []
@@ -223,7 +233,12 @@ class OpenAIChatModel(HTTPModel):
                             slot[1] = (slot[1] or "") + fn["name"]
                         args = fn.get("arguments") or ""
                         slot[2].append(args)
-                        yield ToolCallDelta(index=index, id=tc.get("id"), name=fn.get("name"), arguments_delta=args)
+                        yield ToolCallDelta(
+                            index=index,
+                            id=tc.get("id"),
+                            name=names.canonical(fn["name"]) if fn.get("name") else None,
+                            arguments_delta=args,
+                        )
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
         if not done and finish is None:
@@ -232,7 +247,7 @@ class OpenAIChatModel(HTTPModel):
         for index in sorted(calls):
             call_id, name, fragments = calls[index]
             kwargs = {"id": call_id} if call_id else {}
-            parts.append(ToolCall(name or "", parse_arguments("".join(fragments)), **kwargs))
+            parts.append(ToolCall(names.canonical(name or ""), parse_arguments("".join(fragments)), **kwargs))
         reason = _FINISH.get(finish or "stop", "stop")
         if reason == "stop" and calls:
             reason = "tool_calls"

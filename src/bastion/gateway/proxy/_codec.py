@@ -80,7 +80,10 @@ class ChatMessage(_Body):
 
 
 class FunctionDef(_Body):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    # Wider than OpenAI's ^[a-zA-Z0-9_-]{1,64}$ on purpose: MCP-style names such as
+    # `files.read_file` are accepted and mapped to a provider-legal name on the way upstream
+    # (bastion.gateway.ToolNames); the client gets its own names back.
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:/-]+$")
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None

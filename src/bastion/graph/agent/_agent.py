@@ -8,14 +8,14 @@ from typing import Any, Generic, cast, overload
 
 from bastion._sync import run_sync
 from bastion.errors import UserError
-from bastion.gateway import Model
+from bastion.gateway import Model, ToolNames
 from bastion.graph.agent._handoff import Handoff, handoff
 from bastion.graph.agent._output import OutputSpec
 from bastion.graph.agent._resolve import resolve_model_like
 from bastion.graph.agent._result import AgentEvent, AgentResult, OutputT
 from bastion.graph.agent._run import CONTINUE, Runner
 from bastion.tools import Tool, ToolExecutor, tool
-from bastion.types import Message, ModelSettings, RunContext, ToolSpec
+from bastion.types import Message, ModelSettings, RunContext, ToolCall, ToolSpec
 
 AgentInput = str | Message | Sequence[Message]
 Instructions = str | Callable[[RunContext], str]
@@ -119,6 +119,20 @@ class Agent(Generic[OutputT]):
 
     def tool_specs(self) -> list[ToolSpec]:
         return [t.spec for t in self.tools] + [h.spec for h in self.handoffs]
+
+    def canonical_tool_calls(self, message: Message) -> None:
+        """Rename calls that use a tool's provider-legal name (`files__read`) to its canonical
+        name (`files.read`), so policy, audit and traces see one name. The wire formats already
+        map names back; a model outside them (a custom client, a scripted test) may not."""
+        names: ToolNames | None = None
+        for part in message.parts:
+            if isinstance(part, ToolCall) and part.name not in self.tools_by_name:
+                if part.name in self.handoffs_by_tool:
+                    continue
+                if names is None:
+                    extra = [self.output_spec.schema.name] if self.output_spec else []
+                    names = ToolNames([t.name for t in self.tool_specs()] + extra)
+                part.name = names.canonical(part.name)
 
     def request_context(self, context: RunContext) -> RunContext:
         from dataclasses import replace

@@ -21,6 +21,7 @@ from bastion.graph import END, NodeConfig, Send, append, emit, memo
 from bastion.graph.agent._codec import response_from_dict, response_to_dict, result_from_dict, result_to_dict
 from bastion.graph.agent._failure import failed
 from bastion.graph.agent._history import tag
+from bastion.graph.agent._journal import task_journal
 from bastion.graph.agent._nested import collect_spend
 from bastion.graph.agent._output import OutputInvalid
 from bastion.graph.agent._result import (
@@ -32,7 +33,7 @@ from bastion.graph.agent._result import (
 )
 from bastion.graph.agent._runtime import current_runtime
 from bastion.memory import use_run_context
-from bastion.tools import ToolCallContext
+from bastion.tools import ToolCallContext, use_journal
 from bastion.tracing import spans
 from bastion.types import (
     Message,
@@ -136,6 +137,7 @@ def make_model_node(group: AgentGroup) -> Any:
 
         async def call() -> dict[str, Any]:
             response = await _call_model(agent, request)
+            agent.canonical_tool_calls(response.message)
             tag(response.message, agent.name)
             response.message.name = agent.name
             emit("message", MessageEvent(agent.name, response.message))
@@ -249,6 +251,8 @@ def make_tool_node(group: AgentGroup, histories: Histories) -> Any:
                 ) as span,
                 collect_spend() as spent,  # sub-agents called as tools report here
                 use_run_context(context),  # memory tools pick their namespace (tenant, agent, user) from it
+                # Side effects are journaled where the worker that resumes this task can see them.
+                use_journal(task_journal()),
             ):
                 result = await agent.executor().execute(call, agent.tools_by_name, context)
                 span.record_result(result)

@@ -18,9 +18,12 @@ from bastion.errors import ConfigError, MissingExtraError, ToolArgumentsError, T
 from bastion.tools._tool import Tool
 from bastion.tools.mcp._lint import lint_description
 from bastion.tools.mcp._lock import MCPLock, definition_hash
+from bastion.tools.mcp._paths import server_paths
+from bastion.tools.mcp._startup import connect
 from bastion.types import SideEffect
 
 if TYPE_CHECKING:
+    from bastion.tools.sandbox import EgressPolicy
     from mcp import Client
 
 
@@ -35,7 +38,9 @@ class MCPServerConfig:
     cwd: str | None = None
     sandbox: bool = False  # stdio only: run the server in bubblewrap with no network
     sandbox_paths: list[str] = field(default_factory=list)  # extra read-only paths it needs
+    egress: EgressPolicy | None = None  # sandbox only: hosts it may reach through Bastion's proxy
     timeout: float = 30.0
+    startup_timeout: float = 15.0  # bound on starting the server and finishing the MCP handshake
 
     def __post_init__(self) -> None:
         if not self.name or "." in self.name:
@@ -44,6 +49,10 @@ class MCPServerConfig:
             raise ConfigError(f"MCP server {self.name!r}: give exactly one of command= (stdio) or url= (HTTP)")
         if self.sandbox and self.command is None:
             raise ConfigError(f"MCP server {self.name!r}: sandbox=True applies to stdio servers only")
+        if self.egress is not None and not self.sandbox:
+            raise ConfigError(
+                f"MCP server {self.name!r}: an egress allowlist needs sandbox=True (unsandboxed, nothing enforces it)"
+            )
 
     @property
     def origin(self) -> str:
@@ -94,27 +103,39 @@ def _strip_titles(schema: Any) -> Any:
     return schema
 
 
-def _sandboxed_command(config: MCPServerConfig) -> list[str]:
-    """Wrap a stdio server in bubblewrap: no network, read-only system and interpreter paths."""
-    from bastion.tools.sandbox._bwrap import Sandbox, _tool_paths  # pyright: ignore[reportPrivateUsage]
+async def _sandboxed_command(config: MCPServerConfig, stack: AsyncExitStack) -> list[str]:
+    """Wrap a stdio server in bubblewrap: no network (or only its egress allowlist, through a
+    proxy that lives as long as `stack`), read-only system and interpreter paths."""
+    from bastion.tools.sandbox import EgressProxy, SandboxLimits
+    from bastion.tools.sandbox._bwrap import (
+        Sandbox,
+        _tool_paths,  # pyright: ignore[reportPrivateUsage]
+        egress_args,
+        writable_mounts,
+    )
 
     Sandbox.check()
     bwrap, _ = _tool_paths()
     assert config.command is not None
-    paths = {sys.prefix, sys.base_prefix, *config.sandbox_paths}
-    script = Path(config.command[1]) if len(config.command) > 1 else None
-    if script is not None and script.exists():
-        paths.add(str(script.resolve().parent))
+    # Our interpreter (the egress forwarder runs on it), and whatever the server's command needs:
+    # its interpreter's venv, base installation and sys.path, its script's directory.
+    paths = {sys.prefix, sys.base_prefix, *await server_paths(config.command, config.env), *config.sandbox_paths}
     binds: list[str] = []
     for p in sorted(paths):
         if not p.startswith("/usr"):
             binds += ["--ro-bind", p, p]
+    options: list[str] = []
+    prefix: list[str] = []
+    if config.egress is not None:
+        proxy = await stack.enter_async_context(EgressProxy(config.egress, tool=config.name))
+        options, prefix = egress_args(proxy.socket_path, sys.executable)
+        options.append("--as-pid-1")  # the forwarder is init, so no bwrap process is visible
     return [
         bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-        "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-        *binds, "--chdir", "/tmp", "--",
-        *config.command,
+        "--symlink", "usr/bin", "/bin", "--proc", "/proc", *writable_mounts(SandboxLimits()),
+        *binds, *options, "--chdir", "/tmp", "--",
+        *prefix, *config.command,
     ]  # fmt: skip
 
 
@@ -152,21 +173,18 @@ class MCPToolset:
     async def __aenter__(self) -> MCPToolset:
         try:
             from mcp.client.stdio import StdioServerParameters
-
-            from mcp import Client
         except ImportError as e:  # pragma: no cover - mcp is a core dependency
             raise MissingExtraError("all", "mcp", "MCP servers") from e
         try:
             for config in self.servers:
                 if config.command is not None:
-                    command = _sandboxed_command(config) if config.sandbox else config.command
+                    command = await _sandboxed_command(config, self._stack) if config.sandbox else config.command
                     target: Any = StdioServerParameters(
                         command=command[0], args=command[1:], env=config.env, cwd=config.cwd
                     )
                 else:
                     target = config.url
-                client = Client(target, read_timeout_seconds=config.timeout)
-                self._clients[config.name] = await self._stack.enter_async_context(client)
+                self._clients[config.name] = await connect(config, target, self._stack)
                 await self._load_tools(config, self._clients[config.name])
         except BaseException:
             await self._stack.aclose()
