@@ -50,7 +50,8 @@ def test_bad_project_spec_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_keys_create_prints_a_key_once(tmp_path: Path) -> None:
     out = bastion(tmp_path, "keys", "create", "--tenant", "acme", "--role", "viewer")
-    assert out.returncode == 0 and out.stdout.startswith("bsk-") and "role=viewer" in out.stdout
+    assert out.returncode == 0 and out.stdout.startswith("bsk-") and "role=viewer" in out.stderr
+    assert out.stdout.strip().count("\n") == 0  # the key alone on stdout: KEY=$(bastion keys create ...)
 
 
 def test_worker_requires_a_database(tmp_path: Path) -> None:

@@ -20,13 +20,18 @@ from bastion.gateway.proxy import (
 )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
     if request.param == "memory":
         yield InMemoryKeyStore()
-    else:
+    elif request.param == "sqlite":
         with SQLiteKeyStore(tmp_path / "keys.db") as s:
             yield s
+    else:
+        from bastion.gateway.proxy import PostgresKeyStore
+
+        with PostgresKeyStore(request.getfixturevalue("pg_url")) as p:
+            yield p
 
 
 async def test_mint_then_look_up_by_hash(store: KeyStore) -> None:
@@ -114,12 +119,14 @@ def test_public_surface_is_pinned() -> None:
 
     assert sorted(proxy.__all__) == sorted(
         [
+            "KEYS_FILE",
             "KEY_PREFIX",
             "BudgetHook",
             "ChatCompletionBody",
             "GatewayKeyBudgets",
             "InMemoryKeyStore",
             "KeyStore",
+            "PostgresKeyStore",
             "ProxyApp",
             "ProxyGateway",
             "SQLiteKeyStore",
@@ -129,7 +136,64 @@ def test_public_surface_is_pinned() -> None:
             "key_scope",
             "mint_key",
             "new_key",
+            "open_key_store",
+            "parse_duration",
         ]
     )
     for name in proxy.__all__:
         assert getattr(proxy, name) is not None
+
+
+async def test_expiry_is_kept_and_enforced(store: KeyStore) -> None:
+    key, record = await mint_key(store, tenant="acme", expires_in=3600)
+    found = await store.get(hash_key(key))
+    assert found is not None and found.expires_at == record.expires_at and found.usable()
+    assert record.expires_at is not None and not found.usable(now=record.expires_at + 1)
+    with pytest.raises(UserError, match="expires_in"):
+        await mint_key(store, tenant="acme", expires_in=0)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("1d12h", 129600)])
+def test_durations(text: str, seconds: float) -> None:
+    from bastion.gateway.proxy import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "3 days", "1x"])
+def test_bad_durations_say_how_to_write_them(text: str) -> None:
+    from bastion.gateway.proxy import parse_duration
+
+    with pytest.raises(UserError, match="30d"):
+        parse_duration(text)
+
+
+def test_cli_writes_the_deployment_store_under_bastion_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bastion.config import get_settings
+    from bastion.gateway.proxy.__main__ import main
+
+    monkeypatch.setenv("BASTION_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        assert main(["mint", "--tenant", "acme", "--expires-in", "1h"]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert capsys.readouterr().out.startswith(KEY_PREFIX)
+    assert (tmp_path / "home" / "keys.db").exists()  # the file `bastion serve --home` reads
+    assert not (tmp_path / "home" / "proxy-keys.db").exists()
+    assert main(["--keys", str(tmp_path / "x.db"), "mint", "--tenant", "a", "--expires-in", "soon"]) == 2
+
+
+async def test_keys_in_the_files_of_earlier_versions_are_imported_once(tmp_path: Path) -> None:
+    minted: list[str] = []
+    for name in ("proxy-keys.db", "proxy_keys.db"):
+        with SQLiteKeyStore(tmp_path / name) as old:
+            minted.append((await mint_key(old, tenant="acme"))[0])
+    with SQLiteKeyStore.for_home(tmp_path) as store:
+        for key in minted:
+            assert await store.get(hash_key(key)) is not None
+    assert not (tmp_path / "proxy-keys.db").exists() and (tmp_path / "proxy-keys.db.migrated").exists()
+    with SQLiteKeyStore.for_home(tmp_path) as store:
+        assert len(await store.list_keys()) == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError
-from bastion.runtime import AgentRunnable, Runnable, Runtime, Schedule, Webhook
+from bastion.runtime import AgentRunnable, GraphRunnable, Runnable, Runtime, Schedule, Webhook
 
 
 @dataclass(slots=True)
@@ -39,10 +39,33 @@ class ProjectEnv:
         self.home.mkdir(parents=True, exist_ok=True)
         return SqliteCheckpointer(self.home / "checkpoints.db")
 
+    def audit_log(self) -> Any:
+        """An audit log matching the deployment (give it to each `ToolGateway`): `<home>/audit.db`,
+        anchored in `<home>/runs.db`, or PostgreSQL (needs `BASTION_SECRET_AUDIT_KEY`, one key
+        for every process). `bastion audit verify` checks either."""
+        from bastion.policy import AuditLog
+
+        if self.database_url:
+            return AuditLog.postgres(self.database_url)
+        self.home.mkdir(parents=True, exist_ok=True)
+        return AuditLog(self.home / "audit.db")
+
+    def budget_store(self) -> Any:
+        """A budget store matching the deployment, shared by every process that serves it:
+        `<home>/budgets.db` embedded, the database when scaled out."""
+        if self.database_url:
+            from bastion.gateway import PostgresBudgetStore
+
+            return PostgresBudgetStore(self.database_url)
+        from bastion.gateway import SQLiteBudgetStore
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        return SQLiteBudgetStore(self.home / "budgets.db")
+
 
 @dataclass(slots=True)
 class Project:
-    agents: dict[str, Any]  # name -> Agent or Runnable
+    agents: dict[str, Any]  # name -> Agent, compiled Graph or Runnable
     memory: Any = None  # a MemoryStore, shown in the UI's memory browser
     gateway: Any = None  # a Gateway, served as the OpenAI-compatible proxy under /openai
     webhooks: list[Webhook] = field(default_factory=list)
@@ -51,9 +74,19 @@ class Project:
     on_close: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
 
     def runnables(self) -> dict[str, Runnable]:
-        return {
-            name: agent if hasattr(agent, "invoke") else AgentRunnable(agent) for name, agent in self.agents.items()
-        }
+        """What the runtime drives: a compiled graph gets `GraphRunnable` (wrap it yourself to map
+        its input or output), an `Agent` gets `AgentRunnable`, a `Runnable` is used as it is."""
+        from bastion.graph import CompiledGraph
+
+        out: dict[str, Runnable] = {}
+        for name, agent in self.agents.items():
+            if isinstance(agent, CompiledGraph):
+                out[name] = GraphRunnable(agent, name=name)
+            elif hasattr(agent, "invoke"):
+                out[name] = agent
+            else:
+                out[name] = AgentRunnable(agent)
+        return out
 
     async def close(self) -> None:
         for fn in self.on_close:

@@ -11,22 +11,28 @@ from bastion.gateway.proxy._budgets import GatewayKeyBudgets, key_scope
 from bastion.gateway.proxy._codec import ChatCompletionBody
 from bastion.gateway.proxy._keys import (
     KEY_PREFIX,
+    KEYS_FILE,
     InMemoryKeyStore,
     KeyStore,
+    PostgresKeyStore,
     SQLiteKeyStore,
     VirtualKey,
     hash_key,
     mint_key,
     new_key,
+    open_key_store,
+    parse_duration,
 )
 
 __all__ = [
+    "KEYS_FILE",
     "KEY_PREFIX",
     "BudgetHook",
     "ChatCompletionBody",
     "GatewayKeyBudgets",
     "InMemoryKeyStore",
     "KeyStore",
+    "PostgresKeyStore",
     "ProxyApp",
     "ProxyGateway",
     "SQLiteKeyStore",
@@ -36,4 +42,6 @@ __all__ = [
     "key_scope",
     "mint_key",
     "new_key",
+    "open_key_store",
+    "parse_duration",
 ]

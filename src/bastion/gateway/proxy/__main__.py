@@ -1,12 +1,14 @@
 """`python -m bastion.gateway.proxy`: mint virtual keys and serve the proxy.
 
-    python -m bastion.gateway.proxy mint --tenant acme --max-budget-usd 20
+    python -m bastion.gateway.proxy mint --tenant acme --max-budget-usd 20 [--expires-in 30d]
     python -m bastion.gateway.proxy keys [--tenant acme]
     python -m bastion.gateway.proxy revoke <key_id>
     python -m bastion.gateway.proxy serve [--host 127.0.0.1] [--port 8700]
 
-Keys live in `<home>/proxy-keys.db` and spend in `<home>/proxy-budgets.db` (SQLite; `home` is
-`BASTION_HOME`, default `.bastion`), so limits hold across restarts. The gateway is built from
+Keys live in `<home>/keys.db`, the deployment's one key store that `bastion serve --home <home>`
+reads too (so a key minted here works on its `/openai/v1`), and spend in
+`<home>/proxy-budgets.db` (SQLite; `home` is `BASTION_HOME`, default `.bastion`), so limits
+hold across restarts. The gateway is built from
 the settings: `tiers` and `default_model` (env `BASTION_*` or `bastion.toml`).
 """
 
@@ -17,14 +19,15 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bastion.gateway.proxy._keys import SQLiteKeyStore, mint_key
+from bastion.errors import UserError
+from bastion.gateway.proxy._keys import PostgresKeyStore, SQLiteKeyStore, mint_key, open_key_store, parse_duration
 
 _DESCRIPTION = "Mint virtual keys and serve the Bastion OpenAI-compatible proxy."
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bastion.gateway.proxy", description=_DESCRIPTION)
-    parser.add_argument("--keys", type=Path, help="key store file (default <home>/proxy-keys.db)")
+    parser.add_argument("--keys", type=Path, help="key store file (default <home>/keys.db)")
     sub = parser.add_subparsers(dest="command", required=True)
     mint = sub.add_parser("mint", help="create a virtual key and print it (once)")
     mint.add_argument("--tenant", required=True)
@@ -33,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     mint.add_argument("--model", action="append", dest="models", help="allowed model (repeat; default: all)")
     mint.add_argument("--max-budget-usd", type=float)
     mint.add_argument("--max-tokens", type=int)
+    mint.add_argument("--expires-in", help="e.g. 30d, 12h, 90m: the key stops working after that long")
     listing = sub.add_parser("keys", help="list keys (ids and limits, never the keys themselves)")
     listing.add_argument("--tenant")
     revoke = sub.add_parser("revoke", help="revoke a key by its id")
@@ -43,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _keys_command(args: argparse.Namespace, store: SQLiteKeyStore) -> int:
+async def _keys_command(args: argparse.Namespace, store: SQLiteKeyStore | PostgresKeyStore) -> int:
     if args.command == "mint":
         plaintext, record = await mint_key(
             store,
@@ -53,6 +57,7 @@ async def _keys_command(args: argparse.Namespace, store: SQLiteKeyStore) -> int:
             models=args.models,
             max_budget_usd=args.max_budget_usd,
             max_tokens=args.max_tokens,
+            expires_in=parse_duration(args.expires_in) if args.expires_in else None,
         )
         print(plaintext)
         print(
@@ -71,12 +76,13 @@ async def _keys_command(args: argparse.Namespace, store: SQLiteKeyStore) -> int:
         print(
             f"{k.key_id}  tenant={k.tenant} user={k.user or '-'} team={k.team or '-'} models={models} "
             f"max_usd={k.max_budget_usd if k.max_budget_usd is not None else '-'} "
-            f"max_tokens={k.max_tokens if k.max_tokens is not None else '-'}{'  REVOKED' if k.revoked else ''}"
+            f"max_tokens={k.max_tokens if k.max_tokens is not None else '-'}"
+            f"{'  REVOKED' if k.revoked else '  EXPIRED' if not k.usable() else ''}"
         )
     return 0
 
 
-def _serve(args: argparse.Namespace, store: SQLiteKeyStore) -> int:
+def _serve(args: argparse.Namespace, store: SQLiteKeyStore | PostgresKeyStore) -> int:
     import uvicorn
 
     from bastion.config import get_settings
@@ -99,12 +105,22 @@ def _serve(args: argparse.Namespace, store: SQLiteKeyStore) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    path = args.keys
-    if path is None:
+    try:
+        return _main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.keys is None:
         from bastion.config import get_settings
 
-        path = get_settings().path("proxy-keys.db")
-    with SQLiteKeyStore(path) as store:
+        settings = get_settings()
+        opened = open_key_store(settings.home, settings.database_url)
+    else:
+        opened = SQLiteKeyStore(args.keys)
+    with opened as store:  # PostgreSQL when BASTION_DATABASE_URL is set (a scaled-out deployment)
         if args.command == "serve":
             return _serve(args, store)
         return asyncio.run(_keys_command(args, store))
