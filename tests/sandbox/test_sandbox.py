@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from bastion.errors import SandboxUnavailableError, UserError
-from bastion.tools.sandbox import Sandbox, SandboxLimits, sandbox_tools
+from bastion.tools.sandbox import EgressPolicy, Sandbox, SandboxLimits, sandbox_tools
 
 pytestmark = [
     pytest.mark.sandbox,
@@ -151,3 +152,171 @@ async def test_tools_expose_schema_and_results() -> None:
     assert out["stdout"] == "hi\n" and out["exit_code"] == 0
     out = await run_shell.invoke({"script": "exit 4"})
     assert out["exit_code"] == 4
+
+
+# -- the host's secrets, processes and descriptors stay out (issue 11, defects 3 and 4) -----------
+
+CANARIES = {
+    "OPENAI_API_KEY": "sk-canary-openai-5f1e",
+    "BASTION_SECRET_CANARY": "canary-secret-9c2d",
+    "BASTION_DATABASE_URL": "postgresql://bastion:canary-db-pw-77@db.internal/bastion",
+}
+
+_PROC_SCAN = """
+import os
+pids = sorted(p for p in os.listdir("/proc") if p.isdigit())
+print("PIDS", " ".join(pids))
+for pid in pids:
+    for name in ("environ", "cmdline"):
+        try:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                print("READ", pid, name, f.read().replace(b"\\0", b" ").decode(errors="replace"))
+        except OSError as e:
+            print("DENIED", pid, name, type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("egress", [False, True], ids=["plain", "with-egress-init"])
+async def test_no_visible_process_holds_the_host_environment(monkeypatch: pytest.MonkeyPatch, egress: bool) -> None:
+    for name, value in CANARIES.items():
+        monkeypatch.setenv(name, value)
+    box = Sandbox(egress=EgressPolicy(["example.com"]) if egress else None)
+    r = await box.run_python(_PROC_SCAN)
+    assert r.exit_code == 0, r.stderr
+    for value in CANARIES.values():
+        assert value not in r.stdout and "canary" not in r.stdout
+    # Only the program (and, with egress, its init) exists in the sandbox: no bwrap process.
+    pids = r.stdout.splitlines()[0].split()[1:]
+    assert pids == (["1", "2"] if egress else ["1"])
+    assert "bwrap" not in r.stdout
+    if egress:  # the init is non-dumpable: its environment is not even readable
+        assert "DENIED 1 environ PermissionError" in r.stdout
+
+
+_PTRACE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+me = os.getpid()
+targets = sorted({int(p) for p in os.listdir("/proc") if p.isdigit()} - {me} | {1, HOST_PID})
+for pid in targets:
+    rc = libc.ptrace(PTRACE_ATTACH, pid, None, None)
+    err = ctypes.get_errno()
+    print("ATTACHED" if rc == 0 else "refused", pid, os.strerror(err) if rc else "")
+    if rc == 0:
+        libc.ptrace(PTRACE_DETACH, pid, None, None)
+    try:
+        with open(f"/proc/{pid}/mem", "rb") as f:
+            f.read(1); print("MEM READ", pid)
+    except OSError as e:
+        print("mem denied", pid, type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("egress", [False, True], ids=["plain", "with-egress-init"])
+async def test_nothing_outside_the_program_can_be_ptraced(egress: bool) -> None:
+    box = Sandbox(egress=EgressPolicy(["example.com"]) if egress else None)
+    # The host's own pid (this test process) must not be addressable from inside.
+    r = await box.run_python(_PTRACE.replace("HOST_PID", str(os.getpid())))
+    assert r.exit_code == 0, r.stderr
+    assert "ATTACHED" not in r.stdout and "MEM READ" not in r.stdout, r.stdout
+    assert f"refused {os.getpid()} No such process" in r.stdout
+    if egress:
+        assert "refused 1 Operation not permitted" in r.stdout  # the non-dumpable init
+
+
+@pytest.mark.parametrize("egress", [False, True], ids=["plain", "with-egress-init"])
+async def test_no_host_file_descriptor_is_inherited(tmp_path: Path, egress: bool) -> None:
+    secret = tmp_path / "host.txt"
+    secret.write_text("CANARY-FD")
+    fd = os.open(secret, os.O_RDONLY)
+    os.set_inheritable(fd, True)  # even a descriptor marked inheritable must not cross over
+    try:
+        box = Sandbox(egress=EgressPolicy(["example.com"]) if egress else None)
+        r = await box.run_python(
+            "import os\nopen_fds = []\nfor fd in range(1024):\n"
+            "    try:\n        os.fstat(fd); open_fds.append(fd)\n    except OSError:\n        pass\n"
+            "print(open_fds)"
+        )
+    finally:
+        os.close(fd)
+    assert r.stdout.strip() == "[0, 1, 2]", (r.stdout, r.stderr)
+
+
+_FILL = """
+import os
+def writable_dirs():
+    found = []
+    for root, dirs, _ in os.walk("/"):
+        if root.startswith(("/proc", "/sys")):
+            dirs[:] = []
+            continue
+        probe = os.path.join(root, ".probe")
+        try:
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+            found.append(root)
+        except OSError:
+            pass
+    return found
+chunk = b"x" * (256 * 1024)
+for d in writable_dirs():
+    written, n, why = 0, 0, ""
+    while written < 512 * 1024 * 1024 and not why:
+        try:
+            with open(os.path.join(d, f"fill{n}"), "wb") as f:
+                n += 1
+                while True:
+                    f.write(chunk); f.flush(); written += len(chunk)
+        except OSError as e:
+            # EFBIG: this file reached RLIMIT_FSIZE, so go on with the next one.
+            why = "" if e.errno == 27 else ("ENOSPC" if e.errno == 28 else type(e).__name__)
+    print("FILLED", d, written // (1024 * 1024), why)
+"""
+
+
+async def test_every_writable_path_is_bounded() -> None:
+    limits = SandboxLimits(workdir_mb=6, tmp_mb=3, shm_mb=2, file_size_mb=1, wall_timeout=20)
+    r = await Sandbox(limits).run_python(_FILL)
+    filled = {line.split()[1]: (int(line.split()[2]), line.split()[3:]) for line in r.stdout.splitlines()}
+    # Exactly the three capped tmpfs mounts are writable: not /dev, not the root, not /usr.
+    assert set(filled) == {"/work", "/tmp", "/dev/shm"}, (r.stdout, r.stderr)
+    caps = {"/work": 6, "/tmp": 3, "/dev/shm": 2}
+    for path, (mb, why) in filled.items():
+        assert why == ["ENOSPC"] and mb <= caps[path], (path, mb, why)
+    # SIGXFSZ is ignored by Python, so a single file stops at the per-file cap with EFBIG.
+    one = await Sandbox(limits).run_python("open('/work/one', 'wb').write(b'x' * 3 * 1024 * 1024)")
+    assert "File too large" in one.stderr
+
+
+async def test_kernel_memory_outside_any_mount_is_refused() -> None:
+    # SysV shm/msg queues live in the IPC namespace and memfds outside every mount: before the
+    # seccomp filter, attach-fill-detach held 1.2 GB of host memory with memory_mb=256.
+    r = await Sandbox(SandboxLimits(memory_mb=256)).run_python(
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "def show(name, rc):\n    print(name, 'OK' if rc >= 0 else os.strerror(ctypes.get_errno()))\n"
+        "show('shmget', libc.shmget(0, 64 * 1024 * 1024, 0o1600))\n"
+        "show('msgget', libc.msgget(0, 0o1600))\n"
+        "try:\n    os.memfd_create('x'); print('memfd_create OK')\n"
+        "except OSError as e:\n    print('memfd_create', e.strerror)\n"
+        "rt = ctypes.CDLL('librt.so.1', use_errno=True)\n"
+        "class Attr(ctypes.Structure):\n    _fields_ = [('f', ctypes.c_long), ('m', ctypes.c_long), "
+        "('s', ctypes.c_long), ('c', ctypes.c_long), ('pad', ctypes.c_long * 4)]\n"
+        "show('mq_open', rt.mq_open(b'/q', os.O_CREAT | os.O_RDWR, 0o600, ctypes.byref(Attr(0, 10, 8192, 0))))\n"
+    )
+    assert r.stdout.splitlines() == [
+        "shmget Operation not permitted",
+        "msgget Operation not permitted",
+        "memfd_create Operation not permitted",
+        "mq_open Too many open files",  # RLIMIT_MSGQUEUE=0
+    ], (r.stdout, r.stderr)
+
+
+def test_seccomp_filter_only_where_syscall_numbers_are_known() -> None:
+    from bastion.tools.sandbox._seccomp import filter_program
+
+    assert filter_program("riscv64") is None
+    x86, arm = filter_program("x86_64"), filter_program("aarch64")
+    assert x86 is not None and arm is not None
+    assert len(x86) % 8 == 0 and len(x86) == len(arm) + 8  # x86_64 also refuses the x32 ABI

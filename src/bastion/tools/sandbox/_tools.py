@@ -6,6 +6,7 @@ from typing import Any
 
 from bastion.tools._tool import Tool, tool
 from bastion.tools.sandbox._bwrap import Sandbox, SandboxLimits, SandboxResult
+from bastion.tools.sandbox._egress import EgressPolicy
 
 
 def _as_content(result: SandboxResult) -> dict[str, Any]:
@@ -18,13 +19,14 @@ def _as_content(result: SandboxResult) -> dict[str, Any]:
     }
 
 
-def sandbox_tools(limits: SandboxLimits | None = None) -> list[Tool]:
+def sandbox_tools(limits: SandboxLimits | None = None, *, egress: EgressPolicy | None = None) -> list[Tool]:
     """Two tools whose code runs in a new bubblewrap sandbox per call (no network, no host files).
 
     Results are untrusted (the code may print anything). The tools refuse to run at all when
-    the OS cannot enforce the sandbox.
+    the OS cannot enforce the sandbox. With `egress`, HTTP(S) to the allowlisted hosts only goes
+    through a host-side proxy (`HTTP_PROXY`/`HTTPS_PROXY` are set inside), each attempt audited.
     """
-    box = Sandbox(limits)
+    box = Sandbox(limits, egress=egress)
 
     @tool(side_effect="none", idempotent=False, timeout=box.limits.wall_timeout + 5)
     async def run_python(code: str) -> dict[str, Any]:
