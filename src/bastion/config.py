@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, ByteSize, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +22,15 @@ from pydantic_settings import (
 )
 
 from bastion.errors import ConfigError
+
+
+def _capture_flag(value: Any) -> Any:
+    # The observability docs name the modes ("off", "span_attributes"); booleans work too.
+    if isinstance(value, str) and value.strip().lower() in {"off", "none", "no_content"}:
+        return False
+    if isinstance(value, str) and value.strip().lower() == "span_attributes":
+        return True
+    return value
 
 
 class Settings(BaseSettings):
@@ -45,10 +56,22 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = Field(default=None)
     gemini_api_key: SecretStr | None = Field(default=None)
     cache_enabled: bool = True
-    capture_content: bool = Field(default=False, description="record message content on spans")
+    capture_content: Annotated[bool, BeforeValidator(_capture_flag)] = Field(
+        default=False, description='record message content on spans: "off" (false) or "span_attributes" (true)'
+    )
     otlp_endpoint: str | None = None
     server_host: str = "127.0.0.1"
     server_port: int = 8700
+    # HTTP edge limits of `bastion serve` (sizes take bytes or units: 1048576, "1MiB", "512KB").
+    max_body_bytes: ByteSize = Field(
+        default=ByteSize(1024 * 1024), gt=0, description="largest request body the API accepts (413 above)"
+    )
+    max_json_depth: int = Field(
+        default=32, ge=2, le=128, description="deepest nesting of objects/arrays in a JSON request body (400 above)"
+    )
+    proxy_max_body_bytes: ByteSize = Field(
+        default=ByteSize(32 * 1024 * 1024), gt=0, description="largest body for the OpenAI-compatible proxy (/openai)"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -60,6 +83,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # `print(settings)` must not show the database password.
+        for name, value in super().__repr_args__():
+            yield name, redact_credentials(value) if name == "database_url" and isinstance(value, str) else value
 
     def provider_key(self, provider: str) -> str | None:
         """The API key for a provider: `BASTION_<P>_API_KEY`, then the provider's usual variable."""
@@ -83,10 +111,35 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid Bastion settings (env BASTION_* or bastion.toml): {e}") from e
 
 
+# `scheme://user:password@host`: keep the user (useful in an error), drop the password. The
+# password runs to the last `@` before the path, so an unencoded `@` in it is covered too.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"]*):[^\s/?#'\"]*@")
+# `password=...` in libpq conninfo strings and URL query strings (also quoted conninfo values).
+_KV_SECRET = re.compile(
+    r"(?i)(?P<head>\b(?:password|passwd|pwd|sslpassword|secret|token|api_key|apikey|access_token)\s*=\s*)"
+    r"(?:'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&;,'\"]+)"
+)
+MASK = "***"
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with credentials removed: URL passwords (`postgresql://user:***@host/db`),
+    `password=...`-style parameters, then API keys and bearer tokens (the tracing layer's
+    pattern redactor). For every banner, log line and error message that may carry a database
+    URL (libpq errors quote the connection string)."""
+    from bastion.tracing import redact
+
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"\g<head>:{MASK}@", text)
+    if "=" in text:
+        text = _KV_SECRET.sub(rf"\g<head>{MASK}", text)
+    return redact(text)
+
+
 @functools.cache
 def get_settings() -> Settings:
     """The process-wide settings, loaded on first use."""
     return load_settings()
 
 
-__all__ = ["Settings", "get_settings", "load_settings"]
+__all__ = ["Settings", "get_settings", "load_settings", "redact_credentials"]

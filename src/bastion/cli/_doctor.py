@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from bastion.config import redact_credentials
 
 console = Console()
 
@@ -64,7 +67,8 @@ def doctor(home: Path, database_url: str | None) -> int:
     }
     table = Table("check", "ok", "detail")
     for name, (ok, detail) in checks.items():
-        table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", detail)
+        # Redacted (a connection error may quote the URL) and escaped (rich would read `[...]` as markup).
+        table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", escape(redact_credentials(detail)))
     console.print(table)
     return 0 if all(ok for ok, _ in checks.values()) else 1
 

@@ -1,4 +1,4 @@
-"""`bastion` command line: serve, worker, run, trace, eval, keys, doctor, bench, demo."""
+"""`bastion` command line: serve, worker, run, trace, eval, keys, audit, doctor, bench, demo."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8700)
     s.add_argument("--workers", type=int, default=1, help="in-process workers (0: API only)")
     s.add_argument("--retention-days", type=float, help="delete threads idle for longer (kept while awaiting approval)")
+    s.add_argument("--lease", type=float, default=30.0, help="lease seconds (a killed server's runs resume after it)")
 
     w = sub.add_parser("worker", help="claim and execute runs from a shared PostgreSQL")
     w.add_argument("--app", required=True)
@@ -52,14 +53,36 @@ def _parser() -> argparse.ArgumentParser:
     show = tsub.add_parser("show", help="a trace as a tree")
     show.add_argument("trace_id")
 
-    e = sub.add_parser("eval", help="evaluate a dataset; exits non-zero below the quality gate", add_help=False)
+    # Every eval argument (`--suite`, `--help` ...) goes to the evals CLI untouched: with the
+    # usual prefix chars argparse takes a leading `--option` as unknown instead of REMAINDER.
+    e = sub.add_parser("eval", help="run an eval suite and/or gate a report (see `bastion eval --help`)",
+                       add_help=False, prefix_chars="\x00")  # fmt: skip
     e.add_argument("rest", nargs=argparse.REMAINDER)
 
-    k = sub.add_parser("keys", help="API keys for the server")
+    k = sub.add_parser("keys", help="API keys and proxy virtual keys (<home>/keys.db)")
     ksub = k.add_subparsers(dest="keys_command", required=True)
-    create = ksub.add_parser("create")
+    create = ksub.add_parser("create", help="mint an API key and print it (once)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--role", choices=["viewer", "operator", "admin"], default="operator")
+    create.add_argument("--expires-in", help="e.g. 30d, 12h, 90m: the key stops working after that long")
+    klist = ksub.add_parser("list", help="ids, tenants, roles, expiry and status (never the keys)")
+    klist.add_argument("--tenant")
+    klist.add_argument("--all", action="store_true", help="include revoked and expired keys")
+    krevoke = ksub.add_parser("revoke", help="revoke a key by id, unique id prefix or the key itself")
+    krevoke.add_argument("ref")
+    for kp in (create, klist, krevoke):
+        kp.add_argument("--database", help="postgresql://...: the key store of a scaled-out deployment")
+
+    au = sub.add_parser("audit", help="check or export the audit log (exit 1 if it does not verify)")
+    ausub = au.add_subparsers(dest="audit_command", required=True)
+    averify = ausub.add_parser("verify", help="recompute the keyed chain and check it against its anchor")
+    aexport = ausub.add_parser("export", help="write the log as JSON lines with its anchor in the header")
+    for ap in (averify, aexport):
+        ap.add_argument("--log", type=Path, help="SQLite audit log (default <home>/audit.db)")
+        ap.add_argument("--database", help="postgresql://...: the log kept with AuditLog.postgres")
+    averify.add_argument("--export", type=Path, help="verify an exported file instead")
+    averify.add_argument("--key", help="the audit key (default: BASTION_SECRET_AUDIT_KEY, else <home>/audit.key)")
+    aexport.add_argument("--out", type=Path, help="file to write (default: stdout)")
 
     d = sub.add_parser("doctor", help="check the sandbox, the local model and the database")
     d.add_argument("--database")
@@ -80,11 +103,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except BastionError as e:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        from bastion.config import redact_credentials
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(redact_credentials(str(e)))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # e.g. a database driver's error: it may quote the URL with its password
+        import traceback
+
+        from bastion.config import redact_credentials
+
+        print(redact_credentials("".join(traceback.format_exception(e))), file=sys.stderr, end="")
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -93,8 +126,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bastion.cli._serve import serve
 
         retention = args.retention_days * 86400 if args.retention_days else None
+        env, lease = _env(args), args.lease
         return asyncio.run(
-            serve(args.app, _env(args), host=args.host, port=args.port, workers=args.workers, retention=retention)  # type: ignore[arg-type]
+            serve(args.app, env, host=args.host, port=args.port, workers=args.workers, retention=retention, lease=lease)  # type: ignore[arg-type]
         )
     if cmd == "worker":
         from bastion.cli._serve import worker
@@ -113,18 +147,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         home = Path(args.home)
         return show_trace(home, args.trace_id) if args.trace_command == "show" else list_traces(home)
     if cmd == "eval":
-        from bastion.evals._gate import main as eval_main
+        from bastion.evals import main as eval_main
 
-        return eval_main(args.rest)
+        return eval_main(args.rest, prog="bastion eval")
     if cmd == "keys":
-        from bastion.server import SQLiteApiKeyStore
+        from bastion.cli import _keys
 
-        Path(args.home).mkdir(parents=True, exist_ok=True)
-        store = SQLiteApiKeyStore(Path(args.home) / "api_keys.db")
-        key, principal = asyncio.run(store.mint(args.tenant, args.role))
-        store.close()
-        print(f"{key}\t(tenant={principal.tenant} role={principal.role}; shown once, store it now)")
-        return 0
+        home, db = Path(args.home), args.database or os.environ.get("BASTION_DATABASE_URL")
+        if args.keys_command == "create":
+            return _keys.create(home, db, tenant=args.tenant, role=args.role, expires_in=args.expires_in)
+        if args.keys_command == "list":
+            return _keys.list_keys(home, db, tenant=args.tenant, all_keys=args.all)
+        return _keys.revoke(home, db, args.ref)
+    if cmd == "audit":
+        from bastion.cli import _audit
+
+        home = Path(args.home)
+        if args.audit_command == "verify":
+            return _audit.verify(home, log=args.log, database=args.database, export=args.export, key=args.key)
+        return _audit.export(home, log=args.log, database=args.database, out=args.out)
     if cmd == "doctor":
         from bastion.cli._doctor import doctor
 

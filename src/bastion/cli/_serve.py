@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+import sys
 
 from rich.console import Console
+from rich.markup import escape
 
+from bastion.config import redact_credentials
 from bastion.errors import UserError
 from bastion.runtime import PostgresWakeup, SqlRunStore, Worker
 from bastion.server._project import ProjectEnv, load_project
@@ -14,19 +18,52 @@ from bastion.server._project import ProjectEnv, load_project
 console = Console(stderr=True)
 
 
+class RedactingFormatter(logging.Formatter):
+    """Formats a record (with its traceback) and removes credentials from the result: a
+    database error may quote the connection URL, password included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_credentials(super().format(record))
+
+
+def configure_logging(level: int = logging.WARNING) -> None:
+    """Every log line of the process (uvicorn's too: it is started with `log_config=None`) goes
+    through one stderr handler that redacts credentials."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, RedactingFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings too (a driver's may quote its connection string)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+
+
 async def serve(
-    spec: str, env: ProjectEnv, *, host: str, port: int, workers: int, retention: float | None = None
+    spec: str,
+    env: ProjectEnv,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    retention: float | None = None,
+    lease: float = 30.0,
 ) -> int:
     import uvicorn
 
     from bastion.server._serve import build_server
 
+    configure_logging()
     project = await load_project(spec, env)
-    parts, stack = await build_server(project, env, workers=workers, retention_seconds=retention)
+    parts, stack = await build_server(project, env, workers=workers, lease_seconds=lease, retention_seconds=retention)
     async with stack:
-        mode = f"PostgreSQL ({env.database_url})" if env.database_url else f"embedded SQLite ({env.home})"
-        console.print(f"[bold]Bastion[/] serving {sorted(project.agents)} on http://{host}:{port}  [dim]{mode}[/]")
-        server = uvicorn.Server(uvicorn.Config(parts.app, host=host, port=port, log_level="warning", lifespan="on"))
+        db = redact_credentials(env.database_url) if env.database_url else None
+        mode = f"PostgreSQL ({db})" if db else f"embedded SQLite ({env.home})"
+        agents = escape(str(sorted(project.agents)))
+        console.print(f"[bold]Bastion[/] serving {agents} on http://{host}:{port}  [dim]{escape(mode)}[/]")
+        config = uvicorn.Config(parts.app, host=host, port=port, log_level="warning", lifespan="on", log_config=None)
+        server = uvicorn.Server(config)
         # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the
         # previous handler; a no-op one lets us finish the clean-up below and exit 0.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -44,6 +81,7 @@ async def worker(spec: str, env: ProjectEnv, *, concurrency: int, lease: float) 
         raise UserError("`bastion worker` needs a shared database: pass --database postgresql://... ")
     from bastion.tracing import TraceStore, configure_tracing
 
+    configure_logging()
     env.home.mkdir(parents=True, exist_ok=True)
     store = TraceStore(env.home / "traces.db")
     tracing = configure_tracing(store=store)

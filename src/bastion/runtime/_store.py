@@ -9,6 +9,7 @@ On PostgreSQL the claim uses `FOR UPDATE SKIP LOCKED` and enqueueing sends `NOTI
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from bastion.errors import MissingExtraError, UserError
 from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
 from bastion.types import new_id
 
+log = logging.getLogger("bastion.runtime")
 SCHEMA_VERSION = 1
 NOTIFY_CHANNEL = "bastion_runs"
 
@@ -72,6 +74,24 @@ def _row_to_run(row: Sequence[Any]) -> Run:
     return Run(**data)
 
 
+def _decode_rows(rows: Sequence[Sequence[Any]]) -> list[Run]:
+    """Rows of a listing as runs; a row that cannot be decoded is skipped and logged, so one bad
+    row never makes a tenant's whole listing fail."""
+    runs: list[Run] = []
+    for row in rows:
+        try:
+            runs.append(_row_to_run(row))
+        except (ValueError, TypeError, RecursionError) as e:
+            _skip("run", row[0], e)
+    return runs
+
+
+def _skip(kind: str, key: object, error: BaseException) -> None:
+    from bastion.config import redact_credentials
+
+    log.warning("skipping %s %s in a listing: it cannot be decoded (%s)", kind, key, redact_credentials(repr(error)))
+
+
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
@@ -88,7 +108,14 @@ class RunStore(Protocol):
     async def claim(self, worker: str, lease_seconds: float) -> Run | None: ...
     async def heartbeat(self, run_id: str, worker: str, lease_seconds: float) -> str: ...
     async def finish(
-        self, run_id: str, worker: str, outcome: RunOutcome | None, error: str | None, *, cancelled: bool = False
+        self,
+        run_id: str,
+        worker: str,
+        outcome: RunOutcome | None,
+        error: str | None,
+        *,
+        cancelled: bool = False,
+        trace_id: str | None = None,
     ) -> bool: ...
     async def update(self, run_id: str, **fields: Any) -> None: ...
     async def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None: ...
@@ -97,6 +124,8 @@ class RunStore(Protocol):
     async def upsert_thread(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> None: ...
     async def list_threads(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]: ...
     async def delete_thread(self, tenant: str, thread_id: str) -> None: ...
+    async def has_thread(self, tenant: str, thread_id: str) -> bool: ...
+    async def thread_agents(self, tenant: str, thread_id: str) -> list[str]: ...
     async def idle_threads(self, older_than: float, tenant: str | None = None) -> list[tuple[str, str, list[str]]]: ...
     async def close(self) -> None: ...
 
@@ -252,7 +281,7 @@ class SqlRunStore:
         query += " ORDER BY created_at DESC LIMIT ?"
         params.append(limit)
         rows = await self._run(lambda: self._exec(query, params, fetch="all"))
-        return [_row_to_run(r) for r in rows]
+        return _decode_rows(rows)
 
     def _claim(self, worker: str, lease_seconds: float) -> Run | None:
         now = time.time()
@@ -304,11 +333,19 @@ class SqlRunStore:
         return "cancel" if row[0] else "ok"
 
     async def finish(
-        self, run_id: str, worker: str, outcome: RunOutcome | None, error: str | None, *, cancelled: bool = False
+        self,
+        run_id: str,
+        worker: str,
+        outcome: RunOutcome | None,
+        error: str | None,
+        *,
+        cancelled: bool = False,
+        trace_id: str | None = None,
     ) -> bool:
         """Record the end of an attempt and its final event (`run_completed`, `run_interrupted`,
         `run_failed`, `run_cancelled`) in one transaction; fenced: only the current lease owner
-        may write, so a run ends exactly once even when its worker dies right after."""
+        may write, so a run ends exactly once even when its worker dies right after. `trace_id`
+        is the failed attempt's trace (a failed run keeps it, to be inspected or promoted)."""
         now = time.time()
         if cancelled:
             fields = ("cancelled", None, error, _dump([]), _dump({}), 0.0, None)
@@ -321,7 +358,7 @@ class SqlRunStore:
             )  # fmt: skip
             event = (f"run_{status}", {"output": outcome.output, "interrupts": outcome.interrupts})
         else:
-            fields = ("failed", None, error, _dump([]), _dump({}), 0.0, None)
+            fields = ("failed", None, error, _dump([]), _dump({}), 0.0, trace_id)
             event = ("run_failed", {"error": error})
         update = (
             "UPDATE bastion_runs SET status = ?, output = ?, error = ?, interrupts = ?, usage = ?, cost_usd = ?, "
@@ -409,7 +446,13 @@ class SqlRunStore:
                 fetch="all",
             )
         )
-        return [{"thread_id": t, "metadata": json.loads(m or "{}"), "created_at": c} for t, m, c in rows]
+        threads: list[dict[str, Any]] = []
+        for t, m, c in rows:
+            try:
+                threads.append({"thread_id": t, "metadata": json.loads(m or "{}"), "created_at": c})
+            except (ValueError, RecursionError) as e:
+                _skip("thread", t, e)
+        return threads
 
     async def delete_thread(self, tenant: str, thread_id: str) -> None:
         def go() -> None:
@@ -422,6 +465,30 @@ class SqlRunStore:
             self._exec("DELETE FROM bastion_threads WHERE tenant = ? AND thread_id = ?", (tenant, thread_id))
 
         await self._run(go)
+
+    async def has_thread(self, tenant: str, thread_id: str) -> bool:
+        """Whether this tenant has the thread (created explicitly or by a run)."""
+        row = await self._run(
+            lambda: self._exec(
+                "SELECT 1 FROM bastion_threads WHERE tenant = ? AND thread_id = ? UNION ALL "
+                "SELECT 1 FROM bastion_runs WHERE tenant = ? AND thread_id = ? LIMIT 1",
+                (tenant, thread_id, tenant, thread_id),
+                fetch="one",
+            )
+        )
+        return row is not None
+
+    def _thread_agents(self, tenant: str, thread_id: str) -> list[str]:
+        rows = self._exec(
+            "SELECT DISTINCT agent FROM bastion_runs WHERE tenant = ? AND thread_id = ?",
+            (tenant, thread_id),
+            fetch="all",
+        )
+        return sorted(a for (a,) in rows)
+
+    async def thread_agents(self, tenant: str, thread_id: str) -> list[str]:
+        """The agents that ran in the thread (whose checkpointers hold its state)."""
+        return await self._run(self._thread_agents, tenant, thread_id)
 
     async def idle_threads(self, older_than: float, tenant: str | None = None) -> list[tuple[str, str, list[str]]]:
         """(tenant, thread, agents that ran in it) for threads with no run active or waiting for
@@ -437,12 +504,7 @@ class SqlRunStore:
         def go() -> list[tuple[str, str, list[str]]]:
             out: list[tuple[str, str, list[str]]] = []
             for t, thread in self._exec(query, params, fetch="all"):
-                agents = self._exec(
-                    "SELECT DISTINCT agent FROM bastion_runs WHERE tenant = ? AND thread_id = ?",
-                    (t, thread),
-                    fetch="all",
-                )
-                out.append((t, thread, sorted(a for (a,) in agents)))
+                out.append((t, thread, self._thread_agents(t, thread)))
             return out
 
         return await self._run(go)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -103,9 +103,28 @@ class Webhook:
     def verify(self, body: bytes, signature: str | None) -> None:
         expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
         if not signature or not hmac.compare_digest(expected, signature):
-            raise UserError(
-                f"webhook {self.name!r}: missing or wrong X-Bastion-Signature; send 'sha256=<hex HMAC of the body>'"
-            )
+            raise self._bad_signature()
+
+    async def read_verified(self, chunks: AsyncIterable[bytes], signature: str | None) -> bytes:
+        """The body, read from `chunks` while its HMAC is computed, once the signature matches.
+
+        A missing or malformed signature is refused before a byte is read; the caller bounds
+        `chunks` (the server refuses a body past its size limit as it streams in)."""
+        if not signature or not signature.startswith("sha256=") or len(signature) != 71:
+            raise self._bad_signature()
+        mac = hmac.new(self.secret.encode(), digestmod=hashlib.sha256)
+        parts: list[bytes] = []
+        async for chunk in chunks:
+            mac.update(chunk)
+            parts.append(chunk)
+        if not hmac.compare_digest("sha256=" + mac.hexdigest(), signature):
+            raise self._bad_signature()
+        return b"".join(parts)
+
+    def _bad_signature(self) -> UserError:
+        return UserError(
+            f"webhook {self.name!r}: missing or wrong X-Bastion-Signature; send 'sha256=<hex HMAC of the body>'"
+        )
 
     def to_input(self, payload: dict[str, Any]) -> Any:
         return self.input_template(payload) if self.input_template else payload

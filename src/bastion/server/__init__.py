@@ -2,11 +2,13 @@
 
 from bastion.server._app import Admin, Extension, Operator, Viewer, create_app, require
 from bastion.server._auth import ApiKeyStore, Principal, Role, SQLiteApiKeyStore
+from bastion.server._limits import EdgeLimits
 from bastion.server._project import Project, ProjectEnv, load_project
 
 __all__ = [
     "Admin",
     "ApiKeyStore",
+    "EdgeLimits",
     "Extension",
     "Operator",
     "Principal",

@@ -8,26 +8,52 @@ run, thread, trace, cost or memory (lookups include the tenant, so a foreign id 
 # aliases local to `create_app`) as objects, not strings.
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic_core import to_json
 
+from bastion.config import redact_credentials
 from bastion.errors import BastionError, UserError
-from bastion.runtime import RunConflictError, RunNotFoundError, Runtime, Webhook
+from bastion.runtime import RunConflictError, RunNotFoundError, Runtime, ThreadNotFoundError, Webhook
 from bastion.server._auth import ApiKeyStore, Principal, Role
-from bastion.server._schemas import Approval, CreateRun, CreateThread, ErrorOut, ResumeRun, RunOut
+from bastion.server._limits import BodyLimitMiddleware, EdgeLimits, check_json_depth, parse_json_body
+from bastion.server._schemas import Approval, CreateRun, CreateThread, ErrorOut, ForkThread, ResumeRun, RunOut
 
 log = logging.getLogger("bastion.server")
 UI_DIR = Path(__file__).with_name("ui")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut},
-    409: {"model": ErrorOut}, 422: {"model": ErrorOut},
+    409: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
 }  # fmt: skip
+_UI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a bundled asset's plain file name
+
+
+def _rows_json(rows: Iterable[Any], dump: Callable[[Any], bytes], kind: str) -> Response:
+    """A JSON array serialised row by row: a row that cannot be serialised (stored before the
+    edge checked depth, say) is skipped and logged instead of failing the whole listing."""
+    parts: list[bytes] = []
+    for row in rows:
+        try:
+            parts.append(dump(row))
+        except (ValueError, TypeError, RecursionError) as e:
+            key = getattr(row, "id", None) or (row.get("thread_id") if isinstance(row, dict) else None)
+            log.warning("skipping %s %s in a listing: %s", kind, key, redact_credentials(str(e)))
+    return Response(b"[" + b",".join(parts) + b"]", media_type="application/json")
+
+
+async def _json_depth_guard(request: Request) -> None:
+    """Refuse a JSON body nested deeper than the limit before any route stores it."""
+    route = request.scope.get("route")
+    if getattr(route, "body_field", None) is not None:
+        limits: EdgeLimits = request.app.state.limits
+        check_json_depth(await request.body(), limits.max_json_depth)
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -72,9 +98,11 @@ def create_app(
     extensions: list[Extension] | None = None,
     metrics: Callable[[], Awaitable[str] | str] | None = None,
     manage_runtime: bool = True,
+    limits: EdgeLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app. `proxy` (from `bastion.gateway.proxy.create_proxy_app`) is mounted at
-    `/openai` (clients use `base_url=http://host:port/openai/v1`)."""
+    `/openai` (clients use `base_url=http://host:port/openai/v1`). `limits` bound request
+    bodies (size, JSON depth); the defaults are `EdgeLimits()`."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -87,13 +115,20 @@ def create_app(
             if manage_runtime:
                 await runtime.stop()
 
-    app = FastAPI(title="Bastion", version="0.1.0", lifespan=lifespan, responses=ERRORS)
+    app = FastAPI(
+        title="Bastion", version="0.1.0", lifespan=lifespan, responses=ERRORS,
+        dependencies=[Depends(_json_depth_guard)],
+    )  # fmt: skip
+    limits = limits or EdgeLimits()
+    app.state.limits = limits
+    app.add_middleware(BodyLimitMiddleware, limits=limits)
     app.state.keys = keys
     hooks = {h.name: h for h in webhooks or []}
 
     # -- errors: 4xx with a clear message, never a traceback ---------------------------------
 
     @app.exception_handler(RunNotFoundError)
+    @app.exception_handler(ThreadNotFoundError)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return _error(404, str(exc), "not_found")
 
@@ -116,16 +151,22 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        kinds = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
+        kinds = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "request_too_large"}
         response = _error(exc.status_code, str(exc.detail), kinds.get(exc.status_code, "invalid_request"))
         for k, v in (exc.headers or {}).items():
             response.headers[k] = v
         return response
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # JSON like every other error, without internals; the traceback goes to the (redacting) log.
+        return _error(500, "internal error; the server log has the details", "internal_error")
+
     @app.exception_handler(BastionError)
     async def runtime_error(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("request failed: %s", exc)
-        return _error(503, str(exc), "unavailable")
+        message = redact_credentials(str(exc))  # a database error may quote its connection URL
+        log.warning("request failed: %s", message)
+        return _error(503, message, "unavailable")
 
     # -- health -------------------------------------------------------------------------------
 
@@ -138,7 +179,7 @@ def create_app(
         try:
             await runtime.store.list("__readiness__", limit=1)
         except Exception as e:  # the database is the dependency that matters
-            return _error(503, f"not ready: {e}", "unavailable")
+            return _error(503, redact_credentials(f"not ready: {e}"), "unavailable")
         return JSONResponse({"status": "ready", "agents": sorted(runtime.agents)})
 
     @app.get("/metrics", tags=["health"], response_class=Response)
@@ -166,21 +207,33 @@ def create_app(
         await runtime.store.upsert_thread(principal.tenant, thread_id, body.metadata)
         return {"thread_id": thread_id, "metadata": body.metadata}
 
-    @app.get("/v1/threads", tags=["threads"])
-    async def list_threads(
-        principal: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-    ) -> list[dict[str, Any]]:
-        return await runtime.store.list_threads(principal.tenant, limit)
+    @app.get("/v1/threads", tags=["threads"], response_model=list[dict[str, Any]])
+    async def list_threads(principal: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
+        return _rows_json(await runtime.store.list_threads(principal.tenant, limit), to_json, "thread")
 
-    @app.get("/v1/threads/{thread_id}/runs", tags=["threads"])
-    async def thread_runs(thread_id: str, principal: Viewer) -> list[RunOut]:
-        return [RunOut.of(r) for r in await runtime.list_runs(tenant=principal.tenant, thread_id=thread_id)]
+    # Thread routes answer 404 for another tenant's thread exactly as for a missing one.
+
+    @app.get("/v1/threads/{thread_id}/runs", tags=["threads"], response_model=list[RunOut])
+    async def thread_runs(thread_id: str, principal: Viewer) -> Response:
+        runs = await runtime.list_runs(tenant=principal.tenant, thread_id=thread_id)
+        if not runs and not await runtime.store.has_thread(principal.tenant, thread_id):
+            raise ThreadNotFoundError(f"thread {thread_id!r} not found for this tenant")
+        return _rows_json(runs, lambda r: to_json(RunOut.of(r)), "run")
+
+    @app.get("/v1/threads/{thread_id}/history", tags=["threads"])
+    async def thread_history(thread_id: str, principal: Viewer) -> list[dict[str, Any]]:
+        return await runtime.thread_history(thread_id, tenant=principal.tenant)
+
+    @app.post("/v1/threads/{thread_id}/fork", tags=["threads"], status_code=201)
+    async def fork_thread(thread_id: str, body: ForkThread, principal: Operator) -> dict[str, Any]:
+        new = await runtime.fork_thread(
+            thread_id, tenant=principal.tenant, checkpoint_id=body.checkpoint_id, new_thread_id=body.thread_id
+        )
+        return {"thread_id": new, "forked_from": thread_id, "checkpoint_id": body.checkpoint_id}
 
     @app.delete("/v1/threads/{thread_id}", tags=["threads"], status_code=204)
     async def delete_thread(thread_id: str, principal: Operator) -> Response:
-        if await runtime.store.active_for_thread(principal.tenant, thread_id):
-            raise RunConflictError(f"thread {thread_id!r} has active runs; cancel them first")
-        await runtime.store.delete_thread(principal.tenant, thread_id)
+        await runtime.delete_thread(thread_id, tenant=principal.tenant)
         return Response(status_code=204)
 
     # -- runs ---------------------------------------------------------------------------------
@@ -198,18 +251,18 @@ def create_app(
                 run = await runtime.get_run(run.id, tenant=principal.tenant)
         return RunOut.of(run)
 
-    @app.get("/v1/runs", tags=["runs"])
+    @app.get("/v1/runs", tags=["runs"], response_model=list[RunOut])
     async def list_runs(
         principal: Viewer,
         thread_id: str | None = None,
         agent: str | None = None,
         status: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> list[RunOut]:
+    ) -> Response:
         runs = await runtime.list_runs(
             tenant=principal.tenant, thread_id=thread_id, agent=agent, status=status, limit=limit
         )
-        return [RunOut.of(r) for r in runs]
+        return _rows_json(runs, lambda r: to_json(RunOut.of(r)), "run")
 
     @app.get("/v1/runs/{run_id}", tags=["runs"])
     async def get_run(run_id: str, principal: Viewer) -> RunOut:
@@ -246,15 +299,18 @@ def create_app(
 
     # -- approvals inbox ----------------------------------------------------------------------
 
-    @app.get("/v1/approvals", tags=["approvals"])
-    async def approvals(principal: Viewer) -> list[Approval]:
+    @app.get("/v1/approvals", tags=["approvals"], response_model=list[Approval])
+    async def approvals(principal: Viewer) -> Response:
         runs = await runtime.list_runs(tenant=principal.tenant, status="interrupted", limit=500)
-        return [
-            Approval(
-                run_id=r.id, thread_id=r.thread_id, agent=r.agent, interrupts=r.interrupts, created_at=r.updated_at
-            )
-            for r in runs
-        ]
+        return _rows_json(
+            runs,
+            lambda r: to_json(
+                Approval(
+                    run_id=r.id, thread_id=r.thread_id, agent=r.agent, interrupts=r.interrupts, created_at=r.updated_at
+                )
+            ),
+            "run",
+        )
 
     @app.post("/v1/approvals/{run_id}", tags=["approvals"])
     async def decide(run_id: str, body: ResumeRun, principal: Operator) -> RunOut:
@@ -267,12 +323,10 @@ def create_app(
         hook = hooks.get(name)
         if hook is None:
             raise HTTPException(404, f"no webhook trigger named {name!r}")
-        body = await request.body()
-        hook.verify(body, request.headers.get("x-bastion-signature"))
-        try:
-            payload = json.loads(body or b"{}")
-        except json.JSONDecodeError as e:
-            raise UserError(f"webhook body is not JSON: {e}") from None
+        # The signature is checked as the body streams in, bounded by the size limit; a request
+        # without one is refused before its body is read.
+        body = await hook.read_verified(request.stream(), request.headers.get("x-bastion-signature"))
+        payload = parse_json_body(body, limits.max_json_depth, "webhook body")
         try:
             input = hook.to_input(payload)
         except Exception as e:  # the sender's payload does not fit the template: a 400, not a 500
@@ -297,6 +351,9 @@ def create_app(
 
     @app.get("/ui/{name}", include_in_schema=False)
     async def ui_asset(name: str) -> FileResponse:
+        # Plain file names only: NUL bytes, dot-files, `..` and separators never reach the filesystem.
+        if not _UI_NAME.fullmatch(name):
+            raise HTTPException(404, "no such UI asset")
         path = (UI_DIR / name).resolve()
         if path.parent != UI_DIR.resolve() or not path.is_file():
             raise HTTPException(404, "no such UI asset")

@@ -35,6 +35,11 @@ class CreateThread(_Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class ForkThread(_Body):
+    checkpoint_id: str | None = Field(default=None, min_length=1, max_length=200)  # None: the latest
+    thread_id: str | None = Field(default=None, min_length=1, max_length=200)  # the new thread's id
+
+
 class RunOut(BaseModel):
     id: str
     thread_id: str

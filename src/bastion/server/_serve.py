@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from fastapi import FastAPI
 
 from bastion.runtime import Runtime, Scheduler
 from bastion.server._app import Extension, create_app
-from bastion.server._auth import SQLiteApiKeyStore
+from bastion.server._auth import SQLiteApiKeyStore, open_api_key_store
 from bastion.server._extensions import cost_routes, eval_routes, memory_routes, trace_routes
+from bastion.server._limits import EdgeLimits
 from bastion.server._project import Project, ProjectEnv, build_runtime
 
 
@@ -35,9 +37,12 @@ async def build_server(
     workers: int = 1,
     lease_seconds: float = 30.0,
     retention_seconds: float | None = None,
+    limits: EdgeLimits | None = None,
 ) -> tuple[ServerParts, AsyncExitStack]:
     """The app plus an exit stack that shuts everything down in order. With `retention_seconds`,
-    threads idle for longer are deleted (runs, events, checkpoints) by a background task."""
+    threads idle for longer are deleted (runs, events, checkpoints) by a background task.
+    `limits` default to the settings (`BASTION_MAX_BODY_BYTES`, ...)."""
+    limits = limits or EdgeLimits.from_settings()  # before anything starts: a bad setting stops here
     from bastion.tracing import TraceStore, configure_tracing
 
     stack = AsyncExitStack()
@@ -47,10 +52,11 @@ async def build_server(
     stack.callback(store.close)
     stack.callback(tracing.shutdown)
 
-    keys = SQLiteApiKeyStore(env.home / "api_keys.db")
+    # One key store per deployment; the configuration decides which config-declared keys live.
+    keys = open_api_key_store(env.home, env.database_url)
     stack.callback(keys.close)
-    for key, (tenant, role) in project.api_keys.items():
-        keys.add(key, tenant, role)  # type: ignore[arg-type]
+    for key_id in keys.sync_config(project.api_keys):
+        logging.getLogger("bastion.server").warning("API key %s is no longer configured: revoked", key_id)
 
     runtime = build_runtime(project, env, workers=workers, lease_seconds=lease_seconds)
     stack.push_async_callback(project.close)
@@ -62,10 +68,16 @@ async def build_server(
         extensions.append(memory_routes(project.memory))
     proxy = None
     if project.gateway is not None:
-        from bastion.gateway.proxy import SQLiteKeyStore, create_proxy_app
+        from bastion.gateway.proxy import create_proxy_app, open_key_store
 
-        proxy_keys = SQLiteKeyStore(env.home / "proxy_keys.db")
-        proxy = create_proxy_app(project.gateway, keys=proxy_keys)
+        proxy_keys = open_key_store(env.home, env.database_url)  # where `python -m bastion.gateway.proxy mint` writes
+        stack.callback(proxy_keys.close)
+        proxy = create_proxy_app(
+            project.gateway,
+            keys=proxy_keys,
+            budget_store=env.budget_store,  # used when the project's gateway has no Budget of its own
+            max_body_bytes=limits.proxy_max_body_bytes,
+        )
 
     scheduler: Scheduler | None = None
     if project.schedules:
@@ -75,7 +87,7 @@ async def build_server(
 
     app = create_app(
         runtime, keys, proxy=proxy, webhooks=project.webhooks, extensions=extensions, metrics=tracing.prometheus_text,
-        manage_runtime=False,
+        manage_runtime=False, limits=limits,
     )  # fmt: skip
 
     await runtime.start()
