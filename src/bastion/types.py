@@ -19,6 +19,24 @@ Trust = Literal["trusted", "untrusted"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
 
+_TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.@-")
+
+
+def check_tenant(tenant: str) -> str:
+    """Return `tenant` if it is a valid tenant name, else raise `UserError`.
+
+    Tenant names become parts of storage keys (budgets, caches, thread keys); a separator such
+    as `/` or `:` in one could make two tenants' keys meet, so only a safe alphabet is allowed.
+    """
+    if not tenant or len(tenant) > 128 or not _TENANT_CHARS.issuperset(tenant):
+        from bastion.errors import UserError
+
+        raise UserError(
+            f"invalid tenant name {tenant!r}: use 1-128 letters, digits, '_', '.', '@' or '-' (e.g. 'acme')"
+        )
+    return tenant
+
+
 def new_id(prefix: str = "") -> str:
     """A short random id, optionally prefixed (`call_ab12...`)."""
     return f"{prefix}{uuid.uuid4().hex[:24]}"

@@ -88,3 +88,28 @@ async def test_keys_of_the_earlier_api_keys_file_are_imported(tmp_path: Path) ->
     assert await store.lookup("old-minted") is not None  # unknown origin: kept, listed as legacy
     assert {k.key_id: k.source for k in store.keys()}[key_id_of("old-minted")] == "legacy"
     store.close()
+
+
+@pytest.mark.parametrize("tenant", ["", "a/x", "a:x", "a x", "ü", "x" * 129])
+async def test_tenant_names_that_could_merge_storage_keys_are_refused(tmp_path: Path, tenant: str) -> None:
+    # tenants are parts of budget, cache and thread keys: "a/x" must never share a key with "a"
+    from bastion.gateway.proxy import new_key
+
+    store = open_api_key_store(tmp_path)
+    try:
+        with pytest.raises(UserError, match="invalid tenant name"):
+            await store.mint(tenant, "operator")
+        with pytest.raises(UserError, match="invalid tenant name"):
+            store.sync_config({"k": (tenant, "viewer")})
+        with pytest.raises(UserError, match="invalid tenant name"):
+            new_key(tenant=tenant)
+    finally:
+        store.close()
+
+
+def test_an_unreachable_database_fails_fast_with_the_password_redacted() -> None:
+    from bastion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot reach the database") as info:
+        open_api_key_store("unused", "postgresql://bob:hunter2@127.0.0.1:1/x?connect_timeout=1")
+    assert "hunter2" not in str(info.value)

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from bastion.errors import UserError
+from bastion.errors import ConfigError, UserError
 from bastion.gateway.proxy._keys import KEYS_FILE, hash_key
+from bastion.types import check_tenant
 
 Role = Literal["viewer", "operator", "admin"]
+CONNECT_TIMEOUT_S = 10.0
 _RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
 Source = Literal["config", "cli", "legacy"]
 LEGACY_FILE = "api_keys.db"
@@ -149,8 +151,7 @@ class SQLiteApiKeyStore:
         tenant and role of a key that exists; never clears a revocation."""
         if role not in _RANK:
             raise UserError(f"unknown role {role!r}; use one of {sorted(_RANK)}")
-        if not tenant:
-            raise UserError("an API key needs a tenant; pass tenant='acme'")
+        check_tenant(tenant)
         principal = Principal(key_id_of(key), tenant, role)
         self._run(
             "INSERT INTO bastion_api_keys (key_hash, key_id, tenant, role, created_at, source, expires_at) "
@@ -224,6 +225,17 @@ class PostgresApiKeyStore(SQLiteApiKeyStore):
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=max_connections, kwargs={"autocommit": True}, open=True
         )
+        try:
+            # fail fast with a clear message: the pool would otherwise retry for 30 s per request
+            self._pool.wait(timeout=CONNECT_TIMEOUT_S)
+        except psycopg_pool.PoolTimeout:
+            self._pool.close()
+            from bastion.config import redact_credentials
+
+            raise ConfigError(
+                f"cannot reach the database {redact_credentials(url)} within {CONNECT_TIMEOUT_S:.0f} s; "
+                "check --database / BASTION_DATABASE_URL and that PostgreSQL is running"
+            ) from None
         with self._pool.connection() as c, c.transaction():
             conn: Any = c  # constant SQL
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('bastion_keys_schema'))")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from bastion.errors import UserError
+from bastion.types import check_tenant
 
 KEY_PREFIX = "bst-"
 KEYS_FILE = "keys.db"
@@ -116,8 +117,7 @@ def new_key(
 ) -> tuple[str, VirtualKey]:
     """Generate a key: returns `(plaintext, record)`. Hand the plaintext to the client once.
     `expires_in` (seconds) makes the key stop working after that long."""
-    if not tenant:
-        raise UserError("a virtual key needs a tenant; pass tenant='acme'")
+    check_tenant(tenant)
     if max_budget_usd is not None and max_budget_usd < 0:
         raise UserError(f"max_budget_usd must be >= 0, got {max_budget_usd}")
     if max_tokens is not None and max_tokens < 0:
