@@ -5,6 +5,7 @@ import pytest
 from bastion.errors import UserError
 from bastion.evals import (
     Case,
+    EvalResult,
     Expected,
     LLMJudge,
     OutcomeCheck,
@@ -14,7 +15,7 @@ from bastion.evals import (
     parse_verdict,
 )
 from bastion.testing import ScriptedModel
-from bastion.types import Message, ToolCall
+from bastion.types import Message, ToolCall, ToolResult
 
 A = ToolCall("search", {"q": "paris", "limit": 5})
 B = ToolCall("get_weather", {"city": "Paris"})
@@ -98,9 +99,19 @@ async def test_trajectory_failure_explains_what_differs() -> None:
     assert "unexpected" in result.explanation and "send_email" in result.explanation
 
 
-async def test_trajectory_match_without_reference_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="no expected tool calls"):
-        await TrajectoryMatch().evaluate(Case("x"), Trajectory())
+async def test_trajectory_evaluators_without_reference_are_not_applicable() -> None:
+    for evaluator in (TrajectoryMatch(), ToolCallPrecisionRecall()):
+        r = await evaluator.evaluate(Case("x", id="no-ref"), Trajectory(tool_calls=[A]))
+        assert (r.applicable, r.label, r.score) == (False, "not_applicable", 0.0)
+        assert "'no-ref' has no expected tool calls" in r.explanation
+        assert r.to_dict()["applicable"] is False and EvalResult.from_dict(r.to_dict()) == r
+        # an evaluator-level reference makes every case applicable
+        assert evaluator.applies_to(Case("x")) is False
+    with_ref = TrajectoryMatch(expected=[A])
+    assert with_ref.applies_to(Case("x")) and (await with_ref.evaluate(Case("x"), Trajectory(tool_calls=[A]))).passed
+
+
+async def test_bad_trajectory_configuration_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown trajectory mode"):
         TrajectoryMatch("fuzzy")  # type: ignore[arg-type]
     with pytest.raises(UserError, match="unknown argument match mode"):
@@ -145,9 +156,13 @@ async def test_outcome_checks() -> None:
     [
         ('{"reasoning": "correct", "score": 0.9, "pass": true}', True, 0.9),
         ('```json\n{"score": 0.2, "pass": false, "reasoning": "wrong city"}\n```', False, 0.2),
-        ('Let me think. The answer is fine.\n{"Score": 4, "Verdict": "PASS", "Reason": "ok"} done', True, 0.8),
+        ('Let me think. The answer is fine.\n{"Score": 0.8, "Verdict": "PASS", "Reason": "ok"} done', True, 0.8),
         ('{"score": "7/10"}', True, 0.7),
-        ('{"rating": 30}', False, 0.3),
+        ('{"rating": "30%"}', False, 0.3),
+        ('{"score": 85%, "reasoning": "mostly right"}', True, 0.85),  # not JSON as written
+        ("Score of 85%", True, 0.85),
+        ("I would give it 85%.", True, 0.85),
+        ("score: 3 out of 10", False, 0.3),
         ("The output misses the date.\nScore: 2/5\nVERDICT: FAIL", False, 0.4),
         ("**Score:** 85%", True, 0.85),
         ("PASS", True, 1.0),
@@ -165,6 +180,52 @@ async def test_llm_judge_parses_verdicts_robustly(answer: str, passed: bool, sco
     assert "The answer must state the weather in Paris." in prompt
     assert "It is sunny in Paris." in prompt and "get_weather" in prompt and "sunny" in prompt
     assert request.messages[0].role == "system" and '"score"' in request.messages[0].text
+
+
+@pytest.mark.parametrize(
+    ("answer", "scale", "label", "score"),
+    [
+        # the judge was asked for 0-1 and answered on another scale: never guessed, never a pass
+        ("score: 4 (0-10 scale)", 1.0, "out_of_scale", 0.0),
+        ('{"score": 4, "pass": true}', 1.0, "out_of_scale", 0.0),
+        ("score: 4 (0-10 scale)", 10.0, "fail", 0.4),
+        ('{"score": 8}', 10.0, "pass", 0.8),
+        ('{"score": 30}', 100.0, "fail", 0.3),
+    ],
+)
+async def test_llm_judge_reads_scores_on_its_explicit_scale(
+    answer: str, scale: float, label: str, score: float
+) -> None:
+    model = ScriptedModel([answer])
+    judge = LLMJudge(model, "be right", scale=scale)
+    r = await judge.evaluate(Case("x"), Trajectory(output="y"))
+    assert (r.label, r.score, r.passed) == (label, pytest.approx(score), label == "pass")
+    if label == "out_of_scale":
+        assert "outside the scale 0-1" in r.explanation and "LLMJudge(scale=...)" in r.explanation
+    assert f"number from 0 to {scale:g}" in model.requests[0].messages[0].text
+    with pytest.raises(UserError, match="scale=0 must be positive"):
+        LLMJudge(model, "x", scale=0)
+    with pytest.raises(UserError, match="0-1 fraction"):
+        LLMJudge(model, "x", threshold=7)
+
+
+async def test_llm_judge_sees_tool_results() -> None:
+    call = ToolCall("lookup_order", {"id": "A7"}, id="call_1")
+    messages = [
+        Message.user("where is order A7?"),
+        Message.assistant(tool_calls=[call]),
+        Message.tool(ToolResult("call_1", "lookup_order", {"status": "lost in transit"})),
+        Message.assistant("Your order has shipped."),
+    ]
+    model = ScriptedModel(['{"score": 0, "pass": false, "reasoning": "contradicts the tool"}'])
+    r = await LLMJudge(model, "The answer must agree with the tool results.").evaluate(
+        Case("where is order A7?"), Trajectory.from_messages(messages)
+    )
+    assert not r.passed and r.explanation == "contradicts the tool"
+    prompt = model.requests[0].messages[-1].text
+    assert 'lookup_order({"id": "A7"})' in prompt and 'returned: {"status": "lost in transit"}' in prompt
+    long = Trajectory(tool_calls=[call], tool_results=[ToolResult("call_1", "lookup_order", "x" * 5000)])
+    assert "[3000 chars cut]" in LLMJudge(model, "r").prompt(Case("q"), long)
 
 
 async def test_llm_judge_unparseable_or_failing_judge_is_a_failed_result() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -106,8 +107,12 @@ async def test_runner_rejects_bad_configuration() -> None:
         await run_eval(dataset(), flaky_target({}), [OutcomeCheck()], n=2, k=3)
     with pytest.raises(UserError, match="at least one evaluator"):
         await run_eval(dataset(), flaky_target({}), [], n=1)
-    with pytest.raises(UserError, match="no expected tool calls"):
+    with pytest.raises(UserError, match="no case has expected tool calls"):
         await run_eval(Dataset.from_cases("d", [Case("x")]), flaky_target({}), [TrajectoryMatch()])
+    with pytest.raises(UserError, match="concurrency=0"):
+        await run_eval(dataset(), flaky_target({}), [OutcomeCheck()], concurrency=0)
+    with pytest.raises(UserError, match="timeout_s=0"):
+        await run_eval(dataset(), flaky_target({}), [OutcomeCheck()], timeout_s=0)
 
 
 def _report(passes: list[int], n: int = 4, k: int = 2) -> EvalReport:
@@ -158,7 +163,7 @@ def test_gate_cli_exit_codes(tmp_path: Path) -> None:
     failing = _cli(str(report), "--min-pass-hat-k", "0.9", cwd=tmp_path)
     assert failing.returncode == 1
     assert "pass^k 0.833 is below the minimum 0.900" in failing.stderr
-    missing = _cli(str(tmp_path / "nope.json"), cwd=tmp_path)
+    missing = _cli(str(tmp_path / "nope.json"), "--min-pass-hat-k", "0.8", cwd=tmp_path)
     assert missing.returncode == 2 and "cannot read eval report" in missing.stderr
 
 
@@ -181,5 +186,118 @@ def test_gate_cli_runs_a_suite(tmp_path: Path) -> None:
     assert EvalReport.load(out).pass_hat_k == pytest.approx(2 / 3)
     ok = _cli("--suite", "my_suite:suite", "--min-pass-hat-k", "0.6", cwd=tmp_path, extra_path=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    bad = _cli("--suite", "my_suite", cwd=tmp_path, extra_path=tmp_path)
+    bad = _cli("--suite", "my_suite", "--min-pass-hat-k", "0.5", cwd=tmp_path, extra_path=tmp_path)
     assert bad.returncode == 2 and "package.module:suite" in bad.stderr
+
+
+async def test_a_mixed_dataset_marks_trajectory_not_applicable_instead_of_aborting() -> None:
+    ds = Dataset.from_cases(
+        "promoted",
+        [
+            Case("weather in Paris?", Expected(tool_calls=[WEATHER], output_contains=["paris"]), id="golden"),
+            Case("Paris weather", Expected(output_contains=["paris"]), id="no-trajectory"),
+        ],
+    )
+    report = await run_eval(ds, flaky_target({}), [TrajectoryMatch("strict"), OutcomeCheck()], n=2)
+    assert [c.passes for c in report.cases] == [2, 2]  # n/a neither fails nor aborts
+    assert report.not_applicable() == {"trajectory_strict": 2}
+    assert report.evaluator_means() == {"outcome": 1.0, "trajectory_strict": 1.0}  # over the 2 it applied to
+    summary = report.summary()
+    assert summary["not_applicable"] == {"trajectory_strict": 2}
+    assert "trajectory_strict: not applicable to 2 attempt(s)" in report.render()
+    na = report.cases[1].attempts[0].results[0]
+    assert (na.applicable, na.label) == (False, "not_applicable")
+    assert EvalReport.from_dict(json.loads(json.dumps(report.to_dict()))).not_applicable() == {"trajectory_strict": 2}
+
+
+async def test_attempts_of_different_cases_run_concurrently_within_the_bound() -> None:
+    in_flight: set[str] = set()
+    peak = 0
+    all_in = asyncio.Event()
+
+    async def target(case: Case) -> str:
+        nonlocal peak
+        in_flight.add(case.id)
+        peak = max(peak, len(in_flight))
+        if len(in_flight) == 3:
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), 5)  # only returns if 3 cases are in flight together
+        in_flight.discard(case.id)
+        return "ok"
+
+    ds = Dataset.from_cases("d", [Case("q", Expected(output="ok"), id=f"c{i}") for i in range(6)])
+    report = await run_eval(ds, target, [OutcomeCheck()], n=1, concurrency=3)
+    assert report.passes == 6 and peak == 3  # across cases, never beyond the bound
+    assert [c.case_id for c in report.cases] == [f"c{i}" for i in range(6)]  # order kept
+
+
+async def test_sync_targets_run_in_threads_and_a_hung_one_times_out() -> None:
+    import threading
+
+    barrier = threading.Barrier(2, timeout=5)  # breaks unless two sync attempts run at once
+    release = threading.Event()
+
+    def target(case: Case) -> str:
+        if case.id == "hang":
+            release.wait(30)  # hangs until the test releases it: a thread cannot be killed
+            return "late"
+        barrier.wait()
+        return "ok"
+
+    ds = Dataset.from_cases(
+        "d", [Case("q", Expected(output="ok"), id="a"), Case("q", Expected(output="ok"), id="b"), Case("q", id="hang")]
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        report = await run_eval(ds, target, [OutcomeCheck()], n=1, concurrency=3, timeout_s=0.5)
+    finally:
+        release.set()
+    assert loop.time() - started < 5
+    a, b, hang = report.cases
+    assert a.passes == 1 and b.passes == 1, (a.attempts[0].error, b.attempts[0].error)
+    assert hang.attempts[0].timed_out and "timeout_s=0.5" in (hang.attempts[0].error or "")
+    assert report.timed_out == 1 and "1 attempt(s) timed out" in report.render()
+
+
+def test_report_intervals_are_a_bootstrap_over_cases() -> None:
+    # 10 cases x 10 attempts, each case all-pass or all-fail: the attempts are perfectly
+    # correlated, so there are 10 observations, not 100.
+    report = _report([10] * 5 + [0] * 5, n=10, k=3)
+    lo, hi = report.intervals()["pass^k"]
+    assert lo <= report.pass_hat_k == 0.5 <= hi
+    assert lo < report.wilson_lower - 0.1  # Wilson, over 100 "independent" attempts, is too narrow
+    assert report.intervals() == _report([10] * 5 + [0] * 5, n=10, k=3).intervals()  # fixed seed
+    assert set(report.summary()["intervals"]) == {"pass@1", "pass@k", "pass^k"}
+    assert "95% bootstrap over 10 cases: pass@1 [" in report.render() and "pass^3 [" in report.render()
+
+
+def test_gate_refuses_no_thresholds_and_out_of_range_ones() -> None:
+    report = _report([4, 4, 3])
+    with pytest.raises(UserError, match="no threshold, so it could never fail"):
+        gate(report)
+    with pytest.raises(UserError, match=r"--min-pass-hat-k 5 is not a fraction.*0\.8"):
+        gate(report, min_pass_hat_k=5)
+    with pytest.raises(UserError, match=r"--max-drop -0\.1"):
+        gate(report, baseline=report, max_drop=-0.1)
+    assert gate(report, baseline=report).ok  # a baseline alone is a gate
+    lower = report.intervals()["pass^k"][0]
+    assert gate(report, min_pass_hat_k_lower=lower).ok
+    assert "bootstrap 95% lower bound" in gate(report, min_pass_hat_k_lower=min(1.0, lower + 0.01)).reasons[0]
+
+
+async def test_a_case_no_evaluator_applies_to_is_skipped_not_passed_vacuously() -> None:
+    ds = Dataset.from_cases(
+        "promoted", [Case("weather in Paris?", Expected(tool_calls=[WEATHER]), id="golden"), Case("x", id="bare")]
+    )
+    calls: list[str] = []
+
+    async def target(case: Case) -> Trajectory:
+        calls.append(case.id)
+        return Trajectory(tool_calls=[ToolCall("get_weather", {"city": "Rome"})])
+
+    report = await run_eval(ds, target, [TrajectoryMatch("strict")], n=2)
+    assert calls == ["golden", "golden"] and report.skipped == ["bare"]
+    assert [c.case_id for c in report.cases] == ["golden"] and report.pass_hat_k == 0.0
+    assert "1 case(s) skipped, no evaluator applies to them: bare" in report.render()
+    assert EvalReport.from_dict(report.to_dict()).skipped == ["bare"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bastion.evals import pass_at_k, pass_hat_k, wilson_lower_bound
+from bastion.evals import bootstrap_interval, pass_at_k, pass_hat_k, wilson_lower_bound
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,19 @@ def test_pass_hat_k_never_exceeds_pass_at_k_and_both_are_probabilities(args: tup
     assert 0.0 <= hat <= at <= 1.0
     if k == 1:
         assert math.isclose(hat, c / n) and math.isclose(at, c / n)
+
+
+def test_bootstrap_interval_against_the_exact_resampling_distribution() -> None:
+    # values [0, 0, 1]: a resample's mean is j/3 with j ~ Binomial(3, 1/3):
+    # P(0) = 8/27 = 0.296 > 2.5 %, so the lower end is 0; P(mean < 1) = 26/27 = 0.963 < 97.5 %,
+    # so the upper end is 1.
+    assert bootstrap_interval([0.0, 0.0, 1.0]) == (0.0, 1.0)
+    # values [0, 1] x 50: the mean of 100 resampled values has sd 0.05: the 95 % interval is
+    # about 0.5 +- 1.96 * 0.05
+    lo, hi = bootstrap_interval([0.0, 1.0] * 50)
+    assert lo == pytest.approx(0.402, abs=0.03) and hi == pytest.approx(0.598, abs=0.03)
+    assert bootstrap_interval([0.7] * 5) == (0.7, 0.7)
+    assert bootstrap_interval([]) == (0.0, 0.0)
+    assert bootstrap_interval([0.1, 0.9], seed=1) == bootstrap_interval([0.1, 0.9], seed=1)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        bootstrap_interval([1.0], confidence=95)

@@ -51,6 +51,8 @@ EVALS_ALL = [
     "Trajectory",
     "TrajectoryMatch",
     "Verdict",
+    "bootstrap_interval",
+    "check_thresholds",
     "evaluate_trace",
     "gate",
     "main",

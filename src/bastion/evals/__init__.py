@@ -1,6 +1,6 @@
 """Evaluation: datasets (from code, JSONL or promoted traces), evaluators (trajectory match,
 outcome checks, tool-call precision/recall, LLM-as-judge), repeated runs with pass@k /
-pass^k / Wilson bounds, and a regression gate (`python -m bastion.evals`).
+pass^k with bootstrap intervals over cases, and a regression gate (`bastion eval`).
 
 Results are recorded as `gen_ai.evaluation.result` events on the evaluated spans. This
 package runs and scores agents; it does not build them (see `bastion.graph`).
@@ -9,11 +9,11 @@ package runs and scores agents; it does not build them (see `bastion.graph`).
 from __future__ import annotations
 
 from bastion.evals._dataset import Dataset, evaluate_trace, trajectory_from_trace
-from bastion.evals._gate import EvalSuite, GateResult, gate, main
+from bastion.evals._gate import EvalSuite, GateResult, check_thresholds, gate, main
 from bastion.evals._judge import LLMJudge, Verdict, parse_verdict
 from bastion.evals._outcome import OutcomeCheck
 from bastion.evals._runner import Attempt, CaseReport, EvalReport, run_eval, run_eval_sync
-from bastion.evals._stats import pass_at_k, pass_hat_k, wilson_lower_bound
+from bastion.evals._stats import bootstrap_interval, pass_at_k, pass_hat_k, wilson_lower_bound
 from bastion.evals._trajectory import CallMatcher, ToolCallPrecisionRecall, TrajectoryMatch, match_trajectory
 from bastion.evals._types import Case, EvalResult, Evaluator, Expected, Trajectory
 
@@ -35,6 +35,8 @@ __all__ = [
     "Trajectory",
     "TrajectoryMatch",
     "Verdict",
+    "bootstrap_interval",
+    "check_thresholds",
     "evaluate_trace",
     "gate",
     "main",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from bastion.errors import UserError
 from bastion.evals._types import Case, EvalResult, Evaluator, Expected, Trajectory, call_from_dict
 from bastion.tracing import semconv as sc
-from bastion.types import ToolCall
+from bastion.types import ToolCall, ToolResult
 
 if TYPE_CHECKING:
     from bastion.tracing import TraceStore, TraceTree
@@ -30,27 +30,30 @@ def _decode(value: Any) -> Any:
 
 
 def trajectory_from_trace(tree: TraceTree) -> Trajectory:
-    """The tool calls (names; arguments when content capture was on), output and error of a
-    stored run."""
+    """The tool calls (names; arguments and results when content capture was on), output and
+    error of a stored run."""
     calls: list[ToolCall] = []
+    results: list[ToolResult] = []
     for _, span in tree.walk():
         if span.operation != sc.OP_EXECUTE_TOOL:
             continue
         args = _decode(span.attributes.get(sc.GEN_AI_TOOL_CALL_ARGUMENTS, "{}"))
-        calls.append(
-            ToolCall(
-                str(span.attributes.get(sc.GEN_AI_TOOL_NAME, span.name)),
-                args if isinstance(args, dict) else {},
-                id=str(span.attributes.get(sc.GEN_AI_TOOL_CALL_ID) or span.span_id),
-            )
+        call = ToolCall(
+            str(span.attributes.get(sc.GEN_AI_TOOL_NAME, span.name)),
+            args if isinstance(args, dict) else {},
+            id=str(span.attributes.get(sc.GEN_AI_TOOL_CALL_ID) or span.span_id),
         )
+        calls.append(call)
+        if sc.GEN_AI_TOOL_CALL_RESULT in span.attributes:
+            content = _decode(span.attributes[sc.GEN_AI_TOOL_CALL_RESULT])
+            results.append(ToolResult(call.id, call.name, content, is_error=span.is_error))
     roots = tree.roots
     root = roots[0] if roots else None
     error = None
     if root is not None and root.is_error:
         error = root.status_message or "run failed"
     output = _decode(root.attributes.get(sc.BASTION_RUN_OUTPUT)) if root is not None else None
-    return Trajectory(tool_calls=calls, output=output, error=error, trace_id=tree.trace_id)
+    return Trajectory(tool_calls=calls, output=output, error=error, trace_id=tree.trace_id, tool_results=results)
 
 
 def _input_of(tree: TraceTree) -> Any:
@@ -109,6 +112,30 @@ class Dataset:
                 except (ValueError, TypeError, KeyError) as e:
                     raise UserError(f"{path}:{lineno}: not a valid eval case ({e})") from e
         return ds
+
+    @classmethod
+    def load(cls, path: str | Path, name: str | None = None) -> Dataset:
+        """A dataset file: JSONL (one case a line) or the JSON document the server exports
+        (`GET /v1/evals/datasets/{name}`: `{"name": ..., "cases": [...]}`)."""
+        path = Path(path)
+        try:
+            head = path.read_text(encoding="utf-8").lstrip()[:1]
+        except OSError as e:
+            raise UserError(f"cannot read dataset {path}: {e}") from e
+        if head != "{":
+            return cls.from_jsonl(path, name)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return cls.from_jsonl(path, name)  # a JSONL file whose lines are objects
+        if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+            if isinstance(data, dict) and "input" in data:
+                return cls.from_jsonl(path, name)  # JSONL with a single case
+            raise UserError(f"{path}: expected JSONL cases or a JSON object with a 'cases' list")
+        try:
+            return cls.from_cases(name or str(data.get("name") or path.stem), data["cases"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise UserError(f"{path}: not a valid eval dataset ({e})") from e
 
     def to_jsonl(self, path: str | Path) -> Path:
         path = Path(path)

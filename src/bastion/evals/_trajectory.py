@@ -88,15 +88,30 @@ def _describe(call: ToolCall) -> str:
     return f"{call.name}({call.arguments})"
 
 
-def _reference(case: Case, expected: Sequence[ToolCall] | None, who: str) -> list[ToolCall]:
+def _reference(case: Case, expected: Sequence[ToolCall] | None) -> list[ToolCall] | None:
     if expected is not None:
         return list(expected)
-    if case.expected.tool_calls is None:
-        raise UserError(
-            f"{who}: case {case.id!r} has no expected tool calls; set `Expected(tool_calls=[...])` "
-            "on the case or pass `expected=` to the evaluator"
-        )
-    return list(case.expected.tool_calls)
+    return None if case.expected.tool_calls is None else list(case.expected.tool_calls)
+
+
+def _no_reference(name: str, case: Case) -> EvalResult:
+    # Promoted datasets mix cases with and without a reference trajectory; one case without
+    # it must not abort the run, and must not count as a pass or a fail of this evaluator.
+    return EvalResult.not_applicable(
+        name,
+        f"case {case.id!r} has no expected tool calls (set `Expected(tool_calls=[...])` or promote "
+        "the run with golden=true to judge its trajectory)",
+    )
+
+
+class _NeedsReference:
+    """Evaluators that compare against a reference trajectory. `applies_to` lets the runner
+    refuse a dataset where no case has one (a configuration mistake, not a mixed dataset)."""
+
+    expected: list[ToolCall] | None
+
+    def applies_to(self, case: Case) -> bool:
+        return self.expected is not None or case.expected.tool_calls is not None
 
 
 def match_trajectory(
@@ -132,8 +147,10 @@ def match_trajectory(
     return False, "; ".join(parts)
 
 
-class TrajectoryMatch:
-    """Pass when the agent's tool calls match the reference trajectory."""
+class TrajectoryMatch(_NeedsReference):
+    """Pass when the agent's tool calls match the reference trajectory (the case's
+    `expected.tool_calls`, or `expected=`). A case without one is not applicable: counted and
+    shown, excluded from this evaluator's score."""
 
     def __init__(
         self,
@@ -156,12 +173,14 @@ class TrajectoryMatch:
         return self._name
 
     async def evaluate(self, case: Case, trajectory: Trajectory) -> EvalResult:
-        reference = _reference(case, self.expected, type(self).__name__)
+        reference = _reference(case, self.expected)
+        if reference is None:
+            return _no_reference(self.name, case)
         ok, why = match_trajectory(trajectory.tool_calls, reference, self.mode, self.matcher)
         return EvalResult(self.name, ok, 1.0 if ok else 0.0, "pass" if ok else "fail", why)
 
 
-class ToolCallPrecisionRecall:
+class ToolCallPrecisionRecall(_NeedsReference):
     """Precision (share of the agent's calls that were expected) and recall (share of the
     expected calls the agent made); the score is their F1."""
 
@@ -193,7 +212,9 @@ class ToolCallPrecisionRecall:
         return precision, recall, f1
 
     async def evaluate(self, case: Case, trajectory: Trajectory) -> EvalResult:
-        reference = _reference(case, self.expected, type(self).__name__)
+        reference = _reference(case, self.expected)
+        if reference is None:
+            return _no_reference(self.name, case)
         matched = len(self.matcher.matching(trajectory.tool_calls, reference))
         p, r, f1 = self.scores(matched, len(trajectory.tool_calls), len(reference))
         ok = p >= self.min_precision and r >= self.min_recall

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bastion.types import Message, ToolCall, new_id
+from bastion.types import Message, ToolCall, ToolResult, new_id
 
 
 def call_from_dict(data: Mapping[str, Any]) -> ToolCall:
@@ -92,7 +92,8 @@ class Case:
 
 @dataclass(slots=True)
 class Trajectory:
-    """What one run of the agent did: its tool calls in order, final output and state."""
+    """What one run of the agent did: its tool calls in order (and what they returned), final
+    output and state."""
 
     tool_calls: list[ToolCall] = field(default_factory=list)
     output: Any = None
@@ -100,33 +101,51 @@ class Trajectory:
     messages: Sequence[Message] = ()
     error: str | None = None  # the run raised; evaluators treat it as failed
     trace_id: str | None = None
+    tool_results: list[ToolResult] = field(default_factory=list)
 
     @classmethod
     def from_messages(cls, messages: Sequence[Message], *, state: Mapping[str, Any] | None = None) -> Trajectory:
-        """Tool calls from the assistant messages; the output is the last assistant text."""
+        """Tool calls from the assistant messages, their results from the tool messages; the
+        output is the last assistant text."""
         calls = [c for m in messages if m.role == "assistant" for c in m.tool_calls]
+        results = [r for m in messages if m.role == "tool" for r in m.tool_results]
         output = next((m.text for m in reversed(messages) if m.role == "assistant" and m.text), None)
-        return cls(tool_calls=calls, output=output, state=dict(state or {}), messages=list(messages))
+        return cls(
+            tool_calls=calls, output=output, state=dict(state or {}), messages=list(messages), tool_results=results
+        )
+
+
+NOT_APPLICABLE = "not_applicable"
 
 
 @dataclass(slots=True)
 class EvalResult:
-    """One evaluator's verdict on one attempt."""
+    """One evaluator's verdict on one attempt. `applicable=False` means the evaluator had
+    nothing to judge (e.g. a trajectory match on a case without a reference trajectory): the
+    result neither passes nor fails the attempt and is left out of the evaluator's mean."""
 
     name: str
     passed: bool
     score: float
     label: str | None = None
     explanation: str = ""
+    applicable: bool = True
+
+    @classmethod
+    def not_applicable(cls, name: str, why: str) -> EvalResult:
+        return cls(name, True, 0.0, NOT_APPLICABLE, why, applicable=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "passed": self.passed,
             "score": self.score,
             "label": self.label,
             "explanation": self.explanation,
         }
+        if not self.applicable:
+            d["applicable"] = False
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
@@ -136,6 +155,7 @@ class EvalResult:
             score=float(data["score"]),
             label=data.get("label"),
             explanation=data.get("explanation") or "",
+            applicable=bool(data.get("applicable", True)),
         )
 
 

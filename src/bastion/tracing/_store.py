@@ -587,15 +587,19 @@ class TraceStore:
             SELECT s.trace_id, min(s.start_ns), max(s.end_ns), count(*),
                    sum(s.status = 'ERROR'), coalesce(sum(s.cost_usd), 0),
                    coalesce(sum(s.input_tokens), 0), coalesce(sum(s.output_tokens), 0),
-                   max(s.run_id), max(s.session_id), max(s.tenant), max(s.user_id), max(s.agent),
+                   max(s.run_id), max(s.session_id), max(s.tenant), max(s.user_id),
                    (SELECT r.name || char(31) || r.status FROM spans r
-                     WHERE r.trace_id = s.trace_id AND r.parent_id IS NULL ORDER BY r.start_ns LIMIT 1)
+                     WHERE r.trace_id = s.trace_id AND r.parent_id IS NULL ORDER BY r.start_ns LIMIT 1),
+                   -- the root agent labels the trace: the outermost agent span starts first (and,
+                   -- on a tie, ends last); max(agent) named a supervisor's trace after a member
+                   (SELECT a.agent FROM spans a WHERE a.trace_id = s.trace_id AND a.agent IS NOT NULL
+                     ORDER BY a.start_ns, a.end_ns DESC LIMIT 1)
             FROM spans s
             WHERE s.trace_id IN (SELECT DISTINCT trace_id FROM spans{sql_where(where)})
             GROUP BY s.trace_id ORDER BY min(s.start_ns) DESC LIMIT ?"""
         out: list[TraceSummary] = []
         for r in self.query(sql, [*params, limit]):
-            root_name, _, root_status = (r[13] or "").partition("\x1f")
+            root_name, _, root_status = (r[12] or "").partition("\x1f")
             out.append(
                 TraceSummary(
                     trace_id=r[0],
@@ -612,7 +616,7 @@ class TraceStore:
                     session_id=r[9],
                     tenant=r[10],
                     user_id=r[11],
-                    agent=r[12],
+                    agent=r[13],
                 )
             )
         return out
