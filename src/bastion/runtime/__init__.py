@@ -1,6 +1,7 @@
 """Runs, the run queue, workers with leases and heartbeats, recovery, schedules and triggers."""
 
 from bastion.runtime._adapters import AgentRunnable, to_jsonable
+from bastion.runtime._graph_runnable import GraphRunnable
 from bastion.runtime._runtime import RunConflictError, RunNotFoundError, Runtime, ThreadNotFoundError
 from bastion.runtime._store import RunStore, SqlRunStore, new_run
 from bastion.runtime._triggers import Schedule, Scheduler, Webhook, sign
@@ -9,6 +10,7 @@ from bastion.runtime._worker import LocalWakeup, PostgresWakeup, Wakeup, Worker
 
 __all__ = [
     "AgentRunnable",
+    "GraphRunnable",
     "LocalWakeup",
     "MultitaskStrategy",
     "PostgresWakeup",

@@ -1,4 +1,5 @@
-"""Adapters that let the runtime drive an `Agent` (or anything with its run/stream API)."""
+"""Adapters that let the runtime drive an `Agent` (or anything with its run/stream API); the
+graph adapter is `bastion.runtime._graph_runnable.GraphRunnable`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from bastion.errors import UserError
 from bastion.runtime._types import EventSink, RunOutcome
+from bastion.runtime._watchdog import report_trace
 from bastion.types import RunContext
 
 
@@ -30,7 +32,7 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _interrupt_json(item: Any) -> dict[str, Any]:
+def interrupt_json(item: Any) -> dict[str, Any]:
     data = to_jsonable(item)
     if isinstance(data, dict):
         # The UI and API address interrupts by id and show their payload.
@@ -54,7 +56,72 @@ def agent_input(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-class AgentRunnable:
+class ThreadState:
+    """A thread's checkpoints, for runnables whose state lives in one checkpointer: the
+    optional `Runnable` methods (`latest_checkpoint`, `forget`, `history`, `fork`, `rollback`).
+    Every `thread_id` here is a storage key (`thread_key`)."""
+
+    def _checkpointer(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must say where its checkpoints live")
+
+    def _label(self) -> str:
+        return type(self).__name__
+
+    async def latest_checkpoint(self, thread_id: str) -> str | None:
+        checkpointer = self._checkpointer()
+        if checkpointer is None:
+            return None
+        record = await checkpointer.get(thread_id)
+        return record.checkpoint_id if record is not None else None
+
+    async def forget(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints (retention)."""
+        checkpointer = self._checkpointer()
+        if checkpointer is not None:
+            await checkpointer.delete_thread(thread_id)
+
+    async def history(self, thread_id: str) -> list[dict[str, Any]]:
+        """The thread's top-level checkpoints, newest first (ids and steps, not their payloads)."""
+        checkpointer = self._checkpointer()
+        if checkpointer is None:
+            return []
+        return [
+            {"checkpoint_id": r.checkpoint_id, "parent_id": r.parent_id, "step": r.step, "created_at": r.created_at}
+            for r in await checkpointer.list(thread_id)
+        ]
+
+    async def fork(self, thread_id: str, checkpoint_id: str | None, new_thread_id: str) -> bool:
+        """Copy the thread's state at `checkpoint_id` (None: its latest) into `new_thread_id`;
+        False when there is no such checkpoint for the thread."""
+        checkpointer = self._checkpointer()
+        if checkpointer is None:
+            return False
+        record = await checkpointer.get(thread_id, "", checkpoint_id)
+        if record is None:
+            return False
+        await checkpointer.fork(thread_id, "", record.checkpoint_id, new_thread_id)
+        return True
+
+    async def rollback(self, thread_id: str, checkpoint_id: str | None) -> None:
+        """Make `checkpoint_id` the thread's latest state again (None: the thread had no state).
+
+        Uses only the checkpointer contract: copy the chain up to `checkpoint_id` aside, drop the
+        thread, copy it back. The copy aside is deleted last, so a crash midway leaves it to
+        recover from (thread id `<thread>/~rollback`, which no client thread id can name)."""
+        checkpointer = self._checkpointer()
+        if checkpointer is None:
+            raise UserError(f"{self._label()} has no checkpointer: nothing to roll back")
+        if checkpoint_id is None:
+            await checkpointer.delete_thread(thread_id)
+            return
+        aside = f"{thread_id}/~rollback"
+        await checkpointer.fork(thread_id, "", checkpoint_id, aside)
+        await checkpointer.delete_thread(thread_id)
+        await checkpointer.fork(aside, "", checkpoint_id, thread_id)
+        await checkpointer.delete_thread(aside)
+
+
+class AgentRunnable(ThreadState):
     """Runs a `bastion.graph.agent.Agent` as a runtime `Runnable`, streaming its events.
 
     Durability comes from the agent's checkpointer: give the agent one (SQLite or PostgreSQL)
@@ -64,6 +131,12 @@ class AgentRunnable:
     def __init__(self, agent: Any, *, description: str = "") -> None:
         self.agent = agent
         self.description = description or getattr(agent, "instructions", "") or ""
+
+    def _checkpointer(self) -> Any:
+        return getattr(self.agent, "checkpointer", None)
+
+    def _label(self) -> str:
+        return f"agent {getattr(self.agent, 'name', '?')!r}"
 
     async def invoke(
         self,
@@ -84,64 +157,12 @@ class AgentRunnable:
         # One trace per run attempt, rooted at `invoke_agent {name}`: model, tool, policy and
         # checkpoint spans opened by the agent nest under it.
         with spans.agent(name, context, agent_id=context.run_id, input=input) as span:
+            report_trace(span.trace_id)
             outcome = await self._invoke(input, thread_id, context, resume, recover, emit)
             outcome.trace_id = span.trace_id
             if outcome.status == "completed":
                 span.record_output(outcome.output)
             return outcome
-
-    async def latest_checkpoint(self, thread_id: str) -> str | None:
-        checkpointer = getattr(self.agent, "checkpointer", None)
-        if checkpointer is None:
-            return None
-        record = await checkpointer.get(thread_id)
-        return record.checkpoint_id if record is not None else None
-
-    async def forget(self, thread_id: str) -> None:
-        """Delete the thread's checkpoints (retention)."""
-        checkpointer = getattr(self.agent, "checkpointer", None)
-        if checkpointer is not None:
-            await checkpointer.delete_thread(thread_id)
-
-    async def history(self, thread_id: str) -> list[dict[str, Any]]:
-        """The thread's top-level checkpoints, newest first (ids and steps, not their payloads)."""
-        checkpointer = getattr(self.agent, "checkpointer", None)
-        if checkpointer is None:
-            return []
-        return [
-            {"checkpoint_id": r.checkpoint_id, "parent_id": r.parent_id, "step": r.step, "created_at": r.created_at}
-            for r in await checkpointer.list(thread_id)
-        ]
-
-    async def fork(self, thread_id: str, checkpoint_id: str | None, new_thread_id: str) -> bool:
-        """Copy the thread's state at `checkpoint_id` (None: its latest) into `new_thread_id`;
-        False when this agent has no such checkpoint for the thread."""
-        checkpointer = getattr(self.agent, "checkpointer", None)
-        if checkpointer is None:
-            return False
-        record = await checkpointer.get(thread_id, "", checkpoint_id)
-        if record is None:
-            return False
-        await checkpointer.fork(thread_id, "", record.checkpoint_id, new_thread_id)
-        return True
-
-    async def rollback(self, thread_id: str, checkpoint_id: str | None) -> None:
-        """Make `checkpoint_id` the thread's latest state again (None: the thread had no state).
-
-        Uses only the checkpointer contract: copy the chain up to `checkpoint_id` aside, drop the
-        thread, copy it back. The copy aside is deleted last, so a crash midway leaves it to
-        recover from (thread id `<thread>/~rollback`, which no client thread id can name)."""
-        checkpointer = getattr(self.agent, "checkpointer", None)
-        if checkpointer is None:
-            raise UserError(f"agent {getattr(self.agent, 'name', '?')!r} has no checkpointer: nothing to roll back")
-        if checkpoint_id is None:
-            await checkpointer.delete_thread(thread_id)
-            return
-        aside = f"{thread_id}/~rollback"
-        await checkpointer.fork(thread_id, "", checkpoint_id, aside)
-        await checkpointer.delete_thread(thread_id)
-        await checkpointer.fork(aside, "", checkpoint_id, thread_id)
-        await checkpointer.delete_thread(aside)
 
     async def _invoke(
         self, input: Any, thread_id: str, context: RunContext, resume: Any, recover: bool, emit: EventSink | None
@@ -170,7 +191,7 @@ class AgentRunnable:
         if result.interrupts:
             return RunOutcome(
                 "interrupted",
-                interrupts=[_interrupt_json(i) for i in result.interrupts],
+                interrupts=[interrupt_json(i) for i in result.interrupts],
                 usage=usage,
                 cost_usd=result.cost,
             )

@@ -3,21 +3,27 @@
 A worker killed mid-run simply stops heartbeating; once its lease expires another worker
 claims the run and invokes the agent with `recover=True`, which continues from the last
 checkpoint (completed steps and journaled tool calls are not repeated).
+
+Whatever a runnable does wrong (a wrong signature, an exception in it or in its event callback,
+garbage returned, an output that cannot be stored), its run ends `failed` with the error and a
+`run_failed` event, and keeps the trace id of the attempt (`_watchdog`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 from bastion.runtime._store import NOTIFY_CHANNEL, RunStore
 from bastion.runtime._types import Run, Runnable, RunOutcome
+from bastion.runtime._watchdog import CURRENT, Attempt, check_outcome, describe, start
 from bastion.types import new_id
 
 log = logging.getLogger("bastion.runtime")
@@ -163,36 +169,31 @@ class Worker:
     async def _execute(self, run: Run) -> None:
         try:
             await self._execute_inner(run)
+        except Exception as e:
+            # The watchdog of last resort: whatever broke (the store included), the run must not
+            # stay `running` until its lease expires and another worker meets the same bug.
+            log.exception("run %s: the worker failed while executing it", run.id)
+            await self._finish(run, None, f"the worker failed while executing this run: {describe(e)}", None)
         finally:
             self._slots.release()
             for cb in self.done_callbacks:
-                cb(run.id)
+                try:
+                    cb(run.id)
+                except Exception:
+                    log.exception("a done callback failed for run %s", run.id)
 
     async def _execute_inner(self, run: Run) -> None:
         agent = self.agents.get(run.agent)
         if agent is None:
             await self.store.finish(run.id, self.id, None, f"unknown agent {run.agent!r}; register it on the worker")
             return
-        recover = run.attempts > 1
-        if recover:
-            await self.store.add_event(run.id, "recovered", {"worker": self.id, "attempt": run.attempts})
-
-        async def emit(kind: str, data: dict[str, Any]) -> None:
-            await self.store.add_event(run.id, kind, data)
-
-        latest = getattr(agent, "latest_checkpoint", None)
-        if not recover and run.resume is None and latest is not None:
-            # Remember where the thread stood, so a crash before this run's first checkpoint
-            # is recovered by starting over rather than by resuming an older run's state.
-            run.checkpoint_before = await latest(run.thread_key)
-            await self.store.update(run.id, checkpoint_before=run.checkpoint_before)
-        await emit("run_started", {"worker": self.id, "attempt": run.attempts})
-        work = asyncio.create_task(
-            agent.invoke(
-                run.input, thread_id=run.thread_key, context=run.context(), resume=run.resume,
-                recover=recover, emit=emit, checkpoint_before=run.checkpoint_before,
-            )
-        )  # fmt: skip
+        attempt = Attempt()
+        try:
+            work = await self._start(run, agent, attempt)
+        except Exception as e:  # a broken runnable (signature, latest_checkpoint, not a coroutine)
+            log.warning("run %s could not start: %s", run.id, describe(e))
+            await self._finish(run, None, describe(e), attempt.trace_id)
+            return
         self._running[run.id] = work
         try:
             lease = await self._keep_lease(run, work)
@@ -210,12 +211,63 @@ class Worker:
         outcome: RunOutcome | None = None
         error: str | None = None
         try:
-            outcome = work.result()
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}"
+            outcome = check_outcome(work.result(), run.agent)
+        except Exception as e:  # anything the runnable (or its callbacks) raised, or garbage it returned
+            error = describe(e)
             log.warning("run %s failed: %s", run.id, error)
-        if await self.store.finish(run.id, self.id, outcome, error):  # also writes the final event
+        if outcome is not None and outcome.trace_id is None:
+            outcome.trace_id = attempt.trace_id
+        if await self._finish(run, outcome, error, attempt.trace_id):
             self.completed += 1
+
+    async def _start(self, run: Run, agent: Runnable, attempt: Attempt) -> asyncio.Task[RunOutcome]:
+        recover = run.attempts > 1
+        if recover:
+            await self.store.add_event(run.id, "recovered", {"worker": self.id, "attempt": run.attempts})
+
+        async def emit(kind: str, data: dict[str, Any]) -> None:
+            await self.store.add_event(run.id, kind, data)
+
+        latest = getattr(agent, "latest_checkpoint", None)
+        if not recover and run.resume is None and latest is not None:
+            # Remember where the thread stood, so a crash before this run's first checkpoint
+            # is recovered by starting over rather than by resuming an older run's state.
+            run.checkpoint_before = await latest(run.thread_key)
+            await self.store.update(run.id, checkpoint_before=run.checkpoint_before)
+        await emit("run_started", {"worker": self.id, "attempt": run.attempts})
+        token = CURRENT.set(attempt)  # the task copies the context: the runnable can report its trace
+        try:
+            invoked = start(
+                agent.invoke, run.agent, input=run.input, thread_id=run.thread_key, context=run.context(),
+                resume=run.resume, recover=recover, emit=emit, checkpoint_before=run.checkpoint_before,
+            )  # fmt: skip
+            task = asyncio.create_task(_awaited(invoked))
+        finally:
+            CURRENT.reset(token)
+        # Cancelled before its first step, the wrapper never awaits `invoked`: close it, so it is
+        # not reported as a coroutine that was never awaited.
+        task.add_done_callback(lambda _: _close(invoked))
+        return task
+
+    async def _finish(self, run: Run, outcome: RunOutcome | None, error: str | None, trace_id: str | None) -> bool:
+        """Record the attempt's end. An outcome the store cannot record (output that does not
+        serialise, say) fails the run instead; if even that fails, the lease expiring hands the
+        run to recovery."""
+        try:
+            return await self.store.finish(run.id, self.id, outcome, error, trace_id=trace_id)
+        except Exception as e:
+            if outcome is None:
+                log.exception("could not record the failure of run %s", run.id)
+                return False
+            problem = describe(e)
+            log.warning("could not record the outcome of run %s: %s", run.id, problem)
+        try:
+            return await self.store.finish(
+                run.id, self.id, None, f"the run's outcome could not be recorded: {problem}", trace_id=trace_id
+            )
+        except Exception:
+            log.exception("could not record the failure of run %s", run.id)
+            return False
 
     async def _keep_lease(self, run: Run, work: asyncio.Task[RunOutcome]) -> str:
         """Heartbeat until `work` ends; cancel it if the lease is lost or a cancel is requested."""
@@ -226,8 +278,26 @@ class Worker:
                 if work.cancelled():
                     return "cancel"
                 return "ok"
-            state = await self.store.heartbeat(run.id, self.id, self.lease_seconds)
+            try:
+                state = await self.store.heartbeat(run.id, self.id, self.lease_seconds)
+            except Exception as e:  # a database blip: try again next beat; a lease that expires meanwhile reads "lost"
+                log.warning("heartbeat for run %s failed: %s", run.id, describe(e))
+                continue
             if state != "ok":
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
                 return state
+
+
+def _close(awaitable: Awaitable[RunOutcome]) -> None:
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()  # a no-op once it has finished
+
+
+async def _awaited(awaitable: Awaitable[RunOutcome]) -> RunOutcome:
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as e:
+        # Raised by code inside a run (a node calling sys.exit()), not by a signal: asyncio would
+        # let it stop the whole server. It fails this run instead.
+        raise RuntimeError(f"the run raised {type(e).__name__}({e})") from e

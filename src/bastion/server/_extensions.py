@@ -219,23 +219,29 @@ def eval_routes(store: Any, runtime: Runtime, home: Path) -> Extension:
 
         @app.post("/v1/evals/datasets/{name}/cases", tags=["evals"], status_code=201)
         async def promote(name: str, body: PromoteRun, principal: Operator) -> dict[str, Any]:
-            from bastion.evals import Case
+            from bastion.evals import Case, trajectory_from_trace
+            from bastion.types import ToolCall
 
             run = await runtime.get_run(body.run_id, tenant=principal.tenant)
             try:
                 expected = Expected.from_dict(body.expected or {})
             except (ValueError, TypeError) as e:  # the caller's `expected` is malformed: a 422, not a 500
                 raise HTTPException(422, f"invalid expected: {e}") from None
-            if body.golden:
+            if body.golden and expected.tool_calls is None:
                 # The reference trajectory is the tool calls the run made, read from its trace.
+                # Content capture may be off (the default): the input is the one stored with the
+                # run, and arguments the trace lacks come from the run's stored tool_call events.
                 if not run.trace_id:
                     raise HTTPException(409, f"run {run.id} has no trace (tracing was off when it ran)")
                 await asyncio.to_thread(store.flush, 2.0)
-                traced = await asyncio.to_thread(
-                    Dataset.from_traces, store, name, trace_ids=[run.trace_id], failed_only=False, golden=True
-                )
-                if traced.cases:
-                    expected.tool_calls = traced.cases[0].expected.tool_calls
+                tree = await asyncio.to_thread(store.get_trace, run.trace_id)
+                if tree is None:
+                    raise HTTPException(409, f"run {run.id}'s trace {run.trace_id} is no longer in the trace store")
+                trajectory = trajectory_from_trace(tree)
+                stored = _stored_arguments(await runtime.store.events(run.id))
+                expected.tool_calls = [
+                    ToolCall(c.name, c.arguments or stored.get(c.id, {})) for c in trajectory.tool_calls
+                ]
             case = Case(input=run.input, expected=expected, metadata={"run_id": run.id, "trace_id": run.trace_id})
             file = path_for(principal.tenant, name)
             dataset = Dataset.from_jsonl(file) if file.exists() else Dataset(name)
@@ -247,3 +253,13 @@ def eval_routes(store: Any, runtime: Runtime, home: Path) -> Extension:
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _stored_arguments(events: list[tuple[int, str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Tool call id -> arguments, from a run's `tool_call` events (`{"call": {"id", "arguments"}}`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, kind, data in events:
+        call = data.get("call") if kind == "tool_call" else None
+        if isinstance(call, dict) and isinstance(call.get("id"), str) and isinstance(call.get("arguments"), dict):
+            out[call["id"]] = call["arguments"]
+    return out
