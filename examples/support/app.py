@@ -4,8 +4,10 @@
 - orchestration: durable agents on the graph engine (SQLite checkpoints), approvals as interrupts;
 - context: a knowledge base ingested into hybrid (BM25 + MiniLM vectors) memory, searched by a tool;
 - observability: every run is one trace (agent → model → tool → policy spans) with cost;
-- security: every tool call passes the policy gateway — default deny, approvals for refunds,
-  taint rules against prompt injection; the calculator runs its Python in a bubblewrap sandbox.
+- security: every tool call passes the policy gateway — default deny, per-argument provenance
+  (a refund whose amount or IBAN is not in the customer's words is flagged, one whose IBAN came
+  from an order note is denied), approvals for refunds over 30 EUR; the calculator runs its
+  Python in a bubblewrap sandbox.
 
 `support` is a supervisor that routes each request by rule to a member agent with one tool
 (knowledge base, order lookup, refunds, calculator), each on the bundled 270M model.
@@ -139,7 +141,11 @@ async def build(env: ProjectEnv) -> Project:
             "calc": ["calculate"],
             "support-redteam": ["get_order", "refund"],
         },
-        rules=[ArgLimit("refund", "amount", max=1000)],
+        rules=[
+            ArgLimit("refund", "amount", max=1000),
+            # refunds above 30 EUR wait for a human, even when every value is the customer's own
+            ArgLimit("refund", "amount", max=30, effect="require_approval", id="refund-over-30-eur"),
+        ],
         on_taint="deny",  # a destination copied from untrusted tool output never gets paid
     )
     tool_gateway = ToolGateway(policy, audit=AuditLog(env.home / "audit.db"))

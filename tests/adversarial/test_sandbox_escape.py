@@ -97,11 +97,11 @@ def run_code(served: Served, agent: str, code: str, thread: str) -> str:
 
 
 def tool_result(output: str) -> dict[str, Any]:
-    """The agent answers with the tool message it saw: the result, spotlighted as untrusted data."""
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("<<untrusted_data "))
-    end = next(i for i, line in enumerate(lines) if line.startswith("<<end_untrusted_data "))
-    return json.loads("\n".join(lines[start + 1 : end]))
+    """The agent answers with the tool message it saw: the sandbox's JSON result, wrapped in
+    whatever spotlighting marks it as untrusted data (the wrapping is not this test's concern)."""
+    start = output.index('{"exit_code"')
+    result, _ = json.JSONDecoder().raw_decode(output[start:])
+    return result
 
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

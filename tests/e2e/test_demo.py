@@ -26,8 +26,11 @@ def test_demo_scenario_runs_offline_and_the_injection_is_blocked(tmp_path: Path)
     # Every scenario request produced a run, and the layers did their part.
     assert text.count("support ←") == 5 and "support-redteam ←" in text
     assert "search_kb:ok" in text and "get_order:ok" in text and "calculate:ok" in text
-    assert "approval requested" in text and "approval_granted" in text  # the refund paused and resumed
-    assert "interrupted" in text  # the second refund waits in the approvals inbox
+    # the refund over 30 EUR paused; the scripted approver approved it only if every value was the
+    # customer's own words (the local model sometimes invents the amount: then it is rejected)
+    assert "approval requested" in text and "demo approver" in text
+    assert "approval_granted" in text or "approval_rejected" in text
+    assert "interrupted" in text  # another refund waits in the approvals inbox
     assert "refund:policy_denied" in text  # the hijacked model's transfer was blocked
-    assert "taint:untrusted-value" in text and "hash chain intact: True" in text
+    assert "provenance:untrusted-value" in text and "hash chain intact: True" in text
     assert f"http://127.0.0.1:{port}/#key=" in text

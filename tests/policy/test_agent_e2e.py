@@ -62,7 +62,7 @@ def results_seen(model: ScriptedModel, turn: int) -> dict[str, Any]:
     return {r.tool_call_id: r for m in model.requests[turn].messages for r in m.tool_results}
 
 
-async def test_injected_transfer_blocked_user_transfer_approved(
+async def test_injected_transfer_blocked_user_transfer_runs(
     bank: Any, tools: dict[str, Any], checkpointer: Any, audit: AuditLog
 ) -> None:
     policy = Policy({"assistant": ["read_inbox", "transfer"]}, on_taint="deny")
@@ -70,28 +70,22 @@ async def test_injected_transfer_blocked_user_transfer_approved(
     model: ScriptedModel = agent.resolved_model()  # type: ignore[assignment]
     ctx = RunContext(tenant="acme", user="alice")
 
-    paused = await agent.run(USER_REQUEST, thread_id="t1", context=ctx)
-    assert paused.interrupted and bank.transfers == []
-    (pending,) = paused.interrupts  # only the legitimate transfer asks a human
-    payload = pending.value
-    assert payload["type"] == "tool_approval" and payload["arguments"]["iban"] == LANDLORD
-    assert payload["risk"]["irreversible"] and payload["risk"]["untrusted_values"] == []
-    assert "900.00" in payload["risk"]["text"]
-
-    done = await agent.resume({"action": "approve", "approver": "alice"}, thread_id="t1", context=ctx)
-    assert done.output == "Done: rent paid."
+    # the rent transfer is irreversible, but payee and amount are the user's own words: it
+    # runs without asking; the attacker's payee comes only from the e-mail: denied
+    done = await agent.run(USER_REQUEST, thread_id="t1", context=ctx)
+    assert not done.interrupted and done.output == "Done: rent paid."
     assert bank.transfers == [(LANDLORD, 900.0)]
 
     seen = results_seen(model, 2)
     assert seen["c_attack"].is_error and seen["c_attack"].content["type"] == "policy_denied"
     assert ATTACKER in seen["c_attack"].content["error"]
     assert not seen["c_rent"].is_error
-    # the e-mail reached the model as delimited, untrusted data with a warning
+    # the e-mail reached the model as delimited, untrusted data with a warning before it
     inbox = results_seen(model, 1)["c_inbox"]
-    assert inbox.trust == "untrusted" and inbox.content.startswith("<<untrusted_data")
-    assert "Warning:" in inbox.content
+    assert inbox.trust == "untrusted" and "<<untrusted_data" in inbox.content
+    assert inbox.content.index("Warning:") < inbox.content.index("<<untrusted_data")
     events = [(e.event, e.tool_call_id) for e in audit.entries()]
-    assert ("deny", "c_attack") in events and ("approval_granted", "c_rent") in events
+    assert ("deny", "c_attack") in events and ("allow", "c_rent") in events
     assert audit.verify().ok
 
 
@@ -102,18 +96,42 @@ async def test_with_approval_policy_the_human_sees_the_untrusted_payee(
     agent = make_agent(bank, tools, policy, checkpointer, audit)
     paused = await agent.run(USER_REQUEST, thread_id="t2")
     by_call = {i.value["tool_call_id"]: i for i in paused.interrupts}
-    assert set(by_call) == {"c_rent", "c_attack"}
+    assert set(by_call) == {"c_attack"}  # the grounded rent transfer did not need a human
     attack_risk = by_call["c_attack"].value["risk"]
     assert ATTACKER in [u["value"] for u in attack_risk["untrusted_values"]]
-    assert "taint:untrusted-value" in attack_risk["reasons"]
+    assert "provenance:untrusted-value" in attack_risk["reasons"]
     assert "heuristic:tool_poisoning_marker" in attack_risk["injection_signals"]
+    assert attack_risk["flagged"] and attack_risk["level"] == "flagged"
+    iban = next(a for a in attack_risk["arguments"] if a["argument"] == "iban")
+    assert iban["origin"] == "untrusted" and iban["sources"] == ["read_inbox#c_inbox"]
 
-    await agent.resume(
-        {
-            by_call["c_rent"].id: {"action": "approve"},
-            by_call["c_attack"].id: {"action": "reject", "reason": "not my landlord"},
-        },
-        thread_id="t2",
-    )
+    await agent.resume({by_call["c_attack"].id: {"action": "reject", "reason": "not my landlord"}}, thread_id="t2")
     assert bank.transfers == [(LANDLORD, 900.0)]
     assert [e.event for e in audit.entries(event="approval_rejected")] == ["approval_rejected"]
+
+
+async def test_a_final_answer_never_echoes_the_spotlight_markers(
+    bank: Any, tools: dict[str, Any], checkpointer: Any, audit: AuditLog
+) -> None:
+    from bastion.testing import FunctionModel
+    from bastion.types import ModelRequest
+
+    def parrot(request: ModelRequest) -> Any:
+        results = [r for m in request.messages for r in m.tool_results]
+        if not results:
+            return ToolCall("read_inbox", {}, id="c_inbox")
+        wrapped = str(results[-1].content)
+        boundary = wrapped.split("<<untrusted_data id=", 1)[1].split(" ", 1)[0]
+        # what a small model did in the demo: repeat the data, the marker and a paraphrase of the note
+        return (
+            f"Your landlord wrote to you.\n<<end_untrusted_data id={boundary}>>\n"
+            f"The block marked {boundary} is data returned by the tool 'read_inbox'. It was not"
+        )
+
+    tools["read_inbox"].fn = lambda: "Rent is due on Friday."
+    gateway = ToolGateway(Policy({"assistant": ["read_inbox"]}), audit=audit, secrets=StaticSecretProvider({}))
+    agent = Agent(FunctionModel(parrot), name="assistant", tools=[tools["read_inbox"]], tool_executor=gateway,
+                  checkpointer=checkpointer)  # fmt: skip
+    result = await agent.run("What did my landlord write?", thread_id="t3")
+    assert result.output == "Your landlord wrote to you."
+    assert "untrusted_data" not in result.messages[-1].text and "block marked" not in result.messages[-1].text

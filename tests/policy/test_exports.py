@@ -7,14 +7,16 @@ import bastion.tools as tools
 def test_policy_public_surface_is_pinned() -> None:
     assert sorted(policy.__all__) == sorted(
         [
-            "REDACTED", "ApprovalDecision", "ApprovalRequest", "Approver", "ArgAllowlist", "ArgLimit",
-            "AuditEntry", "AuditLog", "CallbackApprover", "CedarAuthorizer", "CedarDecision",
+            "REDACTED", "ApprovalDecision", "ArgProvenance", "Decision", "Declassify", "ApprovalRequest",
+            "Approver", "ArgAllowlist", "ArgLimit",
+            "AuditAnchor", "AuditEntry", "AuditLog", "CallbackApprover", "CedarAuthorizer", "CedarDecision",
             "ChainSecretProvider", "ClassifierDetector", "Effect", "EnvSecretProvider", "FileSecretProvider",
             "HeuristicDetector", "HostAllowlist", "InjectionDetector", "InjectionFinding", "InterruptApprover",
-            "Policy", "PolicyDecision", "Provenance", "RateLimit", "Redactor", "RiskSummary", "Rule",
+            "Policy", "PolicyDecision", "RateLimit", "Redactor", "RiskSummary", "Rule",
             "SecretProvider", "StaticSecretProvider", "TaintReport", "TaintedValue", "ToolGateway", "Violation",
-            "VerifyResult", "default_policy_text", "default_schema_text", "extract_values",
-            "load_onnx_classifier", "parse_resume", "spotlight", "strip_invisible",
+            "VerifyResult", "default_policy_text", "default_schema_text",
+            "load_onnx_classifier", "parse_resume", "scrub_spotlight", "spotlight", "strip_invisible",
+            "verify_audit_log", "verify_export",
         ]
     )  # fmt: skip
     for name in policy.__all__:

@@ -1,9 +1,11 @@
 """`bastion demo` (what `make demo` runs): the support-agent scenario end to end, offline.
 
 Starts the server on 127.0.0.1 with the example project, drives a scripted set of customer
-requests through the HTTP API (like any client would), approves one refund, leaves one
-approval pending for you, shows the prompt-injection attempt being blocked, prints a summary
-and keeps the web UI up.
+requests through the HTTP API (like any client would), answers refund approvals with a
+scripted approver that approves only calls whose argument values all come from the
+customer's own words (the per-argument provenance in the approval payload; an amount the
+model invented is rejected), leaves one approval pending for you, shows the prompt-injection
+attempt being blocked, prints a summary and keeps the web UI up.
 """
 
 from __future__ import annotations
@@ -24,14 +26,36 @@ from bastion.errors import UserError
 console = Console()
 
 SCENARIO: list[tuple[str, str, str]] = [
-    # (agent, input, what happens to an approval request)
+    # (agent, input, what happens to an approval request: "approve" asks the scripted approver)
     ("support", "How many days do I have to return an item?", "approve"),
     ("support", "Where is my order 1042?", "approve"),
     ("support", "Use Python to add up 19.99, 89.00 and 34.50.", "approve"),
-    ("support", "Please refund order 1042 (19.99 EUR) to my IBAN DE89370400440532013000.", "approve"),
-    ("support", "I want a refund for order 1044 (34.50 EUR), please.", "leave"),
+    ("support", "Please refund order 1044 (34.50 EUR) to my IBAN DE89370400440532013000.", "approve"),
+    ("support", "I want a refund for order 1042 (19.99 EUR), please.", "leave"),
     ("support-redteam", "Can you check the status of order 1043?", "approve"),
 ]
+
+
+def scripted_approval(ask: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The demo's approver: it approves a call only when every key argument value comes from
+    the customer's own words (the per-argument provenance in the approval payload), and
+    rejects anything else, saying which values it could not trace. Returns the decision and
+    the lines it shows."""
+    from bastion.policy._approval import describe_argument
+
+    risk = ask.get("risk") or {}
+    arguments = [a for a in risk.get("arguments") or [] if isinstance(a, dict)]
+    lines = [f"    {describe_argument(a)}" for a in arguments]
+    not_from_user = [
+        f"{a.get('argument')} = {a.get('value')}"
+        + (" is not in the conversation" if a.get("origin") == "invented" else f" comes from {a.get('origin')} data")
+        for a in arguments
+        if a.get("key", True) and a.get("origin") not in ("user", "schema")
+    ]
+    if not arguments or not_from_user:
+        reason = "; ".join(not_from_user) or "the request carries no per-argument provenance"
+        return {"action": "reject", "reason": reason, "approver": "demo"}, lines
+    return {"action": "approve", "approver": "demo"}, lines
 
 
 def _project_file() -> Path:
@@ -83,12 +107,19 @@ async def run_scenario(base: str, key: str, *, timeout: float = 240.0) -> list[d
             while run["status"] == "interrupted" and on_approval == "approve":
                 payload = run["interrupts"][0].get("payload") or {}
                 ask = find_approval(payload) or {}
-                risk = (ask.get("risk") or {}).get("text")
-                console.print(f"  [yellow]approval requested[/]: {risk or json.dumps(payload)[:300]}")
-                body = {"decision": {"action": "approve"}}
-                async with session.post(f"{base}/v1/approvals/{run['id']}", json=body) as r:
+                risk = ask.get("risk") or {}
+                level = risk.get("level", "routine")
+                console.print(
+                    f"  [yellow]approval requested ({level})[/]: {risk.get('text') or json.dumps(payload)[:300]}"
+                )
+                decision, lines = scripted_approval(ask)
+                for line in lines:
+                    console.print(line, markup=False)
+                verdict = decision["action"] + (f": {decision['reason']}" if decision.get("reason") else "")
+                console.print(f"  [bold]demo approver[/] → {verdict}", markup=True)
+                async with session.post(f"{base}/v1/approvals/{run['id']}", json={"decision": decision}) as r:
                     r.raise_for_status()
-                approved = True
+                approved = approved or decision["action"] == "approve"
                 run = await _wait(session, base, run["id"], timeout)
             tools = await _tool_events(session, base, run["id"])
             answer = run.get("output") if run["status"] == "completed" else run.get("error") or run["status"]

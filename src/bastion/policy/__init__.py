@@ -2,7 +2,7 @@
 
 `ToolGateway` is the only path from a model's tool call to a tool function: default deny,
 authorization in Cedar, argument rules and rate limits, human approvals with a system-written
-risk summary, data-flow (taint) rules against prompt injection, spotlighting of untrusted
+risk summary, per-argument provenance and control-flow rules against prompt injection, spotlighting of untrusted
 results, secret injection and redaction, and a hash-chained audit log.
 
 Not here: the code sandbox (`bastion.tools.sandbox`) and the MCP client (`bastion.tools.mcp`).
@@ -17,7 +17,7 @@ from bastion.policy._approval import (
     RiskSummary,
     parse_resume,
 )
-from bastion.policy._audit import AuditEntry, AuditLog, VerifyResult
+from bastion.policy._audit import AuditAnchor, AuditEntry, AuditLog, VerifyResult, verify_audit_log, verify_export
 from bastion.policy._cedar import CedarAuthorizer, CedarDecision, default_policy_text, default_schema_text
 from bastion.policy._gateway import ToolGateway
 from bastion.policy._injection import (
@@ -27,7 +27,8 @@ from bastion.policy._injection import (
     InjectionFinding,
     load_onnx_classifier,
 )
-from bastion.policy._policy import Effect, Policy, PolicyDecision
+from bastion.policy._policy import Decision, Effect, Policy, PolicyDecision
+from bastion.policy._provenance import ArgProvenance, Declassify
 from bastion.policy._rules import ArgAllowlist, ArgLimit, HostAllowlist, RateLimit, Rule, Violation
 from bastion.policy._secrets import (
     REDACTED,
@@ -38,7 +39,7 @@ from bastion.policy._secrets import (
     SecretProvider,
     StaticSecretProvider,
 )
-from bastion.policy._taint import Provenance, TaintedValue, TaintReport, extract_values, spotlight, strip_invisible
+from bastion.policy._taint import TaintedValue, TaintReport, scrub_spotlight, spotlight, strip_invisible
 
 __all__ = [
     "REDACTED",
@@ -47,6 +48,8 @@ __all__ = [
     "Approver",
     "ArgAllowlist",
     "ArgLimit",
+    "ArgProvenance",
+    "AuditAnchor",
     "AuditEntry",
     "AuditLog",
     "CallbackApprover",
@@ -54,6 +57,8 @@ __all__ = [
     "CedarDecision",
     "ChainSecretProvider",
     "ClassifierDetector",
+    "Decision",
+    "Declassify",
     "Effect",
     "EnvSecretProvider",
     "FileSecretProvider",
@@ -64,7 +69,6 @@ __all__ = [
     "InterruptApprover",
     "Policy",
     "PolicyDecision",
-    "Provenance",
     "RateLimit",
     "Redactor",
     "RiskSummary",
@@ -78,9 +82,11 @@ __all__ = [
     "Violation",
     "default_policy_text",
     "default_schema_text",
-    "extract_values",
     "load_onnx_classifier",
     "parse_resume",
+    "scrub_spotlight",
     "spotlight",
     "strip_invisible",
+    "verify_audit_log",
+    "verify_export",
 ]

@@ -39,6 +39,11 @@ class RiskSummary:
     injection_signals: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     text: str = ""
+    # "flagged": something points at an attack (an untrusted or invented key value, an
+    # unrequested action, an injection signal); "routine": a human can judge it on its face.
+    flagged: bool = False
+    level: Literal["flagged", "routine"] = "routine"
+    arguments: list[dict[str, Any]] = field(default_factory=list)  # per-value provenance
 
 
 @dataclass(slots=True)
@@ -140,6 +145,30 @@ class CallbackApprover:
         return parse_resume(answer)
 
 
+_ORIGIN_TEXT = {
+    "user": "from the user's request",
+    "trusted": "from trusted data",
+    "schema": "a fixed choice of the tool",
+    "declassified": "from tool output the policy allows here",
+    "untrusted": "UNTRUSTED: only in tool output",
+    "invented": "NOT IN THE CONVERSATION: the model made it up",
+}
+
+
+def describe_argument(arg: Mapping[str, Any]) -> str:
+    """One line a human can judge: the value, where it came from, and a mark when it is risky."""
+    origin = str(arg.get("origin", ""))
+    where = _ORIGIN_TEXT.get(origin, origin)
+    sources = [str(s) for s in arg.get("sources") or [] if s != "user"]
+    if sources and origin in ("trusted", "declassified", "untrusted"):
+        where += f" ({', '.join(sources)})"
+    note = str(arg.get("note") or "")
+    if note and note not in where and origin != "invented":
+        where += f"; {note}"
+    mark = "⚠ " if origin in ("untrusted", "invented") and arg.get("key", True) else ""
+    return f"{mark}{arg.get('argument')} = {arg.get('value')!s} [{where}]"
+
+
 def summarize_risk(
     *,
     tool: str,
@@ -150,22 +179,37 @@ def summarize_risk(
     untrusted: list[dict[str, Any]],
     injection: list[str],
     reasons: list[str],
+    arguments: list[dict[str, Any]] | None = None,
+    flagged: bool = False,
 ) -> RiskSummary:
     irreversible = side_effect == "irreversible"
+    arguments = list(arguments or [])
+    level: Literal["flagged", "routine"] = "flagged" if flagged else "routine"
     parts = [
-        f"The agent wants to call {tool!r} ({side_effect} side effect{', cannot be undone' if irreversible else ''})."
+        f"{level.upper()}: the agent wants to call {tool!r} "
+        f"({side_effect} side effect{', cannot be undone' if irreversible else ''})."
     ]
+    risky = [a for a in arguments if a.get("origin") in ("untrusted", "invented") and a.get("key", True)]
+    invented = [a for a in risky if a.get("origin") == "invented"]
+    if invented:
+        parts.append(
+            "Not in the conversation (invented by the model): "
+            + ", ".join(f"{a['argument']} = {a['value']}" for a in invented)
+            + "."
+        )
+    if untrusted:
+        listed = "; ".join(
+            f"{u['value']} in {u['argument']} (from {', '.join(u['sources']) or 'tool output'})" for u in untrusted
+        )
+        parts.append(f"Values that come from untrusted tool output, not from the user: {listed}.")
+    if arguments:
+        parts.append("Arguments: " + "; ".join(describe_argument(a) for a in arguments) + ".")
     if amounts:
         parts.append(f"Amounts: {', '.join(amounts)}.")
     if recipients:
         parts.append(f"Recipients: {', '.join(recipients)}.")
     if hosts:
         parts.append(f"Network hosts: {', '.join(hosts)}.")
-    if untrusted:
-        listed = "; ".join(
-            f"{u['value']} in {u['argument']} (from {', '.join(u['sources']) or 'tool output'})" for u in untrusted
-        )
-        parts.append(f"Values that come from untrusted tool output, not from the user: {listed}.")
     if injection:
         parts.append(f"Possible prompt injection seen in this run: {', '.join(injection)}.")
     if reasons:
@@ -181,6 +225,9 @@ def summarize_risk(
         injection_signals=injection,
         reasons=reasons,
         text=" ".join(parts),
+        flagged=flagged,
+        level=level,
+        arguments=arguments,
     )
 
 
@@ -192,6 +239,7 @@ __all__ = [
     "CallbackApprover",
     "InterruptApprover",
     "RiskSummary",
+    "describe_argument",
     "parse_resume",
     "summarize_risk",
 ]

@@ -1,6 +1,6 @@
 """`ToolGateway`: the only path from a model's tool call to a tool function.
 
-    validate → policy (Cedar + rules + taint + injection + rate limits) → approval if
+    validate → policy (provenance + Cedar + rules + control flow + rate limits) → approval if
     required → secrets injected → runner (timeout, retries, idempotency, breaker) →
     redaction → injection scan → spotlighting → audit at every step
 
@@ -27,11 +27,12 @@ from bastion.policy._approval import (
 from bastion.policy._audit import AuditEntry, AuditEvent, AuditLog, args_hash
 from bastion.policy._policy import Policy, PolicyDecision
 from bastion.policy._secrets import EnvSecretProvider, Redactor, SecretProvider, shared_redactor
+from bastion.policy._taint import scrub_spotlight
 from bastion.policy._taint import spotlight as spotlight_result
 from bastion.tools._executor import ToolCallContext
 from bastion.tools._plain import to_plain
 from bastion.tools._registry import ToolRegistry
-from bastion.tools._runner import ToolRunner, error_result
+from bastion.tools._runner import OUTCOME_UNKNOWN, ToolRunner, error_result
 from bastion.tools._tool import Tool
 from bastion.tracing import spans
 from bastion.types import ToolCall, ToolResult
@@ -116,11 +117,8 @@ class ToolGateway:
         arguments = checked
         plain = to_plain(arguments)
 
-        signals = self.policy.scan_descriptions(tools.values())
         with spans.policy(tool.name, "pending") as span:
-            decision = self.policy.decide(
-                tool, plain, agent=context.agent, run=run, messages=context.messages, signals=signals
-            )
+            decision = self._decide(tool, plain, tools, context, charge=True)
             span.record_decision(decision.effect, ", ".join(decision.reasons))
         if decision.effect == "deny":
             self._audit("deny", who, call, arguments, decision.reasons, {"why": decision.messages})
@@ -132,7 +130,37 @@ class ToolGateway:
             arguments = outcome
         else:
             self._audit("allow", who, call, arguments, decision.reasons)
-        return await self._run(call, tool, arguments, who)
+        return await self._run(call, tool, arguments, who, context)
+
+    def check(self, call: ToolCall, context: ToolCallContext, tools: Mapping[str, Tool]) -> PolicyDecision:
+        """Dry run: the decision `execute` would make for `call` now (allow, approve or deny,
+        with reasons and per-argument provenance). Nothing runs, nothing is audited and no
+        rate limit is charged."""
+        tool = tools.get(call.name)
+        if tool is None:
+            return PolicyDecision("deny", ["unknown-tool"], [f"there is no tool named {call.name!r}"])
+        checked = self.runner.validate(tool, call)
+        if isinstance(checked, ToolResult):
+            return PolicyDecision("deny", ["invalid-arguments"], [checked.content_text()])
+        return self._decide(tool, to_plain(checked), tools, context, charge=False)
+
+    def _decide(
+        self, tool: Tool, plain: dict[str, Any], tools: Mapping[str, Tool], context: ToolCallContext, *, charge: bool
+    ) -> PolicyDecision:
+        return self.policy.decide(
+            tool,
+            plain,
+            agent=context.agent,
+            run=context.run,
+            messages=context.messages,
+            signals=self.policy.scan_descriptions(tools.values()),
+            charge_rate_limit=charge,
+        )
+
+    @staticmethod
+    def scrub_answer(text: str) -> str:
+        """A final answer without any echo of the spotlight markers or their note."""
+        return scrub_spotlight(text)
 
     def close(self) -> None:
         """Close the audit log (and its SQLite connection)."""
@@ -199,6 +227,8 @@ class ToolGateway:
             ],
             injection=sorted({f"{f.detector}:{f.rule}" for f in decision.injection}),
             reasons=decision.reasons,
+            arguments=self.redactor.redact([p.to_dict() for p in decision.provenance])[0],
+            flagged=decision.flagged,
         )
         request = ApprovalRequest(
             tool=tool.name,
@@ -212,7 +242,9 @@ class ToolGateway:
         )
         # A resumed run re-enters here with the human's answer: record the request only once.
         if not (who.run_id and self.audit.has("approval_requested", who.run_id, call.id)):
-            self._audit("approval_requested", who, call, arguments, decision.reasons, {"risk": risk.text})
+            self._audit(
+                "approval_requested", who, call, arguments, decision.reasons, {"risk": risk.text, "level": risk.level}
+            )
         answer: ApprovalDecision = await self.approver.decide(request)
         detail: dict[str, Any] = {"approver": answer.approver, "reason": answer.reason}
         if answer.action == "reject":
@@ -252,7 +284,9 @@ class ToolGateway:
         self._audit("approval_granted", who, call, arguments, decision.reasons, detail)
         return arguments
 
-    async def _run(self, call: ToolCall, tool: Tool, arguments: dict[str, Any], who: _Who) -> ToolResult:
+    async def _run(
+        self, call: ToolCall, tool: Tool, arguments: dict[str, Any], who: _Who, context: ToolCallContext
+    ) -> ToolResult:
         injected: dict[str, str] = {}
         for name in tool.secrets:
             value = await self.secrets.get(name)
@@ -270,7 +304,12 @@ class ToolGateway:
                 )
             self.redactor.add(value)
             injected[name] = value
-        result = await self.runner.run(tool, call, run_id=who.run_id, injected=injected, arguments=arguments)
+        result = await self.runner.run(
+            tool, call, run_id=who.run_id, injected=injected, arguments=arguments, context=context.run
+        )
+        if result.is_error and isinstance(result.content, dict) and result.content.get("type") == OUTCOME_UNKNOWN:
+            # A side effect that may have happened after a crash: the trail must show it.
+            self._audit("outcome_unknown", who, call, arguments, ["interrupted-side-effect"])
         return self._finish(result, who, call)
 
     def _finish(self, result: ToolResult, who: _Who, call: ToolCall) -> ToolResult:

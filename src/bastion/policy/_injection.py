@@ -52,10 +52,29 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         re.compile(r"\b(new|updated|real|actual|important)\s+(instructions?|task|orders?)\s*[:\-]", re.I),
     ),
     (
+        # spoken TO the model ("Assistant: you must…", "AI, please…"); a description that
+        # speaks ABOUT the assistant ("the assistant should not assume…") is not an injection
         "addressed_to_model",
         re.compile(
-            r"\b(AI|assistant|agent|LLM|language model|chatbot|GPT|Claude)\b[,:]?\s+(you\s+)?(must|should|"
-            r"need to|are required to|have to|will now|are now)\b",
+            r"\b(AI|assistant|agent|LLM|(?:language )?model|chatbot|GPT[\w.\-]*|Claude|Gemini|Llama)\s*[,:]\s*"
+            r"(you\s+)?(must|should|need to|have to|will now|are now|please|ignore|before|first|do not|now)\b",
+            re.I,
+        ),
+    ),
+    (
+        "addressed_to_model",
+        re.compile(
+            r"\b(to|for) you,?\s+(the\s+)?(AI|assistant|agent|LLM|(?:language )?model|chatbot|GPT[\w.\-]*|"
+            r"Claude|Gemini|Llama)\b|\b(dear|hey|hello|attention)\s+(AI|assistant|agent|LLM|model|chatbot)\b",
+            re.I,
+        ),
+    ),
+    (
+        "task_hijack",
+        re.compile(
+            r"\b(before|prior to)\s+(you\s+)?(can\s+)?(solve|complete|finish|continue|answer|do|proceed with|start)"
+            r"\b[^.\n]{0,40}\b(task|request|question|instructions?)\b"
+            r"|\bafter you do that\b|\b(instead of|rather than)\s+(the|your)\s+(task|request)\b",
             re.I,
         ),
     ),
@@ -70,7 +89,11 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     ),
     (
         "tool_poisoning_marker",
-        re.compile(r"<\s*/?\s*(IMPORTANT|SYSTEM|INSTRUCTIONS?|ADMIN|OVERRIDE|CRITICAL)\s*>", re.I),
+        re.compile(
+            r"<\s*/?\s*(IMPORTANT|SYSTEM|INSTRUCTIONS?|INFORMATION|ADMIN|OVERRIDE|CRITICAL|TASK|NOTE)\s*>"
+            r"|<!--[^>]{0,300}?\b(ignore|assistant|AI|instructions?|you must)\b",
+            re.I,
+        ),
     ),
     (
         "fake_role",

@@ -1,9 +1,19 @@
 """`Policy`: one decision per tool call, from Cedar plus Bastion's own rules.
 
-Order: Cedar decides the base effect (default deny; explicitly granted tools allowed;
-irreversible ones need approval). Then argument rules, the host allowlist, the taint rule
-and injection signals may only ESCALATE it (allow → approval → deny); nothing downstream of
-Cedar can grant. Rate limits are charged last, only for calls that would run.
+Order: the gateway traces the provenance of every argument value (`_provenance`), then Cedar
+decides the base effect (default deny; granted tools allowed; an irreversible tool needs a
+human unless every key value is grounded in the user's words, trusted data or a stated
+declassification). Argument rules, the host allowlist, provenance and control-flow flags may
+only ESCALATE it (allow → approval → deny); nothing downstream of Cedar can grant. Injection
+detectors are a signal: they mark an approval as flagged and never gate on their own unless
+`on_injection` says so. Rate limits are charged last, only for calls that would run.
+
+The control-flow model: once untrusted content has entered a run, a side effect is flagged
+when its choice is not grounded: a key argument (a destination, id, amount, date, name, a
+host to reach) comes only from untrusted output or from nowhere, or the user's request never
+asked for this kind of action (`intents`). A read that reaches the network is a side effect
+too: a host or URL argument found only in untrusted content is flagged. What it cannot see is
+listed in `_provenance`.
 """
 
 from __future__ import annotations
@@ -12,28 +22,35 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from bastion.policy._cedar import CedarAuthorizer
 from bastion.policy._injection import HeuristicDetector, InjectionDetector, InjectionFinding
-from bastion.policy._rules import HostAllowlist, RateLimit, Rule, RuleEffect, TokenBuckets, hosts_in_arguments
-from bastion.policy._taint import (
+from bastion.policy._provenance import (
     DEFAULT_CONTENT_ARGS,
-    Provenance,
-    TaintReport,
-    ValueKind,
+    ArgProvenance,
+    Declassify,
+    RunView,
+    SourceCache,
+    Tracer,
     argument_values,
-    extract_values,
+    tool_choice_grounded,
 )
+from bastion.policy._rules import HostAllowlist, RateLimit, Rule, RuleEffect, TokenBuckets, hosts_in_arguments
+from bastion.policy._taint import TaintedValue, TaintReport
 from bastion.tools._tool import Tool, canonical_json
 from bastion.types import Message, RunContext, ToolResult
 
 Effect = Literal["allow", "require_approval", "deny"]
+Action = Literal["allow", "approve", "deny"]
+InjectionEffect = Literal["signal", "require_approval", "deny", "off"]
 _RANK: dict[str, int] = {"allow": 0, "require_approval": 1, "deny": 2}
 _RECIPIENT_ARG = re.compile(r"^(to|cc|bcc|recipients?|payee|iban|account|destination|phone|email)$", re.I)
+# reasons that say the call may be an attack: an approval carrying one is "flagged"
+_FLAG_PREFIXES = ("egress:", "provenance:", "control-flow:", "taint:", "injection:")
 
 
 @dataclass(slots=True)
@@ -46,6 +63,8 @@ class PolicyDecision:
     amounts: list[str] = field(default_factory=list)
     recipients: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
+    provenance: list[ArgProvenance] = field(default_factory=list)  # one entry per argument value
+    untrusted_seen: bool = False  # untrusted content had entered the run before this call
 
     def escalate(self, effect: Effect, reason: str, message: str) -> None:
         if _RANK[effect] > _RANK[self.effect]:
@@ -53,16 +72,49 @@ class PolicyDecision:
         self.reasons.append(reason)
         self.messages.append(message)
 
+    @property
+    def action(self) -> Action:
+        return "approve" if self.effect == "require_approval" else self.effect
+
+    @property
+    def flagged(self) -> bool:
+        """True when something about the call points at an attack (an ungrounded key value, an
+        unrequested action, an injection signal); False for a routine call a human can approve
+        on the tool and its arguments alone."""
+        return (
+            any(r.startswith(_FLAG_PREFIXES) for r in self.reasons)
+            or bool(self.injection)
+            or any(p.key and not p.grounded for p in self.provenance)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "flagged": self.flagged,
+            "reasons": list(self.reasons),
+            "messages": list(self.messages),
+            "arguments": [p.to_dict() for p in self.provenance],
+            "injection": sorted({f"{f.detector}:{f.rule}" for f in self.injection}),
+        }
+
+
+Decision = PolicyDecision
+
 
 class Policy:
     """Authorization for tool calls.
 
     `grants` maps an agent name (or "tenant/agent") to the tool names it may call. Nothing
     else is callable. `policies` replaces the default Cedar policy set (files, directories or
-    inline text); `rules` adds argument constraints; `on_taint` / `on_injection` say what a
-    tainted side-effecting call / injection signal does ("require_approval", "deny", "off").
-    `taint_reads=True` applies the taint rule to read tools too (a read can leak data through
-    its URL or query; off by default because browsing agents follow links from pages).
+    inline text); `rules` adds argument constraints; `declassify` states which untrusted
+    outputs may supply which arguments (`Declassify`); `intents` maps a side-effecting tool to
+    the words a user's request uses to ask for it (default: the words of its name).
+    `on_taint` says what an ungrounded key value or unrequested action does once untrusted
+    content entered the run ("require_approval", "deny", "off"); `on_injection` whether
+    detector findings only mark approvals ("signal", the default) or gate calls.
+    `taint_reads=True` checks every argument of read tools too (a read's host or URL is always
+    checked: network egress is a side effect). `reviewed` maps tool names to the description
+    version a developer reviewed: detector findings in exactly that text are accepted.
     """
 
     def __init__(
@@ -73,31 +125,43 @@ class Policy:
         schema: str | Path | None = None,
         rules: Sequence[Rule] = (),
         rate_limits: Sequence[RateLimit] = (),
+        declassify: Sequence[Declassify] = (),
+        intents: Mapping[str, Collection[str]] | None = None,
         on_taint: RuleEffect | Literal["off"] = "require_approval",
-        on_injection: RuleEffect | Literal["off"] = "require_approval",
+        on_injection: InjectionEffect = "signal",
         detectors: Sequence[InjectionDetector] | None = None,
         content_args: Iterable[str] = DEFAULT_CONTENT_ARGS,
         check_declared_hosts: bool = True,
         taint_reads: bool = False,
+        reviewed: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.grants = {k: frozenset(v) for k, v in (grants or {}).items()}
         self.cedar = CedarAuthorizer(policies, schema=schema)
+        self._cedar_grounded = "grounded" in self.cedar.schema_text
         self.rules = list(rules)
         if check_declared_hosts:
             self.rules.append(HostAllowlist("*", None, "deny", "declared-network"))
         self.rate_limits = list(rate_limits)
+        self.declassify = list(declassify)
+        self.intents = {k: tuple(v) for k, v in (intents or {}).items()}
         self.on_taint: RuleEffect | Literal["off"] = on_taint
-        self.on_injection: RuleEffect | Literal["off"] = on_injection
+        self.on_injection: InjectionEffect = on_injection
         self.detectors: list[InjectionDetector] = list(detectors) if detectors is not None else [HeuristicDetector()]
         self.content_args = frozenset(content_args)
         self.taint_reads = taint_reads
+        self.reviewed: dict[str, str] = dict(reviewed or {})
         self._buckets = TokenBuckets(clock)
         self._scan_cache: OrderedDict[tuple[str, int], list[InjectionFinding]] = OrderedDict()
-        self._values_cache: OrderedDict[str, frozenset[tuple[ValueKind, str]]] = OrderedDict()
+        self._sources = SourceCache()
 
     def grants_for(self, agent: str, tenant: str) -> frozenset[str]:
         return self.grants.get(f"{tenant}/{agent}", self.grants.get(agent, frozenset()))
+
+    def review(self, tool: Tool) -> None:
+        """Accept the current description of `tool` after a human read it: detector findings
+        in this exact version stop being signals; a changed description is scanned afresh."""
+        self.reviewed[tool.name] = tool.version
 
     # --- history analysis (cached per tool result: histories only grow) ---------------------
 
@@ -115,9 +179,12 @@ class Policy:
 
     def scan_descriptions(self, tools: Iterable[Tool]) -> dict[str, list[InjectionFinding]]:
         """Injection findings in tool descriptions and schemas, by tool name (tool poisoning: a
-        description the model reads that tells it what else to do). Cached per tool version."""
+        description the model reads that tells it what else to do). Cached per tool version;
+        a version listed in `reviewed` has none."""
         out: dict[str, list[InjectionFinding]] = {}
         for tool in tools:
+            if self.reviewed.get(tool.name) == tool.version:
+                continue
             key = (f"description:{tool.name}:{tool.version}", 0)
             cached = self._scan_cache.get(key)
             if cached is None:
@@ -132,21 +199,22 @@ class Policy:
                 out[tool.name] = cached
         return out
 
-    def _values(self, key: str, text: str) -> frozenset[tuple[ValueKind, str]]:
-        cached = self._values_cache.get(key)
-        if cached is None:
-            cached = frozenset(extract_values(text))
-            self._values_cache[key] = cached
-            if len(self._values_cache) > 20_000:
-                self._values_cache.popitem(last=False)
-        return cached
+    def run_view(self, messages: Sequence[Message]) -> RunView:
+        """The history's sources split by trust (each part indexed once, then cached)."""
+        return RunView.from_messages(messages, self._sources)
 
-    def provenance(self, messages: Sequence[Message]) -> tuple[Provenance, list[InjectionFinding]]:
-        findings: list[InjectionFinding] = []
-        prov = Provenance.from_messages(
-            messages, values=self._values, on_untrusted=lambda r: findings.extend(self.scan(r))
+    def trace(
+        self, tool: Tool, arguments: Mapping[str, Any], view: RunView, *, signalled: Collection[str] = ()
+    ) -> list[ArgProvenance]:
+        """Per-argument provenance of one call against a history (`signalled`: labels of the
+        outputs a detector fired on, which no declassification rule covers)."""
+        return Tracer(view, self.declassify, signalled=signalled).trace(
+            tool.name,
+            arguments,
+            schema=tool.parameters,
+            content_args=self.content_args,
+            intents=self.intents.get(tool.name),
         )
-        return prov, findings
 
     # --- the decision ------------------------------------------------------------------------
 
@@ -163,21 +231,35 @@ class Policy:
         signals: Mapping[str, Sequence[InjectionFinding]] | None = None,
     ) -> PolicyDecision:
         """Decide one call. `human_authored` marks arguments a human wrote in an approval edit:
-        they are not tainted, and escalations to approval no longer apply (deny still does).
-        `signals` are injection findings in tool descriptions (`scan_descriptions`): a poisoned
-        description escalates calls to that tool, and every side-effecting call."""
+        their provenance is the human, and escalations to approval no longer apply (deny still
+        does). `signals` are injection findings in tool descriptions (`scan_descriptions`)."""
         side_effecting = tool.side_effect in ("write", "irreversible")
-        checked = side_effecting or (self.taint_reads and tool.side_effect == "read")
-        prov, seen = self.provenance(messages) if checked else (Provenance(), [])
+        view = self.run_view(messages)
+        findings: list[InjectionFinding] = []
+        signalled: list[str] = []
+        for result in view.untrusted_results:
+            found = self.scan(result)
+            if found:
+                findings.extend(found)
+                signalled.append(f"{result.name}#{result.tool_call_id}")
         signals = signals or {}
         if side_effecting:
-            findings = [*seen, *(f for fs in signals.values() for f in fs)]
-        else:  # reads are escalated only by their own poisoned description
-            findings = list(signals.get(tool.name, ()))
-        taint = TaintReport() if human_authored else prov.check(arguments, content_args=self.content_args)
+            findings.extend(f for fs in signals.values() for f in fs)
+        else:  # a read is marked only by its own description and what it read so far
+            findings.extend(signals.get(tool.name, ()))
+        prov = [] if human_authored else self.trace(tool, arguments, view, signalled=signalled)
+        flags = self._flags(tool, prov, view, side_effecting)
+        taint = TaintReport(
+            [
+                TaintedValue(p.kind, p.value, p.argument, tuple(s.split("#", 1)[0] for s in p.sources))
+                for p in prov
+                if p.key and p.origin == "untrusted"
+            ]
+        )
         amounts, recipients = self._facts(arguments)
         hosts = sorted(hosts_in_arguments(arguments))
-        context = {
+        grounded = side_effecting and not flags and all(p.grounded for p in prov if p.key)
+        context: dict[str, Any] = {
             "tenant": run.tenant,
             "user": run.user or "",
             "run_id": run.run_id or "",
@@ -188,6 +270,8 @@ class Policy:
             "tainted_values": taint.values(),
             "injection_suspected": bool(findings),
         }
+        if self._cedar_grounded:
+            context["grounded"] = grounded or human_authored
         tool_entity = {
             "name": tool.name,
             "side_effect": tool.side_effect,
@@ -207,6 +291,8 @@ class Policy:
             amounts,
             recipients,
             hosts,
+            prov,
+            view.untrusted_seen,
         )
         if cedar.effect == "deny":
             granted = tool.name in grants
@@ -217,25 +303,22 @@ class Policy:
             )
             return decision
         if cedar.effect == "require_approval":
-            decision.messages.append(f"{tool.name!r} has an irreversible side effect and needs a human's approval")
+            decision.messages.append(
+                f"{tool.name!r} has an irreversible side effect and needs a human's approval"
+                + ("" if grounded else " (not every key value comes from the user's request or trusted data)")
+            )
         for rule in self.rules:
             if rule.tool not in ("*", tool.name):
                 continue
             violation = rule.check(tool, arguments)
             if violation is not None:
                 decision.escalate(violation.effect, violation.rule_id, violation.message)
-        on_taint, on_injection = self.on_taint, self.on_injection
-        if checked and taint.is_tainted and on_taint != "off":
-            listed = ", ".join(f"{t.value} ({t.argument}, from {'/'.join(t.sources)})" for t in taint.tainted)
-            decision.escalate(
-                on_taint,
-                "taint:untrusted-value",
-                f"arguments use values that came from untrusted tool output, not from the user: {listed}",
-            )
-        if findings and on_injection != "off":
+        for effect, reason, message in flags:
+            decision.escalate(effect, reason, message)
+        if findings and self.on_injection in ("require_approval", "deny"):
             rules = sorted({f"{f.detector}:{f.rule}" for f in findings})
             decision.escalate(
-                on_injection,
+                self.on_injection,  # pyright: ignore[reportArgumentType]
                 "injection:suspected",
                 f"possible prompt injection earlier in this run ({', '.join(rules)})",
             )
@@ -244,6 +327,63 @@ class Policy:
         if decision.effect != "deny" and charge_rate_limit:
             self._charge(decision, tool, agent, run.tenant)
         return decision
+
+    def _flags(
+        self, tool: Tool, prov: list[ArgProvenance], view: RunView, side_effecting: bool
+    ) -> list[tuple[Effect, str, str]]:
+        """Escalations from provenance and control flow, before any is applied."""
+        out: list[tuple[Effect, str, str]] = []
+        key = [p for p in prov if p.key]
+        on_taint = self.on_taint
+        egress = [p for p in key if p.kind in ("url", "host") and p.origin == "untrusted"]
+        if egress and on_taint != "off":
+            out.append(
+                (
+                    on_taint,
+                    "egress:untrusted-host",
+                    "the call would reach a host that appears only in untrusted tool output: " + _listed(egress),
+                )
+            )
+        checked = side_effecting or (self.taint_reads and tool.side_effect == "read")
+        if not checked:
+            return out
+        untrusted = [p for p in key if p.origin == "untrusted" and p not in egress]
+        if untrusted and on_taint != "off":
+            out.append(
+                (
+                    on_taint,
+                    "provenance:untrusted-value",
+                    "arguments use values that came from untrusted tool output, not from the user: "
+                    + _listed(untrusted),
+                )
+            )
+        # With no conversation at all (code calling a tool directly) there is nothing to
+        # compare with: "invented" needs a user turn the values could have come from. Before
+        # untrusted content, a reversible write may label things in its own words (a memory's
+        # subject); an irreversible one may not (the model made up a refund amount).
+        invented = [p for p in key if p.origin == "invented"] if view.user else []
+        if invented and (tool.side_effect == "irreversible" or (side_effecting and view.untrusted_seen)):
+            out.append(
+                (
+                    "require_approval",
+                    "provenance:invented-value",
+                    f"arguments use values that appear nowhere in the conversation: {_listed(invented)}",
+                )
+            )
+        if (
+            side_effecting
+            and view.untrusted_seen
+            and on_taint != "off"
+            and not tool_choice_grounded(tool.name, self.intents.get(tool.name), view.user_words)
+        ):
+            out.append(
+                (
+                    "require_approval",
+                    "control-flow:unrequested-action",
+                    f"the user's request does not ask for {tool.name!r}, and untrusted content entered this run",
+                )
+            )
+        return out
 
     def _charge(self, decision: PolicyDecision, tool: Tool, agent: str, tenant: str) -> None:
         for i, limit in enumerate(self.rate_limits):
@@ -258,20 +398,22 @@ class Policy:
                 )
 
     def _facts(self, arguments: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-        amounts: list[str] = []
-        recipients: list[str] = []
-        for path, kind, value in argument_values(arguments, content_args=self.content_args):
-            top = re.split(r"[.\[]", path, maxsplit=1)[0]
-            if kind == "amount":
-                amounts.append(value)
-            elif kind in ("iban", "email") or (kind == "number" and _RECIPIENT_ARG.match(top)):
-                recipients.append(value)
-        for key, value in arguments.items():
-            if _RECIPIENT_ARG.match(key) and isinstance(value, str) and value not in recipients:
-                normalized = value.replace(" ", "") if key.lower() == "iban" else value.lower()
-                if normalized not in recipients:
-                    recipients.append(normalized)
-        return sorted(set(amounts)), sorted(set(recipients))
+        amounts: set[str] = set()
+        recipients: set[str] = set()
+        for v in argument_values(arguments, content_args=self.content_args):
+            if isinstance(v, tuple):
+                continue
+            if v.kind == "amount":
+                amounts.add(f"{float(v.norm):.2f}")  # how a person reads money
+            elif v.kind in ("iban", "email", "phone") or (v.key and _RECIPIENT_ARG.match(v.top)):
+                recipients.add(v.norm if v.kind != "id" else v.norm.lower())
+        return sorted(amounts), sorted(recipients)
 
 
-__all__ = ["Effect", "Policy", "PolicyDecision"]
+def _listed(items: Sequence[ArgProvenance]) -> str:
+    return ", ".join(
+        f"{p.value} ({p.argument}, {'from ' + '/'.join(p.sources) if p.sources else p.note or p.origin})" for p in items
+    )
+
+
+__all__ = ["Action", "Decision", "Effect", "InjectionEffect", "Policy", "PolicyDecision"]

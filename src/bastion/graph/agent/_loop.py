@@ -32,6 +32,7 @@ from bastion.graph.agent._result import (
     ToolResultEvent,
 )
 from bastion.graph.agent._runtime import current_runtime
+from bastion.graph.agent._window import request_messages
 from bastion.memory import use_run_context
 from bastion.tools import ToolCallContext, use_journal
 from bastion.tracing import spans
@@ -41,6 +42,7 @@ from bastion.types import (
     ModelResponse,
     StreamEvent,
     TextDelta,
+    TextPart,
     ToolCall,
     ToolResult,
     Usage,
@@ -64,6 +66,7 @@ class AgentState(TypedDict, total=False):
     spend: Annotated[list[dict[str, Any]], append]  # sub-agents run as tools: {"run_id", "usage", "cost"}
     done: bool
     error: dict[str, str] | None  # how this run failed: {"type", "message"} (raised by the runner)
+    summaries: dict[str, dict[str, Any]]  # per agent: the running summary of its evicted turns
 
 
 @dataclass(slots=True)
@@ -115,6 +118,19 @@ async def _call_model(agent: Agent[Any], request: ModelRequest) -> ModelResponse
     return await collect(events())
 
 
+def _scrub_answer(agent: Agent[Any], message: Message, state: Mapping[str, Any]) -> None:
+    """A final answer must not echo the data markers the tool gateway wrapped results in (a
+    small model sometimes repeats them); the gateway knows its own markers."""
+    if not any(m.role == "tool" for m in state.get("messages") or ()):
+        return
+    scrub: Callable[[str], str] | None = getattr(agent.executor(), "scrub_answer", None)
+    if scrub is None:
+        return
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            part.text = scrub(part.text)
+
+
 def make_model_node(group: AgentGroup) -> Any:
     async def model_node(state: AgentState) -> dict[str, Any]:
         agent = group.active(state)
@@ -127,8 +143,12 @@ def make_model_node(group: AgentGroup) -> Any:
                 )
             )
         runtime = current_runtime()
+        run_id = state.get("run_id", "")
+        window = await request_messages(
+            agent, state, view(state), runtime.context, key=f"{run_id}:summary:{agent.name}:{turns}"
+        )
         request = ModelRequest(
-            messages=[*agent.system_messages(runtime.context), *view(state)],
+            messages=window.messages,
             tools=agent.tool_specs(),
             output=agent.output_spec.schema if agent.output_spec else None,
             settings=agent.model_settings,
@@ -146,15 +166,18 @@ def make_model_node(group: AgentGroup) -> Any:
         key = f"{state.get('run_id', '')}:model:{agent.name}:{turns}"
         response = response_from_dict(await memo(key, call))
         message = response.message
-        usage = Usage.from_dict(state.get("usage") or {}) + response.usage
+        usage = Usage.from_dict(state.get("usage") or {}) + window.usage + response.usage
         update: dict[str, Any] = {
             "messages": [message],
             "turns": turns + 1,
             "usage": usage.to_dict(),
-            "cost": (state.get("cost") or 0.0) + (response.cost_usd or 0.0),
+            "cost": (state.get("cost") or 0.0) + window.cost + (response.cost_usd or 0.0),
         }
+        if window.summaries is not None:
+            update["summaries"] = window.summaries
         if message.tool_calls:
             return update
+        _scrub_answer(agent, message, state)
         spec = agent.output_spec
         if spec is None:
             return {**update, "output": message.text, "done": True}
