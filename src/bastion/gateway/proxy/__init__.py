@@ -2,8 +2,9 @@
 
 Any OpenAI SDK can point at it (`base_url=http://host:port/v1`, `api_key=<virtual key>`);
 each call runs through `bastion.gateway` as the key's tenant, so budgets, retries, routing,
-cost and caching apply. It is the server side of the OpenAI Chat Completions format only:
-no embeddings, assistants, files or the Responses API.
+cost and caching apply. It serves the OpenAI Chat Completions, Responses (with
+`previous_response_id` stored per tenant) and Embeddings APIs and the models list; any other
+OpenAI path (assistants, files, audio, images ...) gets an OpenAI-style 404 naming what is served.
 """
 
 from bastion.gateway.proxy._app import BudgetHook, ProxyApp, ProxyGateway, create_proxy_app
@@ -23,6 +24,13 @@ from bastion.gateway.proxy._keys import (
     open_key_store,
     parse_duration,
 )
+from bastion.gateway.proxy._response_store import (
+    InMemoryResponseStore,
+    PostgresResponseStore,
+    ResponseStore,
+    SQLiteResponseStore,
+    StoredResponse,
+)
 
 __all__ = [
     "KEYS_FILE",
@@ -31,11 +39,16 @@ __all__ = [
     "ChatCompletionBody",
     "GatewayKeyBudgets",
     "InMemoryKeyStore",
+    "InMemoryResponseStore",
     "KeyStore",
     "PostgresKeyStore",
+    "PostgresResponseStore",
     "ProxyApp",
     "ProxyGateway",
+    "ResponseStore",
     "SQLiteKeyStore",
+    "SQLiteResponseStore",
+    "StoredResponse",
     "VirtualKey",
     "create_proxy_app",
     "hash_key",
