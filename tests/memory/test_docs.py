@@ -31,6 +31,7 @@ def test_public_surface_is_pinned() -> None:
         "AssembledContext",
         "Chunk",
         "ContextAssembler",
+        "ContextPolicy",
         "Document",
         "Embedder",
         "EmbeddingBatcher",

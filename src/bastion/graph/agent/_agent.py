@@ -14,6 +14,8 @@ from bastion.graph.agent._output import OutputSpec
 from bastion.graph.agent._resolve import resolve_model_like
 from bastion.graph.agent._result import AgentEvent, AgentResult, OutputT
 from bastion.graph.agent._run import CONTINUE, Runner
+from bastion.graph.agent._window import AgentWindow
+from bastion.memory import ContextPolicy
 from bastion.tools import Tool, ToolExecutor, tool
 from bastion.types import Message, ModelSettings, RunContext, ToolCall, ToolSpec
 
@@ -33,6 +35,9 @@ class Agent(Generic[OutputT]):
     - `checkpointer`: makes runs durable and resumable per `thread_id`.
     - `handoffs`: agents (or `handoff(...)` configs) this agent may pass the conversation to.
     - `max_turns`: model calls per run before `MaxTurnsExceededError` ends a runaway loop.
+    - `context`: how each request is fitted into the model's context window (a
+      `bastion.memory.ContextPolicy`; on by default: old tool results stubbed, then old turns
+      summarised); `context=None` sends the whole thread every time.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class Agent(Generic[OutputT]):
         checkpointer: Any = None,
         handoffs: Sequence[Agent[Any] | Handoff] = (),
         gateway: Any = None,
+        context: ContextPolicy | None = ContextPolicy(),  # noqa: B008  (frozen, safe to share)
     ) -> None:
         if max_turns < 1:
             raise UserError(f"max_turns must be at least 1, got {max_turns}")
@@ -66,6 +72,7 @@ class Agent(Generic[OutputT]):
         self.output_retries = output_retries
         self.model_settings = model_settings or ModelSettings()
         self.checkpointer = checkpointer
+        self.context_policy = context
         self._model = model
         self._gateway = gateway
         self._executor = tool_executor
@@ -102,6 +109,16 @@ class Agent(Generic[OutputT]):
     @property
     def model_name(self) -> str:
         return self._model if isinstance(self._model, str) else getattr(self._model, "name", repr(self._model))
+
+    @property
+    def gateway(self) -> Any:
+        """The gateway given as `gateway=` (None: model strings use the shared one)."""
+        return self._gateway
+
+    @cached_property
+    def context_builder(self) -> AgentWindow | None:
+        """What fits each request into the model's window; None when `context=None`."""
+        return None if self.context_policy is None else AgentWindow(self, self.context_policy)
 
     def resolved_model(self) -> Model:
         if self._resolved is None:
