@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from bastion.gateway._budget import (
         Budget,
         BudgetLimits,
+        BudgetLine,
         BudgetStore,
+        DegradePolicy,
         MemoryBudgetStore,
         Spend,
         SQLiteBudgetStore,
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from bastion.gateway._resolve import default_model_name, resolve_model
     from bastion.gateway._retry import RetryPolicy
     from bastion.gateway._router import RouteHook, Strategy
+    from bastion.gateway._toolnames import ToolNames, is_provider_legal, provider_tool_name
 
 _LAZY = {
     "BreakerState": "_breaker",
@@ -46,7 +49,9 @@ _LAZY = {
     "CircuitBreakerConfig": "_breaker",
     "Budget": "_budget",
     "BudgetLimits": "_budget",
+    "BudgetLine": "_budget",
     "BudgetStore": "_budget",
+    "DegradePolicy": "_budget",
     "MemoryBudgetStore": "_budget",
     "SQLiteBudgetStore": "_budget",
     "PostgresBudgetStore": "_budget_pg",
@@ -71,17 +76,22 @@ _LAZY = {
     "RetryPolicy": "_retry",
     "RouteHook": "_router",
     "Strategy": "_router",
+    "ToolNames": "_toolnames",
+    "is_provider_legal": "_toolnames",
+    "provider_tool_name": "_toolnames",
 }
 
 __all__ = [
     "BreakerState",
     "Budget",
     "BudgetLimits",
+    "BudgetLine",
     "BudgetStore",
     "CacheStore",
     "CallRecord",
     "CircuitBreaker",
     "CircuitBreakerConfig",
+    "DegradePolicy",
     "Embedder",
     "Gateway",
     "GatewayModel",
@@ -100,9 +110,12 @@ __all__ = [
     "SemanticCache",
     "Spend",
     "Strategy",
+    "ToolNames",
     "aclose_http_sessions",
     "collect",
     "default_model_name",
+    "is_provider_legal",
+    "provider_tool_name",
     "register_provider",
     "resolve_model",
     "stream_via_request",

@@ -42,6 +42,7 @@ class GatewayStats:
     saved_usd: float = 0.0
     cost_usd: float = 0.0
     budget_refusals: int = 0
+    degraded: int = 0  # calls routed to a cheaper target because a budget ran low
 
 
 class AttemptRunner:

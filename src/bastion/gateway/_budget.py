@@ -1,4 +1,5 @@
-"""Hard budgets: tokens and USD per run, session, user, tenant and calendar day.
+"""Hard budgets: tokens and USD per run, session, user, team, tenant and API key, over no period
+or a calendar day, week or month in a configured timezone.
 
 A budget is hard: before a call the gateway makes a `Claim` (an upper bound of the prompt's
 tokens and cost, plus up to `max_output` output tokens at the dearest output price of the
@@ -12,8 +13,14 @@ crosses a limit, however many calls run at once; a provider that overspends anyw
 at its real usage and every later call is refused.
 
 Scope keys: `run:<tenant>/<run_id>`, `session:<tenant>/<session>`, `user:<tenant>/<user>`,
-`tenant:<tenant>`, `day:<tenant>/<YYYY-MM-DD>` (UTC). `overrides` sets limits for one key, e.g.
-`{"tenant:acme": BudgetLimits(usd=500)}`.
+`team:<tenant>/<team>`, `key:<tenant>/<key id>` (the `virtual_key` tag of the context),
+`tenant:<tenant>`; the legacy `day=` limit is `day:<tenant>/<YYYY-MM-DD>` (UTC). A limit with a
+`period` counts in one bucket per calendar period, named by the period in its timezone:
+`user:acme/bob@month:2026-12`, `team:acme/ml@week:2026-W49`, `tenant:acme@day:2026-12-02[Europe/Paris]`
+(the timezone is named unless it is UTC). A new day, week (ISO, from Monday) or month is a new
+key, so spend starts again from zero at local midnight, DST changes included. `overrides` replaces
+the limits of one scope id, e.g. `{"tenant:acme": BudgetLimits(usd=500)}` or
+`{"user:acme/bob": [BudgetLimits(usd=5, period="day"), BudgetLimits(usd=50, period="month")]}`.
 
 `BudgetStore` is the small backend protocol: in-memory (one process) and SQLite (several
 processes on one host; WAL) here, PostgreSQL in `_budget_pg.py`. All three grant through
@@ -30,22 +37,36 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from bastion.errors import BudgetExceededError, UserError
+from bastion.gateway._periods import PERIODS, Period, key_part, period_bounds, period_key, split_key, unquote, zone
 from bastion.types import RunContext
+
+Scope = Literal["run", "session", "user", "team", "tenant", "key"]
+SCOPES: tuple[str, ...] = get_args(Scope)
+# The context tag naming the API key a call is made with (the proxy sets it).
+KEY_TAG = "virtual_key"
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetLimits:
-    """Hard caps for one scope; None means unlimited."""
+    """Hard caps for one scope; None means unlimited. `period` None counts forever; "day",
+    "week" (ISO, Monday to Sunday) or "month" starts afresh at the period's local midnight in
+    `tz` (an IANA name; None = the `Budget`'s `tz`)."""
 
     tokens: int | None = None
     usd: float | None = None
+    period: Period | None = None
+    tz: str | None = None
 
     def __post_init__(self) -> None:
         if (self.tokens is not None and self.tokens < 0) or (self.usd is not None and self.usd < 0):
             raise UserError("BudgetLimits must be >= 0 (or None for unlimited)")
+        if self.period is not None and self.period not in PERIODS:
+            raise UserError(f"BudgetLimits(period={self.period!r}) must be None, 'day', 'week' or 'month'")
+        if self.tz is not None:
+            zone(self.tz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +161,8 @@ class BudgetStore(Protocol):
 
     async def spent(self, key: str) -> Spend: ...
 
+    # Optional, for reports (`Budget.report`): `async def spent_prefix(prefix) -> list[(key, Spend)]`.
+
 
 class MemoryBudgetStore:
     """Spend in a dict: for one process. Atomic because it never awaits while it checks."""
@@ -173,6 +196,9 @@ class MemoryBudgetStore:
 
     async def spent(self, key: str) -> Spend:
         return self._spend.get(key, _ZERO)
+
+    async def spent_prefix(self, prefix: str) -> list[tuple[str, Spend]]:
+        return sorted((k, s) for k, s in self._spend.items() if k.startswith(prefix))
 
 
 _ZERO = Spend()
@@ -216,6 +242,10 @@ class SQLiteBudgetStore:
 
     async def spent(self, key: str) -> Spend:
         return await asyncio.to_thread(self._spent, key)
+
+    async def spent_prefix(self, prefix: str) -> list[tuple[str, Spend]]:
+        """Settled spend of every key starting with `prefix` (for reports; reservations not included)."""
+        return await asyncio.to_thread(self._spent_prefix, prefix)
 
     def close(self) -> None:
         with self._lock:
@@ -277,6 +307,66 @@ class SQLiteBudgetStore:
         with self._lock:
             return self._spent_locked(key, time.time())
 
+    def _spent_prefix(self, prefix: str) -> list[tuple[str, Spend]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, tokens, usd FROM budget_spend WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix), prefix),
+            ).fetchall()
+        return [(str(k), Spend(int(t), float(u))) for k, t, u in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    """One limit as it stands: what `GET /v1/budgets` lists. `starts`/`resets` bound the
+    current period (None for a limit without one)."""
+
+    key: str
+    scope: str
+    id: str
+    limits: BudgetLimits
+    tz: str | None
+    spend: Spend
+    starts: datetime | None
+    resets: datetime | None
+
+    def used(self) -> float:
+        """The largest share of a limit used or held (1.0 = exhausted)."""
+        return used_share(self.limits, self.spend)
+
+
+def used_share(limits: BudgetLimits, spend: Spend) -> float:
+    """The largest share of `limits` that `spend` uses or holds (tokens or USD)."""
+    share = 0.0
+    if limits.tokens is not None:
+        used = spend.tokens + spend.reserved_tokens
+        share = max(share, used / limits.tokens if limits.tokens else 1.0)
+    if limits.usd is not None:
+        used_usd = spend.usd + spend.reserved_usd
+        share = max(share, used_usd / limits.usd if limits.usd else 1.0)
+    return share
+
+
+@dataclass(frozen=True, slots=True)
+class DegradePolicy:
+    """Route to a cheaper target when a budget runs low: once any limit that applies to a call
+    has `at` (a share, 0.8 = 80%) or more used or held, the call goes to `to` (a tier, deployment
+    alias or `provider:model`) instead of what it asked for. The chat span records
+    `bastion.budget.degraded_from`, `bastion.budget.degraded_to` and the scope that triggered it."""
+
+    at: float = 0.8
+    to: str = "cheap"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.at <= 1.0:
+            raise UserError(f"DegradePolicy(at={self.at}) must be a share between 0 and 1 (0.8 = at 80% used)")
+        if not self.to:
+            raise UserError("DegradePolicy(to=...) must name a cheaper tier or model, e.g. 'cheap'")
+
+
+def _first(limits: tuple[BudgetLimits, ...]) -> BudgetLimits | None:
+    return limits[0] if limits else None
+
 
 @dataclass(slots=True)  # not frozen: built on every budgeted call
 class Reservation:
@@ -290,8 +380,24 @@ class Reservation:
     output: int = 0
 
 
+Limits = BudgetLimits | Sequence[BudgetLimits] | None
+
+
+def _as_list(limits: Limits) -> tuple[BudgetLimits, ...]:
+    if limits is None:
+        return ()
+    return (limits,) if isinstance(limits, BudgetLimits) else tuple(limits)
+
+
 class Budget:
     """Limits per scope plus the store that tracks spend against them.
+
+    Each scope (`run`, `session`, `user`, `team`, `tenant`, `key`) takes one `BudgetLimits` or a
+    list of them, e.g. `user=[BudgetLimits(usd=1, period="day"), BudgetLimits(usd=20,
+    period="month")]`: a call must fit every one. `tz` is the timezone of periods that name none.
+    `clock` returns the current aware datetime (tests inject one). `day=` is the older spelling
+    of a per-tenant UTC day (`tenant=BudgetLimits(..., period="day")` is the same limit under the
+    newer key format).
 
     `default_output_tokens` is the `max_tokens` a call under a limit gets when it sets none (a
     call without a cap could spend without bound); `min_output_tokens` is the least output worth
@@ -301,49 +407,190 @@ class Budget:
     def __init__(
         self,
         *,
-        run: BudgetLimits | None = None,
-        session: BudgetLimits | None = None,
-        user: BudgetLimits | None = None,
-        tenant: BudgetLimits | None = None,
+        run: Limits = None,
+        session: Limits = None,
+        user: Limits = None,
+        team: Limits = None,
+        tenant: Limits = None,
+        key: Limits = None,
         day: BudgetLimits | None = None,
-        overrides: Mapping[str, BudgetLimits] | None = None,
+        overrides: Mapping[str, Limits] | None = None,
         store: BudgetStore | None = None,
+        tz: str = "UTC",
+        clock: Callable[[], datetime] | None = None,
         default_output_tokens: int = 4096,
         min_output_tokens: int = 16,
         today: Callable[[], str] | None = None,
     ) -> None:
         if default_output_tokens < 1 or min_output_tokens < 1:
             raise UserError("Budget(default_output_tokens=..., min_output_tokens=...) must be >= 1")
-        self.run, self.session, self.user, self.tenant, self.day = run, session, user, tenant, day
-        self.overrides = dict(overrides or {})
-        for key in self.overrides:
-            if key.split(":", 1)[0] not in ("run", "session", "user", "tenant", "day"):
+        zone(tz)
+        self.tz = tz
+        self.limits: dict[str, tuple[BudgetLimits, ...]] = {
+            "run": _as_list(run),
+            "session": _as_list(session),
+            "user": _as_list(user),
+            "team": _as_list(team),
+            "tenant": _as_list(tenant),
+            "key": _as_list(key),
+        }
+        self.day = day
+        # A dict on purpose: the proxy registers each virtual key's limits here as keys appear.
+        self.overrides: dict[str, Limits] = dict(overrides or {})
+        for name in self.overrides:
+            if name.split(":", 1)[0] not in (*SCOPES, "day") or "@" in name:
                 raise UserError(
-                    f"budget override key {key!r} must start with run:, session:, user:, tenant: or day: "
-                    "(e.g. 'tenant:acme' or 'user:acme/bob')"
+                    f"budget override key {name!r} must start with run:, session:, user:, team:, key:, tenant: "
+                    "or day: and name one id (e.g. 'tenant:acme' or 'user:acme/bob'; a period goes in "
+                    "BudgetLimits(period=...), not in the key; build keys of ids with '@' or '/' with "
+                    "Budget.key('user', 'acme', 'bob@example.com'))"
                 )
         self.store: BudgetStore = store if store is not None else MemoryBudgetStore()
         self.default_output_tokens = default_output_tokens
         self.min_output_tokens = min_output_tokens
-        self._today = today or (lambda: datetime.now(UTC).date().isoformat())
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._today = today or (lambda: self._clock().astimezone(UTC).date().isoformat())
+
+    @staticmethod
+    def key(scope: Scope, tenant: str, ident: str | None = None) -> str:
+        """The override key of one scope id, escaped as the budget keys it: `Budget.key("user",
+        "acme", "bob@example.com")` -> `user:acme/bob%40example.com`; `Budget.key("tenant", "acme")`."""
+        if scope not in SCOPES:
+            raise UserError(f"budget scope {scope!r} must be one of {', '.join(SCOPES)}")
+        if scope == "tenant":
+            return f"tenant:{key_part(tenant)}"
+        if not ident:
+            raise UserError(f"Budget.key({scope!r}, tenant, id) needs the {scope} id")
+        return f"{scope}:{key_part(tenant)}/{key_part(ident)}"
+
+    @property
+    def run(self) -> BudgetLimits | None:
+        return _first(self.limits["run"])
+
+    @property
+    def session(self) -> BudgetLimits | None:
+        return _first(self.limits["session"])
+
+    @property
+    def user(self) -> BudgetLimits | None:
+        return _first(self.limits["user"])
+
+    @property
+    def tenant(self) -> BudgetLimits | None:
+        return _first(self.limits["tenant"])
+
+    def now(self) -> datetime:
+        """The budget clock's current time (aware)."""
+        return self._clock()
+
+    def scope_ids(self, ctx: RunContext) -> list[tuple[str, str]]:
+        """The (scope, base key) pairs a call made under `ctx` falls into (only scopes that have
+        limits or overrides: this runs on every budgeted call)."""
+        t = key_part(ctx.tenant)
+        out = [("tenant", f"tenant:{t}")]
+        limits, any_override = self.limits, bool(self.overrides)
+        ids = (
+            ("user", ctx.user),
+            ("team", ctx.team),
+            ("session", ctx.session),
+            ("key", ctx.tags.get(KEY_TAG) if ctx.tags else None),
+            ("run", ctx.run_id),
+        )
+        for scope, ident in ids:
+            if ident and (any_override or limits[scope]):
+                out.append((scope, f"{scope}:{t}/{key_part(ident)}"))
+        return out
+
+    def limits_for(self, scope: str, base: str) -> tuple[BudgetLimits, ...]:
+        """The limits of one scope id: its override, else the scope's."""
+        if base in self.overrides:
+            return _as_list(self.overrides[base])
+        return self.limits[scope]
 
     def charges(self, ctx: RunContext) -> list[tuple[str, BudgetLimits]]:
-        """The (scope key, limits) pairs a call made under `ctx` counts against."""
-        t = ctx.tenant
-        keys: list[tuple[str, BudgetLimits | None]] = [(f"tenant:{t}", self.tenant)]
-        if ctx.user:
-            keys.append((f"user:{t}/{ctx.user}", self.user))
-        if ctx.session:
-            keys.append((f"session:{t}/{ctx.session}", self.session))
-        if ctx.run_id:
-            keys.append((f"run:{t}/{ctx.run_id}", self.run))
-        keys.append((f"day:{t}/{self._today()}", self.day))
+        """The (scope key, limits) pairs a call made under `ctx` counts against: one per limit,
+        a periodic limit keyed by the bucket of the current period."""
+        now: datetime | None = None
         out: list[tuple[str, BudgetLimits]] = []
-        for key, limits in keys:
-            limits = self.overrides.get(key, limits)
-            if limits is not None and (limits.tokens is not None or limits.usd is not None):
-                out.append((key, limits))
+        overrides, limits_of = self.overrides, self.limits
+        for scope, base in self.scope_ids(ctx):
+            if base in overrides:
+                chosen = _as_list(overrides[base])
+            else:
+                chosen = limits_of[scope]
+            for limits in chosen:
+                if limits.tokens is None and limits.usd is None:
+                    continue
+                if limits.period is None:
+                    out.append((base, limits))
+                    continue
+                now = now or self._clock()
+                out.append((period_key(base, limits.period, limits.tz or self.tz, now), limits))
+        if self.day is None and not self.overrides:
+            return out  # no legacy day limit can apply: skip reading the clock
+        day_key = f"day:{key_part(ctx.tenant)}/{self._today()}"
+        day = _first(_as_list(self.overrides.get(day_key, self.day)))
+        if day is not None and (day.tokens is not None or day.usd is not None):
+            out.append((day_key, day))
         return out
+
+    async def charge(self, ctx: RunContext, usd: float, tokens: int = 0) -> Reservation | None:
+        """Hold exactly (tokens, usd) in every scope of `ctx` (a priced tool call), or raise
+        `BudgetExceededError`; settle it with `settle()` once the cost is known."""
+        charges = self.charges(ctx)
+        if not charges:
+            return None
+        return await self.reserve(charges, Claim(tokens, usd, 0, 0.0, 0))
+
+    async def report(self, tenant: str, *, limit: int = 500) -> list[BudgetLine]:
+        """Every limit that applies in `tenant`, with its spend in the current period: the
+        tenant's own limits and overrides always, the other scopes for each id (user, team, key,
+        session, run) that has spent in its current period; at most `limit` lines, tenant ones first."""
+        now = self._clock()
+        tenant = key_part(tenant)
+        candidates: list[tuple[str, str]] = [("tenant", f"tenant:{tenant}")]
+        candidates += [(n.split(":", 1)[0], n) for n in self.overrides if n.split(":", 1)[0] in SCOPES]
+        listed: set[str] = set()
+        lister = getattr(self.store, "spent_prefix", None)
+        for scope in SCOPES:
+            if scope != "tenant" and lister is not None:
+                for key, _ in await lister(f"{scope}:{tenant}/"):
+                    listed.add(key)
+                    candidates.append((scope, key.partition("@")[0]))
+        lines: list[BudgetLine] = []
+        seen: set[str] = set()
+        day_key = f"day:{tenant}/{self._today()}"
+        day = _first(_as_list(self.overrides.get(day_key, self.day)))
+        if day is not None and (day.tokens is not None or day.usd is not None):  # the legacy `day=` limit
+            _, start, end = period_bounds("day", "UTC", now)
+            shown = BudgetLimits(day.tokens, day.usd, "day", "UTC")
+            lines.append(
+                BudgetLine(
+                    day_key, "tenant", unquote(tenant), shown, "UTC", await self.store.spent(day_key), start, end
+                )
+            )
+        for scope, base in candidates:
+            if not (base == f"tenant:{tenant}" or base.startswith(f"{scope}:{tenant}/")):
+                continue
+            for limits in self.limits_for(scope, base):
+                if limits.tokens is None and limits.usd is None:
+                    continue
+                tz = limits.tz or self.tz
+                start = end = None
+                key = base
+                if limits.period is not None:
+                    _, start, end = period_bounds(limits.period, tz, now)
+                    key = period_key(base, limits.period, tz, now)
+                if key in seen or (scope != "tenant" and base not in self.overrides and key not in listed):
+                    continue
+                if len(lines) >= limit:
+                    return lines
+                seen.add(key)
+                spend = await self.store.spent(key)
+                lines.append(
+                    BudgetLine(key, scope, split_key(key)[1], limits, tz if start else None, spend, start, end)
+                )
+        return lines
 
     async def reserve(self, charges: Sequence[tuple[str, BudgetLimits]], claim: Claim) -> Reservation:
         """Hold the largest output allowance of `claim` that every scope in `charges` can pay
@@ -373,6 +620,15 @@ class Budget:
             if limits.usd is not None:
                 record_budget(f"{key}:usd", spend.usd, limits.usd)
 
+    async def most_used(self, ctx: RunContext) -> tuple[str, float] | None:
+        """The scope key of `ctx` with the largest share of its limit used or held, and that share."""
+        top: tuple[str, float] | None = None
+        for key, limits in self.charges(ctx):
+            share = used_share(limits, await self.store.spent(key))
+            if top is None or share > top[1]:
+                top = (key, share)
+        return top
+
     async def spent(self, key: str) -> Spend:
         """Spend so far for a scope key such as `tenant:acme`."""
         return await self.store.spent(key)
@@ -392,7 +648,9 @@ def _metrics_on() -> bool:
 
 
 def _exceeded(v: Violation) -> BudgetExceededError:
-    scope = v.key.split(":", 1)[0]
+    base = v.key.partition("@")[0]
+    scope = base.split(":", 1)[0]
+    _, _, period, _, _ = split_key(v.key)
     used = v.spend.tokens if v.unit == "tokens" else v.spend.usd
     held = v.spend.reserved_tokens if v.unit == "tokens" else v.spend.reserved_usd
     left = max(0.0, v.limit - used - held)
@@ -403,9 +661,11 @@ def _exceeded(v: Violation) -> BudgetExceededError:
     return BudgetExceededError(
         f"budget {v.key!r} is exhausted: {fmt(left)} of its limit of {fmt(v.limit)} remain "
         f"(used {fmt(used)}, +{fmt(held)} reserved by calls in flight), and this call needs at least "
-        f"{fmt(v.needed)} (its prompt plus a minimal answer). Raise it with "
-        f"Budget({scope}=BudgetLimits({v.unit}=...)) or Budget(overrides={{{v.key!r}: BudgetLimits({v.unit}=...)}}), "
-        "send a shorter prompt, or wait for calls in flight to settle",
+        f"{fmt(v.needed)} (its prompt plus a minimal answer, or a tool call's price). Raise it with "
+        f"Budget({scope}=BudgetLimits({v.unit}=...)) or Budget(overrides={{{base!r}: BudgetLimits({v.unit}=...)}}), "
+        "send a shorter prompt, "
+        + (f"wait for the next {period} (it resets at local midnight), " if period else "")
+        + "or wait for calls in flight to settle",
         scope=v.key,
         limit=float(v.limit),
         used=float(used),
@@ -413,16 +673,28 @@ def _exceeded(v: Violation) -> BudgetExceededError:
 
 
 __all__ = [
+    "KEY_TAG",
+    "PERIODS",
+    "SCOPES",
     "Budget",
     "BudgetLimits",
+    "BudgetLine",
     "BudgetStore",
     "Claim",
+    "DegradePolicy",
     "Grant",
     "MemoryBudgetStore",
+    "Period",
     "Reservation",
     "SQLiteBudgetStore",
+    "Scope",
     "Spend",
     "Violation",
     "check",
     "grant",
+    "key_part",
+    "period_bounds",
+    "period_key",
+    "split_key",
+    "used_share",
 ]

@@ -127,6 +127,18 @@ class PostgresBudgetStore:
         tokens, spent_usd = row if row else (0, 0.0)
         return Spend(int(tokens), float(spent_usd), int(held[0]), float(held[1]))
 
+    async def spent_prefix(self, prefix: str) -> list[tuple[str, Spend]]:
+        """Settled spend of every key starting with `prefix` (for reports; reservations not included)."""
+        pool = await self._open()
+        async with pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT key, tokens, usd FROM bastion_budget_spend WHERE left(key, %s) = %s ORDER BY key",
+                    (len(prefix), prefix),
+                )
+            ).fetchall()
+        return [(str(k), Spend(int(t), float(u))) for k, t, u in rows]
+
     async def aclose(self) -> None:
         if self._ready:
             await self._pool.close()

@@ -30,7 +30,7 @@ from bastion.errors import (
 )
 from bastion.gateway._attempts import DEFAULT_FALLBACK_ON, AttemptRunner, GatewayStats, aclose_stream
 from bastion.gateway._breaker import CircuitBreaker, CircuitBreakerConfig
-from bastion.gateway._budget import Budget, Claim, Reservation
+from bastion.gateway._budget import Budget, Claim, DegradePolicy, Reservation
 from bastion.gateway._cache import ResponseCache, SemanticCache, SemanticProbe, cache_key
 from bastion.gateway._model import Model
 from bastion.gateway._pricing import Pricing
@@ -48,6 +48,10 @@ from bastion.types import (
 )
 
 log = logging.getLogger("bastion.gateway")
+
+# Span attributes of a call routed to a cheaper target because a budget ran low.
+DEGRADED_FROM = "bastion.budget.degraded_from"
+DEGRADED_TO = "bastion.budget.degraded_to"
 
 
 @dataclass(slots=True)
@@ -92,6 +96,7 @@ class Gateway:
         context_windows: Mapping[str, int] | None = None,
         pricing: Pricing | Mapping[str, float | Mapping[str, float]] | None = None,
         budgets: Budget | None = None,
+        degrade: DegradePolicy | None = None,
         cache: ResponseCache | bool | None = None,
         semantic_cache: SemanticCache | None = None,
         resolver: Callable[[str], Model] | None = None,
@@ -121,6 +126,7 @@ class Gateway:
         )
         self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
         self.budgets = budgets
+        self.degrade = degrade
         self.semantic_cache = semantic_cache
         self._cache: ResponseCache | None = cache if isinstance(cache, ResponseCache) else None
         self._default_cache = cache is None or cache is True
@@ -147,7 +153,12 @@ class Gateway:
         None = the route hook's choice, else the default model) and return the response."""
         plan = self._router.plan_for(model, request)
         self.stats.calls += 1
+        degraded = await self._degrade(plan, request) if self.degrade is not None else None
+        if degraded is not None:
+            plan = degraded[0]
         with _spans().chat(plan.primary, request) as span:
+            if degraded is not None:
+                span.set_attributes(degraded[1])
             if self.budgets is None and self.on_call is None and not self._may_cache(request):
                 # Fast path: nothing to look up, reserve or report.
                 response, deployment = await self._attempts.run(plan, request, span)
@@ -161,6 +172,9 @@ class Gateway:
         """Stream the response. Retries and fallbacks happen only before the first event."""
         plan = self._router.plan_for(model, request)
         self.stats.calls += 1
+        degraded = await self._degrade(plan, request) if self.degrade is not None else None
+        if degraded is not None:
+            plan = degraded[0]
         started = self._clock()
         final: ModelResponse | None = None
         error: BaseException | None = None
@@ -169,6 +183,8 @@ class Gateway:
         # Entered by hand: a consumer that stops early (GeneratorExit) is not an error.
         span = _spans().chat(plan.primary, request)
         span.__enter__()
+        if degraded is not None:
+            span.set_attributes(degraded[1])
         exc_info: tuple[Any, Any, Any] = (None, None, None)
         try:
             reservation, request = await self._reserve(plan, request)
@@ -342,6 +358,27 @@ class Gateway:
             self._default_cache = False
             return None
         return self._cache
+
+    async def _degrade(self, plan: Plan, request: ModelRequest) -> tuple[Plan, dict[str, Any]] | None:
+        """The cheaper plan (and the span attributes saying why) when a budget of the call has
+        used at least `degrade.at` of a limit; None to keep `plan`."""
+        policy, budgets = self.degrade, self.budgets
+        if policy is None or budgets is None:
+            return None
+        top = await budgets.most_used(request.context)
+        if top is None or top[1] < policy.at:
+            return None
+        cheaper = self._router.plan_for(policy.to, request)
+        if cheaper.label == plan.label:
+            return None
+        self.stats.degraded += 1
+        log.info("budget %s is %.0f%% used: %s routed to %s", top[0], top[1] * 100, plan.label, cheaper.label)
+        return cheaper, {
+            DEGRADED_FROM: plan.label,
+            DEGRADED_TO: cheaper.label,
+            "bastion.budget.scope": top[0],
+            "bastion.budget.used": round(top[1], 6),
+        }
 
     async def _reserve(self, plan: Plan, request: ModelRequest) -> tuple[Reservation | None, ModelRequest]:
         """Reserve the worst case of `request` under every budget that applies and return the

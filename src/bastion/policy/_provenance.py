@@ -562,11 +562,16 @@ class Tracer:
         records = src.records or (src,)
         if src.records:
             wanted = self._pointer_words(rule)
+            # the entry pointed at is the one sharing the most of the user's words: a planted
+            # note that repeats one of them ("...from the drive") does not outrank the entry
+            # the request describes ("my old drafts")
+            best = max(len(r.words & wanted) for r in records)
+            pointed = tuple(r for r in records if best and len(r.words & wanted) == best)
             if v.kind == "text":
                 tokens = set(_content_words(v.norm))
-                records = tuple(r for r in records if r.words & wanted and r.words & tokens)
+                records = tuple(r for r in pointed if r.words & tokens)
             else:
-                records = tuple(r for r in records if r.words & wanted and _found(v, r))
+                records = tuple(r for r in pointed if _found(v, r))
         return any(not _rivals(v, r) for r in records)
 
     def _pointer_words(self, rule: Declassify) -> frozenset[str]:

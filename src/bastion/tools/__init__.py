@@ -12,6 +12,7 @@ from bastion.tools._journal import (
     idempotency_key,
     use_journal,
 )
+from bastion.tools._price import ToolPrice
 from bastion.tools._registry import SchemaDiff, ToolRegistry, compare_schemas
 from bastion.tools._runner import RetryPolicy, ToolRunner, error_result
 from bastion.tools._tool import Tool, canonical_json, output_schema_for, schema_version, tool
@@ -27,6 +28,7 @@ __all__ = [
     "Tool",
     "ToolCallContext",
     "ToolExecutor",
+    "ToolPrice",
     "ToolRegistry",
     "ToolRunner",
     "canonical_json",

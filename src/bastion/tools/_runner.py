@@ -12,13 +12,16 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bastion.errors import ControlFlowSignal, ToolArgumentsError, UserError
+from bastion.errors import BudgetExceededError, ControlFlowSignal, ToolArgumentsError, UserError
 from bastion.tools._breaker import CircuitBreaker
 from bastion.tools._journal import IdempotencyJournal, MemoryJournal, idempotency_key, scoped_journal
 from bastion.tools._tool import Tool
-from bastion.types import ToolCall, ToolResult
+from bastion.types import RunContext, ToolCall, ToolResult
+
+if TYPE_CHECKING:
+    from bastion.gateway._budget import Budget, Reservation
 
 
 @dataclass(slots=True)
@@ -66,7 +69,13 @@ class ToolRunner:
     runner per process (the gateway owns one).
 
     `journal` records side effects of calls made outside an agent run; inside one, the journal
-    the agent loop scopes with `use_journal` (kept in the run's checkpointer) takes its place."""
+    the agent loop scopes with `use_journal` (kept in the run's checkpointer) takes its place.
+
+    `budget` is charged the price of priced tools (`@tool(price=...)`) in every scope of the
+    call's `RunContext` (the `context` passed to `run`, else the enclosing agent run's): the
+    price is held before the body runs (a call the remainder cannot pay is refused with a
+    `budget_exceeded` result and never runs) and spent when it returns; a call that fails is
+    not charged. Give the model gateway the same `Budget` so tools and models share limits."""
 
     journal: IdempotencyJournal = field(default_factory=MemoryJournal)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -75,6 +84,7 @@ class ToolRunner:
     clock: Callable[[], float] | None = None  # for breakers; time.monotonic by default
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
+    budget: Budget | None = None
     _breakers: dict[str, CircuitBreaker] = field(default_factory=dict, init=False, repr=False)
 
     def breaker(self, tool_name: str) -> CircuitBreaker:
@@ -109,9 +119,11 @@ class ToolRunner:
         run_id: str | None = None,
         injected: Mapping[str, Any] | None = None,
         arguments: dict[str, Any] | None = None,
+        context: RunContext | None = None,
     ) -> ToolResult:
         """Execute `call`. `arguments` are already-validated arguments (validated here when
-        None); `injected` are keyword arguments the model never sees (secrets)."""
+        None); `injected` are keyword arguments the model never sees (secrets); `context` is
+        who the call is for (budgets; default: the enclosing agent run's)."""
         if arguments is None:
             checked = self.validate(tool, call)
             if isinstance(checked, ToolResult):
@@ -142,8 +154,18 @@ class ToolRunner:
                 f"{breaker.retry_in():.0f}s or continue without it.",
                 "circuit_open",
             )
+        held: tuple[float, float, Reservation | None] | None = None
+        if tool.price is not None:
+            priced = await self._hold(tool, call, arguments, context)
+            if isinstance(priced, ToolResult):
+                if key is not None:
+                    await journal.abort(key)
+                return priced
+            held = priced
+        paid = False
         try:
             content = await self._attempts(tool, arguments, injected or {})
+            paid = True
         except ControlFlowSignal:
             if key is not None:
                 await journal.abort(key)
@@ -156,11 +178,49 @@ class ToolRunner:
             if key is not None:
                 await journal.abort(key)
             return self._failure(call, tool, e)
+        finally:
+            if held is not None:
+                await self._pay(tool, held, paid)
         breaker.record_success()
         result = ToolResult(tool_call_id=call.id, name=tool.name, content=content, trust=tool.trust)
         if key is not None:
             await journal.complete(key, result)
         return result
+
+    async def _hold(
+        self, tool: Tool, call: ToolCall, arguments: dict[str, Any], context: RunContext | None
+    ) -> tuple[float, float, Reservation | None] | ToolResult:
+        """(USD, units, reservation) of a priced call, or the result refusing it."""
+        assert tool.price is not None
+        try:
+            usd, units = tool.price.cost(arguments)
+        except ToolArgumentsError as e:
+            return error_result(call, str(e), "invalid_arguments", problems=[])
+        if self.budget is None or usd <= 0:
+            return usd, units, None
+        try:
+            reservation = await self.budget.charge(context or _current_run() or RunContext(), usd)
+        except BudgetExceededError as e:
+            return error_result(
+                call,
+                f"this call to {tool.name!r} costs ${usd:.6f} and was not run: {e}. Do not retry it; "
+                "tell the user the budget is used up.",
+                "budget_exceeded",
+                scope=e.scope,
+                cost_usd=usd,
+            )
+        return usd, units, reservation
+
+    async def _pay(self, tool: Tool, held: tuple[float, float, Reservation | None], paid: bool) -> None:
+        """Settle a priced call (its price if the body returned, else nothing) and attribute it."""
+        usd, units, reservation = held
+        if self.budget is not None and reservation is not None:
+            await asyncio.shield(self.budget.settle(reservation, 0, usd if paid else 0.0))
+        if paid and tool.price is not None:
+            from bastion.tracing._cost import record_tool_cost
+
+            record_tool_cost(tool.name, usd, units, tool.price.unit)
+            _report_spend(tool.name, usd)
 
     async def _attempts(self, tool: Tool, arguments: dict[str, Any], injected: Mapping[str, Any]) -> Any:
         attempts = max(1, self.retry.attempts) if tool.idempotent else 1
@@ -190,6 +250,22 @@ class ToolRunner:
         # The message may quote a remote server's answer: it is only as trusted as the tool.
         result.trust = tool.trust
         return result
+
+
+def _report_spend(tool: str, usd: float) -> None:
+    """Add a paid tool call to the enclosing agent run's cost (its result and run record)."""
+    import sys
+
+    nested = sys.modules.get("bastion.graph.agent._nested")  # loaded whenever an agent runs tools
+    if nested is not None and usd:
+        ctx = _current_run()
+        nested.report_spend({"agent": (ctx.agent if ctx else None) or tool, "usage": {}, "cost": usd})
+
+
+def _current_run() -> RunContext | None:
+    from bastion.tracing.spans import current_run
+
+    return current_run()
 
 
 __all__ = ["OUTCOME_UNKNOWN", "RetryPolicy", "ToolRunner", "error_result", "outcome_unknown"]

@@ -17,6 +17,7 @@ from typing import Any, overload
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from bastion.errors import ToolArgumentsError, UserError
+from bastion.tools._price import ToolPrice, as_price
 from bastion.types import SideEffect, ToolSpec, Trust
 
 
@@ -46,6 +47,7 @@ class Tool:
     is_async: bool = False
     validator: type[BaseModel] | None = None
     version: str = ""
+    price: ToolPrice | None = None  # what a call costs; the runner charges budgets with it
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -126,6 +128,7 @@ def _build_tool(
     trust: Trust,
     network: list[str] | None,
     secrets: list[str] | None,
+    price: ToolPrice | float | None = None,
 ) -> Tool:
     try:
         # Resolve string annotations (`from __future__ import annotations`) in the function's
@@ -169,6 +172,7 @@ def _build_tool(
         secrets=list(secrets or []),
         is_async=inspect.iscoroutinefunction(fn),
         validator=validator,
+        price=as_price(price),
     )
 
 
@@ -187,6 +191,7 @@ def tool(
     trust: Trust = "untrusted",
     network: list[str] | None = None,
     secrets: list[str] | None = None,
+    price: ToolPrice | float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -202,13 +207,15 @@ def tool(
     trust: Trust = "untrusted",
     network: list[str] | None = None,
     secrets: list[str] | None = None,
+    price: ToolPrice | float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed function (sync or async) into a `Tool`.
 
     `side_effect` drives default policy (irreversible tools need approval); `idempotent`
     defaults to True for side-effect-free and read tools (those may be retried); `secrets`
     names keyword parameters the gateway injects from the secret provider at execution, which
-    never appear in the schema the model sees.
+    never appear in the schema the model sees. `price` is USD per call or a `ToolPrice` (per
+    call and per unit): the cost lands on the tool's span and counts against budgets.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -222,6 +229,7 @@ def tool(
             trust=trust,
             network=network,
             secrets=secrets,
+            price=price,
         )
 
     return wrap(fn) if fn is not None else wrap

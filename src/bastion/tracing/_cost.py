@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bastion.errors import UserError
-from bastion.tracing._store import TimeLike, TraceStore, sql_filters, sql_where
+from bastion.tracing._store import TimeLike, sql_filters, sql_where
+from bastion.tracing._store_protocol import SpanStore
 
 Dimension = Literal["run", "session", "user", "tenant", "team", "model", "agent", "tool", "operation", "trace"]
 
@@ -46,7 +47,7 @@ def _column(dimension: str) -> str:
 
 
 def cost_by(
-    store: TraceStore,
+    store: SpanStore,
     dimension: Dimension,
     *,
     since: TimeLike | None = None,
@@ -67,23 +68,23 @@ def cost_by(
     where.append("cost_usd IS NOT NULL")
     sql = (
         f"SELECT {column}, sum(cost_usd), count(*), coalesce(sum(input_tokens), 0), "
-        f"coalesce(sum(output_tokens), 0) FROM spans{sql_where(where)} "
+        f"coalesce(sum(output_tokens), 0) FROM {store.table}{sql_where(where)} "
         f"GROUP BY {column} ORDER BY sum(cost_usd) DESC LIMIT ?"
     )
     return [CostRow(r[0], float(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in store.query(sql, [*params, limit])]
 
 
-def total_cost(store: TraceStore, **filters: str | TimeLike | None) -> float:
+def total_cost(store: SpanStore, **filters: str | TimeLike | None) -> float:
     """Total spend matching the filters of `cost_by`."""
     since, until = filters.pop("since", None), filters.pop("until", None)
     columns = {("session_id" if k == "session" else "user_id" if k == "user" else k): v for k, v in filters.items()}
     where, params = sql_filters(since=since, until=until, **columns)  # type: ignore[arg-type]
-    row = store.query(f"SELECT coalesce(sum(cost_usd), 0) FROM spans{sql_where(where)}", params)
+    row = store.query(f"SELECT coalesce(sum(cost_usd), 0) FROM {store.table}{sql_where(where)}", params)
     return float(row[0][0])
 
 
 def cost_series(
-    store: TraceStore,
+    store: SpanStore,
     dimension: Dimension,
     *,
     bucket_s: float,
@@ -103,13 +104,41 @@ def cost_series(
     n = max(0, -(-(end - start) // width))
     where, params = sql_filters(since=since, until=until, tenant=tenant)
     where.append("cost_usd IS NOT NULL")
-    sql = (
-        f"SELECT {column}, (start_ns - ?) / ?, sum(cost_usd) FROM spans{sql_where(where)} "
-        f"GROUP BY {column}, (start_ns - ?) / ?"
-    )
+    # GROUP BY position: PostgreSQL does not match `(start_ns - $3) / $4` to `(start_ns - $1) / $2`.
+    sql = f"SELECT {column}, (start_ns - ?) / ?, sum(cost_usd) FROM {store.table}{sql_where(where)} GROUP BY 1, 2"
     out: dict[str | None, list[float]] = {}
-    for key, bucket, cost in store.query(sql, [start, width, *params, start, width]):
+    for key, bucket, cost in store.query(sql, [start, width, *params]):
         series = out.setdefault(key, [0.0] * n)
         if 0 <= bucket < n:
             series[int(bucket)] = float(cost)
     return out
+
+
+# Span attributes of a priced tool call (besides `bastion.cost.usd`).
+TOOL_UNITS = "bastion.tool.units"
+TOOL_UNIT = "bastion.tool.unit"
+
+
+def record_tool_cost(tool: str, cost_usd: float, units: float, unit: str) -> bool:
+    """Put a priced tool call's cost on the current `execute_tool` span of `tool` (so `cost_by`
+    rolls it up by tool, run, user, ...) and count it in the cost metric. False when no such
+    span is current (tracing off, or the tool ran outside one): the cost is then not traced."""
+    from bastion.tracing import semconv as sc
+    from bastion.tracing._state import STATE, active_tracer
+
+    if STATE.instruments is not None and cost_usd:
+        STATE.instruments.cost.add(float(cost_usd), {sc.GEN_AI_TOOL_NAME: tool})
+    if active_tracer() is None:
+        return False
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    attrs = getattr(span, "attributes", None) or {}
+    # Only the tool's own span: putting the cost on an enclosing agent span would count it twice.
+    if attrs.get(sc.GEN_AI_OPERATION_NAME) != sc.OP_EXECUTE_TOOL or attrs.get(sc.GEN_AI_TOOL_NAME) != tool:
+        return False
+    span.set_attribute(sc.BASTION_COST_USD, float(cost_usd))
+    if units:
+        span.set_attribute(TOOL_UNITS, float(units))
+        span.set_attribute(TOOL_UNIT, unit)
+    return True
