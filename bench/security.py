@@ -135,7 +135,7 @@ def run_attack(domain: Domain, check: Checker, task: Task, goal: Goal, framing: 
     return bool(reached)
 
 
-def evaluate(quick_subset: bool = False) -> dict[str, Any]:
+def evaluate() -> dict[str, Any]:
     out: dict[str, Any] = {"policies": {}, "pairs": 0, "tasks": 0, "goals": 0, "domains": {}}
     suite = domains()
     for d in suite:
@@ -156,8 +156,8 @@ def evaluate(quick_subset: bool = False) -> dict[str, Any]:
             "benign_asked": [],
         }
         for d in suite:
-            tasks = d.tasks[::3] if quick_subset else d.tasks
-            goals = d.goals[::2] if quick_subset else d.goals
+            tasks = d.tasks
+            goals = d.goals
             if policy_name == "bastion":
                 check, gw = bastion_checker(d)
             else:
@@ -197,7 +197,7 @@ def evaluate(quick_subset: bool = False) -> dict[str, Any]:
     b = out["policies"]["bastion"]
     out["pairs"] = sum(v["pairs"] for v in b["attacks"].values())
     out["tasks"] = sum(v["tasks"] for v in b["benign"].values())
-    out["goals"] = sum(len(d.goals[::2] if quick_subset else d.goals) for d in suite)
+    out["goals"] = sum(len(d.goals) for d in suite)
     out["injections_detected"] = detected_pairs
     return out
 
