@@ -2,7 +2,8 @@
 
 The model is the only double (a `FunctionModel` at the edge): `echo` answers with every user
 message it was shown, so a test can see exactly what reached the model's context; `bank` pays
-what the user asked for through an irreversible tool, so a run pauses on a real approval.
+what the user asked for through an irreversible tool behind the real `ToolGateway` (it runs
+without an approval when every value is the user's own, and pauses on one otherwise).
 """
 
 from __future__ import annotations
