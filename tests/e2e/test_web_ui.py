@@ -71,6 +71,11 @@ async def test_approve_a_pending_tool_call_from_the_ui(server: tuple[str, str], 
     await card.wait_for()
     risk = await card.locator(".risk").inner_text()
     assert "'refund'" in risk and "cannot be undone" in risk and "40.00" in risk  # written by the system
+    # the user named the order but no amount: the approver sees where each value came from
+    assert await card.locator(".level.flagged").count() == 1
+    rows = await card.locator("table.provenance tr.risky").all_inner_texts()
+    assert len(rows) == 1 and "amount" in rows[0] and "NOT IN THE CONVERSATION" in rows[0]
+    assert "from the user's request" in await card.locator("table.provenance").inner_text()  # the order id
     assert '"order_id": 1042' in await card.locator(".edit-args").input_value()  # the arguments, editable
     await card.locator("button.approve").click()
     await page.wait_for_selector(".decided")
@@ -99,7 +104,9 @@ async def test_ui_asks_for_a_key_and_rejects_a_wrong_one(server: tuple[str, str]
     await page.wait_for_selector("dialog#login[open]")
     await page.fill("#login-key", "wrong-key")
     await page.click("#login-form button")
-    await page.wait_for_selector("dialog#login[open]")  # 401: asked again, nothing shown
+    # 401: the dialog stays up and says why (it used to ask again silently)
+    await page.wait_for_function("document.getElementById('login-error').textContent.includes('rejected')")
+    assert await page.locator("dialog#login[open]").count() == 1
     assert await page.locator("#runs-table").count() == 0
 
 

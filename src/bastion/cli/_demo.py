@@ -141,6 +141,7 @@ def _summary(rows: list[dict[str, Any]]) -> Table:
 
 
 async def demo(home: Path, *, port: int, wait: bool) -> int:
+    from bastion.cli._progress import model_load_reporter, spinner
     from bastion.server._project import ProjectEnv, load_project
     from bastion.server._serve import build_server
     from bastion.testing._serve import serve_app
@@ -150,12 +151,14 @@ async def demo(home: Path, *, port: int, wait: bool) -> int:
     env = ProjectEnv(home=demo_home)
     console.rule("Bastion demo: support agent on the bundled local model (offline)")
     console.print("loading the knowledge base (MiniLM embeddings) and the local model…")
-    project = await load_project(f"{_project_file()}:build", env)
+    with spinner(Console(stderr=True), "ingesting the knowledge base"):
+        project = await load_project(f"{_project_file()}:build", env)
     key = "bsk-demo-" + secrets.token_urlsafe(12)
     project.api_keys[key] = ("acme", "operator")
     parts, stack = await build_server(project, env, lease_seconds=120)
     async with stack, serve_app(parts.app, lifespan="off", port=port) as base:
-        rows = await run_scenario(base, key)
+        with model_load_reporter(Console(stderr=True)):  # the first request loads the local model
+            rows = await run_scenario(base, key)
         console.print(_summary(rows))
         audit = _audit_lines(demo_home)
         if audit:

@@ -63,8 +63,13 @@ def doctor(home: Path, database_url: str | None) -> int:
     checks = {
         "sandbox": _check_sandbox(),
         "local model": _check_local_model(),
-        "database": _check_database(home, database_url),
     }
+    if database_url:  # connectivity, schema versions, pgvector
+        from bastion.cli._doctor_db import database_checks
+
+        checks.update({name: (ok, detail) for name, ok, detail in database_checks(database_url)})
+    else:
+        checks["database"] = _check_database(home, None)
     table = Table("check", "ok", "detail")
     for name, (ok, detail) in checks.items():
         # Redacted (a connection error may quote the URL) and escaped (rich would read `[...]` as markup).
@@ -79,14 +84,34 @@ def bench(names: list[str], *, quick: bool) -> int:
         console.print("[red]run `bastion bench` from a checkout (it needs the bench/ directory)[/]")
         return 2
     targets = names or sorted(p.stem for p in bench_dir.glob("*.py") if not p.stem.startswith("_"))
-    code = 0
-    for name in targets:
-        script = bench_dir / f"{name}.py"
-        if not script.exists():
-            console.print(f"[red]no benchmark {name!r}[/]")
-            code = 2
-            continue
-        console.rule(name)
-        args = [sys.executable, str(script), *(["--quick"] if quick else [])]
-        code = max(code, subprocess.run(args, check=False).returncode)
+    missing = [n for n in targets if not (bench_dir / f"{n}.py").exists()]
+    for name in missing:
+        console.print(f"[red]no benchmark {name!r}[/]")
+    code = 2 if missing else 0
+    todo = [n for n in targets if n not in missing]
+    if not console.is_terminal:
+        for name in todo:
+            console.rule(name)
+            code = max(code, subprocess.run(_bench_args(bench_dir, name, quick), check=False).returncode)
+        return code
+    from bastion.cli._progress import progress
+
+    # On a terminal a bar counts the benchmarks; their tables scroll above it.
+    with progress(console) as bar:
+        task = bar.add_task("benchmarks", total=len(todo))
+        for name in todo:
+            bar.update(task, description=f"benchmark {name}", refresh=True)
+            console.rule(name)
+            with subprocess.Popen(
+                _bench_args(bench_dir, name, quick), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ) as proc:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    console.print(line, end="", markup=False, highlight=False)
+            code = max(code, proc.returncode)
+            bar.advance(task)
     return code
+
+
+def _bench_args(bench_dir: Path, name: str, quick: bool) -> list[str]:
+    return [sys.executable, str(bench_dir / f"{name}.py"), *(["--quick"] if quick else [])]

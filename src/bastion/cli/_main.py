@@ -1,4 +1,4 @@
-"""`bastion` command line: serve, worker, run, trace, eval, keys, audit, doctor, bench, demo."""
+"""`bastion` command line: serve, worker, run, trace, eval, keys, audit, memory, doctor, bench, demo."""
 
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--database")
     r.add_argument("--tenant", default="default")
     r.add_argument("--thread")
-    r.add_argument("--yes", action="store_true", help="approve every approval request (non-interactive)")
+    decide = r.add_mutually_exclusive_group()
+    decide.add_argument("--yes", action="store_true", help="approve every approval request (non-interactive)")
+    decide.add_argument("--no", action="store_true", help="reject every approval request (non-interactive)")
     r.add_argument("agent")
     r.add_argument("input")
 
@@ -51,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="trace_command", required=True)
     tsub.add_parser("list", help="recent traces")
     show = tsub.add_parser("show", help="a trace as a tree")
-    show.add_argument("trace_id")
+    show.add_argument("trace_id", help="a trace id, a unique prefix of one, or a run id")
 
     # Every eval argument (`--suite`, `--help` ...) goes to the evals CLI untouched: with the
     # usual prefix chars argparse takes a leading `--option` as unknown instead of REMAINDER.
@@ -83,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     averify.add_argument("--export", type=Path, help="verify an exported file instead")
     averify.add_argument("--key", help="the audit key (default: BASTION_SECRET_AUDIT_KEY, else <home>/audit.key)")
     aexport.add_argument("--out", type=Path, help="file to write (default: stdout)")
+
+    mem = sub.add_parser("memory", help="long-term memory: ingest documents")
+    msub = mem.add_subparsers(dest="memory_command", required=True)
+    ming = msub.add_parser("ingest", help="load files or directories (text, markdown, HTML, PDF) with a progress bar")
+    ming.add_argument("paths", nargs="+", type=Path)
+    ming.add_argument("--tenant", required=True)
+    ming.add_argument("--agent", default="", help="namespace fields; empty = shared at that level")
+    ming.add_argument("--user", default="")
+    ming.add_argument("--scope", default="")
+    ming.add_argument("--app", help="write to this project's memory store (Project(memory=...))")
+    ming.add_argument("--file", type=Path, help="SQLite memory file (default <home>/memory.db)")
+    ming.add_argument("--database", help="postgresql://... memory store")
+    ming.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
+    ming.add_argument("--untrusted", action="store_true", help="label the chunks untrusted (third-party content)")
 
     d = sub.add_parser("doctor", help="check the sandbox, the local model and the database")
     d.add_argument("--database")
@@ -139,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return asyncio.run(
             run(args.app, _env(args), agent=args.agent, input=args.input, tenant=args.tenant, thread=args.thread,  # type: ignore[arg-type]
-                approve_all=args.yes)
+                approve_all=args.yes, reject_all=args.no)
         )  # fmt: skip
     if cmd == "trace":
         from bastion.cli._trace import list_traces, show_trace
@@ -166,6 +182,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.audit_command == "verify":
             return _audit.verify(home, log=args.log, database=args.database, export=args.export, key=args.key)
         return _audit.export(home, log=args.log, database=args.database, out=args.out)
+    if cmd == "memory":
+        from bastion.cli._memory import ingest_command
+
+        return asyncio.run(
+            ingest_command(args.paths, Path(args.home), tenant=args.tenant, agent=args.agent, user=args.user,
+                           scope=args.scope, app=args.app, file=args.file, database=args.database,
+                           embedder=args.embedder, untrusted=args.untrusted)
+        )  # fmt: skip
     if cmd == "doctor":
         from bastion.cli._doctor import doctor
 

@@ -141,7 +141,9 @@ def cost_routes(store: Any) -> Extension:
             data = await asyncio.to_thread(
                 series, store, by, bucket_s=hours * 3600 / buckets, since=since, until=until, tenant=principal.tenant
             )
-            return {"since": since, "until": until, "buckets": buckets, "series": {str(k): v for k, v in data.items()}}
+            # Spans without the dimension (proxy calls have no agent) are keyed "", not "None".
+            series = {("" if k is None else str(k)): v for k, v in data.items()}
+            return {"since": since, "until": until, "buckets": buckets, "series": series}
 
     return extend
 

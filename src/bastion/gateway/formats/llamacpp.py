@@ -21,7 +21,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,20 +49,47 @@ _models: dict[str, Any] = {}  # model path -> llama_cpp.Llama
 _load_lock = threading.Lock()
 _run_lock = threading.Lock()  # one generation at a time per process
 
+LoadHook = Callable[[str], contextlib.AbstractContextManager[object]]
+_load_hook: LoadHook | None = None
+
+
+def on_model_load(hook: LoadHook | None) -> LoadHook | None:
+    """Report model loads: `hook(name)` is entered around each load (the CLI draws a progress
+    bar with it). Returns the previous hook, to restore it."""
+    global _load_hook
+    previous, _load_hook = _load_hook, hook
+    return previous
+
+
+def _drop_llama_log(level: int, text: bytes, user_data: Any) -> None:
+    # llama.cpp writes its own log (e.g. "llama_kv_cache_iswa: using full-size SWA cache")
+    # to fd 2 even with verbose=False, interleaving C-library lines with a CLI's output;
+    # failures reach us as exceptions, so the log is only kept at debug level.
+    import logging
+
+    logging.getLogger("bastion.llamacpp").debug("%s", text.decode("utf-8", "replace").rstrip())
+
 
 def _import_llama() -> Any:
     try:
         import llama_cpp
     except ImportError as e:
         raise MissingExtraError("local", "llama-cpp-python", "the local model (local:gemma-3-270m)") from e
-    global _exit_hook
+    global _exit_hook, _log_callback
     if not _exit_hook:
         _exit_hook = True
         atexit.register(_close_at_exit)
+    if _log_callback is None:
+        import ctypes
+
+        # Kept referenced: llama.cpp calls it from C for the life of the process.
+        _log_callback = llama_cpp.llama_log_callback(_drop_llama_log)
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
     return llama_cpp
 
 
 _exit_hook = False
+_log_callback: Any = None
 
 
 def _close_at_exit() -> None:
@@ -123,17 +150,22 @@ def load_llama(name: str = DEFAULT_MODEL) -> Any:
     with _load_lock:
         llm = _models.get(key)
         if llm is None:
-            llm = llama_cpp.Llama(
-                model_path=key,
-                n_ctx=N_CTX,
-                # Half the cores: llama.cpp threads spin while they wait for each other, so
-                # on a busy machine more threads than free cores is ~10x slower, not faster.
-                n_threads=_threads(),
-                n_threads_batch=_threads(),
-                verbose=False,
-            )
+            with _load_hook(name) if _load_hook is not None else contextlib.nullcontext():
+                llm = _new_llama(llama_cpp, key)
             _models[key] = llm
     return llm
+
+
+def _new_llama(llama_cpp: Any, key: str) -> Any:
+    return llama_cpp.Llama(
+        model_path=key,
+        n_ctx=N_CTX,
+        # Half the cores: llama.cpp threads spin while they wait for each other, so
+        # on a busy machine more threads than free cores is ~10x slower, not faster.
+        n_threads=_threads(),
+        n_threads_batch=_threads(),
+        verbose=False,
+    )
 
 
 # --- prompt and grammar ----------------------------------------------------------------------
