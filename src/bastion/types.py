@@ -260,6 +260,9 @@ class ModelSettings:
     seed: int | None = None
     timeout: float | None = None  # seconds for one attempt
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to the wire format
+    # Provider prompt caching (Anthropic breakpoints, OpenAI prompt_cache_key, Gemini cached
+    # content), applied only where the prefix is long enough to pay; False sends none of it.
+    prompt_cache: bool = True
 
 
 @dataclass(slots=True)

@@ -57,7 +57,8 @@ async def test_request_mapping(srv: FakeOpenAIServer) -> None:
         ],
         tools=[WEATHER],
         tool_choice="required",
-        settings=ModelSettings(temperature=0.5, max_tokens=99, stop=["STOP"]),
+        # Two images make the prompt long enough to cache; breakpoints are tested in test_prompt_cache.py.
+        settings=ModelSettings(temperature=0.5, max_tokens=99, stop=["STOP"], prompt_cache=False),
     )
     await srv.anthropic_model("claude-x").request(request)
     recorded = srv.requests[-1]

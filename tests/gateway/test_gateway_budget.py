@@ -272,6 +272,7 @@ def test_the_clamped_copy_keeps_every_field() -> None:
         "seed",
         "timeout",
         "extra",
+        "prompt_cache",
     ]
     assert [f.name for f in fields(ModelRequest)] == [
         "messages", "tools", "tool_choice", "output", "settings", "context", "cacheable",
@@ -279,7 +280,9 @@ def test_the_clamped_copy_keeps_every_field() -> None:
     r = ModelRequest(
         [Message.user("x")],
         tool_choice="required",
-        settings=ModelSettings(temperature=0.1, max_tokens=9, top_p=0.5, stop=["s"], seed=3, timeout=2.0),
+        settings=ModelSettings(
+            temperature=0.1, max_tokens=9, top_p=0.5, stop=["s"], seed=3, timeout=2.0, prompt_cache=False
+        ),
         context=RunContext(tenant="t"),
         cacheable=True,
     )

@@ -6,6 +6,7 @@ because the API requires alternation). Structured output is a forced tool named 
 `OutputSchema`: its input comes back as the response text (JSON), not as a tool call.
 Usage is normalised: Anthropic's `input_tokens` excludes cached input, so cache reads and
 writes are added back. Invalid JSON in streamed tool input is kept as `{"_raw": "..."}`.
+Prompt caching: `cache_control` breakpoints are placed automatically (see `add_breakpoints`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bastion.gateway.formats._base import (
     split_data_uri,
     unavailable,
 )
+from bastion.gateway.formats._prompt_cache import CHARS_PER_TOKEN, IMAGE_TOKENS, anthropic_min_tokens
 from bastion.types import (
     FinishReason,
     ImagePart,
@@ -121,9 +123,60 @@ def build_payload(request: ModelRequest, model: str) -> JSON:
         payload["top_p"] = s.top_p
     if s.stop:
         payload["stop_sequences"] = s.stop
+    if s.prompt_cache:
+        add_breakpoints(payload, anthropic_min_tokens(model) * CHARS_PER_TOKEN)
     if s.extra:
         payload.update(s.extra)
     return payload
+
+
+def _block_chars(block: JSON) -> int:
+    kind = block.get("type")
+    if kind == "text":
+        return len(block["text"])
+    if kind == "tool_use":
+        return len(block["name"]) + len(json.dumps(block["input"]))
+    if kind == "tool_result":
+        return len(block["content"])
+    return IMAGE_TOKENS * CHARS_PER_TOKEN
+
+
+def _mark(block: JSON) -> None:
+    block["cache_control"] = {"type": "ephemeral"}
+
+
+def add_breakpoints(payload: JSON, minimum_chars: int) -> None:
+    """Mark up to 4 cache breakpoints, each only where the prefix up to it (tools, system, then
+    messages, the order Anthropic caches in) is long enough to be cached:
+
+    - the last tool: the tools survive a change of the system prompt;
+    - the system prompt: shared by every conversation of the agent;
+    - the end of the previous request of this conversation (the user turn before the last
+      assistant turn): what was written last time is read even when the new turns hold more
+      than the ~20 blocks Anthropic looks back from a breakpoint;
+    - the last message: written now, read by the next request, which extends it.
+    """
+    size = 0
+    tools: list[JSON] | None = payload.get("tools")
+    if tools:
+        size += len(json.dumps(tools))
+        if size >= minimum_chars:
+            tools[-1] = {**tools[-1], "cache_control": {"type": "ephemeral"}}
+    system: str | None = payload.get("system")
+    if system:
+        size += len(system)
+        if size >= minimum_chars:
+            payload["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+    messages: list[JSON] = payload["messages"]
+    if not messages:
+        return
+    last = len(messages) - 1
+    previous = next((i - 1 for i in range(last - 1, 0, -1) if messages[i]["role"] == "assistant"), -1)
+    for i, message in enumerate(messages):
+        blocks: list[JSON] = message["content"]
+        size += sum(_block_chars(b) for b in blocks)
+        if (i == previous or i == last) and size >= minimum_chars:
+            _mark(blocks[-1])
 
 
 def parse_usage(data: JSON | None) -> Usage:
@@ -166,7 +219,12 @@ class AnthropicModel(HTTPModel):
         return parts, finish
 
     async def request(self, request: ModelRequest) -> ModelResponse:
-        data = await self.post_json(self.url, build_payload(request, self.model_name), request)
+        return self.parse_response(
+            await self.post_json(self.url, build_payload(request, self.model_name), request), request
+        )
+
+    def parse_response(self, data: Any, request: ModelRequest) -> ModelResponse:
+        """A Messages API body as a `ModelResponse` (also the message of a batch result)."""
         names = request_tool_names(request)
         content = data.get("content") if isinstance(data, dict) else None
         if not isinstance(content, list):
@@ -293,4 +351,4 @@ class AnthropicModel(HTTPModel):
         )
 
 
-__all__ = ["AnthropicModel", "build_payload", "parse_usage"]
+__all__ = ["AnthropicModel", "add_breakpoints", "build_payload", "parse_usage"]

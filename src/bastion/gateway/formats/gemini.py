@@ -6,17 +6,21 @@ System messages become `systemInstruction`; tool calls and results are `function
 results are matched by name). Structured output uses `responseMimeType: application/json`
 with `responseSchema`. `promptTokenCount` already includes `cachedContentTokenCount`;
 `thoughtsTokenCount` is billed as output, so it is added to output and reported as reasoning.
+A large system instruction + tools prefix that repeats is moved into a `cachedContents`
+resource when it pays (see `_gemini_cache`); creating one is reported as cache-write tokens.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from bastion.errors import ModelHTTPError
 from bastion.gateway._toolnames import request_tool_names
 from bastion.gateway.formats._base import JSON, HTTPModel, merged_turns, split_data_uri
+from bastion.gateway.formats._gemini_cache import CachedContents
 from bastion.types import (
     FinishReason,
     ImagePart,
@@ -151,6 +155,14 @@ def parse_usage(data: JSON | None) -> Usage:
     )
 
 
+def _with_written(usage: Usage, written: int) -> Usage:
+    """Add the tokens of a cachedContents creation: billed once, at the input price."""
+    if written:
+        usage.input_tokens += written
+        usage.cache_write_tokens += written
+    return usage
+
+
 def _finish(reason: str | None, has_calls: bool, blocked: bool) -> FinishReason:
     if blocked:
         return "content_filter"
@@ -163,12 +175,52 @@ class GeminiModel(HTTPModel):
 
     wire_format = "gemini"
 
+    _contents: CachedContents | None = None
+
     def _url(self, stream: bool) -> str:
         base = f"{self.provider.base_url}/models/{self.model_name}"
         return base + (":streamGenerateContent?alt=sse" if stream else ":generateContent")
 
+    @property
+    def cached_contents(self) -> CachedContents:
+        if self._contents is None:
+            self._contents = CachedContents(self.model_name)
+        return self._contents
+
+    async def _payload(self, request: ModelRequest, *, cache: bool = True) -> tuple[JSON, str | None, int]:
+        """The body, the digest of the cached prefix it references (or None) and the tokens
+        written by creating that cache now."""
+        payload = build_payload(request)
+        if not (cache and request.settings.prompt_cache) or "cachedContent" in payload:
+            return payload, None, 0
+
+        async def create(body: JSON) -> tuple[str, int]:
+            data = await self.post_json(f"{self.provider.base_url}/cachedContents", body, request)
+            name = data.get("name") if isinstance(data, dict) else None
+            if not isinstance(name, str):
+                raise self.invalid("a cachedContents name", data)
+            return name, int((data.get("usageMetadata") or {}).get("totalTokenCount") or 0)
+
+        digest, written = await self.cached_contents.apply(payload, request.context.tenant, create)
+        return payload, digest, written
+
+    def _stale(self, error: ModelHTTPError, request: ModelRequest, digest: str | None) -> bool:
+        """Whether `error` says the referenced cache is gone (expired early, deleted): then it
+        is forgotten and the request is sent again without it."""
+        if digest is None or error.status not in (400, 403, 404) or "cachedcontent" not in error.body.lower():
+            return False
+        self.cached_contents.forget(request.context.tenant, digest)
+        return True
+
     async def request(self, request: ModelRequest) -> ModelResponse:
-        data = await self.post_json(self._url(False), build_payload(request), request)
+        payload, digest, written = await self._payload(request)
+        try:
+            data = await self.post_json(self._url(False), payload, request)
+        except ModelHTTPError as e:
+            if not self._stale(e, request, digest):
+                raise
+            payload, _, written = await self._payload(request, cache=False)
+            data = await self.post_json(self._url(False), payload, request)
         names = request_tool_names(request)
         if not isinstance(data, dict):
             raise self.invalid("a response object", data)
@@ -190,13 +242,30 @@ class GeminiModel(HTTPModel):
         has_calls = any(isinstance(p, ToolCall) for p in parts)
         return ModelResponse(
             message=Message("assistant", parts),
-            usage=parse_usage(data.get("usageMetadata")),
+            usage=_with_written(parse_usage(data.get("usageMetadata")), written),
             model=self._name,
             finish_reason=_finish(reason, has_calls, blocked),
             response_id=data.get("responseId"),
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        payload, digest, written = await self._payload(request)
+        sent = False
+        try:
+            async with aclosing(self._stream(request, payload, written)) as events:
+                async for event in events:
+                    sent = True
+                    yield event
+        except ModelHTTPError as e:
+            # The HTTP status comes before any event, so nothing was shown yet on a stale cache.
+            if sent or not self._stale(e, request, digest):
+                raise
+            payload, _, written = await self._payload(request, cache=False)
+            async with aclosing(self._stream(request, payload, written)) as events:
+                async for event in events:
+                    yield event
+
+    async def _stream(self, request: ModelRequest, payload: JSON, written: int) -> AsyncGenerator[StreamEvent, None]:
         text: list[str] = []
         calls: list[ToolCall] = []
         usage: JSON | None = None
@@ -204,7 +273,7 @@ class GeminiModel(HTTPModel):
         blocked = False
         response_id: str | None = None
         names = request_tool_names(request)
-        async with aclosing(self.post_sse(self._url(True), build_payload(request), request)) as events:
+        async with aclosing(self.post_sse(self._url(True), payload, request)) as events:
             async for _, chunk in events:
                 if not isinstance(chunk, dict):
                     raise self.invalid("a response chunk", chunk)
@@ -239,7 +308,7 @@ class GeminiModel(HTTPModel):
         yield ResponseDone(
             ModelResponse(
                 message=Message("assistant", parts),
-                usage=parse_usage(usage),
+                usage=_with_written(parse_usage(usage), written),
                 model=self._name,
                 finish_reason=_finish(reason, bool(calls), blocked),
                 response_id=response_id,

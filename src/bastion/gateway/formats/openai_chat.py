@@ -4,7 +4,9 @@ llama.cpp server, Ollama and most gateways.
 Structured output uses `response_format: json_schema`; streaming asks for
 `stream_options.include_usage` so the last chunk carries token counts; streamed tool-call
 fragments are assembled by their `index`. Invalid JSON in tool-call arguments is kept as
-`{"_raw": "..."}` rather than raised.
+`{"_raw": "..."}` rather than raised. OpenAI caches prompt prefixes of 1024+ tokens on its own;
+requests to OpenAI carry a `prompt_cache_key` per (tenant, agent, thread) so that one
+conversation's requests reach the same cache.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from bastion.gateway._toolnames import ToolNames, request_tool_names
 from bastion.gateway.formats._base import JSON, HTTPModel, parse_arguments
+from bastion.gateway.formats._prompt_cache import context_cache_key
 from bastion.types import (
     FinishReason,
     ImagePart,
@@ -83,8 +86,12 @@ def _message_to_openai(message: Message, out: list[JSON], names: ToolNames) -> N
     out.append(entry)
 
 
-def build_payload(request: ModelRequest, model: str, *, max_tokens_key: str = "max_tokens") -> JSON:
-    """The Chat Completions body for `request` (without `stream`)."""
+def build_payload(
+    request: ModelRequest, model: str, *, max_tokens_key: str = "max_tokens", prompt_cache_key: bool = False
+) -> JSON:
+    """The Chat Completions body for `request` (without `stream`). `prompt_cache_key`: send
+    OpenAI's cache routing key, derived from the tenant, agent and thread (only OpenAI's own
+    API knows the field; some compatible servers reject unknown fields)."""
     names = request_tool_names(request)
     messages: list[JSON] = []
     for m in request.messages:
@@ -129,6 +136,8 @@ def build_payload(request: ModelRequest, model: str, *, max_tokens_key: str = "m
         payload["stop"] = s.stop
     if s.seed is not None:
         payload["seed"] = s.seed
+    if prompt_cache_key and s.prompt_cache:
+        payload["prompt_cache_key"] = context_cache_key(request.context)
     if s.extra:
         payload.update(s.extra)
     return payload
@@ -155,17 +164,22 @@ class OpenAIChatModel(HTTPModel):
 
     wire_format = "openai_chat"
 
-    def _payload(self, request: ModelRequest) -> JSON:
+    def payload(self, request: ModelRequest) -> JSON:
+        """The Chat Completions body for `request` at this provider (also a batch line's body)."""
         # OpenAI's reasoning models reject `max_tokens`; compatible servers mostly only know it.
-        key = "max_completion_tokens" if self.provider.name == "openai" else "max_tokens"
-        return build_payload(request, self.model_name, max_tokens_key=key)
+        official = self.provider.name == "openai"
+        key = "max_completion_tokens" if official else "max_tokens"
+        return build_payload(request, self.model_name, max_tokens_key=key, prompt_cache_key=official)
 
     @property
     def url(self) -> str:
         return self.provider.base_url + "/chat/completions"
 
     async def request(self, request: ModelRequest) -> ModelResponse:
-        data = await self.post_json(self.url, self._payload(request), request)
+        return self.parse_response(await self.post_json(self.url, self.payload(request), request), request)
+
+    def parse_response(self, data: Any, request: ModelRequest) -> ModelResponse:
+        """A Chat Completions body as a `ModelResponse` (also the body of a batch result line)."""
         names = request_tool_names(request)
         try:
             choice = data["choices"][0]
@@ -193,7 +207,7 @@ class OpenAIChatModel(HTTPModel):
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
-        payload = self._payload(request)
+        payload = self.payload(request)
         names = request_tool_names(request)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
