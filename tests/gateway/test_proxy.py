@@ -576,3 +576,17 @@ async def test_health_needs_no_key() -> None:
         async with http.get(f"{root}/health", timeout=aiohttp.ClientTimeout(total=10)) as resp:
             assert resp.status == 200
             assert await resp.json() == {"status": "ok"}
+
+
+async def test_a_client_prompt_cache_key_is_accepted_and_never_forwarded() -> None:
+    # the gateway derives its own key per (tenant, agent, thread); a client-chosen one could aim
+    # at another tenant's cache shard
+    model = ScriptedModel(["ok"])
+    async with running_proxy({"m": model}) as proxy:
+        async with proxy.client() as client:
+            completion = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}], prompt_cache_key="other-tenant-shard"
+            )
+    assert completion.choices[0].message.content == "ok"
+    (request,) = model.requests
+    assert "prompt_cache_key" not in request.settings.extra

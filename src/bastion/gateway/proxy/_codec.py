@@ -146,6 +146,9 @@ class ChatCompletionBody(_Body):
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | None = None
     service_tier: str | None = None
+    # Accepted and not forwarded: the gateway sets its own key per (tenant, agent, thread), so
+    # one tenant's client cannot steer requests into another tenant's cache shard.
+    prompt_cache_key: str | None = Field(default=None, max_length=1024)
     metadata: dict[str, str] | None = None
     store: bool | None = None
 
