@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,85 @@ def test_run_sync_refuses_inside_loop() -> None:
 def test_missing_extra_names_the_extra() -> None:
     err = errors.MissingExtraError("local", "llama-cpp-python", "the local model")
     assert "pip install 'bastion[local]'" in str(err)
+
+
+# Imports of another package's private modules still waiting for a public seam (issue 15.6).
+# The list may only shrink: export what is needed from the package's `__init__` (with
+# `__all__`) and import it from there. cli -> server: `bastion.server` imports FastAPI eagerly.
+KNOWN_PRIVATE_IMPORTS = {
+    ("cli/_audit.py", "bastion.policy._audit"),
+    ("cli/_demo.py", "bastion.policy._approval"),
+    ("cli/_demo.py", "bastion.server._project"),
+    ("cli/_demo.py", "bastion.server._serve"),
+    ("cli/_doctor_db.py", "bastion.tracing._store_pg"),
+    ("cli/_keys.py", "bastion.server._auth"),
+    ("cli/_main.py", "bastion.server._project"),
+    ("cli/_memory.py", "bastion.server._project"),
+    ("cli/_run.py", "bastion.server._project"),
+    ("cli/_serve.py", "bastion.server._project"),
+    ("cli/_serve.py", "bastion.server._serve"),
+    ("gateway/_gateway.py", "bastion.tracing._metrics"),
+    ("graph/_pregel.py", "bastion.tracing._state"),
+    ("graph/agent/_window.py", "bastion.memory._context"),
+    ("server/_budgets.py", "bastion.gateway._budget"),
+    ("server/_serve.py", "bastion.tracing._queue_gauges"),
+    ("testing/__init__.py", "bastion.memory._embedders"),
+    ("testing/_fake_server.py", "bastion.gateway._model"),
+    ("testing/_fake_server.py", "bastion.gateway._resolve"),
+    ("testing/_fake_server.py", "bastion.gateway.formats._prompt_cache"),
+    ("tools/_runner.py", "bastion.gateway._budget"),
+    ("tools/_runner.py", "bastion.tracing._cost"),
+}
+
+
+def private_cross_package_imports(root: Path | None = None) -> set[tuple[str, str]]:
+    """(file under src/bastion, module) for every import of a `_private` module of another
+    top-level package (`bastion.graph.agent` may use `bastion.graph._types`; `bastion.memory`
+    may not use `bastion.graph.agent._runtime`)."""
+    import ast
+
+    root = root or Path(bastion.__file__).parent
+    found: set[tuple[str, str]] = set()
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        own = rel.parts[0] if len(rel.parts) > 1 else ""
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            else:
+                continue
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] == "bastion" and len(parts) > 2 and parts[1] != own:
+                    if any(p.startswith("_") for p in parts[2:]):
+                        found.add((rel.as_posix(), module))
+    return found
+
+
+def test_no_new_private_imports_across_packages() -> None:
+    new = private_cross_package_imports() - KNOWN_PRIVATE_IMPORTS
+    assert not new, (
+        f"{sorted(new)}: import these through the other package's public __init__ (add the names "
+        "to its __all__), never its _private modules"
+    )
+
+
+def test_the_private_import_guard_sees_a_violation(tmp_path: Path) -> None:
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "graph" / "agent").mkdir(parents=True)
+    (tmp_path / "memory" / "_tools.py").write_text(
+        "from bastion.graph.agent._runtime import _RUNTIME\nfrom bastion.tools import Tool\n"
+    )
+    (tmp_path / "graph" / "agent" / "_loop.py").write_text(
+        "from bastion.graph._types import Send\nimport bastion.tracing._state\n"
+    )
+    assert private_cross_package_imports(tmp_path) == {
+        ("memory/_tools.py", "bastion.graph.agent._runtime"),
+        ("graph/agent/_loop.py", "bastion.tracing._state"),
+    }
+    # fixed by issue 15: memory no longer reaches into the graph, policy uses tools' public API
+    found = private_cross_package_imports()
+    assert not any(f.startswith("memory/") and m.startswith("bastion.graph.") for f, m in found)
+    assert not any(f.startswith("policy/") and m.startswith("bastion.tools.") for f, m in found)

@@ -161,7 +161,7 @@ async def test_retry_policy_retries_matching_errors_only() -> None:
         calls["fatal"] += 1
         raise KeyError("bug")
 
-    fast = RetryPolicy(max_attempts=3, initial_interval=0, jitter=False, retry_on=(ConnectionError,))
+    fast = RetryPolicy(max_attempts=3, base_delay=0, jitter="none", retry_on=(ConnectionError,))
     g = Graph(State)
     g.add_node("flaky", flaky, retry=fast)
     g.add_edge(START, "flaky")
@@ -184,10 +184,23 @@ async def test_retry_policy_retries_matching_errors_only() -> None:
 
 
 def test_retry_backoff_grows_with_bounded_jitter() -> None:
-    p = RetryPolicy(initial_interval=1.0, backoff_factor=2.0, max_interval=5.0, jitter=False)
-    assert [p.delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
-    j = RetryPolicy(initial_interval=1.0, jitter=True)
-    assert all(0.5 <= j.delay(1) <= 1.0 for _ in range(50))
+    p = RetryPolicy(base_delay=1.0, max_delay=5.0, jitter="none")
+    assert [p.backoff(n, lambda: 0.5) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
+    j = RetryPolicy(base_delay=1.0)  # full jitter: uniform in [0, cap]
+    assert [j.backoff(1, lambda r=r: r) for r in (0.0, 0.25, 1.0)] == [0.0, 0.25, 1.0]
+
+
+def test_one_retry_policy_serves_every_layer() -> None:
+    import bastion.gateway
+    import bastion.graph
+    import bastion.tools
+
+    assert bastion.graph.RetryPolicy is bastion.tools.RetryPolicy is bastion.gateway.RetryPolicy
+    # a node retries any failure by default, the gateway only transient ones
+    from bastion.graph._types import node_retryable
+
+    p = RetryPolicy()
+    assert p.should_retry(KeyError("x"), node_retryable) and not p.should_retry(KeyError("x"))
 
 
 async def test_timeouts_for_async_and_sync_nodes() -> None:

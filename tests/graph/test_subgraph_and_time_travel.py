@@ -152,7 +152,7 @@ async def test_a_retried_subgraph_resumes_from_its_own_checkpoint(backend: Check
     inner.add_node("first", first).add_node("second", second)
     inner.add_edge(START, "first").add_edge("first", "second")
     outer = Graph(State)
-    outer.add_node("sub", inner.compile(), retry=RetryPolicy(initial_interval=0, jitter=False))
+    outer.add_node("sub", inner.compile(), retry=RetryPolicy(base_delay=0, jitter="none"))
     outer.add_edge(START, "sub")
     out = await outer.compile(checkpointer=backend).ainvoke({}, thread_id="t")
     assert out["note"] == "ok" and runs == Counter(first=1, second=2)

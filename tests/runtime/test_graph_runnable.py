@@ -62,7 +62,7 @@ def build_graph() -> Graph:
     g = Graph(State)
     g.add_node("plan", plan)
     g.add_node("work", work)
-    g.add_node("flaky", flaky, retry=RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=False))
+    g.add_node("flaky", flaky, retry=RetryPolicy(max_attempts=3, base_delay=0.01, jitter="none"))
     g.add_node("review", review)
     g.add_edge(START, "plan")
     g.add_conditional_edges("plan", fan_out)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bastion.errors import ToolArgumentsError
+from bastion.gateway import CircuitBreakerConfig
 from bastion.tools import (
     CircuitBreaker,
     MemoryJournal,
@@ -75,7 +76,7 @@ async def test_idempotent_tool_retried_with_jittered_backoff() -> None:
             raise ConnectionError("reset by peer")
         return "data"
 
-    runner, slept = make_runner(retry=RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0))
+    runner, slept = make_runner(retry=RetryPolicy(max_attempts=3, base_delay=0.1, max_delay=1.0))
     result = await runner.run(flaky, ToolCall("flaky", {}))
     assert not result.is_error and result.content == "data"
     assert calls == 3
@@ -188,11 +189,11 @@ async def test_circuit_breaker_opens_then_half_opens() -> None:
 
 def test_breaker_half_open_failure_reopens() -> None:
     clock = FakeClock()
-    b = CircuitBreaker(failure_threshold=1, reset_after=5, clock=clock)
+    b = CircuitBreaker("api", CircuitBreakerConfig(failure_threshold=1, cooldown=5), clock)
     b.record_failure()
-    assert b.state == "open" and not b.allow()
+    assert b.state == "open" and not b.acquire()
     clock.now = 6
-    assert b.allow() and not b.allow()  # one trial only
+    assert b.acquire() and not b.acquire()  # one trial only
     b.record_failure()
     assert b.state == "open"
 

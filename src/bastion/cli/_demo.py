@@ -144,7 +144,7 @@ async def demo(home: Path, *, port: int, wait: bool) -> int:
     from bastion.cli._progress import model_load_reporter, spinner
     from bastion.server._project import ProjectEnv, load_project
     from bastion.server._serve import build_server
-    from bastion.testing._serve import serve_app
+    from bastion.testing import serve_app
 
     demo_home = home / "demo"
     shutil.rmtree(demo_home, ignore_errors=True)  # a reproducible scenario every time

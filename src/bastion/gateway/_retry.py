@@ -1,5 +1,9 @@
 """Retry policy: which failures are worth another attempt, and how long to wait before it.
 
+One `RetryPolicy` serves every layer that retries: the gateway (model calls), graph nodes
+(`Graph.add_node(retry=...)`) and idempotent tools (`ToolRunner(retry=...)`); each layer
+passes its own default for which errors are retryable unless `retry_on` says otherwise.
+
 Exponential backoff with FULL jitter (a uniform draw in `[0, min(max_delay, base * 2**n))`,
 the AWS recommendation that spreads synchronized clients best), overridden by a provider's
 `Retry-After` hint. The policy is pure arithmetic: the gateway owns the clock and the sleeping,
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bastion.errors import (
+    ControlFlowSignal,
     ModelHTTPError,
     ModelTimeoutError,
     ProviderUnavailableError,
@@ -21,6 +26,7 @@ from bastion.errors import (
 )
 
 Jitter = Literal["full", "none"]
+RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 # Statuses a provider uses for "try again later"; other 4xx are the caller's mistake.
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
@@ -33,7 +39,9 @@ class RetryPolicy:
     `attempt_timeout` bounds each attempt (a request's `settings.timeout` wins when set);
     `deadline` bounds all attempts of one call together, back-off sleeps included. A
     `Retry-After` longer than `max_retry_after` is not waited for: the model is given up
-    so the fallback chain can answer sooner.
+    so the fallback chain can answer sooner. `retry_on` (exception types or a predicate)
+    replaces the layer's default choice of retryable errors; control-flow signals (interrupts)
+    are never retried.
     """
 
     max_attempts: int = 3
@@ -43,6 +51,7 @@ class RetryPolicy:
     attempt_timeout: float | None = None
     deadline: float | None = None
     max_retry_after: float = 60.0
+    retry_on: RetryOn | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -57,6 +66,17 @@ class RetryPolicy:
         """One attempt, no retries."""
         return cls(max_attempts=1)
 
+    def should_retry(self, error: BaseException, default: Callable[[BaseException], bool] | None = None) -> bool:
+        """Whether `error` is worth another attempt (attempts left aside): `retry_on` if set,
+        else `default` (the calling layer's rule; the gateway's `is_retryable` when None)."""
+        if isinstance(error, ControlFlowSignal):
+            return False
+        if self.retry_on is None:
+            return (default or is_retryable)(error)
+        if isinstance(self.retry_on, tuple):
+            return isinstance(error, self.retry_on)
+        return self.retry_on(error)
+
     def backoff(self, failures: int, rand: Callable[[], float]) -> float:
         """The delay after the `failures`-th consecutive failure (1-based), before any hint."""
         cap = min(self.max_delay, self.base_delay * (2 ** (failures - 1)))
@@ -64,7 +84,7 @@ class RetryPolicy:
 
     def delay(self, error: BaseException, failures: int, rand: Callable[[], float]) -> float | None:
         """Seconds to wait before the next attempt, or None when `error` must not be retried."""
-        if failures >= self.max_attempts or not is_retryable(error):
+        if failures >= self.max_attempts or not self.should_retry(error):
             return None
         if isinstance(error, RateLimitError) and error.retry_after is not None:
             if error.retry_after > self.max_retry_after:
@@ -83,4 +103,4 @@ def is_retryable(error: BaseException) -> bool:
     return False
 
 
-__all__ = ["Jitter", "RetryPolicy", "is_retryable"]
+__all__ = ["Jitter", "RetryOn", "RetryPolicy", "is_retryable"]

@@ -12,7 +12,7 @@ from bastion.graph._state import StateSchema
 from bastion.graph._types import END, START, RetryPolicy
 
 if TYPE_CHECKING:
-    from bastion.checkpoint._base import Checkpointer
+    from bastion.checkpoint import Checkpointer
     from bastion.graph._compiled import CompiledGraph
 
 

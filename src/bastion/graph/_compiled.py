@@ -11,9 +11,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
 from typing import Any
 
 from bastion._sync import run_sync
-from bastion.checkpoint._format import Decoded
+from bastion.checkpoint.format import Decoded
 from bastion.errors import UserError
-from bastion.graph._pregel import Engine, Run, Sink
+from bastion.graph._pregel import FAILED_AT, Engine, Run, Sink
 from bastion.graph._types import END, START, GraphEvent, StateSnapshot
 from bastion.types import RunContext, new_id
 
@@ -88,7 +88,9 @@ class CompiledGraph(Engine):
                 step_limit=step_limit,
             )
         except Exception as e:
-            if sink is not None:
+            # A node's failure was already streamed with its node and task; report the rest
+            # (routing, step limits, a checkpointer failing) here, without a node.
+            if sink is not None and getattr(e, FAILED_AT, None) is None:
                 sink(GraphEvent("error", None, e))
             raise
 
@@ -250,7 +252,7 @@ class CompiledGraph(Engine):
 
     async def aget_state_history(self, thread_id: str, *, limit: int | None = None) -> AsyncIterator[StateSnapshot]:
         """Every checkpoint of the thread (all branches), newest first."""
-        from bastion.checkpoint._format import decode_history
+        from bastion.checkpoint.format import decode_history
 
         cp = self._require_cp()
         rows = await cp.list(thread_id, "")

@@ -21,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bastion.checkpoint._base import Checkpointer, CheckpointRecord, WriteRecord
-from bastion.checkpoint._format import (
+from bastion.checkpoint import Checkpointer, CheckpointRecord, WriteRecord
+from bastion.checkpoint.format import (
     NO_ARG,
     Decoded,
     decode_chain,
@@ -34,6 +34,7 @@ from bastion.checkpoint._format import (
     encode_resume,
 )
 from bastion.errors import (
+    ControlFlowSignal,
     GraphInterrupt,
     GraphRecursionError,
     InvalidUpdateError,
@@ -42,7 +43,7 @@ from bastion.errors import (
 )
 from bastion.graph._runtime import CURRENT, TaskContext, interrupt_id
 from bastion.graph._state import StateSchema, append
-from bastion.graph._types import END, START, Command, GraphEvent, Interrupt, Send
+from bastion.graph._types import END, START, Command, GraphEvent, Interrupt, Send, node_retryable
 from bastion.types import RunContext
 
 if TYPE_CHECKING:
@@ -424,8 +425,24 @@ class Engine:
             if run.sink is not None:
                 self._emit(run, "node_end", task.node, dict(result[0]), task.id)
             return result
+        except Exception as e:
+            if not isinstance(e, ControlFlowSignal):
+                self._report_failure(run, task, e)
+            raise
         finally:
             CURRENT.reset(token)
+
+    def _report_failure(self, run: Run, task: Task, error: Exception) -> None:
+        """Name the node and task that failed, on the exception and as an `error` event; only
+        the innermost node reports (a subgraph's parent node fails with the same exception)."""
+        if getattr(error, FAILED_AT, None) is not None:
+            return
+        where = {"node": task.node, "task_id": task.id, "step": run.step + 1, "ns": run.ns}
+        setattr(error, FAILED_AT, where)
+        error.add_note(
+            f"in graph node {task.node!r} (task {task.id}, step {run.step + 1}{', ' + run.ns if run.ns else ''})"
+        )
+        self._emit(run, "error", task.node, error, task.id)
 
     async def _traced_call(self, run: Run, spec: NodeSpec, task: Task, ctx: TaskContext) -> Any:
         from bastion.tracing import spans
@@ -471,9 +488,23 @@ class Engine:
                     ) from None
             except Exception as e:
                 policy = spec.retry
-                if policy is None or attempt >= policy.max_attempts or not policy.should_retry(e):
+                if policy is None or attempt >= policy.max_attempts or not policy.should_retry(e, node_retryable):
                     raise
-                await asyncio.sleep(policy.delay(attempt))
+                delay = policy.backoff(attempt, random.random)
+                # Visible in the stream: a node that only succeeds on its third try is a diagnosis.
+                self._emit(
+                    run,
+                    "retry",
+                    task.node,
+                    {
+                        "attempt": attempt,
+                        "max_attempts": policy.max_attempts,
+                        "error": f"{type(e).__name__}: {e}",
+                        "delay": delay,
+                    },
+                    task.id,
+                )
+                await asyncio.sleep(delay)
 
     async def _call_subgraph(self, run: Run, spec: NodeSpec, task: Task) -> dict[str, Any]:
         child = spec.subgraph
@@ -542,18 +573,18 @@ class Engine:
                 if run.durable:  # also when cancelled: finished siblings must not be lost
                     await run.flush()
             interrupted: list[tuple[Task, GraphInterrupt]] = []
-            error: BaseException | None = None
+            errors: list[BaseException] = []
             for (i, t), o in zip(todo, outs, strict=True):
                 if isinstance(o, GraphInterrupt):
                     interrupted.append((t, o))
                 elif isinstance(o, BaseException):
-                    error = error or o
+                    errors.append(o)
                 else:
                     results[i] = o
             if interrupted:
                 await self._record_interrupts(run, interrupted)
-            if error is not None:
-                raise error
+            if errors:
+                raise _one_or_group(errors, run.step + 1)
             if interrupted:
                 raise GraphInterrupt([i for _, gi in interrupted for i in gi.interrupts])
         return results  # type: ignore[return-value]
@@ -843,4 +874,22 @@ class Engine:
                     return
 
 
-__all__ = ["Engine", "Run", "Task", "new_checkpoint_id"]
+FAILED_AT = "bastion_failed_at"
+"""Attribute set on an exception that failed a node: {"node", "task_id", "step", "ns"}."""
+
+
+def _one_or_group(errors: list[BaseException], step: int) -> BaseException:
+    """The single failure as is; several parallel failures together, none of them lost."""
+    plain = [e for e in errors if isinstance(e, Exception)]
+    if len(errors) == 1 or len(plain) != len(errors):
+        # A cancellation or exit is not a task failure to group: it ends the step as it is.
+        return next((e for e in errors if not isinstance(e, Exception)), errors[0])
+    where = [getattr(e, FAILED_AT, None) or {} for e in plain]
+    nodes = ", ".join(sorted({str(w.get("node", "?")) for w in where}))
+    group = ExceptionGroup(f"{len(plain)} parallel tasks failed in step {step} (nodes: {nodes})", plain)
+    # Each member was streamed with its node and task already; the group adds no event.
+    setattr(group, FAILED_AT, {"node": None, "task_id": None, "step": step, "tasks": [w.get("task_id") for w in where]})
+    return group
+
+
+__all__ = ["FAILED_AT", "Engine", "Run", "Task", "new_checkpoint_id"]

@@ -111,8 +111,8 @@ async def memo(
     run = ctx.run if ctx is not None else None
     if ctx is None or run is None or run.checkpointer is None or run.thread_id is None:
         return await _call(fn)
-    from bastion.checkpoint._base import JournalEntry
-    from bastion.checkpoint._format import decode_payload, encode_value
+    from bastion.checkpoint import JournalEntry
+    from bastion.checkpoint.format import decode_payload, encode_value
 
     if ctx.journal is None:
         ctx.journal = await run.checkpointer.get_journal(run.thread_id, run.ns, ctx.task_id)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
+from bastion.gateway import RetryPolicy  # one retry policy for every layer
 from bastion.types import RunContext
 
 START = "__start__"
@@ -37,40 +37,12 @@ class Command(Generic[T]):
     resume: T | None = None
 
 
-def _default_retry_on(exc: BaseException) -> bool:
+def node_retryable(exc: BaseException) -> bool:
+    """A graph node's default for `RetryPolicy.retry_on`: every exception except caller
+    mistakes (`UserError`) and control-flow signals (interrupts)."""
     from bastion.errors import ControlFlowSignal, UserError
 
     return not isinstance(exc, UserError | ControlFlowSignal)
-
-
-@dataclass(slots=True, frozen=True)
-class RetryPolicy:
-    """How a failing node is retried: exponential backoff with jitter.
-
-    `retry_on` is a tuple of exception types or a predicate; by default every exception except
-    caller mistakes (`UserError`) and control-flow signals (interrupts) is retried.
-    """
-
-    max_attempts: int = 3
-    initial_interval: float = 0.5
-    backoff_factor: float = 2.0
-    max_interval: float = 30.0
-    jitter: bool = True
-    retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] = _default_retry_on
-
-    def should_retry(self, exc: BaseException) -> bool:
-        from bastion.errors import ControlFlowSignal
-
-        if isinstance(exc, ControlFlowSignal):
-            return False
-        if isinstance(self.retry_on, tuple):
-            return isinstance(exc, self.retry_on)
-        return self.retry_on(exc)
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        d = min(self.max_interval, self.initial_interval * self.backoff_factor ** (attempt - 1))
-        return d * random.uniform(0.5, 1.0) if self.jitter else d
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,7 +56,7 @@ class Interrupt:
 
 
 EventKind: TypeAlias = Literal[
-    "node_start", "node_end", "update", "token", "tool_call", "interrupt", "checkpoint", "error", "done"
+    "node_start", "node_end", "update", "token", "tool_call", "interrupt", "checkpoint", "retry", "error", "done"
 ]
 
 

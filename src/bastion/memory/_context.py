@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from bastion.errors import ContextWindowExceededError, UserError
-from bastion.gateway._model import Model
+from bastion.gateway import Model
 from bastion.memory._tokens import TokenCounter, counter_for, message_tokens, messages_tokens, tools_tokens
 from bastion.memory._types import SearchHit
 from bastion.types import (

@@ -22,10 +22,12 @@ from typing import Any
 from bastion.errors import UserError
 from bastion.memory._store import MemoryStore
 from bastion.memory._types import MemoryItem, Namespace, SearchHit, SearchMode
-from bastion.tools import Tool, ToolCallContext, tool
+from bastion.tools import Tool, ToolCallContext, current_tool_context, tool
 from bastion.types import Message, RunContext, ToolResult, Trust
 
-NamespaceFn = Callable[[RunContext], Namespace]
+NamespaceFn = Callable[[RunContext], Namespace | Sequence[Namespace]]
+"""Picks the namespaces of a run: one, or several of one tenant. Searches cover each of them and
+the shared levels above them (`Namespace.lineage()`); writes go to the first."""
 
 _current_run: ContextVar[RunContext | ToolCallContext | None] = ContextVar("bastion_memory_run", default=None)
 
@@ -53,14 +55,10 @@ def _call_context(injected: Mapping[str, Any]) -> ToolCallContext:
     )
 
 
-def _agent_run() -> RunContext | None:
-    """The run of the enclosing agent loop (`bastion.graph.agent` sets it around a run)."""
-    try:
-        from bastion.graph.agent._runtime import _RUNTIME  # pyright: ignore[reportPrivateUsage]
-    except ImportError:  # pragma: no cover - the graph layer is part of the package
-        return None
-    runtime = _RUNTIME.get()
-    return runtime.context if runtime is not None else None
+def _agent_run() -> ToolCallContext | None:
+    """The tool call running now: the agent loop and the tool executors set it (a public
+    seam of `bastion.tools`, so memory needs nothing private from the graph layer)."""
+    return current_tool_context()
 
 
 def _taint(messages: Sequence[Message]) -> list[str]:
@@ -95,6 +93,9 @@ def memory_tools(
 ) -> list[Tool]:
     """`[search_memory, remember, forget]` bound to `store`.
 
+    `namespace_from_context` may return several namespaces of the run's tenant (e.g. the
+    user's own and a team's shared one): `search_memory` covers them all, with the shared
+    levels above each; `remember` and `forget` act on the first only.
     `unknown_origin_trust` labels `remember` writes when the run's message history is not
     available to check for untrusted input (the safe default treats them as untrusted)."""
 
@@ -107,7 +108,7 @@ def memory_tools(
             k: how many results to return (1-20).
         """
         ctx = _call_context(injected)
-        ns = namespace_from_context(ctx.run)
+        ns = _namespaces(namespace_from_context(ctx.run))
         hits = await store.search(ns, query, k=max(1, min(k, max_results)), include_untrusted=include_untrusted)
         return [hit_to_dict(h) for h in hits]
 
@@ -124,7 +125,7 @@ def memory_tools(
             predicate: which property of the subject it states (optional).
         """
         ctx = _call_context(injected)
-        ns = namespace_from_context(ctx.run)
+        ns = _namespaces(namespace_from_context(ctx.run))[0]
         tainted = _taint(ctx.messages)
         trust: Trust = "untrusted" if tainted else ("trusted" if ctx.messages else unknown_origin_trust)
         provenance: dict[str, Any] = {"via": "remember", "agent": ctx.agent}
@@ -149,22 +150,30 @@ def memory_tools(
             memory_id: the id returned by search_memory or remember.
         """
         ctx = _call_context(injected)
-        found = await store.forget(namespace_from_context(ctx.run), memory_id)
+        found = await store.forget(_namespaces(namespace_from_context(ctx.run))[0], memory_id)
         return {"id": memory_id, "forgotten": found}
 
     return [search_memory, remember, forget]
 
 
+def _namespaces(found: Namespace | Sequence[Namespace]) -> list[Namespace]:
+    spans = [found] if isinstance(found, Namespace) else list(found)
+    if not spans:
+        raise UserError("namespace_from_context returned no namespace; return at least one")
+    return spans
+
+
 async def retrieve(
     store: MemoryStore,
-    ns: Namespace,
+    ns: Namespace | Sequence[Namespace],
     query: str,
     *,
     k: int = 5,
     mode: SearchMode = "hybrid",
     include_untrusted: bool = False,
 ) -> list[SearchHit]:
-    """Evidence for `query` from `ns` (a thin, explicit entry point for orchestrator code)."""
+    """Evidence for `query` from `ns` and the shared levels above it (a thin, explicit entry
+    point for orchestrator code)."""
     if not query.strip():
         return []
     return await store.search(ns, query, k=k, mode=mode, include_untrusted=include_untrusted)
@@ -182,7 +191,7 @@ def _last_user_text(state: Any) -> str:
 
 def retrieval_node(
     store: MemoryStore,
-    namespace: Namespace | Callable[[Any], Namespace],
+    namespace: Namespace | Sequence[Namespace] | Callable[[Any], Namespace | Sequence[Namespace]],
     *,
     query: Callable[[Any], str] = _last_user_text,
     output_key: str = "evidence",

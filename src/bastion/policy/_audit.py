@@ -40,8 +40,7 @@ from typing import Any, Literal, TextIO
 
 from bastion.errors import PolicyError, UserError
 from bastion.policy._secrets import EnvSecretProvider, SecretProvider
-from bastion.tools._plain import to_plain
-from bastion.tools._tool import canonical_json
+from bastion.tools import canonical_json, to_plain
 
 # v1: plain SHA-256 chain (read as a legacy prefix only); v2: HMAC-SHA256 under the audit key.
 AUDIT_FORMAT_VERSION = 2

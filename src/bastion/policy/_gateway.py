@@ -29,11 +29,16 @@ from bastion.policy._policy import Policy, PolicyDecision
 from bastion.policy._secrets import EnvSecretProvider, Redactor, SecretProvider, shared_redactor
 from bastion.policy._taint import scrub_spotlight
 from bastion.policy._taint import spotlight as spotlight_result
-from bastion.tools._executor import ToolCallContext
-from bastion.tools._plain import to_plain
-from bastion.tools._registry import ToolRegistry
-from bastion.tools._runner import OUTCOME_UNKNOWN, ToolRunner, error_result
-from bastion.tools._tool import Tool
+from bastion.tools import (
+    OUTCOME_UNKNOWN,
+    Tool,
+    ToolCallContext,
+    ToolRegistry,
+    ToolRunner,
+    error_result,
+    to_plain,
+    use_tool_context,
+)
 from bastion.tracing import spans
 from bastion.types import ToolCall, ToolResult
 
@@ -81,7 +86,8 @@ class ToolGateway:
 
     async def execute(self, call: ToolCall, tools: Mapping[str, Tool], context: ToolCallContext) -> ToolResult:
         try:
-            return await self._execute(call, tools, context)
+            with use_tool_context(context):  # what tools taking a `ToolContext` receive
+                return await self._execute(call, tools, context)
         except (ControlFlowSignal, UserError):
             raise  # an approval pause, or a configuration mistake the developer must see
         except Exception as e:

@@ -41,7 +41,7 @@ from bastion.policy._provenance import (
 )
 from bastion.policy._rules import HostAllowlist, RateLimit, Rule, RuleEffect, TokenBuckets, hosts_in_arguments
 from bastion.policy._taint import TaintedValue, TaintReport
-from bastion.tools._tool import Tool, canonical_json
+from bastion.tools import Tool, canonical_json
 from bastion.types import Message, RunContext, ToolResult
 
 Effect = Literal["allow", "require_approval", "deny"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-from bastion.tools._tool import Tool
+from bastion.tools import Tool
 
 RuleEffect = Literal["deny", "require_approval"]
 

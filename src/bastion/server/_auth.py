@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bastion.errors import ConfigError, UserError
-from bastion.gateway.proxy._keys import KEYS_FILE, hash_key
+from bastion.gateway.proxy import KEYS_FILE, hash_key
 from bastion.types import check_tenant
 
 Role = Literal["viewer", "operator", "admin"]

@@ -2,41 +2,51 @@
 tool gateway (`bastion.policy.ToolGateway`), which uses the `ToolRunner` here for validation,
 timeouts, retries, idempotency and circuit breaking."""
 
-from bastion.tools._breaker import CircuitBreaker
-from bastion.tools._executor import ToolCallContext, ToolExecutor
+from bastion.gateway import CircuitBreaker  # the gateway's breaker guards tools too
+from bastion.tools._context import ToolCallContext, ToolContext, current_tool_context, use_tool_context
+from bastion.tools._executor import ToolExecutor
 from bastion.tools._journal import (
+    IdempotencyEntry,
     IdempotencyJournal,
-    JournalEntry,
     MemoryJournal,
     SqliteJournal,
     idempotency_key,
     use_journal,
 )
+from bastion.tools._plain import to_plain
 from bastion.tools._price import ToolPrice
 from bastion.tools._registry import SchemaDiff, ToolRegistry, compare_schemas
-from bastion.tools._runner import RetryPolicy, ToolRunner, error_result
+from bastion.tools._runner import OUTCOME_UNKNOWN, RetryPolicy, ToolRunner, error_result
 from bastion.tools._tool import Tool, canonical_json, output_schema_for, schema_version, tool
 
 __all__ = [
+    "OUTCOME_UNKNOWN",
     "CircuitBreaker",
+    "IdempotencyEntry",
     "IdempotencyJournal",
-    "JournalEntry",
     "MemoryJournal",
     "RetryPolicy",
     "SchemaDiff",
     "SqliteJournal",
     "Tool",
     "ToolCallContext",
+    "ToolContext",
     "ToolExecutor",
     "ToolPrice",
     "ToolRegistry",
     "ToolRunner",
     "canonical_json",
     "compare_schemas",
+    "current_tool_context",
     "error_result",
     "idempotency_key",
     "output_schema_for",
     "schema_version",
+    "to_plain",
     "tool",
     "use_journal",
+    "use_tool_context",
 ]
+
+# The earlier name, kept for existing imports; `bastion.checkpoint.JournalEntry` is the memo journal.
+JournalEntry = IdempotencyEntry

@@ -41,7 +41,9 @@ def idempotency_key(run_id: str, tool_call_id: str, arguments: dict[str, Any]) -
 
 
 @dataclass(slots=True)
-class JournalEntry:
+class IdempotencyEntry:
+    """The idempotency record of one side-effecting tool call: pending, then done with its result."""
+
     key: str
     tool: str
     state: EntryState
@@ -52,7 +54,7 @@ class IdempotencyJournal(Protocol):
     """Where side effects are recorded. Implementations must make `begin` atomic: it returns
     the existing entry when the key is already known, else records `pending` and returns None."""
 
-    async def begin(self, key: str, tool: str) -> JournalEntry | None: ...
+    async def begin(self, key: str, tool: str) -> IdempotencyEntry | None: ...
 
     async def complete(self, key: str, result: ToolResult) -> None: ...
 
@@ -91,18 +93,18 @@ class MemoryJournal:
     """In-process journal (tests, single-process runs without durability)."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, JournalEntry] = {}
+        self._entries: dict[str, IdempotencyEntry] = {}
 
-    async def begin(self, key: str, tool: str) -> JournalEntry | None:
+    async def begin(self, key: str, tool: str) -> IdempotencyEntry | None:
         existing = self._entries.get(key)
         if existing is not None:
             return existing
-        self._entries[key] = JournalEntry(key, tool, "pending")
+        self._entries[key] = IdempotencyEntry(key, tool, "pending")
         return None
 
     async def complete(self, key: str, result: ToolResult) -> None:
         # Round-trip through JSON so memory and SQLite return the same shapes.
-        self._entries[key] = JournalEntry(key, result.name, "done", _result_from_json(_result_to_json(result)))
+        self._entries[key] = IdempotencyEntry(key, result.name, "done", _result_from_json(_result_to_json(result)))
 
     async def abort(self, key: str) -> None:
         entry = self._entries.get(key)
@@ -136,7 +138,7 @@ class SqliteJournal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def begin(self, key: str, tool: str) -> JournalEntry | None:
+    async def begin(self, key: str, tool: str) -> IdempotencyEntry | None:
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO tool_journal(key, tool, state, result, updated_at, v)"
@@ -147,7 +149,7 @@ class SqliteJournal:
                 return None
             row = self._db.execute("SELECT tool, state, result FROM tool_journal WHERE key = ?", (key,)).fetchone()
         tool_name, state, blob = row
-        return JournalEntry(key, tool_name, state, _result_from_json(blob) if blob else None)
+        return IdempotencyEntry(key, tool_name, state, _result_from_json(blob) if blob else None)
 
     async def complete(self, key: str, result: ToolResult) -> None:
         with self._lock:
@@ -185,8 +187,8 @@ def scoped_journal() -> IdempotencyJournal | None:
 
 
 __all__ = [
+    "IdempotencyEntry",
     "IdempotencyJournal",
-    "JournalEntry",
     "MemoryJournal",
     "SqliteJournal",
     "idempotency_key",

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bastion.errors import BudgetExceededError, ControlFlowSignal, ToolArgumentsError, UserError
-from bastion.tools._breaker import CircuitBreaker
+
+# One retry policy and one circuit breaker for every layer (models and tools alike).
+from bastion.gateway import CircuitBreaker, CircuitBreakerConfig, RetryPolicy
+from bastion.tools._context import ToolContext, current_tool_context, use_tool_context
 from bastion.tools._journal import IdempotencyJournal, MemoryJournal, idempotency_key, scoped_journal
 from bastion.tools._tool import Tool
 from bastion.types import RunContext, ToolCall, ToolResult
@@ -24,17 +29,13 @@ if TYPE_CHECKING:
     from bastion.gateway._budget import Budget, Reservation
 
 
-@dataclass(slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter (delay uniform in [0, min(cap, base * 2**n)]).
-    Only idempotent tools are retried: repeating a non-idempotent call could repeat its effect."""
+def _tool_retry() -> RetryPolicy:
+    # Tools are local or near: retry sooner than a model provider would be.
+    return RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=2.0)
 
-    attempts: int = 3
-    base_delay: float = 0.05
-    max_delay: float = 2.0
 
-    def delay(self, retry_number: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.max_delay, self.base_delay * (2**retry_number)))
+def _any_failure(error: BaseException) -> bool:
+    return True  # caller mistakes and control-flow signals never reach the retry decision
 
 
 def error_result(call: ToolCall, message: str, kind: str, **extra: Any) -> ToolResult:
@@ -78,7 +79,7 @@ class ToolRunner:
     not charged. Give the model gateway the same `Budget` so tools and models share limits."""
 
     journal: IdempotencyJournal = field(default_factory=MemoryJournal)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy = field(default_factory=_tool_retry)  # only idempotent tools are retried
     breaker_threshold: int = 5
     breaker_reset_after: float = 30.0
     clock: Callable[[], float] | None = None  # for breakers; time.monotonic by default
@@ -90,9 +91,8 @@ class ToolRunner:
     def breaker(self, tool_name: str) -> CircuitBreaker:
         b = self._breakers.get(tool_name)
         if b is None:
-            b = CircuitBreaker(self.breaker_threshold, self.breaker_reset_after)
-            if self.clock is not None:
-                b.clock = self.clock
+            config = CircuitBreakerConfig(failure_threshold=self.breaker_threshold, cooldown=self.breaker_reset_after)
+            b = CircuitBreaker(f"tool:{tool_name}", config, self.clock or time.monotonic)
             self._breakers[tool_name] = b
         return b
 
@@ -145,7 +145,7 @@ class ToolRunner:
                     return outcome_unknown(call, tool.name)
                 # An idempotent tool may take effect twice with the same outcome: run it again.
         breaker = self.breaker(tool.name)
-        if not breaker.allow():
+        if not breaker.acquire():
             if key is not None:
                 await journal.abort(key)
             return error_result(
@@ -163,8 +163,13 @@ class ToolRunner:
                 return priced
             held = priced
         paid = False
+        scope: AbstractContextManager[None] = nullcontext()
+        if tool.context_param is not None and current_tool_context() is None:
+            # Called outside an agent run and any executor: the tool still gets who it runs for.
+            scope = use_tool_context(ToolContext(run=context or _current_run() or RunContext(), tool_call_id=call.id))
         try:
-            content = await self._attempts(tool, arguments, injected or {})
+            with scope:
+                content = await self._attempts(tool, arguments, injected or {})
             paid = True
         except ControlFlowSignal:
             if key is not None:
@@ -172,6 +177,7 @@ class ToolRunner:
             raise
         except asyncio.CancelledError:
             # Leave a side-effecting key pending: the call may have taken effect.
+            breaker.release()
             raise
         except Exception as e:
             breaker.record_failure()
@@ -223,7 +229,8 @@ class ToolRunner:
             _report_spend(tool.name, usd)
 
     async def _attempts(self, tool: Tool, arguments: dict[str, Any], injected: Mapping[str, Any]) -> Any:
-        attempts = max(1, self.retry.attempts) if tool.idempotent else 1
+        # Repeating a non-idempotent call could repeat its effect.
+        attempts = max(1, self.retry.max_attempts) if tool.idempotent else 1
         for n in range(attempts):
             try:
                 if tool.timeout is not None:
@@ -231,10 +238,10 @@ class ToolRunner:
                 return await tool.invoke(arguments, **injected)
             except (ControlFlowSignal, UserError):
                 raise
-            except Exception:
-                if n + 1 >= attempts:
+            except Exception as e:
+                if n + 1 >= attempts or not self.retry.should_retry(e, _any_failure):
                     raise
-            await self.sleep(self.retry.delay(n, self.rng))
+            await self.sleep(self.retry.backoff(n + 1, self.rng.random))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

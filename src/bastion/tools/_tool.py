@@ -12,11 +12,12 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, get_origin, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from bastion.errors import ToolArgumentsError, UserError
+from bastion.tools._context import ToolContext, current_tool_context
 from bastion.tools._price import ToolPrice, as_price
 from bastion.types import SideEffect, ToolSpec, Trust
 
@@ -48,6 +49,7 @@ class Tool:
     validator: type[BaseModel] | None = None
     version: str = ""
     price: ToolPrice | None = None  # what a call costs; the runner charges budgets with it
+    context_param: str | None = None  # the `ToolContext` parameter the runner fills in, if any
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -85,11 +87,29 @@ class Tool:
     async def invoke(self, arguments: dict[str, Any], **injected: Any) -> Any:
         """Call the function directly. Only the tool gateway should call this."""
         kwargs = {**arguments, **injected}
+        if self.context_param is not None and self.context_param not in kwargs:
+            kwargs[self.context_param] = _context_for(self.name)
         if self.is_async:
             return await self.fn(**kwargs)
         import asyncio
 
         return await asyncio.to_thread(self.fn, **kwargs)
+
+
+def _context_for(tool_name: str) -> ToolContext[Any]:
+    context = current_tool_context()
+    if context is None:
+        raise UserError(
+            f"tool {tool_name!r} takes a ToolContext but none is set: run it through an agent or a "
+            "ToolExecutor (they set it), or call it inside `with bastion.tools.use_tool_context(ctx):`"
+        )
+    return context
+
+
+def _is_context(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # left unresolved: match the name as written
+        return annotation.split("[", 1)[0].rsplit(".", 1)[-1] in ("ToolContext", "ToolCallContext")
+    return annotation is ToolContext or get_origin(annotation) is ToolContext
 
 
 def _doc_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
@@ -139,8 +159,13 @@ def _build_tool(
     summary, arg_docs = _doc_parts(fn)
     hidden = set(secrets or [])
     fields: dict[str, Any] = {}
+    context_param: str | None = None
     for pname, param in sig.parameters.items():
         if pname in hidden or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if _is_context(param.annotation):
+            # The run's context is injected by the runner; the model never sees or fills it.
+            context_param = pname
             continue
         if param.annotation is inspect.Parameter.empty:
             raise UserError(f"tool {fn.__name__!r}: parameter {pname!r} needs a type annotation")
@@ -173,6 +198,7 @@ def _build_tool(
         is_async=inspect.iscoroutinefunction(fn),
         validator=validator,
         price=as_price(price),
+        context_param=context_param,
     )
 
 
@@ -216,6 +242,8 @@ def tool(
     names keyword parameters the gateway injects from the secret provider at execution, which
     never appear in the schema the model sees. `price` is USD per call or a `ToolPrice` (per
     call and per unit): the cost lands on the tool's span and counts against budgets.
+    A parameter annotated `ToolContext` (or `ToolContext[Deps]`) receives the run's context
+    (tenant, user, thread, run id, calling agent, `deps`) and is left out of the schema.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:

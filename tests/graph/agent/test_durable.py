@@ -75,7 +75,7 @@ async def test_approval_interrupt_then_approve_repeats_nothing(checkpointer: Any
     paused = await agent.run("Pay invoice 7", thread_id="t-approve")
     assert paused.interrupted and paused.output is None
     (pending,) = paused.interrupts
-    assert pending.value["type"] == "approval" and pending.value["tool"] == "pay"
+    assert pending.value["type"] == "tool_approval" and pending.value["tool"] == "pay"
     assert pending.value["arguments"] == {"amount": 40}
     assert (counter["search"], counter["pay"], len(model.requests)) == (1, 0, 1)
 
@@ -103,7 +103,7 @@ async def test_approval_denied_reaches_the_model_as_an_error(checkpointer: Any, 
     done = await agent.resume({paused.interrupts[0].id: "reject"}, thread_id="t-deny")
     assert counter["pay"] == 0 and counter["search"] == 1
     denied = next(r for m in model.requests[1].messages for r in m.tool_results if r.tool_call_id == "p1")
-    assert denied.is_error and denied.content["error"] == "ApprovalDenied"
+    assert denied.is_error and denied.content["type"] == "approval_rejected"
     assert done.output == "Paid invoice 7."  # the scripted model says so regardless
 
 

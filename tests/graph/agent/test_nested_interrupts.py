@@ -63,7 +63,7 @@ async def test_two_successive_approvals_inside_a_member_are_answered_in_turn() -
     assert done.output == "paid twice" and paid == [1]  # the second payment was rejected
     assert len(member_model.requests) == 3
     rejected = member_model.requests[2].messages[-1].tool_results[0]
-    assert rejected.is_error and rejected.content["error"] == "ApprovalDenied"
+    assert rejected.is_error and rejected.content["type"] == "approval_rejected"
 
 
 async def test_member_sub_threads_are_deleted_once_answered() -> None:

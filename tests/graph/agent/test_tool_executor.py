@@ -1,4 +1,5 @@
-"""DirectToolExecutor: the test double every agent test runs its tools through."""
+"""DirectToolExecutor: the test double every agent test runs its tools through; its results
+have the production shape (`{"error": message, "type": kind}`, the `ToolRunner`'s kinds)."""
 
 from __future__ import annotations
 
@@ -40,19 +41,20 @@ async def test_bad_arguments_are_a_structured_error_and_the_tool_does_not_run() 
     executor = DirectToolExecutor()
     result = await executor.execute(ToolCall("add", {"a": "x"}), TOOLS, ToolCallContext())
     assert result.is_error
-    assert result.content["error"] == "ToolArgumentsError"
-    assert {d["path"] for d in result.content["details"]} == {"a", "b"}
+    assert result.content["type"] == "invalid_arguments"
+    assert {d["path"] for d in result.content["problems"]} == {"a", "b"}
     assert executor.calls == []
 
 
 async def test_unknown_tool_lists_the_available_ones() -> None:
     result = await DirectToolExecutor().execute(ToolCall("nope", {}), TOOLS, ToolCallContext())
-    assert result.is_error and "add, explode, hang" in result.content["message"]
+    assert result.is_error and result.content["type"] == "unknown_tool"
+    assert "add, explode, hang" in result.content["error"]
 
 
 async def test_exceptions_and_timeouts_come_back_as_error_results() -> None:
     executor = DirectToolExecutor()
     failed = await executor.execute(ToolCall("explode", {"reason": "x"}), TOOLS, ToolCallContext())
-    assert failed.is_error and failed.content == {"error": "RuntimeError", "message": "boom: x"}
+    assert failed.is_error and failed.content == {"error": "tool 'explode' failed: boom: x", "type": "RuntimeError"}
     timed_out = await asyncio.wait_for(executor.execute(ToolCall("hang", {}), TOOLS, ToolCallContext()), 5)
-    assert timed_out.is_error and timed_out.content["error"] == "ToolTimeout"
+    assert timed_out.is_error and timed_out.content["type"] == "timeout"

@@ -31,7 +31,12 @@ class Agent(Generic[OutputT]):
       resolved at first use.
     - `output_type`: a pydantic model (or any type pydantic can validate) for structured
       output; an invalid answer is fed back to the model up to `output_retries` times.
-    - `tool_executor`: the tool gateway; defaults to `bastion.policy.ToolGateway()`.
+    - `tool_executor`: the tool gateway. Default: a `bastion.policy.ToolGateway` whose policy
+      grants this agent exactly its own `tools` (irreversible ones still pause for a human
+      approval unless every key value is grounded in the user's request or trusted data);
+      pass your own `ToolGateway(Policy(...))` for rules, audit files or other grants.
+    - `deps`: the application's dependencies handed to tools that take a `ToolContext[Deps]`
+      (a `run(..., deps=)` overrides them for one run); never persisted.
     - `checkpointer`: makes runs durable and resumable per `thread_id`.
     - `handoffs`: agents (or `handoff(...)` configs) this agent may pass the conversation to.
     - `max_turns`: model calls per run before `MaxTurnsExceededError` ends a runaway loop.
@@ -57,6 +62,7 @@ class Agent(Generic[OutputT]):
         handoffs: Sequence[Agent[Any] | Handoff] = (),
         gateway: Any = None,
         context: ContextPolicy | None = ContextPolicy(),  # noqa: B008  (frozen, safe to share)
+        deps: Any = None,
     ) -> None:
         if max_turns < 1:
             raise UserError(f"max_turns must be at least 1, got {max_turns}")
@@ -73,6 +79,7 @@ class Agent(Generic[OutputT]):
         self.model_settings = model_settings or ModelSettings()
         self.checkpointer = checkpointer
         self.context_policy = context
+        self.deps = deps
         self._model = model
         self._gateway = gateway
         self._executor = tool_executor
@@ -127,7 +134,7 @@ class Agent(Generic[OutputT]):
 
     def executor(self) -> ToolExecutor:
         if self._executor is None:
-            self._executor = _default_executor(self.name)
+            self._executor = _default_executor(self.name, [t.name for t in self.tools])
         return self._executor
 
     def system_messages(self, context: RunContext) -> list[Message]:
@@ -168,36 +175,58 @@ class Agent(Generic[OutputT]):
         *,
         thread_id: str | None = None,
         context: RunContext | None = None,
+        deps: Any = None,
+        deferred: bool = False,
     ) -> AgentResult[OutputT]:
         """Run until a final answer (or an interrupt). With a checkpointer, a later `run` on the
-        same `thread_id` continues the conversation."""
-        return cast(AgentResult[OutputT], await self._runner.run(input, thread_id=thread_id, context=context))
+        same `thread_id` continues the conversation. `deps` replaces `Agent(deps=)` for this run.
+
+        `deferred=True` is for work that can wait: every model call of the run goes through the
+        provider's batch API at batch rates (`Gateway.batch`, one batch per turn) and the run
+        waits for it. The batch is recorded before it is submitted, so after a crash `resume()`
+        on the thread (with a checkpointer) polls the same batch instead of sending it again."""
+        run = self._runner.run(input, thread_id=thread_id, context=context, deps=deps, deferred=deferred)
+        return cast(AgentResult[OutputT], await run)
 
     async def resume(
-        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None
+        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None, deps: Any = None
     ) -> AgentResult[OutputT]:
         """Continue a stopped run. `value` answers the pending interrupt (for example an
         approval; a dict `{interrupt_id: value}` when several are pending). Without a value,
         continue a thread that stopped on an error or a crash, at the step that failed."""
-        return cast(AgentResult[OutputT], await self._runner.resume(value, thread_id=thread_id, context=context))
+        return cast(
+            AgentResult[OutputT], await self._runner.resume(value, thread_id=thread_id, context=context, deps=deps)
+        )
 
     def run_sync(
-        self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None
+        self,
+        input: AgentInput,
+        *,
+        thread_id: str | None = None,
+        context: RunContext | None = None,
+        deps: Any = None,
+        deferred: bool = False,
     ) -> AgentResult[OutputT]:
-        return run_sync(self.run(input, thread_id=thread_id, context=context))
+        return run_sync(self.run(input, thread_id=thread_id, context=context, deps=deps, deferred=deferred))
 
     def resume_sync(
-        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None
+        self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None, deps: Any = None
     ) -> AgentResult[OutputT]:
-        return run_sync(self.resume(value, thread_id=thread_id, context=context))
+        return run_sync(self.resume(value, thread_id=thread_id, context=context, deps=deps))
 
     @overload
     def stream(
-        self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None
+        self, input: AgentInput, *, thread_id: str | None = None, context: RunContext | None = None, deps: Any = None
     ) -> AsyncIterator[AgentEvent]: ...
     @overload
     def stream(
-        self, input: None, *, resume: Any = CONTINUE, thread_id: str, context: RunContext | None = None
+        self,
+        input: None,
+        *,
+        resume: Any = CONTINUE,
+        thread_id: str,
+        context: RunContext | None = None,
+        deps: Any = None,
     ) -> AsyncIterator[AgentEvent]: ...
     def stream(
         self,
@@ -206,11 +235,12 @@ class Agent(Generic[OutputT]):
         resume: Any = CONTINUE,
         thread_id: str | None = None,
         context: RunContext | None = None,
+        deps: Any = None,
     ) -> AsyncIterator[AgentEvent]:
         """Run and yield events as they happen: model tokens, tool calls and results, complete
         messages, handoffs; the last event is `RunDone` carrying the `AgentResult`. Pass
         `input=None, resume=value` to continue an interrupted run (as `resume()` does)."""
-        return self._runner.stream(input, resume=resume, thread_id=thread_id, context=context)
+        return self._runner.stream(input, resume=resume, thread_id=thread_id, context=context, deps=deps)
 
     async def delete_thread(self, thread_id: str) -> None:
         """Delete everything stored for a thread (its checkpoints and journal)."""
@@ -224,12 +254,15 @@ class Agent(Generic[OutputT]):
         return agent_tool(self, name=name, description=description)
 
 
-def _default_executor(agent: str) -> ToolExecutor:
+def _default_executor(agent: str, tools: Sequence[str]) -> ToolExecutor:
+    """The policy gateway granting `agent` exactly its own tools: listing a tool is the
+    developer's grant. Irreversible tools still need a human approval through the default
+    Cedar policy unless every key value is grounded (the policy's provenance rules)."""
     try:
-        from bastion.policy import ToolGateway
+        from bastion.policy import Policy, ToolGateway
     except ImportError:
         raise UserError(
             f"agent {agent!r} has no tool_executor and bastion.policy.ToolGateway is not available; "
             "pass tool_executor=... (in tests: bastion.testing.DirectToolExecutor())"
         ) from None
-    return cast(ToolExecutor, ToolGateway())
+    return cast(ToolExecutor, ToolGateway(Policy({agent: list(tools)})))

@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bastion.checkpoint._base import Checkpointer, JournalEntry
-from bastion.checkpoint._format import decode_payload, encode_value
+from bastion.checkpoint import Checkpointer, JournalEntry
+from bastion.checkpoint.format import decode_payload, encode_value
 from bastion.graph._runtime import CURRENT
 from bastion.graph.agent._codec import result_from_dict, result_to_dict
-from bastion.tools import JournalEntry as ToolJournalEntry
+from bastion.tools import IdempotencyEntry
 from bastion.types import ToolResult, new_id
 
 
@@ -40,25 +40,25 @@ class StepJournal:
         thread_id, ns, task_id = self._where
         await self._checkpointer.put_journal(JournalEntry(thread_id, ns, task_id, key, encode_value(value, key)))
 
-    async def begin(self, key: str, tool: str) -> ToolJournalEntry | None:
+    async def begin(self, key: str, tool: str) -> IdempotencyEntry | None:
         entries = await self._entries()
         done = entries.get(f"tool:{key}:done")
         if done is not None:
             result = result_from_dict(decode_payload(done, "journal")["value"])
-            return ToolJournalEntry(key, tool, "done", result)
+            return IdempotencyEntry(key, tool, "done", result)
         attempt = 0
         while f"tool:{key}:abort:{attempt}" in entries:
             attempt += 1
         began = f"tool:{key}:begin:{attempt}"
         if began in entries:
-            return ToolJournalEntry(key, tool, "pending")
+            return IdempotencyEntry(key, tool, "pending")
         nonce = new_id()
         await self._put(began, {"nonce": nonce, "tool": tool, "at": time.time()})
         # First write wins: read back whose record it is, so two processes running the same
         # task at once (a lease that expired under a live worker) cannot both go ahead.
         stored = (await self._entries()).get(began)
         if stored is None or decode_payload(stored, "journal")["value"].get("nonce") != nonce:
-            return ToolJournalEntry(key, tool, "pending")
+            return IdempotencyEntry(key, tool, "pending")
         self._attempts[key] = attempt
         return None
 

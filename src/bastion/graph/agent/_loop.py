@@ -34,7 +34,7 @@ from bastion.graph.agent._result import (
 from bastion.graph.agent._runtime import current_runtime
 from bastion.graph.agent._window import request_messages
 from bastion.memory import use_run_context
-from bastion.tools import ToolCallContext, use_journal
+from bastion.tools import ToolContext, use_journal, use_tool_context
 from bastion.tracing import spans
 from bastion.types import (
     Message,
@@ -67,6 +67,7 @@ class AgentState(TypedDict, total=False):
     done: bool
     error: dict[str, str] | None  # how this run failed: {"type", "message"} (raised by the runner)
     summaries: dict[str, dict[str, Any]]  # per agent: the running summary of its evicted turns
+    deferred: bool  # model calls go through the provider's batch API (Agent.run(deferred=True))
 
 
 @dataclass(slots=True)
@@ -103,7 +104,9 @@ def view(state: Mapping[str, Any]) -> list[Message]:
     return [*(state.get("view_prefix") or []), *messages[state.get("view_start") or 0 :]]
 
 
-async def _call_model(agent: Agent[Any], request: ModelRequest) -> ModelResponse:
+async def _call_model(agent: Agent[Any], request: ModelRequest, batch_key: str | None = None) -> ModelResponse:
+    if batch_key is not None:
+        return await _call_deferred(agent, request, batch_key)
     model = agent.resolved_model()
     runtime = current_runtime()
     if not runtime.streaming:
@@ -116,6 +119,26 @@ async def _call_model(agent: Agent[Any], request: ModelRequest) -> ModelResponse
             yield event
 
     return await collect(events())
+
+
+async def _call_deferred(agent: Agent[Any], request: ModelRequest, key: str) -> ModelResponse:
+    """The model call of a deferred run: a batch of one at batch rates. The batch key names the
+    run and turn, and the gateway records it before submitting, so a run resumed after a crash
+    polls the batch it already submitted instead of sending it again."""
+    from bastion.gateway import GatewayModel
+    from bastion.graph.agent._resolve import shared_gateway
+
+    model = agent.resolved_model()
+    if isinstance(model, GatewayModel):
+        gateway, target = model.gateway, model.target
+    else:
+        gateway, target = agent.gateway or shared_gateway(), model
+    result = await gateway.batch([request], target, key=key)
+    item = result.items[0]
+    if item.response is None:
+        assert item.error is not None
+        raise item.error
+    return item.response
 
 
 def _scrub_answer(agent: Agent[Any], message: Message, state: Mapping[str, Any]) -> None:
@@ -155,15 +178,17 @@ def make_model_node(group: AgentGroup) -> Any:
             context=agent.request_context(runtime.context),
         )
 
+        key = f"{state.get('run_id', '')}:model:{agent.name}:{turns}"
+        batch_key = f"deferred:{key}" if state.get("deferred") else None
+
         async def call() -> dict[str, Any]:
-            response = await _call_model(agent, request)
+            response = await _call_model(agent, request, batch_key)
             agent.canonical_tool_calls(response.message)
             tag(response.message, agent.name)
             response.message.name = agent.name
             emit("message", MessageEvent(agent.name, response.message))
             return response_to_dict(response)
 
-        key = f"{state.get('run_id', '')}:model:{agent.name}:{turns}"
         response = response_from_dict(await memo(key, call))
         message = response.message
         usage = Usage.from_dict(state.get("usage") or {}) + window.usage + response.usage
@@ -262,7 +287,14 @@ def make_tool_node(group: AgentGroup, histories: Histories) -> Any:
         async def run() -> dict[str, Any]:
             emit("tool_call", ToolCallEvent(agent.name, call))
             history = await histories.get((config.thread_id, job["run_id"], job["turn"]))
-            context = ToolCallContext(run=agent.request_context(runtime.context), messages=history, agent=agent.name)
+            context = ToolContext[Any](
+                run=agent.request_context(runtime.context),
+                messages=history,
+                agent=agent.name,
+                deps=runtime.deps if runtime.deps is not None else agent.deps,
+                thread_id=config.thread_id,
+                tool_call_id=call.id,
+            )
             tool = agent.tools_by_name.get(call.name)
             with (
                 spans.tool(
@@ -274,6 +306,7 @@ def make_tool_node(group: AgentGroup, histories: Histories) -> Any:
                 ) as span,
                 collect_spend() as spent,  # sub-agents called as tools report here
                 use_run_context(context),  # memory tools pick their namespace (tenant, agent, user) from it
+                use_tool_context(context),  # injected into tools that take a `ToolContext`
                 # Side effects are journaled where the worker that resumes this task can see them.
                 use_journal(task_journal()),
             ):

@@ -81,10 +81,21 @@ class GraphRunner:
             self._app = self.build().compile(checkpointer=checkpointer, step_limit=self.step_limit())
         return self._app
 
-    async def run(self, input: AgentInput, *, thread_id: str | None, context: RunContext | None) -> AgentResult[Any]:
+    async def run(
+        self,
+        input: AgentInput,
+        *,
+        thread_id: str | None,
+        context: RunContext | None,
+        deps: Any = None,
+        deferred: bool = False,
+    ) -> AgentResult[Any]:
         if thread_id is not None:
             await self._refuse_if_waiting(thread_id)
-        return await self._invoke(self.start(input), thread_id, context)
+        state = self.start(input)
+        if deferred:
+            state["deferred"] = True  # in the checkpointed state: a resumed run stays deferred
+        return await self._invoke(state, thread_id, context, deps)
 
     async def _refuse_if_waiting(self, thread_id: str) -> None:
         # New input on a thread that waits for a human would drop the pending tool calls and
@@ -102,15 +113,19 @@ class GraphRunner:
                 "error; continue it with resume(thread_id=...) before sending new input"
             )
 
-    async def resume(self, value: Any, *, thread_id: str, context: RunContext | None) -> AgentResult[Any]:
+    async def resume(
+        self, value: Any, *, thread_id: str, context: RunContext | None, deps: Any = None
+    ) -> AgentResult[Any]:
         from bastion.graph import Command
 
-        return await self._invoke(None if value is CONTINUE else Command(resume=value), thread_id, context)
+        return await self._invoke(None if value is CONTINUE else Command(resume=value), thread_id, context, deps)
 
-    async def _invoke(self, input: Any, thread_id: str | None, context: RunContext | None) -> AgentResult[Any]:
+    async def _invoke(
+        self, input: Any, thread_id: str | None, context: RunContext | None, deps: Any = None
+    ) -> AgentResult[Any]:
         thread = thread_id or new_id("thread_")
         context = context or RunContext()
-        with self._span(context, input) as span, use_runtime(Runtime(context=context)):
+        with self._span(context, input) as span, use_runtime(Runtime(context=context, deps=deps)):
             await self.app().ainvoke(input, thread_id=thread, context=context)
             result = await self._final(thread_id, thread)
             _record_output(span, result)
@@ -149,7 +164,13 @@ class GraphRunner:
             await self._checkpointer.delete_thread(thread)
 
     async def stream(
-        self, input: AgentInput | None, *, resume: Any, thread_id: str | None, context: RunContext | None
+        self,
+        input: AgentInput | None,
+        *,
+        resume: Any,
+        thread_id: str | None,
+        context: RunContext | None,
+        deps: Any = None,
     ) -> AsyncIterator[AgentEvent]:
         from bastion.graph import Command
 
@@ -161,7 +182,7 @@ class GraphRunner:
             graph_input: Any = self.start(input)
         else:
             graph_input = None if resume is CONTINUE else Command(resume=resume)
-        with self._span(context, input) as span, use_runtime(Runtime(context=context, streaming=True)):
+        with self._span(context, input) as span, use_runtime(Runtime(context=context, streaming=True, deps=deps)):
             async for event in self.app().astream(graph_input, thread_id=thread, context=context):
                 payload = _custom_payload(event)
                 if payload is not None:

@@ -10,6 +10,7 @@ from collections.abc import Generator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from bastion.types import RunContext
 
@@ -18,6 +19,7 @@ from bastion.types import RunContext
 class Runtime:
     context: RunContext = field(default_factory=RunContext)
     streaming: bool = False
+    deps: Any = None  # `run(..., deps=)`: handed to tools in their `ToolContext`, never persisted
 
 
 _RUNTIME: ContextVar[Runtime | None] = ContextVar("bastion_agent_runtime", default=None)
