@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -67,3 +69,18 @@ def test_every_test_named_by_the_threat_model_exists() -> None:
         assert file.exists(), f"the README names {path}, which does not exist"
         if function:
             assert re.search(rf"def {function}\(", file.read_text()), f"{path} has no test {function}"
+
+
+@pytest.mark.slow
+@pytest.mark.local_model
+def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
+    block = README[README.index("```python\n", README.index("## Quick start")) + len("```python\n") :]
+    code = block[: block.index("```")]
+    script = tmp_path / "quick_start.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "BASTION_HOME": str(tmp_path / ".bastion")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Usage(" in result.stdout or "input_tokens" in result.stdout, result.stdout
