@@ -1,6 +1,7 @@
 """Memory benchmark: per-tenant hybrid query latency at 10k and 100k items, recall of the vector
-index against exact search, and retrieval quality (BM25 vs vectors vs hybrid) on a generated
-multi-session conversational-memory dataset.
+index against exact search, ingestion throughput with the default (MiniLM) embedder, and
+retrieval quality (BM25 vs vectors vs hybrid, and whether the top hit depends on k) on a
+generated multi-session conversational-memory dataset.
 
     .venv/bin/python bench/memory.py            # full run (~3-5 min on 2 cores)
     .venv/bin/python bench/memory.py --quick    # small sizes, for a smoke test
@@ -207,6 +208,7 @@ def tenant_vectors(store: SQLiteMemoryStore, ns: Namespace) -> tuple[np.ndarray,
 def index_recall(store: SQLiteMemoryStore, ns: Namespace, queries: list[list[float]], k: int = 10) -> float:
     """recall@k of the store's vector search (RAM index or sqlite-vec) against exact cosine."""
     from bastion.memory._index import Filter
+    from bastion.memory._store import search_scope
 
     ids, mat = tenant_vectors(store, ns)
     found = 0
@@ -218,7 +220,9 @@ def index_recall(store: SQLiteMemoryStore, ns: Namespace, queries: list[list[flo
         if store.search_index == "ram":
             hits = store._ram_index(s).knn(ns.key, q, k, Filter(t))
         else:
-            hits = store._knn(s, ns, q, k, t, False, None)
+            scope = search_scope(ns, k=k, at=t, include_untrusted=False, kind=None, where=None, source=None,
+                                 since=None, until=None, inherit=False)  # fmt: skip
+            hits = store._knn(s, scope, q)[:k]
         found += len(exact & {r for r, _ in hits})
     return found / (k * len(queries))
 
@@ -462,6 +466,13 @@ async def quality_run(conversations: int, sessions: int, turns: int) -> dict[str
             ks = (1, 5, 10)
             result: dict[str, Any] = {"conversations": conversations, "turns": total, "questions": len(questions),
                                       "minilm_texts_per_s": round(total / embed_s, 1)}  # fmt: skip
+            unstable = 0
+            for q in questions:
+                conv_ns = Namespace("bench", user=f"conv-{q.conv}")
+                top1 = await store.search(conv_ns, q.text, k=1)
+                top10 = await store.search(conv_ns, q.text, k=10)
+                unstable += [h.item.id for h in top1] != [h.item.id for h in top10[:1]]
+            result["hybrid_k1_differs_from_k10_top1"] = round(unstable / len(questions), 3)
             for mode in ("bm25", "vector", "hybrid"):
                 hits_at = {k: 0 for k in ks}
                 by_kind: dict[str, list[bool]] = {}
@@ -493,6 +504,54 @@ async def quality_run(conversations: int, sessions: int, turns: int) -> dict[str
         finally:
             await store.close()
     return result
+
+
+async def ingestion_run(items: int, repeats: int, baseline_items: int) -> dict[str, Any]:
+    """Ingestion throughput with the default embedder (MiniLM, as `SQLiteMemoryStore()` uses it):
+    `put_many` + `flush()` of short conversational turns into a fresh SQLite file, timed from the
+    first write until every vector is stored (`items_per_cpu_s`: per second of this process's
+    CPU time, all threads; on a shared machine the wall-clock rate mostly measures the
+    neighbours, the CPU rate times the cores is what an idle machine gives if threads scale
+    perfectly); the model is loaded (and its int8 copy built)
+    before the clock starts. `baseline` is the same with `MiniLMEmbedder(quantize=False)`
+    (float32 matrix products, as the packaged model runs)."""
+    convs, _ = conversational_dataset(max(1, items // 150 + 1), sessions=5, turns=30, seed=13)
+    texts = [it.text for conv in convs.values() for it in conv][:items]
+    from tokenizers import Tokenizer
+
+    from bastion.memory._embedders import _find_minilm_files  # pyright: ignore[reportPrivateUsage]
+
+    tokenizer = Tokenizer.from_file(str(_find_minilm_files()[1]))
+    tokenizer.no_padding()  # the file pads to 128
+    tokens = statistics.mean(len(e.ids) for e in tokenizer.encode_batch(texts))
+
+    cpu: list[float] = []
+
+    async def once(embedder: Any, n: int) -> float:
+        await embedder.embed(["warm up"])
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SQLiteMemoryStore(Path(tmp) / "ingest.db", embedder, batch_size=256)
+            try:
+                t0, c0 = time.perf_counter(), time.process_time()
+                for start in range(0, n, 500):
+                    await store.put_many(
+                        Namespace("bench", user="u"), [MemoryItem(t) for t in texts[start : start + 500]]
+                    )
+                await store.flush()
+                cpu.append(n / (time.process_time() - c0))
+                return n / (time.perf_counter() - t0)
+            finally:
+                await store.close()
+
+    embedder = MiniLMEmbedder()
+    rates = [round(await once(embedder, len(texts))) for _ in range(repeats)]
+    per_cpu_s = round(max(cpu))
+    baseline = round(await once(MiniLMEmbedder(quantize=False), baseline_items)) if baseline_items else None
+    return {"items": len(texts), "avg_chars": round(statistics.mean(map(len, texts)), 1),
+            "avg_tokens": round(tokens, 1), "items_per_s": rates, "best_items_per_s": max(rates),
+            "threads": embedder.threads,
+            "baseline_items_per_s": baseline, "items_per_cpu_s": per_cpu_s,
+            "load": round(os.getloadavg()[0], 1)}  # fmt: skip
 
 
 async def pg_index_recall(store: Any, ns: Namespace, queries: list[list[float]], k: int = 10) -> float:
@@ -594,6 +653,7 @@ async def main() -> None:
     )
     parser.add_argument("--ef-search", type=int, default=64, help="pgvector hnsw.ef_search")
     parser.add_argument("--skip-quality", action="store_true", help="skip the MiniLM conversational dataset")
+    parser.add_argument("--skip-ingest", action="store_true", help="skip the MiniLM ingestion throughput run")
     parser.add_argument("--no-peer", action="store_true", help="skip LangGraph's store (run from .bench-venv)")
     parser.add_argument("--langgraph-peer", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -645,6 +705,10 @@ async def main() -> None:
         for total, tenants in pg_runs:
             report["latency_postgres"].append(await postgres_run(rng, total, queries, tenants, args.ef_search))
             print(f"postgres {total}: {report['latency_postgres'][-1]}", flush=True)
+    if not args.skip_ingest:
+        report["ingestion"] = await ingestion_run(1000 if args.quick else 3000, 3 if args.quick else 5,
+                                                  300 if args.quick else 1000)  # fmt: skip
+        print(f"ingestion: {report['ingestion']}", flush=True)
     if not args.skip_quality:
         convs = 6 if args.quick else 20
         report["quality"] = await quality_run(convs, sessions=5, turns=30)
@@ -679,12 +743,23 @@ def print_table(r: dict[str, Any]) -> None:
               f"| | {row['ingest_items_per_s']:,} |")  # fmt: skip
     print("\nvector recall@10: the store's vector search vs exact cosine, clustered synthetic vectors (a hard case "
           "for quantised codes); first query: a tenant's first search (loads its RAM index)")  # fmt: skip
+    ing = r.get("ingestion")
+    if ing is not None:
+        rates = ing["items_per_s"]
+        print(f"\n| ingestion, default embedder (MiniLM int8, {ing['threads']} threads) | items | avg chars / tokens "
+              "| items/s (each run; best) | items per CPU-second | quantize=False | load |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        print(f"| put_many + flush, SQLite | {ing['items']:,} | {ing['avg_chars']} / {ing['avg_tokens']} | "
+              f"{', '.join(f'{x:,}' for x in rates)}; **{max(rates):,}** | "
+              f"{ing['items_per_cpu_s']:,} | {ing['baseline_items_per_s']} | "
+              f"{ing['load']} |")  # fmt: skip
     q = r.get("quality")
     if q is None:
         return
     print(f"\nconversational memory: {q['conversations']} dialogues, {q['turns']} turns, {q['questions']} questions "
           f"(MiniLM int8, {q['minilm_texts_per_s']} texts/s, query embed p50 {q['minilm_query_embed_p50_ms']} ms; "
-          f"RAM index recall@10 vs exact: {q['index_recall@10_minilm']})")  # fmt: skip
+          f"RAM index recall@10 vs exact: {q['index_recall@10_minilm']}; hybrid search(k=1) differs from "
+          f"search(k=10)[0] for {q['hybrid_k1_differs_from_k10_top1']:.0%} of questions)")  # fmt: skip
     print("\n| retrieval | recall@1 | recall@5 | recall@10 | recall@10 paraphrase qs | recall@10 entity qs |")
     print("|---|---|---|---|---|---|")
     for mode in ("bm25", "vector", "hybrid"):

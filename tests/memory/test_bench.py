@@ -31,4 +31,8 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     assert quality["questions"] > 0 and 0 < quality["index_recall@10_minilm"] <= 1
     for mode in ("bm25", "vector", "hybrid"):
         assert 0 <= quality[mode]["recall@10"] <= 1
+    assert quality["hybrid_k1_differs_from_k10_top1"] == 0  # the top hit does not depend on k
+    ingestion = report["ingestion"]  # the default embedder on short turns (the 500 items/s target)
+    assert ingestion["avg_tokens"] < 30 and min(ingestion["items_per_s"]) > 0 and ingestion["items_per_cpu_s"] > 0
+    assert "| put_many + flush, SQLite |" in proc.stdout
     assert "| hybrid |" in proc.stdout

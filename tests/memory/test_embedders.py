@@ -52,9 +52,14 @@ async def test_minilm_embeds_offline_and_captures_meaning() -> None:
     assert e.dim == len(cat) == 384
     assert math.isclose(cos(cat, cat), 1.0, rel_tol=1e-4)
     assert cos(cat, kitten) > 0.5 > cos(cat, tax)
-    # batching and ordering do not change a text's vector
+    # int8 activations are scaled per batch: a text's vector moves only slightly with its batch
     (again,) = await e.embed(["A kitten naps on the couch."])
-    assert cos(again, kitten) > 0.999
+    assert cos(again, kitten) > 0.98
+    # with float matrix products, batching and ordering do not change a text's vector
+    exact = MiniLMEmbedder(quantize=False)
+    _, kitten_exact, _ = await exact.embed(["A cat is sleeping on the sofa.", "A kitten naps on the couch.", "tax"])
+    (alone,) = await exact.embed(["A kitten naps on the couch."])
+    assert cos(alone, kitten_exact) > 0.999
 
 
 def test_minilm_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,3 +220,29 @@ async def test_reembed_recovers_items_left_without_vectors(
         assert await store.reembed() == 0
     finally:
         await store.close()
+
+
+def test_minilm_runs_int8_matmuls_close_to_the_float_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTION_CACHE_DIR", str(tmp_path))
+    texts = ["A cat is sleeping on the sofa.", "The refund window is thirty days.", "Where is my order 1042?",
+             "I grew up in Porto, right by the harbour.", "Quarterly revenue grew by twelve percent."]  # fmt: skip
+    fast, exact = MiniLMEmbedder(), MiniLMEmbedder(quantize=False)
+    quantized, reference = fast.embed_sync(texts), exact.embed_sync(texts)
+    assert fast.model_path is not None and fast.model_path.parent == tmp_path  # the int8 copy, built once
+    built = fast.model_path.stat().st_mtime_ns
+    assert exact.model_path is not None and exact.model_path.name == "model.onnx"
+    sims = [cos(a, b) for a, b in zip(quantized, reference, strict=True)]
+    assert min(sims) > 0.97 and sum(sims) / len(sims) > 0.985, sims
+    again = MiniLMEmbedder()
+    again.embed_sync(["x"])
+    assert again.model_path == fast.model_path and fast.model_path.stat().st_mtime_ns == built  # reused
+
+
+def test_minilm_batches_in_parallel_keep_each_texts_vector() -> None:
+    texts = [f"note {i}: " + "word " * (i % 17) + f"topic{i}" for i in range(150)]
+    parallel = MiniLMEmbedder(batch_size=16, threads=2).embed_sync(texts)
+    single = MiniLMEmbedder(batch_size=16, threads=1).embed_sync(texts)
+    assert parallel == single
+    alone = MiniLMEmbedder().embed_sync([texts[37], texts[101]])
+    assert cos(alone[0], parallel[37]) > 0.98 and cos(alone[1], parallel[101]) > 0.98
+    assert cos(parallel[37], parallel[101]) < 0.95

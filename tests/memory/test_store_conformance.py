@@ -212,3 +212,130 @@ async def test_bm25_finds_a_match_ranked_below_many_filtered_out_matches(store: 
     hits = await store.search(ns, "apple", k=200, mode="bm25", include_untrusted=True)
     assert len(hits) == 151
     assert {h.item.id for h in hits} >= {mine.id}
+
+
+# --- nesting, filters, stable ranking (issue 15) ---------------------------------------------
+
+
+async def test_search_covers_the_shared_levels_above_a_namespace(store: MemoryStore) -> None:
+    levels = {
+        "tenant-wide": Namespace("acme"),
+        "agent-wide": Namespace("acme", agent="support"),
+        "ada's": Namespace("acme", agent="support", user="ada"),
+        "ada's ticket": Namespace("acme", agent="support", user="ada", scope="t1"),
+        "bob's": Namespace("acme", agent="support", user="bob"),
+        "other agent's": Namespace("acme", agent="sales"),
+        "ada's with no agent": Namespace("acme", user="ada"),
+    }
+    for name, ns in levels.items():
+        await store.put(ns, MemoryItem(f"{name} note about the refund policy"))
+    await store.flush()
+
+    async def found(ns: Namespace | list[Namespace], **kw) -> set[str]:
+        hits = await store.search(ns, "refund policy note", k=20, **kw)
+        return {h.item.text.removesuffix(" note about the refund policy") for h in hits}
+
+    ticket = levels["ada's ticket"]
+    assert [n.key for n in ticket.lineage()] == [
+        ticket.key, levels["ada's"].key, levels["agent-wide"].key, levels["tenant-wide"].key
+    ]  # fmt: skip
+    for mode in ("bm25", "vector", "hybrid"):
+        assert await found(ticket, mode=mode) == {"ada's ticket", "ada's", "agent-wide", "tenant-wide"}, mode
+    assert await found(ticket, inherit=False) == {"ada's ticket"}
+    assert await found(Namespace("acme", user="ada")) == {"ada's with no agent", "tenant-wide"}
+    assert await found(levels["bob's"]) == {"bob's", "agent-wide", "tenant-wide"}
+    # several namespaces of one tenant at once (e.g. the user's own plus another agent's shared level)
+    both = await found([levels["ada's"], levels["other agent's"]])
+    assert both == {"ada's", "agent-wide", "tenant-wide", "other agent's"}
+    with pytest.raises(UserError, match="span tenants"):
+        await store.search([levels["ada's"], Namespace("globex")], "refund")
+    # reads and writes stay exact: a shared item cannot be forgotten from below
+    shared = (await store.search(levels["tenant-wide"], "tenant-wide refund", k=1))[0].item
+    assert await store.get(levels["ada's"], shared.id) is None
+    assert await store.forget(levels["ada's"], shared.id) is False
+
+
+AGENTS, USERS, SCOPES = ("", "support", "sales"), ("", "ada", "bob"), ("", "t1")
+
+
+async def test_a_user_never_sees_another_users_items_through_any_namespace(store: MemoryStore) -> None:
+    every = [Namespace(t, a, u, sc) for t in ("acme", "globex") for a in AGENTS for u in USERS for sc in SCOPES]
+    for ns in every:
+        await store.put(ns, MemoryItem(f"secret of {ns.tenant}/{ns.user or 'shared'}: the vault code is 1234",
+                                       metadata={"speaker": ns.user}))  # fmt: skip
+    await store.flush()
+    for ns in every:
+        if ns.user == "ada":
+            continue
+        allowed = {f"secret of {ns.tenant}/shared", f"secret of {ns.tenant}/{ns.user or 'shared'}"}
+        for mode in ("bm25", "vector", "hybrid"):
+            for kw in ({}, {"inherit": False}, {"where": {"speaker": ["ada", "bob", ""]}}, {"include_untrusted": True}):
+                hits = await store.search(ns, "vault code secret ada", k=50, mode=mode, **kw)
+                seen = {h.item.text.split(":")[0] for h in hits}
+                assert seen <= allowed and hits, (ns, mode, kw, seen)
+    # every non-ada namespace of a tenant in one search: still nothing of ada's
+    bobs = [ns for ns in every if ns.tenant == "acme" and ns.user != "ada"]
+    hits = await store.search(bobs, "vault code secret ada", k=100)
+    assert hits and all("/ada" not in h.item.text for h in hits)
+
+
+async def test_filters_by_metadata_source_date_and_kind(store: MemoryStore) -> None:
+    ns = Namespace("acme", agent="support", user="ada")
+    day = 86_400.0
+    rows = [
+        MemoryItem("we talked about the trip to Lisbon", metadata={"speaker": "ada", "session": 1}, valid_from=1 * day),
+        MemoryItem("the trip to Lisbon is booked for May", metadata={"speaker": "bot", "session": 1},
+                   valid_from=1 * day + 60),
+        MemoryItem("Lisbon trip: remember the passport", metadata={"speaker": "ada", "session": 2}, valid_from=3 * day),
+        MemoryItem("Lisbon travel guide: trams and trip tips", kind="document", doc_id="guide", chunk_index=0,
+                   provenance={"source": "guide.md"}, valid_from=2 * day),
+    ]  # fmt: skip
+    # many better BM25 matches from the wrong speaker: the filter must apply before ranking
+    rows += [MemoryItem(f"Lisbon trip Lisbon trip {i}", metadata={"speaker": "bot"}, valid_from=day) for i in range(80)]
+    await store.put_many(ns, rows)
+    await store.flush()
+
+    async def found(**kw) -> list[str]:
+        return [h.item.text for h in await store.search(ns, "Lisbon trip", k=5, **kw)]
+
+    for mode in ("bm25", "vector", "hybrid"):
+        ada = await found(mode=mode, where={"speaker": "ada"})
+        assert sorted(ada) == ["Lisbon trip: remember the passport", "we talked about the trip to Lisbon"], mode
+        assert await found(mode=mode, where={"speaker": "ada", "session": 2}) == ["Lisbon trip: remember the passport"]
+        assert await found(mode=mode, source="guide.md") == ["Lisbon travel guide: trams and trip tips"]
+        assert await found(mode=mode, kind="document") == ["Lisbon travel guide: trams and trip tips"]
+        window = await found(mode=mode, since=2 * day, until=4 * day)
+        assert sorted(window) == ["Lisbon travel guide: trams and trip tips", "Lisbon trip: remember the passport"]
+        assert await found(mode=mode, where={"speaker": ["ada", "nobody"]}, since=2 * day) == [
+            "Lisbon trip: remember the passport"
+        ]
+        assert await found(mode=mode, where={"speaker": "nobody"}) == []
+    with pytest.raises(UserError, match="strings or integers"):
+        await store.search(ns, "Lisbon", where={"speaker": 1.5})  # type: ignore[dict-item]
+
+
+async def test_ranking_is_the_same_for_any_k(store: MemoryStore) -> None:
+    """`search(k=1)` is `search(k=10)[0]`: candidate depth does not depend on k, ties break by id."""
+    ns = Namespace("acme", user="ada")
+    words = "apple banana cherry delta echo foxtrot golf hotel india juliet kilo lima".split()
+    import random
+
+    rng = random.Random(5)
+    await store.put_many(ns, [MemoryItem(" ".join(rng.choices(words, k=rng.randint(2, 9)))) for _ in range(120)])
+    await store.flush()
+    for _ in range(25):
+        query = " ".join(rng.sample(words, rng.randint(1, 3)))
+        for mode in ("bm25", "vector", "hybrid"):
+            ten = [h.item.id for h in await store.search(ns, query, k=10, mode=mode)]
+            for k in (1, 3, 7):
+                assert [h.item.id for h in await store.search(ns, query, k=k, mode=mode)] == ten[:k], (query, mode, k)
+
+
+async def test_a_query_is_embedded_once_per_store(store: MemoryStore, ns: Namespace) -> None:
+    await store.put(ns, MemoryItem("the standup is at nine"))
+    await store.flush()
+    queries = store._queries  # type: ignore[attr-defined]
+    before = queries.misses
+    for mode in ("vector", "hybrid", "vector"):
+        assert await texts(store, ns, "when is the standup", mode=mode) == ["the standup is at nine"]
+    assert queries.misses == before + 1

@@ -119,3 +119,21 @@ async def test_retrieval_node_feeds_the_assembler(store: MemoryStore) -> None:
     )
     block = out.messages[-2].text
     assert "(UNTRUSTED, from web) planted" in block and out.messages[-1].role == "user"
+
+
+async def test_memory_tools_span_several_namespaces_and_shared_levels(store: MemoryStore) -> None:
+    team = Namespace("acme", agent="kb", scope="handbook")
+    tools = memory_tools(store, lambda run: [Namespace.from_context(run), team])
+    gw = gateway("search_memory", "remember", "forget")
+    await store.put(Namespace("acme"), MemoryItem("tenant-wide: the office opens at 8"))
+    await store.put(team, MemoryItem("handbook: the office closes at 18"))
+    await store.put(Namespace("acme", agent="helper", user="bob"), MemoryItem("bob: the office is too cold"))
+    ctx = ToolCallContext(run=RUN, messages=[Message.user("when is the office open?")], agent="helper")
+    mine = await call(gw, tools, "remember", ctx, text="alice: the office badge is blue")
+    assert (await store.get(NS, mine.content["id"])) is not None  # writes go to the first namespace
+    await store.flush()
+    found = await call(gw, tools, "search_memory", ctx, query="office", k=10)
+    assert {r["text"].split(":")[0] for r in found.content} == {"tenant-wide", "handbook", "alice"}
+    # a shared memory cannot be forgotten through a user's tools
+    shared_id = next(r["id"] for r in found.content if r["text"].startswith("handbook"))
+    assert (await call(gw, tools, "forget", ctx, memory_id=shared_id)).content["forgotten"] is False

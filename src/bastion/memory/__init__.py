@@ -24,7 +24,7 @@ from bastion.memory._types import Episode, MemoryItem, Namespace, SearchHit, Ski
 
 if TYPE_CHECKING:
     from bastion.memory._batcher import EmbeddingBatcher
-    from bastion.memory._context import AssembledContext, ContextAssembler, Summary, edge_order
+    from bastion.memory._context import AssembledContext, ContextAssembler, ContextPolicy, Summary, edge_order
     from bastion.memory._embedders import Embedder, HashingEmbedder, MiniLMEmbedder, OpenAIEmbedder
     from bastion.memory._ingest import (
         Chunk,
@@ -47,6 +47,7 @@ _LAZY = {
     "EmbeddingBatcher": "_batcher",
     "AssembledContext": "_context",
     "ContextAssembler": "_context",
+    "ContextPolicy": "_context",
     "Summary": "_context",
     "edge_order": "_context",
     "Embedder": "_embedders",
@@ -77,6 +78,7 @@ __all__ = [
     "AssembledContext",
     "Chunk",
     "ContextAssembler",
+    "ContextPolicy",
     "Document",
     "Embedder",
     "EmbeddingBatcher",

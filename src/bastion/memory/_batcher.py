@@ -56,29 +56,51 @@ class EmbeddingBatcher:
             self._wake.set()
 
     async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            if len(self._pending) < self._batch_size and not self._flushing:
-                # Let a batch fill up, but never hold a write back for longer than max_delay.
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._max_delay)
-            batch = self._pending[: self._batch_size]
-            del self._pending[: len(batch)]
-            if not batch:
-                continue
-            try:
-                vectors = await self._embedder.embed([text for _, text in batch])
-                await self._sink(batch, vectors)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self._error = e
-            async with self._progress:
-                self._stats.done += len(batch)
-                self._progress.notify_all()
+        ahead: tuple[list[tuple[Hashable, str]], asyncio.Task[list[list[float]]]] | None = None
+        try:
+            while True:
+                if ahead is None:
+                    batch = await self._next_batch()
+                    if not batch:
+                        continue
+                    embedding = self._embed(batch)
+                else:
+                    (batch, embedding), ahead = ahead, None
+                try:
+                    vectors = await embedding
+                    if self._pending:
+                        # Embed the next batch while this one's vectors are written (the sink
+                        # runs on the event loop, the embedder in a thread).
+                        following = self._pending[: self._batch_size]
+                        del self._pending[: len(following)]
+                        ahead = (following, self._embed(following))
+                    await self._sink(batch, vectors)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self._error = e
+                async with self._progress:
+                    self._stats.done += len(batch)
+                    self._progress.notify_all()
+        finally:
+            if ahead is not None:
+                ahead[1].cancel()
+
+    def _embed(self, batch: list[tuple[Hashable, str]]) -> asyncio.Task[list[list[float]]]:
+        return asyncio.ensure_future(self._embedder.embed([text for _, text in batch]))
+
+    async def _next_batch(self) -> list[tuple[Hashable, str]]:
+        if not self._pending:
+            self._wake.clear()
+            await self._wake.wait()
+        if len(self._pending) < self._batch_size and not self._flushing:
+            # Let a batch fill up, but never hold a write back for longer than max_delay.
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._max_delay)
+        batch = self._pending[: self._batch_size]
+        del self._pending[: len(batch)]
+        return batch
 
     async def flush(self) -> None:
         """Wait until every text submitted before this call is embedded and written."""

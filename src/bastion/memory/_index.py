@@ -8,9 +8,10 @@ the 95th percentile; sqlite-vec's brute-force scan costs ~5.4 ms; see `bench/mem
 Layout: one `_Partition` per namespace, like vec0's partition key, so a search scans only
 its namespace's rows; filters (validity at `as_of`, trust, kind) are masks applied *before*
 ranking, never to a ranked top-k. Inside a partition each row has a slot in column arrays:
-- BM25: postings per token (slot, term frequency) scored with FTS5's exact formula over
-  tenant-wide statistics (row count, document frequency, average length), so scores equal
-  what `bm25()` on the tenant's FTS5 table returns;
+- BM25: postings per token (slot, term frequency) scored with FTS5's exact formula over the
+  statistics (row count, document frequency, average length) of the namespaces searched, not
+  the whole tenant, so one user's ranking never depends on other users' data (with a single
+  namespace in the tenant, scores equal what `bm25()` on the tenant's FTS5 table returns);
 - vectors: 1-bit codes (48 bytes at 384 dimensions) scanned by Hamming distance for the
   `candidates` nearest, re-scored by int8 codes with a per-vector scale (384 bytes), about
   0.45 KB per item in all.
@@ -51,6 +52,9 @@ class Filter:
     at: float
     include_untrusted: bool = False
     kind: str | None = None
+    since: float | None = None
+    until: float | None = None
+    allowed: npt.NDArray[np.int64] | None = None  # rowids passing filters the index cannot see (sorted)
 
 
 class _Postings:
@@ -101,6 +105,9 @@ class _Partition:
         self.scale = np.zeros(0, np.float32)
         self.postings: dict[str, _Postings] = {}
         self.terms: list[tuple[str, ...]] = []  # distinct tokens per slot, to undo document frequencies
+        # BM25 statistics of this namespace (rows, tokens, rows per token), combined per search
+        self.df: dict[str, int] = {}
+        self.tokens = 0.0
 
     def _reserve(self, extra: int) -> None:
         if self.n + extra <= len(self.rowid):
@@ -152,8 +159,10 @@ class _Partition:
                 post.slots.frombytes(slot_of[lo:hi].astype(np.int32).tobytes())
                 post.tfs.frombytes(tfs[lo:hi].astype(np.int32).tobytes())
                 added[token] = hi - lo
+                self.df[token] = self.df.get(token, 0) + hi - lo
         self.n = end
         self.live += len(rows)
+        self.tokens += float(sum(len(r[3]) for r in rows))
         return first, added
 
     def _set_states(self, slots: slice | list[int], states: Sequence[RowState]) -> None:
@@ -175,6 +184,13 @@ class _Partition:
         self.alive[slot] = False
         self.has_vec[slot] = False
         self.live -= 1
+        self.tokens -= float(self.length[slot])
+        for token in self.terms[slot]:
+            left = self.df[token] - 1
+            if left:
+                self.df[token] = left
+            else:
+                del self.df[token]
         return self.terms[slot]
 
     def visible(self, slots: npt.NDArray[np.intp] | slice, flt: Filter, kind: int | None) -> npt.NDArray[np.bool_]:
@@ -183,7 +199,20 @@ class _Partition:
             ok &= self.trusted[slots]
         if kind is not None:
             ok &= self.kind[slots] == kind
+        if flt.since is not None:
+            ok &= self.valid_from[slots] >= flt.since
+        if flt.until is not None:
+            ok &= self.valid_from[slots] < flt.until
+        if flt.allowed is not None:
+            ok &= _member(self.rowid[slots], flt.allowed)
         return ok
+
+
+def _member(values: npt.NDArray[np.int64], sorted_set: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), np.bool_)
+    at = np.searchsorted(sorted_set, values).clip(0, len(sorted_set) - 1)
+    return sorted_set[at] == values
 
 
 class TenantIndex:
@@ -195,9 +224,7 @@ class TenantIndex:
         self._parts: dict[str, _Partition] = {}
         self._where: dict[int, tuple[_Partition, int]] = {}
         self._kinds: dict[str, int] = {}
-        self._df: dict[str, int] = {}
         self._docs = 0
-        self._tokens = 0.0
         self.removed = 0
 
     def __len__(self) -> int:
@@ -214,17 +241,13 @@ class TenantIndex:
                 raise ValueError(f"row {rowid} is already indexed")
             kind = self._kinds.setdefault(state.kind, len(self._kinds))
             by_ns.setdefault(state.ns, []).append((rowid, kind, state, tokens))
-        df = self._df
         for ns, group in by_ns.items():
             part = self._parts.get(ns)
             if part is None:
                 part = self._parts[ns] = _Partition(self.dim)
-            first, added = part.add_many(group)
-            for slot, (rowid, _, _, tokens) in enumerate(group, start=first):
+            first, _ = part.add_many(group)
+            for slot, (rowid, _, _, _) in enumerate(group, start=first):
                 self._where[rowid] = (part, slot)
-                self._tokens += len(tokens)
-            for token, count in added.items():
-                df[token] = df.get(token, 0) + count
             self._docs += len(group)
 
     def update(self, rowid: int, state: RowState) -> None:
@@ -262,71 +285,78 @@ class TenantIndex:
         if found is None:
             return
         part, slot = found
-        for token in part.remove(slot):
-            left = self._df[token] - 1
-            if left:
-                self._df[token] = left
-            else:
-                del self._df[token]
+        part.remove(slot)
         self._docs -= 1
-        self._tokens -= float(part.length[slot])
         self.removed += 1
 
     # --- search ----------------------------------------------------------------------------
 
-    def bm25(self, ns: str, terms: Iterable[str], k: int, flt: Filter) -> list[tuple[int, float]]:
-        """The `k` best visible rows of namespace `ns` by BM25 over `terms` (FTS5 tokens, one
-        per phrase of the OR-query), as (rowid, score) with higher scores better."""
-        part = self._parts.get(ns)
+    def bm25(self, keys: str | Sequence[str], terms: Iterable[str], k: int, flt: Filter) -> list[tuple[int, float]]:
+        """The `k` best visible rows of the namespaces `keys` by BM25 over `terms` (FTS5 tokens,
+        one per phrase of the OR-query), as (rowid, score) with higher scores better. The row
+        count, average length and document frequencies are those of these namespaces only."""
         kind = self._kind_code(flt)
-        if part is None or part.live == 0 or kind == -1:
+        parts = self._partitions(keys)
+        if not parts or kind == -1:
             return []
-        n = part.n
-        acc = np.zeros(n, np.float64)
-        avg = self._tokens / self._docs
-        length = part.length[:n]
-        hit = False
+        docs = sum(p.live for p in parts)
+        avg = sum(p.tokens for p in parts) / docs
+        # A token may come twice (two query words with one stem): FTS5 scores each phrase.
+        idfs: list[tuple[str, float]] = []
         for term in terms:
-            post = part.postings.get(term)
-            if post is None:
-                continue
-            hits = self._df.get(term, 0)
-            idf = math.log((self._docs - hits + 0.5) / (hits + 0.5))
-            if idf <= 0.0:
-                idf = 1e-6  # as FTS5 does
-            slots = np.frombuffer(post.slots, np.int32)
-            tf = np.frombuffer(post.tfs, np.int32).astype(np.float64)
-            denom = tf + BM25_K1 * (1.0 - BM25_B + BM25_B * length[slots] / avg)
-            acc[slots] += idf * tf * (BM25_K1 + 1.0) / denom
-            hit = True
-        if not hit:
+            hits = sum(p.df.get(term, 0) for p in parts)
+            if hits:
+                idf = math.log((docs - hits + 0.5) / (hits + 0.5))
+                idfs.append((term, idf if idf > 0.0 else 1e-6))  # as FTS5 does
+        if not idfs:
             return []
-        cand = np.flatnonzero(acc)
-        cand = cand[part.visible(cand, flt, kind)]
-        return self._top(part, cand, acc[cand], k)
+        best: list[tuple[int, float]] = []
+        for part in parts:
+            n = part.n
+            acc = np.zeros(n, np.float64)
+            length = part.length[:n]
+            for term, idf in idfs:
+                post = part.postings.get(term)
+                if post is None:
+                    continue
+                slots = np.frombuffer(post.slots, np.int32)
+                tf = np.frombuffer(post.tfs, np.int32).astype(np.float64)
+                denom = tf + BM25_K1 * (1.0 - BM25_B + BM25_B * length[slots] / avg)
+                acc[slots] += idf * tf * (BM25_K1 + 1.0) / denom
+            cand = np.flatnonzero(acc)
+            cand = cand[part.visible(cand, flt, kind)]
+            best += self._top(part, cand, acc[cand], k)
+        return _merge(best, k)
 
     def knn(
-        self, ns: str, vector: Sequence[float] | npt.NDArray[np.float32], k: int, flt: Filter
+        self, keys: str | Sequence[str], vector: Sequence[float] | npt.NDArray[np.float32], k: int, flt: Filter
     ) -> list[tuple[int, float]]:
-        """The `k` visible rows of namespace `ns` nearest to `vector` by (int8-estimated)
+        """The `k` visible rows of the namespaces `keys` nearest to `vector` by (int8-estimated)
         cosine similarity, as (rowid, similarity)."""
-        part = self._parts.get(ns)
         kind = self._kind_code(flt)
-        if part is None or part.live == 0 or kind == -1:
+        parts = self._partitions(keys)
+        if not parts or kind == -1:
             return []
         q = np.asarray(vector, dtype=np.float32)
         if q.shape != (self.dim,) or not np.any(q):
             return []
         qbits, qq, qscale = _encode(q[None, :])
-        n = part.n
-        ok = part.visible(slice(0, n), flt, kind) & part.has_vec[:n]
-        count = max(k, self.candidates)
-        if np.count_nonzero(ok) <= count:
-            cand = np.flatnonzero(ok)
-        else:
-            cand = self._nearest_codes(part, qbits[0], ok, count)
-        sims = (part.q8[cand].astype(np.int32) @ qq[0].astype(np.int32)) * part.scale[cand] * qscale[0]
-        return self._top(part, cand, sims.astype(np.float64), k)
+        best: list[tuple[int, float]] = []
+        for part in parts:
+            n = part.n
+            ok = part.visible(slice(0, n), flt, kind) & part.has_vec[:n]
+            count = max(k, self.candidates)
+            if np.count_nonzero(ok) <= count:
+                cand = np.flatnonzero(ok)
+            else:
+                cand = self._nearest_codes(part, qbits[0], ok, count)
+            sims = (part.q8[cand].astype(np.int32) @ qq[0].astype(np.int32)) * part.scale[cand] * qscale[0]
+            best += self._top(part, cand, sims.astype(np.float64), k)
+        return _merge(best, k)
+
+    def _partitions(self, keys: str | Sequence[str]) -> list[_Partition]:
+        found = (self._parts.get(key) for key in ([keys] if isinstance(keys, str) else keys))
+        return [p for p in found if p is not None and p.live]
 
     def _nearest_codes(
         self, part: _Partition, qw: npt.NDArray[np.uint64], ok: npt.NDArray[np.bool_], count: int
@@ -355,12 +385,21 @@ class TenantIndex:
     def _top(
         part: _Partition, slots: npt.NDArray[np.intp], scores: npt.NDArray[np.float64], k: int
     ) -> list[tuple[int, float]]:
+        """The best `k` as (rowid, score), ties broken by rowid, so the first `k` are the same
+        whatever `k` is (argpartition alone would pick among rows tied at the cut at random)."""
         if len(slots) > k:
             keep = np.argpartition(-scores, k - 1)[:k]
+            cut = scores[keep].min()
+            keep = np.flatnonzero(scores >= cut)
             slots, scores = slots[keep], scores[keep]
         rowids = part.rowid[slots]
-        order = np.lexsort((rowids, -scores))  # best first; ties by insertion order
+        order = np.lexsort((rowids, -scores))[:k]  # best first; ties by insertion order
         return [(int(rowids[i]), float(scores[i])) for i in order]
+
+
+def _merge(rows: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+    """The best `k` of several namespaces' lists, ties by rowid."""
+    return sorted(rows, key=lambda r: (-r[1], r[0]))[:k]
 
 
 __all__ = ["BM25_B", "BM25_K1", "Filter", "RowState", "TenantIndex"]

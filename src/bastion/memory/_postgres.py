@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from bastion.errors import MissingExtraError, UserError
@@ -33,12 +33,15 @@ from bastion.memory._codec import (
 from bastion.memory._embedders import Embedder
 from bastion.memory._store import (
     FORMAT_VERSION,
+    QueryEmbeddings,
+    WhereValue,
     check_episode,
     check_item,
     check_search_args,
     check_skill,
     query_terms,
     rrf,
+    search_scope,
     tenant_suffix,
 )
 from bastion.memory._types import (
@@ -83,6 +86,7 @@ class PostgresMemoryStore:
 
             embedder = MiniLMEmbedder()
         self.embedder = embedder
+        self._queries = QueryEmbeddings(embedder)
         self.url = url
         self.ef_search = ef_search
         self._pool_args = (min_size, max_size)
@@ -410,7 +414,7 @@ class PostgresMemoryStore:
 
     async def search(
         self,
-        ns: Namespace,
+        ns: Namespace | Sequence[Namespace],
         query: str,
         *,
         k: int = 10,
@@ -418,20 +422,40 @@ class PostgresMemoryStore:
         as_of: Timestamp | None = None,
         include_untrusted: bool = False,
         kind: str | None = None,
+        where: Mapping[str, WhereValue] | None = None,
+        source: str | Sequence[str] | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        inherit: bool = True,
     ) -> list[SearchHit]:
+        """See `MemoryStore.search`. Full-text ranking is `ts_rank_cd`, which uses no corpus
+        statistics: one namespace's ranking never depends on another's data."""
         check_search_args(query, k, mode)
-        pool = await self._conn_pool()
         t = to_ts(as_of) if as_of is not None else now()
-        depth = k if mode != "hybrid" else 2 * k
-        vector = (await self.embedder.embed([query]))[0] if mode in ("vector", "hybrid") else None
-        where = "ns = %(ns)s AND valid_from <= %(t)s AND (valid_to IS NULL OR valid_to > %(t)s)"
+        assert t is not None
+        scope = search_scope(ns, k=k, at=t, include_untrusted=include_untrusted, kind=kind, where=where,
+                             source=source, since=since, until=until, inherit=inherit)  # fmt: skip
+        pool = await self._conn_pool()
+        vector = await self._queries.embed(query) if mode in ("vector", "hybrid") else None
+        where_sql = "ns = ANY(%(ns)s) AND valid_from <= %(t)s AND (valid_to IS NULL OR valid_to > %(t)s)"
+        params: dict[str, Any] = {"ns": list(scope.keys), "t": t, "k": scope.depth, "kind": kind,
+                                  "since": scope.since, "until": scope.until}  # fmt: skip
         if not include_untrusted:
-            where += " AND trust = 'trusted'"
+            where_sql += " AND trust = 'trusted'"
         if kind is not None:
-            where += " AND kind = %(kind)s"
-        params: dict[str, Any] = {"ns": ns.key, "t": t, "k": depth, "kind": kind}
+            where_sql += " AND kind = %(kind)s"
+        if scope.since is not None:
+            where_sql += " AND valid_from >= %(since)s"
+        if scope.until is not None:
+            where_sql += " AND valid_from < %(until)s"
+        for n, (key, values) in enumerate(scope.where):
+            where_sql += f" AND (metadata::jsonb ->> %(wk{n})s) = ANY(%(wv{n})s)"
+            params[f"wk{n}"], params[f"wv{n}"] = key, list(values)
+        if scope.source is not None:
+            where_sql += " AND (provenance::jsonb ->> 'source') = ANY(%(src)s)"
+            params["src"] = list(scope.source)
         async with pool.connection() as conn:
-            part = await self._partition(conn, ns.tenant, create=False)
+            part = await self._partition(conn, scope.tenant, create=False)
             if part is None:
                 return []
             ctes: dict[str, str] = {}
@@ -440,7 +464,7 @@ class PostgresMemoryStore:
                 params["tsq"] = " | ".join(terms)
                 ctes["bm25"] = (
                     f"SELECT id, row_number() OVER (ORDER BY ts_rank_cd(tsv, q) DESC, id) AS r "
-                    f"FROM {part}, to_tsquery('english', %(tsq)s) q WHERE tsv @@ q AND {where} "
+                    f"FROM {part}, to_tsquery('english', %(tsq)s) q WHERE tsv @@ q AND {where_sql} "
                     "ORDER BY ts_rank_cd(tsv, q) DESC, id LIMIT %(k)s"
                 )
             if vector is not None:
@@ -450,7 +474,7 @@ class PostgresMemoryStore:
                 ctes["vector"] = (
                     "SELECT id, row_number() OVER (ORDER BY d, id) AS r FROM ("
                     f"SELECT id, embedding <=> %(q)s::vector AS d FROM {part} "
-                    f"WHERE embedding IS NOT NULL AND {where} ORDER BY d LIMIT %(k)s) x"
+                    f"WHERE embedding IS NOT NULL AND {where_sql} ORDER BY d LIMIT %(k)s) x"
                 )
             if not ctes:
                 return []
@@ -459,14 +483,14 @@ class PostgresMemoryStore:
             # stopped using the vector index).
             with_sql = "WITH " + ", ".join(f"{n} AS MATERIALIZED ({sql})" for n, sql in ctes.items())
             if len(names) == 2:
-                source = "bm25 FULL JOIN vector ON bm25.id = vector.id"
+                source_sql = "bm25 FULL JOIN vector ON bm25.id = vector.id"
                 key = "coalesce(bm25.id, vector.id)"
             else:
-                source, key = names[0], f"{names[0]}.id"
+                source_sql, key = names[0], f"{names[0]}.id"
             ranks_sql = ", ".join(f"{n}.r" for n in names)
             # One round trip: both candidate lists and their items.
             cur = await conn.execute(
-                f"{with_sql} SELECT {ranks_sql}, {cols(ITEM_COLUMNS, 'p.')} FROM {source} "
+                f"{with_sql} SELECT {ranks_sql}, {cols(ITEM_COLUMNS, 'p.')} FROM {source_sql} "
                 f"JOIN {part} p ON p.id = {key}",
                 params,
             )

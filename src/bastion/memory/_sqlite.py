@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from array import array
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -54,12 +54,16 @@ from bastion.memory._codec import (
 from bastion.memory._embedders import Embedder
 from bastion.memory._store import (
     FORMAT_VERSION,
+    QueryEmbeddings,
+    SearchScope,
+    WhereValue,
     check_episode,
     check_item,
     check_search_args,
     check_skill,
     query_terms,
     rrf,
+    search_scope,
     tenant_suffix,
 )
 from bastion.memory._types import (
@@ -81,7 +85,7 @@ VectorIndex = Literal["binary", "exact"]
 SearchIndex = Literal["ram", "sqlite"]
 _FOREVER = 1e300  # vec0 metadata columns cannot hold NULL: "valid forever"
 BM25_CANDIDATES = 10
-"""BM25 ranks the top `k * BM25_CANDIDATES` full-text matches before applying the namespace,
+"""BM25 (without the RAM index) ranks the top `depth * BM25_CANDIDATES` full-text matches before applying the namespace,
 validity and trust filters (falling back to ranking every match if fewer than `k` pass)."""
 
 
@@ -136,6 +140,7 @@ class SQLiteMemoryStore:
 
             embedder = MiniLMEmbedder()
         self.embedder = embedder
+        self._queries = QueryEmbeddings(embedder)
         self.index: VectorIndex = index
         self.candidates = max(1, candidates)
         self.search_index: SearchIndex = search_index
@@ -411,7 +416,7 @@ class SQLiteMemoryStore:
 
     async def search(
         self,
-        ns: Namespace,
+        ns: Namespace | Sequence[Namespace],
         query: str,
         *,
         k: int = 10,
@@ -419,38 +424,73 @@ class SQLiteMemoryStore:
         as_of: Timestamp | None = None,
         include_untrusted: bool = False,
         kind: str | None = None,
+        where: Mapping[str, WhereValue] | None = None,
+        source: str | Sequence[str] | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        inherit: bool = True,
     ) -> list[SearchHit]:
         self._check_open()
         check_search_args(query, k, mode)
-        s = self._suffix(ns.tenant, create=False)
-        if s is None:
-            return []
         t = to_ts(as_of) if as_of is not None else now()
         assert t is not None
-        depth = k if mode != "hybrid" else 2 * k
-        vector = (await self.embedder.embed([query]))[0] if mode != "bm25" else None
+        scope = search_scope(ns, k=k, at=t, include_untrusted=include_untrusted, kind=kind, where=where,
+                             source=source, since=since, until=until, inherit=inherit)  # fmt: skip
+        s = self._suffix(scope.tenant, create=False)
+        if s is None:
+            return []
+        vector = await self._queries.embed(query) if mode != "bm25" else None
         # No await from here on: the RAM index is caught up and searched in one step.
         lists: dict[str, list[tuple[int, float]]] = {}
         if self.search_index == "ram":
             from bastion.memory._index import Filter
 
             index = self._ram_index(s)
-            flt = Filter(t, include_untrusted, kind)
+            allowed = self._allowed_rows(s, scope) if scope.needs_rows else None
+            flt = Filter(t, include_untrusted, kind, scope.since, scope.until, allowed)
             if mode != "vector":
-                lists["bm25"] = index.bm25(ns.key, self._query_tokens(query), depth, flt)
+                lists["bm25"] = index.bm25(scope.keys, self._query_tokens(query), scope.depth, flt)
             if vector is not None:
-                lists["vector"] = index.knn(ns.key, vector, depth, flt)
+                lists["vector"] = index.knn(scope.keys, vector, scope.depth, flt)
         else:
             if mode != "vector":
-                lists["bm25"] = self._bm25(s, ns, query, depth, t, include_untrusted, kind)
+                lists["bm25"] = self._bm25(s, scope, query)
             if vector is not None:
-                lists["vector"] = self._knn(s, ns, vector, depth, t, include_untrusted, kind)
+                lists["vector"] = self._knn(s, scope, vector)
         if mode != "hybrid":
-            ranked = [(rowid, score, {mode: i + 1}) for i, (rowid, score) in enumerate(lists[mode])]
+            ranked = [(rowid, score, {mode: i + 1}) for i, (rowid, score) in enumerate(lists[mode][:k])]
         else:
-            fused = rrf({name: [str(r) for r, _ in hits] for name, hits in lists.items()}, k)
+            # Rowids as fixed-width strings: RRF breaks score ties by id, here in insertion order.
+            fused = rrf({name: [f"{r:020d}" for r, _ in hits] for name, hits in lists.items()}, k)
             ranked = [(int(r), score, ranks) for r, score, ranks in fused]
         return self._hits(s, ranked)
+
+    def _allowed_rows(self, s: str, scope: SearchScope) -> Any:
+        """Sorted rowids of the searched namespaces' items that pass the metadata and source
+        filters (which the RAM index does not hold), read from the items table."""
+        import numpy as np
+
+        sql, params = self._row_filters("", scope)
+        marks = ", ".join("?" * len(scope.keys))
+        rows = self._q(
+            f"SELECT rowid FROM items_{s} WHERE ns IN ({marks}){sql} ORDER BY rowid", [*scope.keys, *params]
+        ).fetchall()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+    @staticmethod
+    def _row_filters(prefix: str, scope: SearchScope) -> tuple[str, list[Any]]:
+        """SQL (and its parameters) for the `where=` and `source=` filters."""
+        sql, params = "", []
+        for key, values in scope.where:
+            sql += f" AND CAST(json_extract({prefix}metadata, ?) AS TEXT) IN ({', '.join('?' * len(values))})"
+            params += [f'$."{key}"', *values]
+        if scope.source is not None:
+            sql += (
+                f" AND CAST(json_extract({prefix}provenance, '$.source') AS TEXT) "
+                f"IN ({', '.join('?' * len(scope.source))})"
+            )
+            params += list(scope.source)
+        return sql, params
 
     # --- the RAM index -------------------------------------------------------------------
 
@@ -542,64 +582,92 @@ class SQLiteMemoryStore:
             out += self._tokenize(term, self._tokenize_query)
         return out
 
-    def _filters(self, prefix: str, include_untrusted: bool, kind: str | None) -> str:
-        sql = ""
-        if not include_untrusted:
+    def _where_sql(self, prefix: str, scope: SearchScope) -> tuple[str, list[Any]]:
+        """Every filter of `scope` as SQL over the items table (aliased by `prefix`)."""
+        marks = ", ".join("?" * len(scope.keys))
+        sql = f"{prefix}ns IN ({marks}) AND {prefix}valid_from <= ? "
+        sql += f"AND ({prefix}valid_to IS NULL OR {prefix}valid_to > ?)"
+        params: list[Any] = [*scope.keys, scope.at, scope.at]
+        if not scope.include_untrusted:
             sql += f" AND {prefix}trust = 'trusted'"
-        if kind is not None:
-            sql += f" AND {prefix}kind = :kind"
-        return sql
+        if scope.kind is not None:
+            sql += f" AND {prefix}kind = ?"
+            params.append(scope.kind)
+        if scope.since is not None:
+            sql += f" AND {prefix}valid_from >= ?"
+            params.append(scope.since)
+        if scope.until is not None:
+            sql += f" AND {prefix}valid_from < ?"
+            params.append(scope.until)
+        rows_sql, rows_params = self._row_filters(prefix, scope)
+        return sql + rows_sql, params + rows_params
 
-    def _bm25(
-        self, s: str, ns: Namespace, query: str, k: int, t: float, untrusted: bool, kind: str | None
-    ) -> list[tuple[int, float]]:
+    def _bm25(self, s: str, scope: SearchScope, query: str) -> list[tuple[int, float]]:
+        """FTS5's `bm25()`: its statistics span the tenant's whole table (unlike the RAM index,
+        whose statistics are those of the namespaces searched)."""
         terms = query_terms(query)
         if not terms:
             return []
         match = " OR ".join(f'"{term}"' for term in terms)
-        params = {"match": match, "ns": ns.key, "t": t, "k": k, "kind": kind, "cap": k * BM25_CANDIDATES}
-        filters = "i.ns = :ns AND i.valid_from <= :t AND (i.valid_to IS NULL OR i.valid_to > :t)"
-        filters += self._filters("i.", untrusted, kind)
+        k = scope.depth
+        cap = k * BM25_CANDIDATES
+        filters, params = self._where_sql("i.", scope)
         # Rank inside FTS5 first and look up only the best `cap` rows: joining every match to
         # its item row before ranking cost ~1 ms per 2,000 matches (measured, 100k items).
         rows = self._q(
-            f"WITH c AS MATERIALIZED (SELECT rowid, bm25(fts_{s}) AS score FROM fts_{s} WHERE fts_{s} MATCH :match "
-            f"ORDER BY score LIMIT :cap) SELECT c.rowid, c.score, (SELECT count(*) FROM c) FROM c "
-            f"JOIN items_{s} i ON i.rowid = c.rowid WHERE {filters} ORDER BY c.score LIMIT :k",
-            params,
+            f"WITH c AS MATERIALIZED (SELECT rowid, bm25(fts_{s}) AS score FROM fts_{s} WHERE fts_{s} MATCH ? "
+            f"ORDER BY score LIMIT ?) SELECT c.rowid, c.score, (SELECT count(*) FROM c) FROM c "
+            f"JOIN items_{s} i ON i.rowid = c.rowid WHERE {filters} ORDER BY c.score, c.rowid LIMIT ?",
+            [match, cap, *params, k],
         ).fetchall()
-        if len(rows) < k and (not rows or rows[0][2] >= params["cap"]):
+        if len(rows) < k and (not rows or rows[0][2] >= cap):
             # Filters (namespace, validity, trust, kind) removed too many of the capped
             # candidates: rank every match, so the result is exact, never short.
             rows = self._q(
                 f"SELECT i.rowid, bm25(fts_{s}) AS score, 0 FROM fts_{s} JOIN items_{s} i ON i.rowid = fts_{s}.rowid "
-                f"WHERE fts_{s} MATCH :match AND {filters} ORDER BY score LIMIT :k",
-                params,
+                f"WHERE fts_{s} MATCH ? AND {filters} ORDER BY score, i.rowid LIMIT ?",
+                [match, *params, k],
             ).fetchall()
         return [(r[0], -r[1]) for r in rows]  # FTS5 bm25() is lower-is-better
 
-    def _knn(
-        self, s: str, ns: Namespace, vector: list[float], k: int, t: float, untrusted: bool, kind: str | None
-    ) -> list[tuple[int, float]]:
-        filters = " AND trusted = 1" if not untrusted else ""
-        if kind is not None:
+    def _knn(self, s: str, scope: SearchScope, vector: list[float]) -> list[tuple[int, float]]:
+        k = scope.depth
+        if scope.needs_rows:
+            # Metadata filters live in the items table: score the rows that pass them exactly.
+            filters, params = self._where_sql("i.", scope)
+            rows = self._q(
+                f"SELECT v.rowid, vec_distance_cosine(v.{self._vector_column}, ?) AS d FROM vec_{s} v "
+                f"JOIN items_{s} i ON i.rowid = v.rowid WHERE {filters} ORDER BY d, v.rowid LIMIT ?",
+                [_blob(vector), *params, k],
+            ).fetchall()
+            return [(r[0], 1.0 - r[1]) for r in rows]
+        filters = " AND trusted = 1" if not scope.include_untrusted else ""
+        if scope.kind is not None:
             filters += " AND kind = :kind"
-        params = {"q": _blob(vector), "ns": ns.key, "t": float(t), "k": k, "kind": kind}
-        if self.index == "binary":
-            params["kk"] = max(k, self.candidates)
-            rows = self._q(
-                f"SELECT rowid, vec_distance_cosine(emb, :q) AS d FROM vec_{s} "
-                "WHERE embedding MATCH vec_quantize_binary(:q) AND k = :kk AND ns = :ns "
-                f"AND valid_from <= :t AND valid_to > :t{filters} ORDER BY d LIMIT :k",
-                params,
-            ).fetchall()
-        else:
-            rows = self._q(
-                f"SELECT rowid, distance FROM vec_{s} WHERE embedding MATCH :q AND k = :k AND ns = :ns "
-                f"AND valid_from <= :t AND valid_to > :t{filters} ORDER BY distance",
-                params,
-            ).fetchall()
-        return [(r[0], 1.0 - r[1]) for r in rows]
+        if scope.since is not None:
+            filters += " AND valid_from >= :since"
+        if scope.until is not None:
+            filters += " AND valid_from < :until"
+        found: list[tuple[int, float]] = []
+        for key in scope.keys:  # the namespace is vec0's partition key: one scan per namespace
+            params = {"q": _blob(vector), "ns": key, "t": float(scope.at), "k": k, "kind": scope.kind,
+                      "since": scope.since, "until": scope.until}  # fmt: skip
+            if self.index == "binary":
+                params["kk"] = max(k, self.candidates)
+                rows = self._q(
+                    f"SELECT rowid, vec_distance_cosine(emb, :q) AS d FROM vec_{s} "
+                    "WHERE embedding MATCH vec_quantize_binary(:q) AND k = :kk AND ns = :ns "
+                    f"AND valid_from <= :t AND valid_to > :t{filters} ORDER BY d LIMIT :k",
+                    params,
+                ).fetchall()
+            else:
+                rows = self._q(
+                    f"SELECT rowid, distance FROM vec_{s} WHERE embedding MATCH :q AND k = :k AND ns = :ns "
+                    f"AND valid_from <= :t AND valid_to > :t{filters} ORDER BY distance",
+                    params,
+                ).fetchall()
+            found += [(r[0], 1.0 - r[1]) for r in rows]
+        return sorted(found, key=lambda r: (-r[1], r[0]))[:k]
 
     def _hits(self, s: str, ranked: list[tuple[int, float, dict[str, int]]]) -> list[SearchHit]:
         if not ranked:

@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bastion.errors import UserError
-from bastion.memory._types import Episode, MemoryItem, Namespace, SearchHit, SearchMode, Skill, Timestamp
+from bastion.memory._embedders import Embedder
+from bastion.memory._types import Episode, MemoryItem, Namespace, SearchHit, SearchMode, Skill, Timestamp, to_ts
 
 FORMAT_VERSION = 1
 """Version of the persisted layout (stored in each backend's meta table)."""
 
 RRF_K = 60
 """The constant of reciprocal rank fusion (Cormack et al. 2009): score = sum 1 / (RRF_K + rank)."""
+
+FUSION_DEPTH = 50
+"""Each ranked list is cut at max(k, FUSION_DEPTH) before fusion, so `search(k=1)` is
+`search(k=10)[0]`: fusing the top 2k of each list (as before) changed the winner with k."""
+
+QUERY_CACHE = 256
+"""Query embeddings kept per store (an agent run tends to repeat its queries)."""
+
+WhereValue = str | int | Sequence[str | int]
 
 
 @runtime_checkable
@@ -46,7 +58,7 @@ class MemoryStore(Protocol):
 
     async def search(
         self,
-        ns: Namespace,
+        ns: Namespace | Sequence[Namespace],
         query: str,
         *,
         k: int = 10,
@@ -54,8 +66,19 @@ class MemoryStore(Protocol):
         as_of: Timestamp | None = None,
         include_untrusted: bool = False,
         kind: str | None = None,
+        where: Mapping[str, WhereValue] | None = None,
+        source: str | Sequence[str] | None = None,
+        since: Timestamp | None = None,
+        until: Timestamp | None = None,
+        inherit: bool = True,
     ) -> list[SearchHit]:
-        """The `k` best items for `query` among those valid at `as_of` (default: now)."""
+        """The `k` best items for `query` among those valid at `as_of` (default: now), in `ns`
+        and (with `inherit`) the shared levels above it (`Namespace.lineage()`); several
+        namespaces of one tenant may be searched at once. Filters apply before ranking:
+        `kind`; `where` (metadata key -> value or list of values, compared as text);
+        `source` (`provenance["source"]`, e.g. the ingested file); `since`/`until` (the
+        item's `valid_from` in [since, until)). The first `k` results are the same for every
+        `k` up to `FUSION_DEPTH` (ties broken by id)."""
         ...
 
     async def history(self, ns: Namespace, subject: str, predicate: str | None = None) -> list[MemoryItem]:
@@ -140,6 +163,103 @@ def rrf(ranked: Mapping[str, Sequence[str]], k: int, constant: int = RRF_K) -> l
     return [(i, scores[i], ranks[i]) for i in best]
 
 
+@dataclass(frozen=True, slots=True)
+class SearchScope:
+    """A search's resolved arguments: which namespaces of which tenant, and the filters."""
+
+    tenant: str
+    keys: tuple[str, ...]  # `Namespace.key` of every namespace searched
+    at: float
+    include_untrusted: bool
+    kind: str | None
+    where: tuple[tuple[str, tuple[str, ...]], ...]
+    source: tuple[str, ...] | None
+    since: float | None
+    until: float | None
+    depth: int
+
+    @property
+    def needs_rows(self) -> bool:
+        """Whether a filter reads item columns the search indexes do not hold."""
+        return bool(self.where) or self.source is not None
+
+
+def search_scope(
+    ns: Namespace | Sequence[Namespace],
+    *,
+    k: int,
+    at: float,
+    include_untrusted: bool,
+    kind: str | None,
+    where: Mapping[str, WhereValue] | None,
+    source: str | Sequence[str] | None,
+    since: Timestamp | None,
+    until: Timestamp | None,
+    inherit: bool,
+) -> SearchScope:
+    """Check a search's namespaces and filters and resolve them (see `MemoryStore.search`)."""
+    given = [ns] if isinstance(ns, Namespace) else list(ns)
+    if not given or not all(isinstance(n, Namespace) for n in given):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise UserError("search needs a Namespace or a non-empty list of Namespaces")
+    tenants = {n.tenant for n in given}
+    if len(tenants) > 1:
+        raise UserError(
+            f"one search cannot span tenants ({sorted(tenants)}): tenants are isolated; search each separately"
+        )
+    spanned = [m for n in given for m in (n.lineage() if inherit else [n])]
+    keys = tuple(dict.fromkeys(m.key for m in spanned))
+    pairs: list[tuple[str, tuple[str, ...]]] = []
+    for key, value in (where or {}).items():
+        if not isinstance(key, str) or not key or '"' in key or "\\" in key:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise UserError(f"where= keys must be non-empty strings without quotes or backslashes, got {key!r}")
+        pairs.append((key, _text_values(f"where[{key!r}]", value)))
+    return SearchScope(
+        tenant=given[0].tenant,
+        keys=keys,
+        at=at,
+        include_untrusted=include_untrusted,
+        kind=kind,
+        where=tuple(pairs),
+        source=_text_values("source", source) if source is not None else None,
+        since=to_ts(since),
+        until=to_ts(until),
+        depth=max(k, FUSION_DEPTH),
+    )
+
+
+def _text_values(name: str, value: WhereValue) -> tuple[str, ...]:
+    values: list[object] = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, str | int):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise UserError(f"{name} values must be strings or integers (compared as text), got {v!r}")
+    if not values:
+        raise UserError(f"{name} needs at least one value")
+    return tuple(str(v) for v in values)
+
+
+class QueryEmbeddings:
+    """The store's embedder with a small LRU of query vectors: a run that asks the same
+    question twice (retrieval node, then the model's own search) embeds it once."""
+
+    def __init__(self, embedder: Embedder, size: int = QUERY_CACHE) -> None:
+        self.embedder = embedder
+        self.size = size
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self.misses = 0
+
+    async def embed(self, query: str) -> list[float]:
+        found = self._cache.get(query)
+        if found is not None:
+            self._cache.move_to_end(query)
+            return found
+        self.misses += 1
+        (vector,) = await self.embedder.embed([query])
+        self._cache[query] = vector
+        if len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return vector
+
+
 def tenant_suffix(tenant: str) -> str:
     """A table-name-safe, collision-resistant suffix for a tenant's partition."""
     return hashlib.sha256(tenant.encode()).hexdigest()[:20]
@@ -181,13 +301,19 @@ def check_episode(episode: Episode) -> None:
 
 __all__ = [
     "FORMAT_VERSION",
+    "FUSION_DEPTH",
+    "QUERY_CACHE",
     "RRF_K",
     "MemoryStore",
+    "QueryEmbeddings",
+    "SearchScope",
+    "WhereValue",
     "check_episode",
     "check_item",
     "check_search_args",
     "check_skill",
     "query_terms",
     "rrf",
+    "search_scope",
     "tenant_suffix",
 ]

@@ -36,7 +36,15 @@ class Namespace:
     """Where a memory lives. `tenant` is the isolation boundary: every backend keeps each
     tenant in its own partition (its own tables), so a query can never see another tenant's
     rows. Inside a tenant, `agent`, `user` and `scope` select one exact namespace; an empty
-    string means "shared at this level" (e.g. `user=""` is memory shared by all users)."""
+    string means "shared at this level" (e.g. `user=""` is memory shared by all users).
+
+    Namespaces nest as a path tenant > agent > user > scope: a search from a namespace covers
+    it and its `lineage()`, the shared levels above it, found by emptying the set fields from
+    the most specific upward (scope, then user, then agent). A search from
+    `(acme, support, ada, tickets)` covers `(acme, support, ada, tickets)`,
+    `(acme, support, ada, "")`, `(acme, support, "", "")` and `(acme, "", "", "")`: never another
+    user's namespace, since emptying `user` yields memory shared by all users. Writes, `get`,
+    `history` and `forget` address one exact namespace."""
 
     tenant: str
     agent: str = ""
@@ -52,6 +60,22 @@ class Namespace:
                 raise UserError(f"Namespace.{name} must be a string, got {type(value).__name__}")
             if _SEP in value:
                 raise UserError(f"Namespace.{name} may not contain the control character \\x1f")
+
+    def lineage(self) -> list[Namespace]:
+        """This namespace, then each shared level above it, most specific first (see above)."""
+        out: list[Namespace] = [self]
+        agent, user, scope = self.agent, self.user, self.scope
+        for level in ("scope", "user", "agent"):
+            if level == "scope" and scope:
+                scope = ""
+            elif level == "user" and user:
+                user = ""
+            elif level == "agent" and agent:
+                agent = ""
+            else:
+                continue
+            out.append(Namespace(self.tenant, agent, user, scope))
+        return out
 
     @property
     def key(self) -> str:
