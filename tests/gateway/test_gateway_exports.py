@@ -8,6 +8,12 @@ import sys
 import bastion.gateway as gateway
 
 EXPECTED = {
+    "BatchItemResult",
+    "BatchResult",
+    "BatchStore",
+    "MemoryBatchStore",
+    "PostgresBatchStore",
+    "SQLiteBatchStore",
     "BreakerState",
     "Budget",
     "BudgetLimits",

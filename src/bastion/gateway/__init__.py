@@ -2,6 +2,7 @@
 
 The gateway is where budgets, retries, circuit breakers, fallbacks, routing, cost and caching
 live; wire formats (`openai_chat`, `anthropic`, `gemini`, `llamacpp`) only translate.
+`Gateway.batch()` sends bulk work through the providers' batch APIs at batch rates, durably.
 
 Heavier pieces (wire formats, SQLite stores, the price table) load on first use, so importing
 this package stays cheap.
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 from bastion.gateway._model import Model, collect, stream_via_request
 
 if TYPE_CHECKING:
+    from bastion.gateway._batch import BatchItemResult, BatchResult
+    from bastion.gateway._batch_store import BatchStore, MemoryBatchStore, SQLiteBatchStore
+    from bastion.gateway._batch_store_pg import PostgresBatchStore
     from bastion.gateway._breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
     from bastion.gateway._budget import (
         Budget,
@@ -44,6 +48,12 @@ if TYPE_CHECKING:
     from bastion.gateway._toolnames import ToolNames, is_provider_legal, provider_tool_name
 
 _LAZY = {
+    "BatchItemResult": "_batch",
+    "BatchResult": "_batch",
+    "BatchStore": "_batch_store",
+    "MemoryBatchStore": "_batch_store",
+    "SQLiteBatchStore": "_batch_store",
+    "PostgresBatchStore": "_batch_store_pg",
     "BreakerState": "_breaker",
     "CircuitBreaker": "_breaker",
     "CircuitBreakerConfig": "_breaker",
@@ -82,6 +92,9 @@ _LAZY = {
 }
 
 __all__ = [
+    "BatchItemResult",
+    "BatchResult",
+    "BatchStore",
     "BreakerState",
     "Budget",
     "BudgetLimits",
@@ -96,15 +109,18 @@ __all__ = [
     "Gateway",
     "GatewayModel",
     "GatewayStats",
+    "MemoryBatchStore",
     "MemoryBudgetStore",
     "MemoryCacheStore",
     "Model",
+    "PostgresBatchStore",
     "PostgresBudgetStore",
     "Pricing",
     "Provider",
     "ResponseCache",
     "RetryPolicy",
     "RouteHook",
+    "SQLiteBatchStore",
     "SQLiteBudgetStore",
     "SQLiteCacheStore",
     "SemanticCache",

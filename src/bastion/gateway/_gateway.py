@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from bastion.errors import (
     ConfigError,
@@ -46,6 +46,10 @@ from bastion.types import (
     TextPart,
     ToolCall,
 )
+
+if TYPE_CHECKING:
+    from bastion.gateway._batch import BatchResult
+    from bastion.gateway._batch_store import BatchStore
 
 log = logging.getLogger("bastion.gateway")
 
@@ -101,6 +105,8 @@ class Gateway:
         semantic_cache: SemanticCache | None = None,
         resolver: Callable[[str], Model] | None = None,
         on_call: CallObserver | None = None,
+        batch_store: BatchStore | None = None,
+        batch_poll_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
@@ -132,7 +138,12 @@ class Gateway:
         self._default_cache = cache is None or cache is True
         self._force_cache = cache is True  # True: on even when settings.cache_enabled is off
         self.on_call = on_call
+        # None: the deployment's store (`default_batch_store`), opened by the first batch.
+        self.batch_store = batch_store
+        self.batch_poll_interval = batch_poll_interval  # seconds between polls of a batch's status
         self._clock = clock
+        self._sleep = sleep
+        self._owns_batch_store = False
         self.stats = GatewayStats()
         self._attempts = AttemptRunner(
             retry=retry or RetryPolicy(),
@@ -224,6 +235,49 @@ class Gateway:
             finally:
                 span.__exit__(*exc_info)
 
+    async def batch(
+        self,
+        requests: Sequence[ModelRequest] | Mapping[str, ModelRequest],
+        model: Target | None = None,
+        *,
+        key: str | None = None,
+        poll_interval: float | None = None,
+        timeout: float | None = None,
+    ) -> BatchResult:
+        """Send `requests` (a list, or a dict custom_id -> request) as one provider batch at batch
+        rates, wait for it, and return the results in order (see `bastion.gateway._batch`).
+        Budgets reserve every request's worst case first. The batch is recorded under `key`
+        (default: a hash of the tenant, model and requests) before it is submitted, so calling
+        again after a restart resumes polling and never submits twice. `timeout` bounds this wait
+        (the batch runs on at the provider); polls are `poll_interval` seconds apart (default
+        `Gateway(batch_poll_interval=30)`)."""
+        from bastion.gateway._batch import run_batch
+
+        if self.batch_store is None:
+            from bastion.gateway._batch_store import default_batch_store
+
+            self.batch_store = default_batch_store()
+            self._owns_batch_store = True
+        return await run_batch(
+            self,
+            requests,
+            model,
+            key=key,
+            store=self.batch_store,
+            poll_interval=self.batch_poll_interval if poll_interval is None else poll_interval,
+            timeout=timeout,
+        )
+
+    def batch_sync(
+        self,
+        requests: Sequence[ModelRequest] | Mapping[str, ModelRequest],
+        model: Target | None = None,
+        **options: Any,
+    ) -> BatchResult:
+        from bastion._sync import run_sync
+
+        return run_sync(self.batch(requests, model, **options))
+
     def model(self, target: Target | None = None) -> GatewayModel:
         """A `Model` whose calls go through this gateway (what the agent loop holds)."""
         return GatewayModel(self, target)
@@ -253,6 +307,8 @@ class Gateway:
             self.semantic_cache.close()
         if self.budgets is not None:
             await self.budgets.aclose()
+        if self._owns_batch_store:
+            await cast(Any, self.batch_store).aclose()
         for model in self._owned:
             close: Any = getattr(model, "aclose", None)
             if close is not None:
@@ -380,9 +436,12 @@ class Gateway:
             "bastion.budget.used": round(top[1], 6),
         }
 
-    async def _reserve(self, plan: Plan, request: ModelRequest) -> tuple[Reservation | None, ModelRequest]:
+    async def _reserve(
+        self, plan: Plan, request: ModelRequest, *, batch: bool = False
+    ) -> tuple[Reservation | None, ModelRequest]:
         """Reserve the worst case of `request` under every budget that applies and return the
-        request to send: its `max_tokens` clamped to what the budgets' remainders can pay for."""
+        request to send: its `max_tokens` clamped to what the budgets' remainders can pay for
+        (priced at batch-API rates when `batch`)."""
         budgets = self.budgets
         if budgets is None:
             return None, request
@@ -399,7 +458,7 @@ class Gateway:
             if usd_scope is not None:
                 for slot in plan.slots:  # the dearest model the chain may fall back to
                     for d in slot.deployments:
-                        bound = self.pricing.bound(d.name, prompt, max_output, settings)
+                        bound = self.pricing.bound(d.name, prompt, max_output, settings, batch=batch)
                         if bound is None:
                             raise _unpriced(d.name, usd_scope)
                         prompt_usd, per_output = max(prompt_usd, bound[0]), max(per_output, bound[1])
@@ -409,10 +468,10 @@ class Gateway:
             self.stats.budget_refusals += 1
             raise
         extra = settings.extra
-        if reservation.output == settings.max_tokens and not (extra and _MAX_OUTPUT_KEYS.intersection(extra)):
+        if reservation.output == settings.max_tokens and not (extra and MAX_OUTPUT_KEYS.intersection(extra)):
             return reservation, request
         if extra:  # provider-specific caps in `extra` would override the clamp on the wire
-            extra = {k: v for k, v in extra.items() if k not in _MAX_OUTPUT_KEYS}
+            extra = {k: v for k, v in extra.items() if k not in MAX_OUTPUT_KEYS}
         return reservation, with_max_tokens(request, reservation.output, extra)
 
     async def _settle(self, reservation: Reservation, response: ModelResponse) -> None:
@@ -509,6 +568,11 @@ class GatewayModel:
 _spans_module: Any = None
 
 
+def spans_module() -> Any:
+    """`bastion.tracing.spans`, imported on the first call (it is not needed to import us)."""
+    return _spans()
+
+
 def _spans() -> Any:
     """`bastion.tracing.spans`, imported on the first call (it is not needed to import us)."""
     global _spans_module
@@ -536,7 +600,7 @@ _MESSAGE_OVERHEAD = 8
 _REQUEST_OVERHEAD = 16
 # The dearest image an API bills by tokens: ~1,600 on Anthropic, ~1,100 on GPT-4o high detail.
 _IMAGE_TOKENS = 2_000
-_MAX_OUTPUT_KEYS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
+MAX_OUTPUT_KEYS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
 
 
 def estimate_prompt_tokens(request: ModelRequest) -> int:
@@ -575,7 +639,7 @@ def _max_output(request: ModelRequest) -> int | None:
     """The smallest output cap the request sets, in `settings.max_tokens` or a provider's key in `extra`."""
     if not request.settings.extra:
         return request.settings.max_tokens
-    caps = [request.settings.max_tokens] + [request.settings.extra.get(k) for k in _MAX_OUTPUT_KEYS]
+    caps = [request.settings.max_tokens] + [request.settings.extra.get(k) for k in MAX_OUTPUT_KEYS]
     ints = [c for c in caps if isinstance(c, int) and not isinstance(c, bool) and c > 0]
     return min(ints) if ints else None
 
@@ -593,6 +657,7 @@ def with_max_tokens(request: ModelRequest, max_tokens: int, extra: dict[str, Any
         seed=s.seed,
         timeout=s.timeout,
         extra=extra,
+        prompt_cache=s.prompt_cache,
     )
     return ModelRequest(
         messages=request.messages,

@@ -7,8 +7,14 @@ Overrides come first and match `provider:model` names with shell wildcards:
     Pricing({"local:*": 0, "acme:ft-model": {"input": 1.0, "output": 2.0, "cache_read": 0.1}})
 
 A number is USD per million tokens for every kind of token (0 = free); a dict prices each kind
-(USD per million tokens; keys `input`, `output`, `cache_read`, `cache_write`). An unknown model
-costs `None` and is logged once, never a crash.
+(USD per million tokens; keys `input`, `output`, `cache_read`, `cache_write`, and `batch`: the
+factor applied to calls made through a provider's batch API, default `BATCH_DISCOUNT` = 0.5, the
+discount OpenAI, Anthropic and Google publish). An unknown model costs `None` and is logged
+once, never a crash.
+
+Batch calls (`batch=True`) are priced from the table's batch variant (genai-prices'
+`processing: batch` price context); a table model without one is priced at its standard rate,
+which can only overstate the cost.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ _PROVIDER_IDS = {
 # Request settings that select a price variant (batch, flex/priority tiers ...).
 _PRICE_CONTEXT_KEYS = ("service_tier", "processing", "speed", "route")
 
+# What a batch call costs relative to a synchronous one when an override does not say.
+BATCH_DISCOUNT = 0.5
+
 DEFAULT_OVERRIDES: dict[str, float | Mapping[str, float]] = {"local:*": 0, "test:*": 0}
 
 
@@ -55,22 +64,24 @@ class Rates:
     output: float
     cache_read: float | None = None  # None: priced as input
     cache_write: float | None = None
+    batch: float = BATCH_DISCOUNT  # factor for calls made through a batch API
 
     @classmethod
     def parse(cls, pattern: str, value: float | Mapping[str, float]) -> Rates:
         if isinstance(value, int | float):
             return cls(float(value), float(value))
-        unknown = set(value) - {"input", "output", "cache_read", "cache_write"}
+        unknown = set(value) - {"input", "output", "cache_read", "cache_write", "batch"}
         if unknown or "input" not in value or "output" not in value:
             raise ConfigError(
                 f"price override for {pattern!r} must be a number (USD per million tokens) or a dict with "
-                f"'input' and 'output' (optional 'cache_read', 'cache_write'); got keys {sorted(value)}"
+                f"'input' and 'output' (optional 'cache_read', 'cache_write', 'batch'); got keys {sorted(value)}"
             )
         return cls(
             float(value["input"]),
             float(value["output"]),
             None if value.get("cache_read") is None else float(value["cache_read"]),
             None if value.get("cache_write") is None else float(value["cache_write"]),
+            float(value.get("batch", BATCH_DISCOUNT)),
         )
 
     def cost(self, usage: Usage) -> float:
@@ -119,14 +130,17 @@ class Pricing:
         # ~80 µs through calc_price); None marks models that need calc_price (tiers, dated prices).
         self._linear: dict[str, Rates | None] = {}
 
-    def cost(self, model: str, usage: Usage, settings: ModelSettings | None = None) -> float | None:
-        """USD for `usage` on `model`, or None when the model has no known price."""
+    def cost(
+        self, model: str, usage: Usage, settings: ModelSettings | None = None, *, batch: bool = False
+    ) -> float | None:
+        """USD for `usage` on `model` (at batch-API rates when `batch`), or None when the model
+        has no known price."""
         rates = self._override(model)
         if rates is not None:
-            return rates.cost(usage)
+            return rates.cost(usage) * rates.batch if batch else rates.cost(usage)
         if not self._use_table or model in self._unknown:
             return None
-        if settings is None or not settings.extra:
+        if not batch and (settings is None or not settings.extra):
             linear = self._linear.get(model, _UNSET)
             if linear is _UNSET:
                 linear = self._linear[model] = self._linear_rates(model)
@@ -137,7 +151,7 @@ class Pricing:
             ):
                 return linear.cost(usage)
         try:
-            return self._table_cost(model, usage, settings)
+            return self._table_cost(model, usage, settings, batch)
         except LookupError:
             self._unknown.add(model)
             log.warning(
@@ -149,27 +163,38 @@ class Pricing:
             return None
 
     def bound(
-        self, model: str, input_tokens: int, output_tokens: int, settings: ModelSettings | None = None
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        settings: ModelSettings | None = None,
+        *,
+        batch: bool = False,
     ) -> tuple[float, float] | None:
         """An upper bound of what a call can cost, for budgets: (USD for `input_tokens` of prompt,
         USD per output token when the call may produce up to `output_tokens`), or None when the
         model has no known price. The prompt is priced at the dearer of plain input and cache
         writes (which cost more than input on some providers)."""
         rates = self._override(model)
-        if rates is None and self._use_table and (settings is None or not settings.extra):
+        if rates is None and not batch and self._use_table and (settings is None or not settings.extra):
             rates = self._linear.get(model, _UNSET)
             if rates is _UNSET:
                 rates = self._linear[model] = self._linear_rates(model)
         if rates is not None:  # plain per-token prices: no need to price three usages
-            prompt = input_tokens * max(rates.input, rates.cache_write or 0.0) / 1_000_000
-            return prompt * _ROUND_UP, rates.output / 1_000_000 * _ROUND_UP
-        plain = self.cost(model, Usage(input_tokens=input_tokens), settings)
+            factor = rates.batch if batch else 1.0
+            prompt = input_tokens * max(rates.input, rates.cache_write or 0.0) * factor / 1_000_000
+            return prompt * _ROUND_UP, rates.output * factor / 1_000_000 * _ROUND_UP
+        plain = self.cost(model, Usage(input_tokens=input_tokens), settings, batch=batch)
         if plain is None:
             return None
-        written = self.cost(model, Usage(input_tokens=input_tokens, cache_write_tokens=input_tokens), settings)
+        written = self.cost(
+            model, Usage(input_tokens=input_tokens, cache_write_tokens=input_tokens), settings, batch=batch
+        )
         prompt = max(plain, written or 0.0)
         # Output is priced linearly for a given prompt size, also where tiers depend on the prompt.
-        full = self.cost(model, Usage(input_tokens=input_tokens, output_tokens=max(1, output_tokens)), settings)
+        full = self.cost(
+            model, Usage(input_tokens=input_tokens, output_tokens=max(1, output_tokens)), settings, batch=batch
+        )
         per_output = max(0.0, ((full or 0.0) - plain) / max(1, output_tokens))
         # Round up: a reservation must never be a hair below the price charged after the call.
         return prompt * _ROUND_UP, per_output * _ROUND_UP
@@ -231,7 +256,7 @@ class Pricing:
             float(fields["input_mtok"]), float(fields["output_mtok"]), f("cache_read_mtok"), f("cache_write_mtok")
         )
 
-    def _table_cost(self, model: str, usage: Usage, settings: ModelSettings | None) -> float:
+    def _table_cost(self, model: str, usage: Usage, settings: ModelSettings | None, batch: bool = False) -> float:
         from genai_prices import Usage as PriceUsage
         from genai_prices import calc_price
 
@@ -240,6 +265,8 @@ class Pricing:
         if settings is not None and settings.extra:
             extra: dict[str, Any] = settings.extra
             context = {k: v for k in _PRICE_CONTEXT_KEYS if isinstance(v := extra.get(k), str)} or None
+        if batch:
+            context = {**(context or {}), "processing": "batch"}
         priced = PriceUsage(
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -258,4 +285,4 @@ def _is_pattern(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
-__all__ = ["DEFAULT_OVERRIDES", "Pricing", "Rates", "split_name"]
+__all__ = ["BATCH_DISCOUNT", "DEFAULT_OVERRIDES", "Pricing", "Rates", "split_name"]

@@ -6,7 +6,8 @@
 - `HashingEmbedder`: a deterministic, instant embedder for memory tests (no model files).
 - `FakeOpenAIServer`: a real HTTP server on 127.0.0.1 speaking the OpenAI Chat Completions
   API, which can be told to be slow, fail with 429/5xx, time out, answer malformed JSON or
-  cut a stream mid-way.
+  cut a stream mid-way; it also speaks both batch APIs (`BatchFaults`: expiry, failed
+  requests, batches that end only when polled or released).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from bastion.testing._tools import DirectToolExecutor
 
 if TYPE_CHECKING:
     from bastion.memory._embedders import HashingEmbedder
+    from bastion.testing._fake_batch import BatchFaults
     from bastion.testing._fake_server import FakeOpenAIServer, FakeReply, Fault
     from bastion.testing._postgres import postgres_server
     from bastion.testing._serve import serve_app
 
 __all__ = [
+    "BatchFaults",
     "DirectToolExecutor",
     "FakeOpenAIServer",
     "FakeReply",
@@ -51,6 +54,10 @@ def __getattr__(name: str) -> Any:
         from bastion.testing._postgres import postgres_server
 
         return postgres_server
+    if name == "BatchFaults":
+        from bastion.testing._fake_batch import BatchFaults
+
+        return BatchFaults
     if name in {"FakeOpenAIServer", "FakeReply", "Fault"}:
         from bastion.testing import _fake_server
 

@@ -4,7 +4,9 @@ and benchmarks, and misbehaves on request.
 It answers OpenAI Chat Completions (`POST /v1/chat/completions`, streamed or not),
 `GET /v1/models`, `POST /v1/embeddings` (deterministic vectors), Anthropic Messages
 (`POST /v1/messages`) and Gemini (`POST /v1beta/models/{m}:generateContent` and
-`:streamGenerateContent?alt=sse`). By default it echoes the last user message; scripted
+`:streamGenerateContent?alt=sse`, `POST /v1beta/cachedContents`; usage reports prompt-cache
+reads and writes as each provider does, see `PromptCaches`), and both batch APIs (OpenAI files + batches, Anthropic
+Message Batches; faults in `srv.batches`, see `_fake_batch.py`). By default it echoes the last user message; scripted
 replies (text, tool calls, JSON objects) are served in order; faults (`Fault`) come from a
 per-request header `X-Fake-Fault: <spec>`, a queue (`srv.fail(...)`) or a standing fault
 (`srv.always(...)`), in that order of precedence.
@@ -26,6 +28,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -177,6 +180,17 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def _output_cap(body: JSON, shape: Shape) -> int | None:
+    """The request's cap on output tokens (`max_completion_tokens`, `max_tokens`, `maxOutputTokens`)."""
+    if shape == "gemini":
+        config = body.get("generationConfig")
+        caps = [config.get("maxOutputTokens")] if isinstance(config, dict) else []
+    else:
+        caps = [body.get("max_completion_tokens"), body.get("max_tokens")]
+    ints = [c for c in caps if isinstance(c, int) and not isinstance(c, bool) and c >= 0]
+    return min(ints) if ints else None
+
+
 def _chunks(text: str) -> list[str]:
     words = text.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)] if text else []
@@ -211,10 +225,14 @@ class _Answer:
 class FakeOpenAIServer:
     """A scriptable model API server on 127.0.0.1 (see the module docstring)."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, record: bool = True) -> None:
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, record: bool = True, strict_names: bool = True
+    ) -> None:
         self.host = host
         self.port = port
         self.record = record
+        # OpenAI and Anthropic answer 400 to a tool name outside ^[a-zA-Z0-9_-]{1,64}$.
+        self.strict_names = strict_names
         self.requests: list[RecordedRequest] = []
         self.counts: Counter[str] = Counter()
         self.disconnects = 0  # handlers that ended because the client went away
@@ -225,6 +243,10 @@ class FakeOpenAIServer:
         self._ids = itertools.count(1)
         self.model_ids = ["fake-model", "fake-embedding"]
         self._left: asyncio.Event | None = None
+        from bastion.testing._fake_batch import FakeBatches
+
+        self.batches = FakeBatches(self)  # the batch APIs' state and faults
+        self.prompt_caches = PromptCaches()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -235,6 +257,8 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v1beta/models/{tail:.+}", self._gemini)
+        app.router.add_post("/v1beta/cachedContents", self._gemini_cache)
+        self.batches.install(app)
         # handler_cancellation: a hang ends as soon as the client disconnects.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         self._left = asyncio.Event()
@@ -294,6 +318,8 @@ class FakeOpenAIServer:
         self.requests.clear()
         self.counts.clear()
         self.disconnects = 0
+        self.batches.reset()
+        self.prompt_caches.clear()
 
     @property
     def count(self) -> int:
@@ -405,7 +431,15 @@ class FakeOpenAIServer:
             raise asyncio.CancelledError
         return None
 
-    def _answer(self, body: JSON, shape: Shape, schema: Any, forced_tool: JSON | None, prompt_bytes: int) -> _Answer:
+    def _answer(
+        self,
+        body: JSON,
+        shape: Shape,
+        schema: Any,
+        forced_tool: JSON | None,
+        prompt_bytes: int,
+        cached: tuple[int, int] = (0, 0),  # prompt tokens read from / written to the prompt cache
+    ) -> _Answer:
         # A fault at the head of the script belongs to the next request, not to this one.
         item: Any = self._replies.popleft() if self._replies and not isinstance(self._replies[0], Fault) else None
         usage: Usage | None = None
@@ -434,7 +468,18 @@ class FakeOpenAIServer:
             text, calls, usage, finish = item.text, list(item.tool_calls), item.usage, item.finish_reason
         if usage is None:
             out = _tokens(text) + sum(_tokens(json.dumps(c.arguments)) for c in calls)
-            usage = Usage(input_tokens=max(1, prompt_bytes // 4), output_tokens=out, requests=1)
+            # Honour the output cap as providers do: cut the text, report at most the cap, finish
+            # "length". (A FakeReply's own usage is reported as given: a provider that overspends.)
+            cap = _output_cap(body, shape)
+            if cap is not None and out > cap:
+                text, out, finish = text[: cap * 4], cap, "length"
+            usage = Usage(
+                input_tokens=max(1, prompt_bytes // 4, sum(cached)),
+                output_tokens=out,
+                cache_read_tokens=cached[0],
+                cache_write_tokens=cached[1],
+                requests=1,
+            )
         return _Answer(text, calls, usage, finish or ("tool_calls" if calls else "stop"))
 
     # --- OpenAI ------------------------------------------------------------------------------
@@ -443,6 +488,14 @@ class FakeOpenAIServer:
         body = await self._read(request, "chat")
         if not isinstance(body, dict) or "messages" not in body:
             return _bad_request("body must be a JSON object with 'messages'")
+        if self.strict_names:
+            named = [(f"tools[{i}].function.name", (t.get("function") or {}).get("name")) for i, t in _tools(body)]
+            choice = body.get("tool_choice")
+            if isinstance(choice, dict):
+                named.append(("tool_choice.function.name", (choice.get("function") or {}).get("name")))
+            bad = _illegal_name(named)
+            if bad is not None:
+                return _bad_request(bad)
         stream = bool(body.get("stream"))
         fault = self._pick_fault(request)
         early = await self._apply_fault(fault, request, stream)
@@ -450,7 +503,8 @@ class FakeOpenAIServer:
             return early
         fmt = body.get("response_format") or {}
         schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
-        answer = self._answer(body, "openai", schema, None, request.content_length or 0)
+        hit = self.prompt_caches.openai(body, request.headers.get("Authorization", ""))
+        answer = self._answer(body, "openai", schema, None, request.content_length or 0, (hit, 0))
         model = body.get("model", "fake-model")
         rid = f"chatcmpl-fake-{next(self._ids)}"
         finish = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}[
@@ -571,6 +625,10 @@ class FakeOpenAIServer:
         body = await self._read(request, "anthropic")
         if not isinstance(body, dict) or "messages" not in body or "max_tokens" not in body:
             return _bad_request("body must be a JSON object with 'messages' and 'max_tokens'")
+        if self.strict_names:
+            bad = _illegal_name([(f"tools.{i}.custom.name", t.get("name")) for i, t in _tools(body)])
+            if bad is not None:
+                return _bad_request(bad)
         stream = bool(body.get("stream"))
         fault = self._pick_fault(request)
         early = await self._apply_fault(fault, request, stream)
@@ -580,7 +638,8 @@ class FakeOpenAIServer:
         choice = body.get("tool_choice") or {}
         if choice.get("type") == "tool":
             forced = next((t for t in body.get("tools") or () if t.get("name") == choice.get("name")), None)
-        answer = self._answer(body, "anthropic", None, forced, request.content_length or 0)
+        cached = self.prompt_caches.anthropic(body, request.headers.get("x-api-key", ""))
+        answer = self._answer(body, "anthropic", None, forced, request.content_length or 0, cached)
         u = answer.usage
         usage = {
             "input_tokens": u.input_tokens - u.cache_read_tokens - u.cache_write_tokens,
@@ -678,6 +737,17 @@ class FakeOpenAIServer:
 
     # --- Gemini ------------------------------------------------------------------------------
 
+    async def _gemini_cache(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read(request, "gemini_cache")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _bad_request("body must be a JSON object with 'model'")
+        ttl = str(body.get("ttl") or "3600s")
+        seconds = float(ttl[:-1]) if ttl.endswith("s") and ttl[:-1].replace(".", "", 1).isdigit() else 3600.0
+        content = {k: v for k, v in body.items() if k not in ("model", "ttl", "displayName")}
+        tokens = len(json.dumps(content, sort_keys=True)) // 4
+        name = self.prompt_caches.gemini_put(tokens, seconds, request.headers.get("x-goog-api-key", ""))
+        return web.json_response({"name": name, "model": body["model"], "usageMetadata": {"totalTokenCount": tokens}})
+
     async def _gemini(self, request: web.Request) -> web.StreamResponse:
         tail = request.match_info["tail"]
         model, _, method = tail.rpartition(":")
@@ -693,7 +763,20 @@ class FakeOpenAIServer:
             return early
         config = body.get("generationConfig") or {}
         schema = config.get("responseSchema") or config.get("responseJsonSchema")
-        answer = self._answer(body, "gemini", schema, None, request.content_length or 0)
+        cached = 0
+        if "cachedContent" in body:
+            clash = [k for k in ("systemInstruction", "tools", "toolConfig") if k in body]
+            if clash:
+                return _bad_request(
+                    f"CachedContent can not be used with GenerateContent request setting {', '.join(clash)}; "
+                    "move them to the CachedContent and then retry"
+                )
+            found = self.prompt_caches.gemini_get(str(body["cachedContent"]), request.headers.get("x-goog-api-key", ""))
+            if found is None:
+                error = {"code": 403, "message": "CachedContent not found (or permission denied)"}
+                return web.json_response({"error": {**error, "status": "PERMISSION_DENIED"}}, status=403)
+            cached = found
+        answer = self._answer(body, "gemini", schema, None, (request.content_length or 0) + cached * 4, (cached, 0))
         u = answer.usage
         usage = {
             "promptTokenCount": u.input_tokens,
@@ -739,6 +822,127 @@ class FakeOpenAIServer:
             chunks.append(last)
         frames = [b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks]
         return await self._write_stream(request, frames, fault)
+
+
+class PromptCaches:
+    """Provider-side prompt caches, reported in usage the way the providers report them.
+
+    Anthropic: only prefixes ending at a `cache_control` breakpoint are written (when at least
+    the model's minimum, see `anthropic_min_tokens`); a later request reads the longest one
+    found at a block boundary up to 20 blocks before one of its breakpoints. OpenAI: a request
+    with a `prompt_cache_key` reads the longest prefix (1024 tokens, then steps of 128) it
+    shares with a recent request of the same key. Without a key nothing is read: the fake
+    plays a busy fleet, where requests that share only an agent's system prompt are spread
+    over many machines. Gemini: `POST /v1beta/cachedContents` creates a resource whose tokens
+    a request naming it as `cachedContent` reads. Caches are per API key (a provider's
+    organisation) and live `ttl` seconds from their last use (Gemini: from creation, its
+    body's `ttl`). `clear()` ends them all. Tokens are counted as 4 characters of canonical JSON.
+    """
+
+    def __init__(self, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self._anthropic: dict[str, float] = {}  # prefix digest -> expiry
+        self._openai: dict[str, list[tuple[float, str]]] = {}  # org + key -> (expiry, rendered prompt)
+        self._gemini: dict[str, tuple[str, int, float]] = {}  # name -> (org, tokens, expiry)
+        self._gemini_ids = itertools.count(1)
+
+    def clear(self) -> None:
+        self._anthropic.clear()
+        self._openai.clear()
+        self._gemini.clear()
+
+    def gemini_put(self, tokens: int, ttl: float, org: str) -> str:
+        name = f"cachedContents/fake{next(self._gemini_ids)}"
+        self._gemini[name] = (org, tokens, time.monotonic() + ttl)
+        return name
+
+    def gemini_get(self, name: str, org: str) -> int | None:
+        """The tokens of a live cachedContents resource of this org, or None (gone, or not yours)."""
+        found = self._gemini.get(name)
+        if found is None or found[0] != org or found[2] <= time.monotonic():
+            return None
+        return found[1]
+
+    def anthropic(self, body: JSON, org: str) -> tuple[int, int]:
+        """(tokens read, tokens written) for a Messages request."""
+        from bastion.gateway.formats._prompt_cache import anthropic_min_tokens
+
+        blocks: list[Any] = [t for _, t in _tools(body)]
+        system = body.get("system")
+        blocks += [system] if isinstance(system, str) else system if isinstance(system, list) else []
+        for message in body.get("messages") or ():
+            content = message.get("content") if isinstance(message, dict) else None
+            blocks += [content] if isinstance(content, str) else content if isinstance(content, list) else []
+        running = hashlib.sha256(f"{org}\x00{body.get('model')}".encode())
+        digests: list[str] = []
+        sizes: list[int] = []  # cumulative tokens up to and including each block
+        marks: list[int] = []
+        total = 0
+        for i, block in enumerate(blocks):
+            plain = {k: v for k, v in block.items() if k != "cache_control"} if isinstance(block, dict) else block
+            rendered = json.dumps(plain, sort_keys=True)
+            running.update(rendered.encode())
+            total += len(rendered) // 4
+            digests.append(running.hexdigest())
+            sizes.append(total)
+            if isinstance(block, dict) and "cache_control" in block:
+                marks.append(i)
+        now = time.monotonic()
+        read = 0
+        for mark in marks:
+            for j in range(mark, max(-1, mark - 21), -1):
+                if self._anthropic.get(digests[j], 0.0) > now:
+                    self._anthropic[digests[j]] = now + self.ttl
+                    read = max(read, sizes[j])
+                    break
+        minimum = anthropic_min_tokens(str(body.get("model", "")))
+        cacheable = [m for m in marks if sizes[m] >= minimum]
+        for mark in cacheable:
+            self._anthropic[digests[mark]] = now + self.ttl
+        written = max(0, sizes[cacheable[-1]] - read) if cacheable else 0
+        return read, written
+
+    def openai(self, body: JSON, org: str) -> int:
+        """Cached tokens for a Chat Completions request."""
+        key = body.get("prompt_cache_key")
+        if not isinstance(key, str):
+            return 0
+        head = json.dumps([body.get("tools"), body.get("response_format")], sort_keys=True)
+        prompt = head + "".join(json.dumps(m, sort_keys=True) for m in body.get("messages") or ())
+        now = time.monotonic()
+        slot = f"{org}\x00{body.get('model')}\x00{key}"
+        recent = [(t, p) for t, p in self._openai.get(slot, []) if t > now]
+        best = max((_common_prefix(prompt, p) for _, p in recent), default=0) // 4
+        self._openai[slot] = [*recent[-15:], (now + self.ttl, prompt)]
+        return 0 if best < 1024 else 1024 + (best - 1024) // 128 * 128
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the common prefix of `a` and `b` (binary search over C-speed compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def _tools(body: JSON) -> list[tuple[int, JSON]]:
+    tools = body.get("tools")
+    return [(i, t) for i, t in enumerate(tools) if isinstance(t, dict)] if isinstance(tools, list) else []
+
+
+def _illegal_name(named: list[tuple[str, Any]]) -> str | None:
+    """The provider's message for the first tool name outside the rule, or None."""
+    for where, name in named:
+        if not isinstance(name, str) or _TOOL_NAME.fullmatch(name) is None:
+            return f"Invalid '{where}': {name!r} does not match pattern '^[a-zA-Z0-9_-]{{1,64}}$'."
+    return None
 
 
 def _bad_request(message: str) -> web.Response:
@@ -812,7 +1016,7 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(_serve(args.host, args.port, args.record))
 
 
-__all__ = ["FakeOpenAIServer", "FakeReply", "Fault", "RecordedRequest", "fake_embedding"]
+__all__ = ["FakeOpenAIServer", "FakeReply", "Fault", "PromptCaches", "RecordedRequest", "fake_embedding"]
 
 
 if __name__ == "__main__":
