@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(
         default=32, ge=2, le=128, description="deepest nesting of objects/arrays in a JSON request body (400 above)"
     )
+    # Trace store retention (SQLite and PostgreSQL), applied by the store's writer every few minutes.
+    trace_max_age_days: float | None = Field(
+        default=None, gt=0, description="delete traces older than this many days (unset: keep all)"
+    )
+    trace_max_bytes: ByteSize | None = Field(
+        default=None, gt=0, description='delete the oldest traces while the store is larger than this, e.g. "10GiB"'
+    )
     proxy_max_body_bytes: ByteSize = Field(
         default=ByteSize(32 * 1024 * 1024), gt=0, description="largest body for the OpenAI-compatible proxy (/openai)"
     )

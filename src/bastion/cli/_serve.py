@@ -13,6 +13,7 @@ from rich.markup import escape
 from bastion.config import redact_credentials
 from bastion.errors import UserError
 from bastion.runtime import PostgresWakeup, SqlRunStore, Worker
+from bastion.runtime._store import WORKER_APPLICATION_NAME
 from bastion.server._project import ProjectEnv, load_project
 
 console = Console(stderr=True)
@@ -76,18 +77,28 @@ def _ignore(signum: int, frame: object) -> None:
     pass
 
 
+def _with_application_name(url: str, name: str) -> str:
+    """`url` (a URI or a libpq conninfo string) with `application_name` set, unless it has one."""
+    if "application_name" in url:
+        return url
+    if "://" in url:
+        return f"{url}{'&' if '?' in url else '?'}application_name={name}"
+    return f"{url} application_name={name}"
+
+
 async def worker(spec: str, env: ProjectEnv, *, concurrency: int, lease: float) -> int:
     if not env.database_url:
         raise UserError("`bastion worker` needs a shared database: pass --database postgresql://... ")
-    from bastion.tracing import TraceStore, configure_tracing
+    from bastion.tracing import configure_tracing, open_trace_store
 
     configure_logging()
     env.home.mkdir(parents=True, exist_ok=True)
-    store = TraceStore(env.home / "traces.db")
+    store = open_trace_store(env.home, env.database_url)  # the servers read what this worker writes
     tracing = configure_tracing(store=store)
     project = await load_project(spec, env)
     runs = SqlRunStore.postgres(env.database_url)
-    wakeup = PostgresWakeup(env.database_url)
+    # Tagged so `/metrics` can count live workers (`bastion_workers_live`) from pg_stat_activity.
+    wakeup = PostgresWakeup(_with_application_name(env.database_url, WORKER_APPLICATION_NAME))
     w = Worker(runs, project.runnables(), concurrency=concurrency, lease_seconds=lease, wakeup=wakeup)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -23,7 +24,9 @@ from bastion.types import new_id
 
 log = logging.getLogger("bastion.runtime")
 SCHEMA_VERSION = 1
-NOTIFY_CHANNEL = "bastion_runs"
+NOTIFY_CHANNEL = "bastion_runs"  # a run was queued: idle workers claim
+WORKER_APPLICATION_NAME = "bastion-worker"  # tags each `bastion worker`'s LISTEN connection
+DONE_CHANNEL = "bastion_runs_done"  # a run ended (payload: its id): API servers answer waiting clients
 
 _COLUMNS = (
     "id, tenant, thread_id, agent, status, input, output, error, interrupts, resume, attempts, worker, "
@@ -32,6 +35,11 @@ _COLUMNS = (
 )
 _JSON_FIELDS = ("input", "output", "interrupts", "resume", "metadata", "usage")
 _INSERT_EVENT = "INSERT INTO bastion_run_events (run_id, kind, data, at) VALUES (?, ?, ?, ?)"
+_UPSERT_THREAD = (
+    "INSERT INTO bastion_threads (tenant, thread_id, metadata, created_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (tenant, thread_id) DO UPDATE SET metadata = CASE WHEN excluded.metadata = '{}' "
+    "THEN bastion_threads.metadata ELSE excluded.metadata END"  # empty metadata keeps what is there
+)
 T = TypeVar("T")
 
 
@@ -58,6 +66,18 @@ def _schema(dialect: str) -> list[str]:
             tenant TEXT NOT NULL, thread_id TEXT NOT NULL, metadata TEXT, created_at {real} NOT NULL,
             PRIMARY KEY (tenant, thread_id))""",
     ]
+
+
+@dataclass(slots=True, frozen=True)
+class QueueGauge:
+    """The runs of one (agent, tenant) waiting and executing: what an autoscaler scales on."""
+
+    agent: str
+    tenant: str
+    queued: int
+    oldest_queued_age_s: float
+    in_flight: int  # running under a live lease
+    lease_expired: int  # running, but the lease lapsed: the worker died; another will recover it
 
 
 def _row_to_run(row: Sequence[Any]) -> Run:
@@ -99,13 +119,14 @@ def _dump(value: Any) -> str | None:
 class RunStore(Protocol):
     """Where runs, their events and threads live; also the queue workers claim from."""
 
-    async def create(self, run: Run) -> Run: ...
+    async def create(self, run: Run, thread_metadata: dict[str, Any] | None = None) -> Run: ...
     async def get(self, run_id: str, tenant: str | None = None) -> Run | None: ...
     async def list(
         self, tenant: str, *, thread_id: str | None = None, agent: str | None = None,
         status: str | None = None, limit: int = 100,
     ) -> list[Run]: ...  # fmt: skip
     async def claim(self, worker: str, lease_seconds: float) -> Run | None: ...
+    async def claim_many(self, worker: str, lease_seconds: float, limit: int) -> list[Run]: ...
     async def heartbeat(self, run_id: str, worker: str, lease_seconds: float) -> str: ...
     async def finish(
         self,
@@ -119,6 +140,7 @@ class RunStore(Protocol):
     ) -> bool: ...
     async def update(self, run_id: str, **fields: Any) -> None: ...
     async def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None: ...
+    async def add_events(self, run_id: str, events: Sequence[tuple[str, str, float]]) -> None: ...
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]: ...
     async def active_for_thread(self, tenant: str, thread_id: str) -> list[Run]: ...
     async def upsert_thread(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> None: ...
@@ -198,15 +220,23 @@ class SqlRunStore:
     def _exec(self, query: str, params: Sequence[Any] = (), *, fetch: str = "") -> Any:
         conn = self._conn()
         if self.dialect == "sqlite":
+            if query.lstrip().startswith("SELECT"):  # WAL: readers never wait for the writer
+                cur = conn.execute(query, params)
+                return cur.fetchone() if fetch == "one" else cur.fetchall() if fetch == "all" else None
             with self._lock:
                 cur = conn.execute(query, params)
                 return cur.fetchone() if fetch == "one" else cur.fetchall() if fetch == "all" else None
         cur = conn.execute(self._sql(query), params)
         return cur.fetchone() if fetch == "one" else cur.fetchall() if fetch == "all" else None
 
-    def _transaction(self, work: Callable[[Callable[[str, Sequence[Any]], Any]], T]) -> T:
+    def _transaction(self, work: Callable[[Callable[[str, Sequence[Any]], Any]], T], durable: bool = True) -> T:
         """Run `work(execute)` in one transaction; `execute(sql, params)` takes `?` placeholders and
-        returns the cursor. SQLite: BEGIN IMMEDIATE under this process's writer lock."""
+        returns the cursor. SQLite: BEGIN IMMEDIATE under this process's writer lock.
+
+        `durable=False` (PostgreSQL): commit without waiting for the WAL flush (`synchronous_commit
+        = off`) — for the steps in between (a claim, a heartbeat, events). WAL is flushed in order,
+        so the next durable commit (a run created, a run's end) makes them durable too; a database
+        crash before that loses only them, and the run is then claimed and recovered again."""
         conn = self._conn()
         if self.dialect == "sqlite":
             with self._lock:
@@ -219,6 +249,8 @@ class SqlRunStore:
                     raise
             return result
         with conn.transaction():
+            if not durable:
+                conn.execute("SET LOCAL synchronous_commit = off")
             return work(lambda sql, params: conn.execute(self._sql(sql), params))
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -228,9 +260,10 @@ class SqlRunStore:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def _create(self, run: Run) -> Run:
+    def _create(self, run: Run, thread_metadata: dict[str, Any] | None = None) -> Run:
         """Insert the run and its `run_queued` event together, so no worker can claim (and emit
-        `run_started`) before the run's history begins."""
+        `run_started`) before the run's history begins; with `thread_metadata`, record the thread
+        too (`upsert_thread`) in the same transaction. PostgreSQL: NOTIFY on commit."""
         now = time.time()
         run.created_at = run.created_at or now
         run.updated_at = now
@@ -242,17 +275,19 @@ class SqlRunStore:
         )  # fmt: skip
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
+            if thread_metadata is not None:
+                execute(_UPSERT_THREAD, (run.tenant, run.thread_id, json.dumps(thread_metadata), now))
             execute(f"INSERT INTO bastion_runs ({_COLUMNS}) VALUES ({', '.join('?' * 22)})", row)
             if run.status == "queued":
                 execute(_INSERT_EVENT, (run.id, "run_queued", json.dumps({"agent": run.agent}), now))
+                if self.dialect == "postgres":  # delivered on commit, without a round trip of its own
+                    execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, run.id))
 
         self._transaction(work)
-        if self.dialect == "postgres" and run.status == "queued":
-            self._exec(f"NOTIFY {NOTIFY_CHANNEL}, '{run.id}'")
         return run
 
-    async def create(self, run: Run) -> Run:
-        return await self._run(self._create, run)
+    async def create(self, run: Run, thread_metadata: dict[str, Any] | None = None) -> Run:
+        return await self._run(self._create, run, thread_metadata)
 
     async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
         query = f"SELECT {_COLUMNS} FROM bastion_runs WHERE id = ?"
@@ -283,7 +318,7 @@ class SqlRunStore:
         rows = await self._run(lambda: self._exec(query, params, fetch="all"))
         return _decode_rows(rows)
 
-    def _claim(self, worker: str, lease_seconds: float) -> Run | None:
+    def _claim(self, worker: str, lease_seconds: float, limit: int = 1) -> list[Run]:
         now = time.time()
         # Runs of one thread execute one at a time: skip threads with a live running run.
         eligible = """AND NOT EXISTS (SELECT 1 FROM bastion_runs o WHERE o.tenant = r.tenant
@@ -293,8 +328,8 @@ class SqlRunStore:
         if self.dialect == "postgres":
             pick = f"""SELECT id FROM bastion_runs r WHERE
                 (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < ?)) {eligible}
-                ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED"""
-            pick_params: tuple[float, ...] = (now, now)
+                ORDER BY r.created_at LIMIT ? FOR UPDATE SKIP LOCKED"""
+            pick_params: tuple[float, ...] = (now, now, limit)
         else:
             # SQLite serves the OR above by scanning every running and queued run and sorting them,
             # per claim (quadratic with thousands in flight); instead take the oldest eligible queued
@@ -302,20 +337,27 @@ class SqlRunStore:
             eligible = eligible.replace("bastion_runs o WHERE", "bastion_runs o INDEXED BY bastion_runs_thread WHERE")
             pick = f"""SELECT id FROM (
                 SELECT * FROM (SELECT r.id, r.created_at FROM bastion_runs r WHERE r.status = 'queued' {eligible}
-                    ORDER BY r.created_at LIMIT 1)
+                    ORDER BY r.created_at LIMIT ?)
                 UNION ALL
                 SELECT * FROM (SELECT r.id, r.created_at FROM bastion_runs r
-                    WHERE r.status = 'running' AND r.lease_expires_at < ? {eligible} ORDER BY r.created_at LIMIT 1)
-            ) ORDER BY created_at LIMIT 1"""
-            pick_params = (now, now, now)
+                    WHERE r.status = 'running' AND r.lease_expires_at < ? {eligible} ORDER BY r.created_at LIMIT ?)
+            ) ORDER BY created_at LIMIT ?"""
+            pick_params = (now, limit, now, now, limit, limit)
+        # In one batch, a thread's later run is not eligible while its earlier one is queued, so a
+        # batch never holds two runs of one thread.
         update = f"""UPDATE bastion_runs SET status = 'running', worker = ?, lease_expires_at = ?,
-                attempts = attempts + 1, updated_at = ? WHERE id = ({pick}) RETURNING {_COLUMNS}"""
+                attempts = attempts + 1, updated_at = ? WHERE id IN ({pick}) RETURNING {_COLUMNS}"""
         params = (worker, now + lease_seconds, now, *pick_params)
-        row = self._transaction(lambda execute: execute(update, params).fetchone())
-        return _row_to_run(row) if row else None
+        rows = self._transaction(lambda execute: execute(update, params).fetchall(), durable=False)
+        return sorted((_row_to_run(row) for row in rows), key=lambda r: r.created_at)
 
     async def claim(self, worker: str, lease_seconds: float) -> Run | None:
-        return await self._run(self._claim, worker, lease_seconds)
+        runs = await self._run(self._claim, worker, lease_seconds)
+        return runs[0] if runs else None
+
+    async def claim_many(self, worker: str, lease_seconds: float, limit: int) -> list[Run]:
+        """Up to `limit` runs in one claim (oldest first): one round trip for a burst."""
+        return await self._run(self._claim, worker, lease_seconds, limit)
 
     async def heartbeat(self, run_id: str, worker: str, lease_seconds: float) -> str:
         """Extend the lease: "ok", "cancel" (a cancel was requested) or "lost" (someone else owns it)."""
@@ -371,6 +413,8 @@ class SqlRunStore:
             done = execute(update, (*fields, now, run_id, worker)).fetchone() is not None
             if done:
                 execute(_INSERT_EVENT, event_row)
+                if self.dialect == "postgres":
+                    execute("SELECT pg_notify(?, ?)", (DONE_CHANNEL, run_id))
             return done
 
         return await self._run(self._transaction, work)
@@ -385,13 +429,17 @@ class SqlRunStore:
             raise UserError(f"cannot update run fields {sorted(unknown)}; allowed: {sorted(allowed)}")
         sets = ", ".join(f"{k} = ?" for k in fields)
         values = [_dump(v) if k == "resume" else int(v) if k == "cancel_requested" else v for k, v in fields.items()]
-        await self._run(
-            lambda: self._exec(
-                f"UPDATE bastion_runs SET {sets}, updated_at = ? WHERE id = ?", (*values, time.time(), run_id)
-            )
-        )
+        query, params = f"UPDATE bastion_runs SET {sets}, updated_at = ? WHERE id = ?", (*values, time.time(), run_id)
+        # Where a running run's thread stood is worth no WAL flush of its own: lost in a database
+        # crash, it is lost with the claim, and the next claim records it again.
+        durable = set(fields) != {"checkpoint_before"}
+
+        def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
+            execute(query, params)
+
+        await self._run(self._transaction, work, durable)
         if self.dialect == "postgres" and fields.get("status") == "queued":
-            await self._run(lambda: self._exec(f"NOTIFY {NOTIFY_CHANNEL}, '{run_id}'"))
+            await self._run(lambda: self._exec("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, run_id)))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -402,6 +450,15 @@ class SqlRunStore:
                 (run_id, kind, json.dumps(data, default=str), time.time()),
             )
         )
+
+    async def add_events(self, run_id: str, events: Sequence[tuple[str, str, float]]) -> None:
+        """Several events of one run, `(kind, data as JSON text, at)`, in one transaction."""
+
+        def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
+            for kind, data, at in events:
+                execute(_INSERT_EVENT, (run_id, kind, data, at))
+
+        await self._run(self._transaction, work, False)
 
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
         rows = await self._run(
@@ -428,14 +485,7 @@ class SqlRunStore:
         return [_row_to_run(r) for r in rows]
 
     async def upsert_thread(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> None:
-        await self._run(
-            lambda: self._exec(
-                "INSERT INTO bastion_threads (tenant, thread_id, metadata, created_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (tenant, thread_id) DO UPDATE SET metadata = CASE WHEN excluded.metadata = '{}' "
-                "THEN bastion_threads.metadata ELSE excluded.metadata END",  # empty metadata keeps what is there
-                (tenant, thread_id, json.dumps(metadata), time.time()),
-            )
-        )
+        await self._run(lambda: self._exec(_UPSERT_THREAD, (tenant, thread_id, json.dumps(metadata), time.time())))
 
     async def list_threads(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self._run(
@@ -506,6 +556,46 @@ class SqlRunStore:
             for t, thread in self._exec(query, params, fetch="all"):
                 out.append((t, thread, self._thread_agents(t, thread)))
             return out
+
+        return await self._run(go)
+
+    async def queue_gauges(self, now: float | None = None) -> tuple[list[QueueGauge], int, int | None]:
+        """Autoscaling signals per (agent, tenant) at this instant, the workers holding a live
+        lease, and (PostgreSQL) the live `bastion worker` processes: those whose LISTEN
+        connection, tagged `application_name=bastion-worker`, is open. Read through the
+        (status, ...) indexes: cheap enough for every scrape."""
+        now = time.time() if now is None else now
+
+        def go() -> tuple[list[QueueGauge], int, int | None]:
+            rows = self._exec(
+                """SELECT agent, tenant,
+                    sum(CASE WHEN status = 'queued' THEN 1 ELSE 0 END),
+                    min(CASE WHEN status = 'queued' THEN created_at END),
+                    sum(CASE WHEN status = 'running' AND lease_expires_at >= ? THEN 1 ELSE 0 END),
+                    sum(CASE WHEN status = 'running' AND lease_expires_at < ? THEN 1 ELSE 0 END)
+                FROM bastion_runs WHERE status IN ('queued', 'running') GROUP BY agent, tenant""",
+                (now, now),
+                fetch="all",
+            )
+            busy = self._exec(
+                "SELECT count(DISTINCT worker) FROM bastion_runs WHERE status = 'running' AND lease_expires_at >= ?",
+                (now,),
+                fetch="one",
+            )
+            gauges = [
+                QueueGauge(agent, tenant, int(q or 0), max(0.0, now - oldest) if oldest is not None else 0.0,
+                           int(r or 0), int(x or 0))
+                for agent, tenant, q, oldest, r, x in rows
+            ]  # fmt: skip
+            live: int | None = None
+            if self.dialect == "postgres":
+                row = self._exec(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    f"AND application_name = '{WORKER_APPLICATION_NAME}'",
+                    fetch="one",
+                )
+                live = int(row[0]) if row else 0
+            return gauges, int(busy[0] or 0) if busy else 0, live
 
         return await self._run(go)
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from bastion.runtime import Runtime, Scheduler
 from bastion.server._app import Extension, create_app
 from bastion.server._auth import SQLiteApiKeyStore, open_api_key_store
+from bastion.server._budgets import budget_routes
 from bastion.server._extensions import cost_routes, eval_routes, memory_routes, trace_routes
 from bastion.server._limits import EdgeLimits
 from bastion.server._project import Project, ProjectEnv, build_runtime
@@ -43,11 +44,13 @@ async def build_server(
     threads idle for longer are deleted (runs, events, checkpoints) by a background task.
     `limits` default to the settings (`BASTION_MAX_BODY_BYTES`, ...)."""
     limits = limits or EdgeLimits.from_settings()  # before anything starts: a bad setting stops here
-    from bastion.tracing import TraceStore, configure_tracing
+    from bastion.tracing import configure_tracing, open_trace_store
 
     stack = AsyncExitStack()
     env.home.mkdir(parents=True, exist_ok=True)
-    store = TraceStore(env.home / "traces.db")
+    # With a database URL every server and worker shares one trace store (traces and costs of
+    # runs any worker executed are visible through any server).
+    store = open_trace_store(env.home, env.database_url)
     tracing = configure_tracing(store=store)
     stack.callback(store.close)
     stack.callback(tracing.shutdown)
@@ -63,6 +66,7 @@ async def build_server(
 
     extensions: list[Extension] = [
         trace_routes(store, runtime), cost_routes(store), eval_routes(store, runtime, env.home),
+        budget_routes(lambda: getattr(project.gateway, "budgets", None)),
     ]  # fmt: skip
     if project.memory is not None:
         extensions.append(memory_routes(project.memory))
@@ -78,6 +82,7 @@ async def build_server(
             budget_store=env.budget_store,  # used when the project's gateway has no Budget of its own
             max_body_bytes=limits.proxy_max_body_bytes,
         )
+        stack.callback(proxy.close)  # the Responses store it opened beside the keys
 
     scheduler: Scheduler | None = None
     if project.schedules:
@@ -85,8 +90,18 @@ async def build_server(
         for s in project.schedules:
             scheduler.add(s)
 
+    async def metrics_text() -> str:
+        # The autoscaling gauges are read from the run store at scrape time (queue depth, ...).
+        from bastion.tracing._queue_gauges import queue_gauges_text
+
+        text = tracing.prometheus_text()
+        queue_gauges = getattr(runtime.store, "queue_gauges", None)
+        if queue_gauges is not None:
+            text += queue_gauges_text(*await queue_gauges())
+        return text
+
     app = create_app(
-        runtime, keys, proxy=proxy, webhooks=project.webhooks, extensions=extensions, metrics=tracing.prometheus_text,
+        runtime, keys, proxy=proxy, webhooks=project.webhooks, extensions=extensions, metrics=metrics_text,
         manage_runtime=False, limits=limits,
     )  # fmt: skip
 

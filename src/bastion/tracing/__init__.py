@@ -1,5 +1,5 @@
 """Observability (layer 4): OpenTelemetry spans with the GenAI semantic conventions, an
-embedded SQLite trace store, metrics, and cost attribution with anomaly alerts.
+trace store (embedded SQLite, or PostgreSQL when scaled out), metrics, and cost attribution with anomaly alerts.
 
 Every other layer calls the span helpers (`from bastion.tracing import spans`); they cost
 almost nothing until `configure_tracing()` sends spans somewhere. Attribute names live in one
@@ -19,6 +19,9 @@ _LAZY: dict[str, str] = {
     "configure_tracing": "bastion.tracing._setup",
     "TracingHandle": "bastion.tracing._setup",
     "TraceStore": "bastion.tracing._store",
+    "PostgresTraceStore": "bastion.tracing._store_pg",
+    "SpanStore": "bastion.tracing._store_protocol",
+    "open_trace_store": "bastion.tracing._store_protocol",
     "SpanRecord": "bastion.tracing._store",
     "TraceTree": "bastion.tracing._store",
     "TraceSummary": "bastion.tracing._store",
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
     )
     from bastion.tracing._setup import TracingHandle, configure_tracing
     from bastion.tracing._store import SpanRecord, StoreStats, TraceStore, TraceSummary, TraceTree
+    from bastion.tracing._store_pg import PostgresTraceStore
+    from bastion.tracing._store_protocol import SpanStore, open_trace_store
 
 __all__ = [
     "AlertSink",
@@ -57,7 +62,9 @@ __all__ = [
     "CostMonitor",
     "CostRow",
     "LogSink",
+    "PostgresTraceStore",
     "SpanRecord",
+    "SpanStore",
     "StoreStats",
     "TraceStore",
     "TraceSummary",
@@ -68,6 +75,7 @@ __all__ = [
     "configure_tracing",
     "cost_by",
     "cost_series",
+    "open_trace_store",
     "prometheus_text",
     "record_budget",
     "record_circuit_state",

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from bastion.errors import UserError
 from bastion.tracing._cost import total_cost
 from bastion.tracing._metrics import record_budget, record_cost_alert
-from bastion.tracing._store import TraceStore
+from bastion.tracing._store_protocol import SpanStore
 
 AlertKind = Literal["run_anomaly", "tenant_anomaly", "budget_threshold"]
 
@@ -102,7 +102,7 @@ class CostMonitor:
 
     def __init__(
         self,
-        store: TraceStore,
+        store: SpanStore,
         sinks: Sequence[AlertSink] = (),
         *,
         factor: float = 3.0,
@@ -144,17 +144,18 @@ class CostMonitor:
 
     async def check_run(self, run_id: str) -> CostAlert | None:
         rows = self.store.query(
-            "SELECT coalesce(sum(cost_usd), 0), min(start_ns), max(agent), max(tenant) FROM spans WHERE run_id = ?",
+            f"SELECT coalesce(sum(cost_usd), 0), min(start_ns), max(agent), max(tenant) FROM {self.store.table} "
+            "WHERE run_id = ?",
             (run_id,),
         )
         cost, start, agent, tenant = rows[0]
         if start is None:
             return None
         base = self.store.query(
-            """SELECT avg(c), count(*) FROM (
-                 SELECT sum(coalesce(cost_usd, 0)) AS c FROM spans
-                 WHERE run_id IS NOT NULL AND run_id != ? AND agent IS ? GROUP BY run_id
-                 HAVING min(start_ns) < ? ORDER BY min(start_ns) DESC LIMIT ?)""",
+            f"""SELECT avg(c), count(*) FROM (
+                 SELECT sum(coalesce(cost_usd, 0)) AS c FROM {self.store.table}
+                 WHERE run_id IS NOT NULL AND run_id != ? AND agent IS NOT DISTINCT FROM ? GROUP BY run_id
+                 HAVING min(start_ns) < ? ORDER BY min(start_ns) DESC LIMIT ?) AS recent""",
             (run_id, agent, start, self.baseline_runs),
         )
         baseline, n = base[0]
@@ -226,10 +227,10 @@ class CostMonitor:
         since_ns = self._last_check_ns
         self._last_check_ns = time.time_ns() if now is None else int(now * 1e9)
         runs = self.store.query(
-            "SELECT DISTINCT run_id FROM spans WHERE run_id IS NOT NULL AND start_ns >= ?", (since_ns,)
+            f"SELECT DISTINCT run_id FROM {self.store.table} WHERE run_id IS NOT NULL AND start_ns >= ?", (since_ns,)
         )
         tenants = self.store.query(
-            "SELECT DISTINCT tenant FROM spans WHERE tenant IS NOT NULL AND start_ns >= ?", (since_ns,)
+            f"SELECT DISTINCT tenant FROM {self.store.table} WHERE tenant IS NOT NULL AND start_ns >= ?", (since_ns,)
         )
         alerts: list[CostAlert] = []
         for (run_id,) in runs:
