@@ -192,6 +192,19 @@ def test_runs_traces_and_costs_are_shared_across_servers_and_isolated_by_tenant(
 
     # Every process kept its own home: no trace store file is shared (or even written) there.
     assert not list(cluster.root.glob("*/traces.db"))
+    # ... and the CLI reads the shared store too, from a fresh home
+    (cluster.root / "cli").mkdir()
+    cli = [sys.executable, "-m", "bastion.cli", "--home", str(cluster.root / "cli"), "trace"]
+    listed = subprocess.run(
+        [*cli, "list", "--database", cluster.pg_url], capture_output=True, text=True, timeout=60, env=cluster.env
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert all(run_id in listed.stdout for run_id in a_runs), listed.stdout
+    shown = subprocess.run(
+        [*cli, "show", a_runs[0], "--database", cluster.pg_url], capture_output=True, text=True, timeout=60,
+        env=cluster.env,
+    )  # fmt: skip
+    assert shown.returncode == 0 and "invoke_agent" in shown.stdout, shown.stderr
 
     # The autoscaling gauges read the queue: enqueue while no worker runs, then watch it drain.
     for w in workers:

@@ -51,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("trace", help="inspect traces in the embedded store")
     tsub = t.add_subparsers(dest="trace_command", required=True)
-    tsub.add_parser("list", help="recent traces")
+    tlist = tsub.add_parser("list", help="recent traces")
     show = tsub.add_parser("show", help="a trace as a tree")
+    for trace_parser in (tlist, show):
+        trace_parser.add_argument("--database", help="postgresql://... (default: BASTION_DATABASE_URL, else --home)")
     show.add_argument("trace_id", help="a trace id, a unique prefix of one, or a run id")
 
     # Every eval argument (`--suite`, `--help` ...) goes to the evals CLI untouched: with the
@@ -161,7 +163,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bastion.cli._trace import list_traces, show_trace
 
         home = Path(args.home)
-        return show_trace(home, args.trace_id) if args.trace_command == "show" else list_traces(home)
+        database = args.database or os.environ.get("BASTION_DATABASE_URL")
+        if args.trace_command == "show":
+            return show_trace(home, args.trace_id, database)
+        return list_traces(home, database)
     if cmd == "eval":
         from bastion.evals import main as eval_main
 

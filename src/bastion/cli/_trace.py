@@ -19,17 +19,19 @@ console = Console()
 _HEX = re.compile(r"[0-9a-f]{1,32}")
 
 
-def _store(home: Path) -> Any:
-    from bastion.tracing import TraceStore
+def _store(home: Path, database: str | None = None) -> Any:
+    from bastion.tracing import TraceStore, open_trace_store
 
+    if database:  # scaled out: every server and worker writes to the shared store
+        return open_trace_store(home, database)
     path = home / "traces.db"
     if not path.exists():
-        raise UserError(f"no trace store at {path}; run something first or pass --home")
+        raise UserError(f"no trace store at {path}; run something first, pass --home, or --database for PostgreSQL")
     return TraceStore(path)
 
 
-def list_traces(home: Path) -> int:
-    store = _store(home)
+def list_traces(home: Path, database: str | None = None) -> int:
+    store = _store(home, database)
     try:
         table = Table("trace", "root", "started", "spans", "errors", "cost $", "run")
         for column in (table.columns[0], table.columns[-1]):
@@ -66,13 +68,13 @@ def resolve_trace_id(store: Any, ref: str) -> str:
     return ids[0]
 
 
-def show_trace(home: Path, ref: str) -> int:
-    store = _store(home)
+def show_trace(home: Path, ref: str, database: str | None = None) -> int:
+    store = _store(home, database)
     try:
         trace_id = resolve_trace_id(store, ref)
         tree = store.get_trace(trace_id)
         if tree is None:
-            raise UserError(f"trace {trace_id} not found in {home / 'traces.db'}")
+            raise UserError(f"trace {trace_id} not found in the trace store")
         root = Tree(f"trace {trace_id}")
         nodes: dict[str, Any] = {}
         for depth, span in tree.walk():
