@@ -335,11 +335,13 @@ class AgentSpan(Span):
 
 
 class ChatSpan(Span):
-    __slots__ = ("_model", "_request", "_response")
+    __slots__ = ("_model", "_model_name", "_provider", "_request", "_response")
     _op = sc.OP_CHAT
 
     def __init__(self, model: str, request: ModelRequest | None) -> None:
-        super().__init__(f"{sc.OP_CHAT} {sc.model_of(model)}")
+        self._model_name = sc.model_of(model)
+        self._provider = sc.provider_of(model)
+        super().__init__(f"{sc.OP_CHAT} {self._model_name}")
         self._model = model
         self._request = request
         self._response: ModelResponse | None = None
@@ -351,8 +353,8 @@ class ChatSpan(Span):
 
     def _attributes(self) -> dict[str, AttrValue]:
         attrs: dict[str, AttrValue] = {
-            sc.GEN_AI_PROVIDER_NAME: sc.provider_of(self._model),
-            sc.GEN_AI_REQUEST_MODEL: sc.model_of(self._model),
+            sc.GEN_AI_PROVIDER_NAME: self._provider,
+            sc.GEN_AI_REQUEST_MODEL: self._model_name,
         }
         req = self._request
         if req is None:
@@ -406,27 +408,33 @@ class ChatSpan(Span):
         inst = STATE.instruments
         if inst is None:
             return
-        attrs: dict[str, str] = {
-            sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT,
-            sc.GEN_AI_PROVIDER_NAME: sc.provider_of(self._model),
-            sc.GEN_AI_REQUEST_MODEL: sc.model_of(self._model),
-        }
+        # Label sets as ready-made key tuples: the metrics aggregate them without building or
+        # sorting dicts (this runs for every model call).
+        labels: tuple[tuple[str, str], ...] = (
+            (sc.GEN_AI_OPERATION_NAME, sc.OP_CHAT),
+            (sc.GEN_AI_PROVIDER_NAME, self._provider),
+            (sc.GEN_AI_REQUEST_MODEL, self._model_name),
+        )
         resp = self._response
         if resp is not None and resp.model:
-            attrs[sc.GEN_AI_RESPONSE_MODEL] = sc.model_of(resp.model)
+            labels += ((sc.GEN_AI_RESPONSE_MODEL, sc.model_of(resp.model)),)
         if exc is not None:
-            attrs[sc.ERROR_TYPE] = type(exc).__qualname__
-        inst.duration.record(time.perf_counter() - self._start, attrs)
+            labels += ((sc.ERROR_TYPE, type(exc).__qualname__),)
+        inst.duration.record_key(time.perf_counter() - self._start, labels)
         if resp is None:
             return
-        inst.token_usage.record(resp.usage.input_tokens, {**attrs, sc.GEN_AI_TOKEN_TYPE: "input"})
-        inst.token_usage.record(resp.usage.output_tokens, {**attrs, sc.GEN_AI_TOKEN_TYPE: "output"})
+        inst.token_usage.record_key(resp.usage.input_tokens, (*labels, _TOKEN_INPUT))
+        inst.token_usage.record_key(resp.usage.output_tokens, (*labels, _TOKEN_OUTPUT))
         if resp.cost_usd:
             ctx = self._run_context()
-            cost_attrs = {sc.GEN_AI_REQUEST_MODEL: attrs[sc.GEN_AI_REQUEST_MODEL]}
+            cost_key: tuple[tuple[str, str], ...] = ((sc.GEN_AI_REQUEST_MODEL, self._model_name),)
             if ctx is not None:
-                cost_attrs[sc.BASTION_TENANT_ID] = ctx.tenant
-            inst.cost.add(float(resp.cost_usd), cost_attrs)
+                cost_key += ((sc.BASTION_TENANT_ID, ctx.tenant),)
+            inst.cost.add_key(float(resp.cost_usd), cost_key)
+
+
+_TOKEN_INPUT = (sc.GEN_AI_TOKEN_TYPE, "input")
+_TOKEN_OUTPUT = (sc.GEN_AI_TOKEN_TYPE, "output")
 
 
 class ToolSpan(Span):
@@ -484,11 +492,11 @@ class ToolSpan(Span):
         inst = STATE.instruments
         if inst is None:
             return
-        attrs = {sc.GEN_AI_TOOL_NAME: self._tool}
-        inst.tool_calls.add(1, attrs)
+        label = (sc.GEN_AI_TOOL_NAME, self._tool)
+        inst.tool_calls.add_key(1, (label,))
         if exc is not None or self._error:
             err = type(exc).__qualname__ if exc is not None else "tool_error"
-            inst.tool_errors.add(1, {**attrs, sc.ERROR_TYPE: err})
+            inst.tool_errors.add_key(1, (label, (sc.ERROR_TYPE, err)))
 
 
 class RetrievalSpan(Span):
