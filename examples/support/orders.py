@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from bastion.tools import Tool, tool
+from bastion.tools import Grounded, Tool, tool
 
 IBAN = r"^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$"
 
@@ -34,7 +34,7 @@ def seed(path: Path) -> None:
 
 def order_tools(path: Path) -> list[Tool]:
     @tool(side_effect="read")
-    def get_order(order_id: int) -> dict[str, Any]:
+    def get_order(order_id: Annotated[int, Grounded()]) -> dict[str, Any]:
         """Look up an order by its number: item, amount, status and the customer's note.
 
         Args:
@@ -50,7 +50,12 @@ def order_tools(path: Path) -> list[Tool]:
         return dict(zip(keys, row, strict=True))
 
     @tool(side_effect="irreversible")
-    def refund(order_id: int, amount: float, iban: Annotated[str, Field(pattern=IBAN)] | None = None) -> str:
+    def refund(
+        # Grounded: the local model's grammar offers only values the customer (or a tool) wrote.
+        order_id: Annotated[int, Grounded()],
+        amount: Annotated[float, Grounded()],
+        iban: Annotated[str, Field(pattern=IBAN), Grounded()] | None = None,
+    ) -> str:
         """Refund an order. Money goes back to the original payment method, or to `iban` if given.
         This cannot be undone.
 

@@ -17,11 +17,21 @@ from bastion.tools._plain import to_plain
 from bastion.tools._price import ToolPrice
 from bastion.tools._registry import SchemaDiff, ToolRegistry, compare_schemas
 from bastion.tools._runner import OUTCOME_UNKNOWN, RetryPolicy, ToolRunner, error_result
-from bastion.tools._tool import Tool, canonical_json, output_schema_for, schema_version, tool
+from bastion.tools._tool import (
+    GROUNDED_KEY,
+    Grounded,
+    Tool,
+    canonical_json,
+    output_schema_for,
+    schema_version,
+    tool,
+)
 
 __all__ = [
+    "GROUNDED_KEY",
     "OUTCOME_UNKNOWN",
     "CircuitBreaker",
+    "Grounded",
     "IdempotencyEntry",
     "IdempotencyJournal",
     "MemoryJournal",

@@ -21,6 +21,21 @@ from bastion.tools._context import ToolContext, current_tool_context
 from bastion.tools._price import ToolPrice, as_price
 from bastion.types import SideEffect, ToolSpec, Trust
 
+GROUNDED_KEY = "x-bastion-grounded"
+
+
+@dataclass(frozen=True, slots=True)
+class Grounded:
+    """Marks a tool argument (`Annotated[float, Grounded()]`) whose value must come from the
+    conversation: an order id, an amount, an IBAN, an email. The schema gets
+    `"x-bastion-grounded": true`; the local model's grammar then allows only values that appear
+    in the user's messages or in tool results, so a small model cannot invent one."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        schema[GROUNDED_KEY] = True
+        return schema
+
 
 def canonical_json(value: Any) -> str:
     """Key-sorted compact JSON: the form hashed for schema versions and integrity pins."""
@@ -270,4 +285,4 @@ def output_schema_for(output_type: Any) -> dict[str, Any]:
     return schema
 
 
-__all__ = ["Tool", "canonical_json", "output_schema_for", "schema_version", "tool"]
+__all__ = ["GROUNDED_KEY", "Grounded", "Tool", "canonical_json", "output_schema_for", "schema_version", "tool"]

@@ -49,7 +49,9 @@ _FINISH: dict[str, FinishReason] = {
     "MALFORMED_FUNCTION_CALL": "error",
 }
 # JSON-schema keywords the Gemini `Schema` object rejects.
-_UNSUPPORTED = frozenset({"$schema", "additionalProperties", "$defs", "definitions", "$ref", "title", "default"})
+_UNSUPPORTED = frozenset(
+    {"$schema", "additionalProperties", "$defs", "definitions", "$ref", "title", "default", "x-bastion-grounded"}
+)
 
 
 def clean_schema(schema: Any) -> Any:

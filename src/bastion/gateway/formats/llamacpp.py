@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -317,6 +318,127 @@ def output_schema(request: ModelRequest) -> dict[str, Any] | None:
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
+# --- grounded arguments ------------------------------------------------------------------------
+# A 270M model fills a refund with 9.86 EUR when the customer wrote 19.99. Where a schema marks
+# an argument `"x-bastion-grounded": true` (`bastion.tools.Grounded`), the grammar allows only
+# values that appear in the user's messages or in tool results; the model then chooses, it does
+# not invent. (The policy gateway's provenance check stays the authority: it still judges
+# *which* of those values may flow where.)
+
+GROUNDED_KEY = "x-bastion-grounded"  # = bastion.tools.GROUNDED_KEY; the gateway does not import tools
+
+# A number not glued to letters or other digits (so not the digits inside an IBAN or "v2").
+_NUMBER = re.compile(r"(?<![\w.,-])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:[.,]\d+)?)(?![\w]|[.,]\d)")
+_IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_TOKEN = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?")  # ids such as 1044 or ORD-1044 (must hold a digit)
+
+
+def grounding_texts(request: ModelRequest) -> list[str]:
+    """The text values may be grounded in: the user's messages and tool results. Not the system
+    prompt (its few-shot examples are not the customer's values) nor the model's own turns."""
+    texts: list[str] = []
+    for m in request.messages:
+        if m.role in ("system", "assistant"):
+            continue
+        for part in m.parts:
+            if isinstance(part, ToolResult):
+                texts.append(part.content_text())
+            elif isinstance(part, TextPart):
+                texts.append(part.text)
+    return texts
+
+
+def _numbers(text: str) -> list[int | float]:
+    out: list[int | float] = []
+    text = _EMAIL.sub(" ", _IBAN.sub(" ", text))  # the digit groups of "GB33 BUKB 2020 ..." are no amounts
+    for m in _NUMBER.finditer(text):
+        raw = m.group(0)
+        if "." in raw or raw.count(",") > 1 or len(raw.partition(",")[2]) == 3:
+            raw = raw.replace(",", "")  # 1,234.5 and 1,234: thousands separators
+        raw = raw.replace(",", ".")  # 3,50: a decimal comma
+        value = float(raw)
+        out.append(value if "." in raw else int(value))
+    return out
+
+
+def _strings(text: str) -> list[str]:
+    found = [re.sub(r"\s", "", m.group(0)).upper() for m in _IBAN.finditer(text)]
+    found += [m.group(0).lower() for m in _EMAIL.finditer(text)]
+    rest = _EMAIL.sub(" ", _IBAN.sub(" ", text))
+    found += [t for t in _TOKEN.findall(rest) if any(c.isdigit() for c in t)]
+    return found
+
+
+def _in_bounds(node: dict[str, Any], value: float) -> bool:
+    return not (
+        ("minimum" in node and value < node["minimum"])
+        or ("maximum" in node and value > node["maximum"])
+        or ("exclusiveMinimum" in node and value <= node["exclusiveMinimum"])
+        or ("exclusiveMaximum" in node and value >= node["exclusiveMaximum"])
+    )
+
+
+def grounded_candidates(node: dict[str, Any], texts: list[str]) -> list[Any]:
+    """The values a grounded schema node may take, in order of first appearance: numbers for
+    `integer`/`number` (integers only for `integer`), for strings the IBAN-, email- and id-shaped
+    tokens that satisfy the node's `pattern`, `format` and length limits."""
+    kind = node.get("type")
+    out: list[Any] = []
+    for text in texts:
+        if kind in ("integer", "number"):
+            values: list[Any] = [
+                int(v) if kind == "integer" else v
+                for v in _numbers(text)
+                if (kind == "number" or float(v).is_integer()) and _in_bounds(node, v)
+            ]
+        else:
+            pattern, fmt = node.get("pattern"), node.get("format")
+            values = [
+                v
+                for v in _strings(text)
+                if (pattern is None or re.search(pattern, v))
+                and (fmt != "email" or "@" in v)
+                and node.get("minLength", 0) <= len(v) <= node.get("maxLength", 10_000)
+            ]
+        out.extend(v for v in values if v not in out)
+    return out
+
+
+def _grounded_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    if node.get(GROUNDED_KEY):
+        return [node]
+    return [b for b in node.get("anyOf", []) if isinstance(b, dict) and b.get(GROUNDED_KEY)]  # pyright: ignore[reportUnknownVariableType]
+
+
+def ground_schema(schema: Any, texts: list[str]) -> Any:
+    """`schema` with every grounded node replaced by an `enum` of its candidates. A grounded node
+    without candidates keeps its schema (the provenance check then flags the invented value),
+    except an optional property, which is dropped: the model cannot fill what nobody said."""
+    if isinstance(schema, list):
+        return [ground_schema(v, texts) for v in schema]  # pyright: ignore[reportUnknownVariableType]
+    if not isinstance(schema, dict):
+        return schema
+    node: dict[str, Any] = schema  # pyright: ignore[reportUnknownVariableType]
+    if node.get(GROUNDED_KEY):
+        candidates = grounded_candidates(node, texts)
+        return {"enum": candidates} if candidates else {k: v for k, v in node.items() if k != GROUNDED_KEY}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties" and isinstance(value, dict):
+            required = set(node.get("required", []))
+            props: dict[str, Any] = {}
+            for name, sub in value.items():  # pyright: ignore[reportUnknownVariableType]
+                grounded = _grounded_nodes(sub) if isinstance(sub, dict) else []
+                if name not in required and grounded and not any(grounded_candidates(g, texts) for g in grounded):
+                    continue
+                props[str(name)] = ground_schema(sub, texts)  # pyright: ignore[reportUnknownArgumentType]
+            out[key] = props
+        else:
+            out[key] = ground_schema(value, texts)
+    return out
+
+
 def parse_output(request: ModelRequest, text: str, truncated: bool) -> tuple[list[Any], str]:
     """(parts, finish_reason) from the generated text."""
     tools_on = output_schema(request) is not None and request.tools and request.tool_choice != "none"
@@ -390,6 +512,7 @@ class LlamaCppModel:
         schema = forced[1] if forced is not None else output_schema(request)
         if schema is not None:
             kwargs["stop"] = list(s.stop or [])  # the grammar ends the JSON; transcript stops could cut it
+            schema = ground_schema(schema, grounding_texts(request))
             llama_cpp = _import_llama()
             kwargs["grammar"] = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         kwargs.update(s.extra)
@@ -509,6 +632,9 @@ __all__ = [
     "build_prompt",
     "bundled_model_path",
     "forced_prefix",
+    "ground_schema",
+    "grounded_candidates",
+    "grounding_texts",
     "load_llama",
     "output_schema",
 ]
