@@ -17,7 +17,8 @@ def gateway(*models: ScriptedModel, **tiers: str) -> Gateway:
 
 async def test_each_agent_uses_its_own_gateway_tier() -> None:
     strong = ScriptedModel(
-        [Plan(steps=["a", "b"]).model_dump_json(), Verdict(ok=True).model_dump_json()], name="test:strong"
+        [Plan.model_validate({"steps": ["a", "b"]}).model_dump_json(), *[Verdict(ok=True).model_dump_json()] * 2],
+        name="test:strong",
     )
     fast = ScriptedModel(["did a", "did b"], name="test:fast")
     gw = gateway(strong, fast, strong="test:strong", fast="test:fast")
@@ -29,7 +30,7 @@ async def test_each_agent_uses_its_own_gateway_tier() -> None:
     )
     outcome = (await pattern.run("do a and b")).output
     assert outcome is not None and outcome.ok and sorted(outcome.results) == ["did a", "did b"]
-    assert len(strong.requests) == 2 and len(fast.requests) == 2
+    assert len(strong.requests) == 3 and len(fast.requests) == 2  # the planner, and the verifier per step
 
 
 async def test_a_provider_model_string_resolves_lazily_through_the_gateway() -> None:

@@ -3,7 +3,7 @@
 - `Agent`: model → parallel tool calls (through the tool gateway) → model … → final answer
   (text or validated structured output); durable, resumable after interrupts, streamable.
 - Handoffs (`handoff`, history filters), agents as tools (`Agent.as_tool`), a `Supervisor`
-  that routes to member agents, and `PlanExecuteVerify` (planner → parallel executors →
+  that routes to member agents, and `PlanExecuteVerify` (planner → executors, step by step →
   verifier).
 
 This package is not the engine (`bastion.graph`), the model gateway (`bastion.gateway`) or the
@@ -29,7 +29,7 @@ from bastion.graph.agent._result import (
 if TYPE_CHECKING:
     from bastion.graph.agent._agent import Agent
     from bastion.graph.agent._handoff import Handoff, handoff
-    from bastion.graph.agent._plan import Plan, PlanExecuteVerify, PlanOutcome, Verdict
+    from bastion.graph.agent._plan import Plan, PlanExecuteVerify, PlanOutcome, PlanStep, Verdict
     from bastion.graph.agent._supervisor import Router, Supervisor
 
 # Imported on first use: they pull in pydantic and the engine.
@@ -40,6 +40,7 @@ _LAZY: dict[str, str] = {
     "Plan": "bastion.graph.agent._plan",
     "PlanExecuteVerify": "bastion.graph.agent._plan",
     "PlanOutcome": "bastion.graph.agent._plan",
+    "PlanStep": "bastion.graph.agent._plan",
     "Verdict": "bastion.graph.agent._plan",
     "Router": "bastion.graph.agent._supervisor",
     "Supervisor": "bastion.graph.agent._supervisor",
@@ -56,6 +57,7 @@ __all__ = [
     "Plan",
     "PlanExecuteVerify",
     "PlanOutcome",
+    "PlanStep",
     "Router",
     "RunDone",
     "Supervisor",

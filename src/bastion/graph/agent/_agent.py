@@ -246,6 +246,11 @@ class Agent(Generic[OutputT]):
         """Delete everything stored for a thread (its checkpoints and journal)."""
         await self._runner.delete_thread(thread_id)
 
+    async def stopped_on_error(self, thread_id: str) -> bool:
+        """Whether the thread's last run stopped part-way on an error (continue it with
+        `resume(thread_id=...)`)."""
+        return await self._runner.stopped_on_error(thread_id)
+
     def as_tool(self, name: str | None = None, description: str | None = None) -> Tool:
         """This agent as a tool another agent can call with a task; the tool returns the final
         answer (text, or the structured output as JSON)."""

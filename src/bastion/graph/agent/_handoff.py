@@ -2,7 +2,9 @@
 
 The model sees a tool `transfer_to_<agent>`; calling it ends the current agent's turn and the
 target agent continues the same thread, seeing the history through a filter (by default
-without the handing-off agent's tool chatter).
+without the handing-off agent's tool chatter). With `return_to_caller=True` the target works
+on the caller's behalf: its final answer goes back to the caller as the result of the
+`transfer_to_<agent>` call and the caller continues (LangGraph swarm's "handoff back").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Handoff:
     tool_name: str
     description: str
     filter: HistoryFilter
+    return_to_caller: bool = False
 
     @property
     def spec(self) -> ToolSpec:
@@ -43,11 +46,14 @@ def handoff(
     tool_name: str | None = None,
     description: str | None = None,
     filter: HistoryFilter = drop_tool_chatter,
+    return_to_caller: bool = False,
 ) -> Handoff:
     """Let an agent hand the conversation to `target`.
 
     `filter` decides what history `target` sees (default: `drop_tool_chatter`; see also
     `keep_all`, `last_user_message`, or any `(messages) -> messages` function).
+    `return_to_caller=True`: when `target` gives its final answer, control returns to the
+    calling agent, which sees the answer as the transfer tool's result and carries on.
     """
     return Handoff(
         target=target,
@@ -55,4 +61,5 @@ def handoff(
         description=description
         or f"Hand the conversation over to {target.name}" + (f": {target.description}" if target.description else "."),
         filter=filter,
+        return_to_caller=return_to_caller,
     )

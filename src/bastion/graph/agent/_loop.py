@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
@@ -68,6 +69,10 @@ class AgentState(TypedDict, total=False):
     error: dict[str, str] | None  # how this run failed: {"type", "message"} (raised by the runner)
     summaries: dict[str, dict[str, Any]]  # per agent: the running summary of its evicted turns
     deferred: bool  # model calls go through the provider's batch API (Agent.run(deferred=True))
+    handed_by: str  # the agent that last passed control to the active one
+    # Agents waiting for a `return_to_caller` handoff to answer, innermost last:
+    # {"agent", "view" (what it saw up to its transfer call), "results" (that turn's tool results), "call_id"}
+    callers: list[dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -102,6 +107,62 @@ def view(state: Mapping[str, Any]) -> list[Message]:
     """The history the active agent sees."""
     messages: list[Message] = state.get("messages") or []
     return [*(state.get("view_prefix") or []), *messages[state.get("view_start") or 0 :]]
+
+
+def acting_as(group: AgentGroup, agent: Agent[Any], state: Mapping[str, Any]) -> AbstractContextManager[Any]:
+    """The span the active agent's work (model and tool calls) nests under: the run's own span
+    (named after it) for the entry agent, `invoke_agent <agent>` (naming who handed over) for an
+    agent that took over by handoff, so its calls are not attributed to the agent that handed
+    off. One such span per model turn or tool call: a node is the unit the engine may replay."""
+    if agent.name == group.entry:
+        return nullcontext()
+    span = spans.agent(agent.name, agent.request_context(current_runtime().context))
+    return _HandoffSpan(span, state.get("handed_by") or group.entry, agent.name)
+
+
+class _HandoffSpan:
+    """Sets the from/to attributes once the span has started (before, there is nothing to set)."""
+
+    __slots__ = ("_from", "_span", "_to")
+
+    def __init__(self, span: spans.AgentSpan, source: str, target: str) -> None:
+        self._span, self._from, self._to = span, source, target
+
+    def __enter__(self) -> spans.AgentSpan:
+        span = self._span.__enter__()
+        span.set_attributes({HANDOFF_FROM: self._from, HANDOFF_TO: self._to})
+        return span
+
+    def __exit__(self, *exc: Any) -> None:
+        self._span.__exit__(*exc)
+
+
+HANDOFF_FROM = "bastion.handoff.from"
+HANDOFF_TO = "bastion.handoff.to"
+
+
+def hand_back(agent: Agent[Any], state: Mapping[str, Any], update: dict[str, Any], output: Any) -> dict[str, Any]:
+    """`agent` answered after a `return_to_caller` handoff: the caller resumes where it handed
+    over, seeing the answer as the result of its transfer call."""
+    callers = list(state.get("callers") or [])
+    caller = callers.pop()
+    results: list[Message] = []
+    for message in caller["results"]:
+        result = message.tool_results[0] if message.tool_results else None
+        if result is not None and result.tool_call_id == caller["call_id"]:
+            content = {"agent": agent.name, "answer": output}
+            # The answer is model output, possibly steered by what the sub-agent read: untrusted.
+            message = tag(Message.tool(ToolResult(result.tool_call_id, result.name, content)), caller["agent"])
+        results.append(message)
+    emit("handoff", HandoffEvent(agent.name, caller["agent"]))
+    return {
+        **update,
+        "active": caller["agent"],
+        "handed_by": agent.name,
+        "callers": callers,
+        "view_prefix": [*caller["view"], *results],
+        "view_start": len(state.get("messages") or []) + len(update["messages"]),
+    }
 
 
 async def _call_model(agent: Agent[Any], request: ModelRequest, batch_key: str | None = None) -> ModelResponse:
@@ -157,6 +218,10 @@ def _scrub_answer(agent: Agent[Any], message: Message, state: Mapping[str, Any])
 def make_model_node(group: AgentGroup) -> Any:
     async def model_node(state: AgentState) -> dict[str, Any]:
         agent = group.active(state)
+        with acting_as(group, agent, state):
+            return await model_turn(agent, state)
+
+    async def model_turn(agent: Agent[Any], state: AgentState) -> dict[str, Any]:
         turns = state.get("turns") or 0
         if turns >= agent.max_turns:
             return failed(
@@ -204,11 +269,10 @@ def make_model_node(group: AgentGroup) -> Any:
             return update
         _scrub_answer(agent, message, state)
         spec = agent.output_spec
-        if spec is None:
-            return {**update, "output": message.text, "done": True}
         try:
-            return {**update, "output": spec.parse(message.text), "done": True}
+            output = message.text if spec is None else spec.parse(message.text)
         except OutputInvalid as e:
+            assert spec is not None
             retries = state.get("retries") or 0
             if retries >= agent.output_retries:
                 error = OutputValidationError(
@@ -219,6 +283,9 @@ def make_model_node(group: AgentGroup) -> Any:
                 )
                 return {**update, **failed(error)}
             return {**update, "messages": [message, spec.feedback(e.problems)], "retries": retries + 1}
+        if state.get("callers"):
+            return hand_back(agent, state, update, output)
+        return {**update, "output": output, "done": True}
 
     return model_node
 
@@ -273,7 +340,8 @@ def make_router(group: AgentGroup, histories: Histories) -> Any:
             return "handoff"
         turn = state.get("turns") or 0
         histories.put((config.thread_id, run_id, turn), view(state))
-        return [Send("tool", {"agent": agent.name, "call": c, "run_id": run_id, "turn": turn}) for c in last.tool_calls]
+        job = {"agent": agent.name, "run_id": run_id, "turn": turn, "handed_by": state.get("handed_by") or ""}
+        return [Send("tool", {**job, "call": c}) for c in last.tool_calls]
 
     return route_after_model
 
@@ -297,6 +365,7 @@ def make_tool_node(group: AgentGroup, histories: Histories) -> Any:
             )
             tool = agent.tools_by_name.get(call.name)
             with (
+                acting_as(group, agent, job),
                 spans.tool(
                     call.name,
                     call.id,
@@ -350,11 +419,17 @@ def make_handoff_node(group: AgentGroup) -> Any:
                     )
                 )
         emit("handoff", HandoffEvent(agent.name, target))
-        return {
+        update: dict[str, Any] = {
             "messages": results,
             "active": target,
+            "handed_by": agent.name,
             "view_prefix": chosen.filter([*history, *results]),
             "view_start": len(state.get("messages") or []) + len(results),
         }
+        if chosen.return_to_caller:
+            call_id = next(c.id for c in calls if c.name == chosen.tool_name)
+            caller = {"agent": agent.name, "view": history, "results": results, "call_id": call_id}
+            update["callers"] = [*(state.get("callers") or []), caller]
+        return update
 
     return handoff_node

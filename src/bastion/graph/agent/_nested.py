@@ -115,6 +115,12 @@ async def run_nested(agent: Agent[Any], input: AgentInput, *, key: str) -> dict[
     thread = f"{outer}/{key}"
 
     async def start() -> dict[str, Any]:
+        if await agent.stopped_on_error(thread):
+            # An earlier attempt of this node failed part-way (e.g. a provider error) and the
+            # outer run is being continued: continue the sub-run too (new input would be refused).
+            from bastion.graph.agent._run import CONTINUE
+
+            return _record(agent, await _drive(agent, None, CONTINUE, thread))
         return _record(agent, await _drive(agent, input, None, thread))
 
     record = await memo(f"{key}:start", start)

@@ -1,10 +1,15 @@
-"""Planner → parallel executors → verifier.
+"""Planner → executors, step by step, each step verified → re-plan only if a step keeps failing.
 
-The planner (an agent with `output_type=Plan`) splits the task into steps; one executor run
-per step starts in the same superstep (`Send` fan-out), each seeing only the task and its own
-step; the verifier (`output_type=Verdict`) judges the results. A rejected round goes back to
-the planner with the verifier's feedback, up to `max_rounds`; the last verdict is returned
-either way, so the caller decides what an unverified outcome means.
+The planner (an agent with `output_type=Plan`) splits the task into steps; a step may name
+the earlier steps whose results it needs (`depends_on`, by default all earlier steps) and
+runs once they have passed, seeing their results; steps whose dependencies have all passed
+start in the same superstep (`Send` fan-out), so independent steps run in parallel. The
+verifier (`output_type=Verdict`) judges each step's result on its own; a rejected step is run
+again with the verifier's feedback, up to `max_step_retries` times, while the steps that
+passed are kept. Only a step that still fails sends the plan back to the planner (up to
+`max_rounds`), with the results that passed: a step the new plan repeats word for word is not
+run again. The last verdict is returned either way, so the caller decides what an unverified
+outcome means.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from bastion._sync import run_sync
 from bastion.errors import UserError
@@ -26,27 +31,47 @@ from bastion.graph.agent._run import CONTINUE, GraphRunner, to_messages
 from bastion.types import Message, RunContext, new_id
 
 
-class Plan(BaseModel):
-    """The planner's output: independent steps that can run in parallel."""
+class PlanStep(BaseModel):
+    """One step of a plan."""
 
-    steps: list[str] = Field(description="independent steps, each doable without the others' results")
+    task: str = Field(description="what to do in this step")
+    depends_on: list[int] | None = Field(
+        None,
+        description="numbers (1-based) of earlier steps whose results this step needs; [] if it needs none "
+        "(independent steps run in parallel); leave out to get all earlier steps' results",
+    )
+
+
+class Plan(BaseModel):
+    """The planner's output: the steps, in order."""
+
+    steps: list[PlanStep] = Field(description="the steps, in order")
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _plain_steps(cls, value: Any) -> Any:
+        # A plain string is a step that depends on all earlier ones (and older plans were lists of strings).
+        if isinstance(value, list):
+            return [{"task": s} if isinstance(s, str) else s for s in cast(list[Any], value)]
+        return value
 
 
 class Verdict(BaseModel):
     """The verifier's output."""
 
-    ok: bool = Field(description="true if the results fully and correctly accomplish the task")
-    feedback: str = Field("", description="what is wrong or missing, if not ok")
+    ok: bool = Field(description="true if the result fully and correctly accomplishes the step")
+    feedback: str = Field(default="", description="what is wrong or missing, if not ok")
 
 
 @dataclass(slots=True)
 class PlanOutcome:
     task: str
     plan: list[str]
-    results: list[Any]  # executor outputs, in plan order
+    results: list[Any]  # executor outputs, in plan order (None for a step that did not run)
     verdict: Verdict
     rounds: int
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier rejected rounds
+    attempts: list[int] = field(default_factory=list)  # executor runs per step in the last round (0: kept)
 
     @property
     def ok(self) -> bool:
@@ -58,16 +83,17 @@ class PlanState(TypedDict, total=False):
     run_id: str
     task: str
     round: int
-    plan: list[str]
-    results: Annotated[list[dict[str, Any]], append]  # {"round", "index", "step", "output"}
-    rejected: Annotated[list[dict[str, Any]], append]  # {"round", "plan", "feedback"}
+    plan: list[dict[str, Any]]  # {"task", "needs": [0-based indexes of earlier steps]}
+    # {"run_id", "round", "index", "step", "output", "ok", "feedback", "attempts"}
+    results: Annotated[list[dict[str, Any]], append]
+    rejected: Annotated[list[dict[str, Any]], append]  # {"run_id", "round", "plan", "feedback"}
     spend: Annotated[list[dict[str, Any]], append]
     verdict: dict[str, Any] | None
     done: bool
 
 
 class PlanExecuteVerify:
-    """Plan, execute the steps in parallel, verify; each role is an `Agent` with its own model."""
+    """Plan, execute and verify step by step; each role is an `Agent` with its own model."""
 
     def __init__(
         self,
@@ -78,18 +104,22 @@ class PlanExecuteVerify:
         name: str = "plan_execute_verify",
         max_rounds: int = 2,
         max_steps: int = 16,
+        max_step_retries: int = 1,
         checkpointer: Any = None,
     ) -> None:
         _require_output(planner, "planner", Plan)
         _require_output(verifier, "verifier", Verdict)
         if max_rounds < 1:
             raise UserError(f"max_rounds must be at least 1, got {max_rounds}")
+        if max_step_retries < 0:
+            raise UserError(f"max_step_retries must be 0 or more, got {max_step_retries}")
         self.name = name
         self.planner = planner
         self.executor = executor
         self.verifier = verifier
         self.max_rounds = max_rounds
         self.max_steps = max_steps
+        self.max_step_retries = max_step_retries
         self._runner = _PlanRunner(self, checkpointer)
 
     async def run(
@@ -124,65 +154,141 @@ class PlanExecuteVerify:
 
     async def plan(self, state: PlanState) -> dict[str, Any]:
         rnd = state.get("round") or 0
+        run_id = state.get("run_id", "")
         task = state.get("task", "")
-        prompt = f"Task: {task}\nSplit it into independent steps (at most {self.max_steps})."
-        rejected = [r for r in state.get("rejected") or [] if r["run_id"] == state.get("run_id")]
+        prompt = (
+            f"Task: {task}\nSplit it into steps (at most {self.max_steps}). For each step say which earlier "
+            "steps' results it needs (depends_on); steps that need none run in parallel."
+        )
+        kept = self.passed(state)
+        rejected = [r for r in state.get("rejected") or [] if r["run_id"] == run_id]
         if rejected:
             last = rejected[-1]
             prompt += (
-                f"\nA previous plan {json.dumps(last['plan'])} was rejected by the verifier: {last['feedback']}\n"
-                "Make a better plan."
+                f"\nA previous plan {json.dumps(last['plan'])} failed: {last['feedback']}\n"
+                "Make a better plan. These steps already passed; repeat a step word for word to keep its "
+                "result instead of running it again:\n"
+                + "\n".join(f"- {step}: {output_text(output)}" for step, output in kept.items())
             )
-        record = await run_member(self.planner, prompt, key=f"{state.get('run_id', '')}:plan:{rnd}")
-        steps = [str(s) for s in Plan.model_validate(record["output"]).steps][: self.max_steps]
+        record = await run_member(self.planner, prompt, key=f"{run_id}:plan:{rnd}")
+        steps = Plan.model_validate(record["output"]).steps[: self.max_steps]
+        plan = [{"task": s.task, "needs": _needs(s, i)} for i, s in enumerate(steps)]
+        reused = [
+            {"run_id": run_id, "round": rnd + 1, "index": i, "step": s["task"], "output": kept[s["task"]]}
+            | {"ok": True, "feedback": "", "attempts": 0}
+            for i, s in enumerate(plan)
+            if s["task"] in kept
+        ]
         return {
-            "plan": steps,
+            "plan": plan,
             "round": rnd + 1,
+            "results": reused,
             "messages": [said_by(self.planner.name, output_text(record["output"]))],
-            "spend": [spend_of(record, state.get("run_id", ""))],
+            "spend": [spend_of(record, run_id)],
         }
 
-    async def execute(self, job: dict[str, Any]) -> dict[str, Any]:
-        prompt = (
-            f"Overall task: {job['task']}\nYour step ({job['index'] + 1} of {job['count']}): {job['step']}\n"
-            "Do only this step and answer with its result."
+    async def step(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Run one step, verify it, and run it again with the verifier's feedback while it fails."""
+        run_id, key = job["run_id"], f"{job['run_id']}:{job['round']}:{job['index']}"
+        head = f"Overall task: {job['task']}\nStep {job['index'] + 1} of {job['count']}: {job['step']}\n"
+        earlier = "".join(
+            f"Result of step {d['index'] + 1} ({d['step']}): {output_text(d['output'])}\n" for d in job["deps"]
         )
-        record = await run_member(self.executor, prompt, key=f"{job['run_id']}:exec:{job['round']}:{job['index']}")
-        result = {k: job[k] for k in ("run_id", "round", "index", "step")} | {"output": record["output"]}
-        return {
-            "results": [result],
-            "messages": [said_by(self.executor.name, output_text(record["output"]))],
-            "spend": [spend_of(record, job["run_id"])],
+        messages: list[Message] = []
+        spend: list[dict[str, Any]] = []
+        feedback = ""
+        attempt = 0
+        while True:
+            retry = f"An earlier attempt was rejected: {feedback}\n" if feedback else ""
+            prompt = f"{head}{earlier}{retry}Do only this step and answer with its result."
+            record = await run_member(self.executor, prompt, key=f"{key}:exec:{attempt}")
+            check = (
+                f"{head}{earlier}Result: {output_text(record['output'])}\n"
+                "Judge whether this result correctly and fully accomplishes this step."
+            )
+            judged = await run_member(self.verifier, check, key=f"{key}:verify:{attempt}")
+            verdict = Verdict.model_validate(judged["output"])
+            messages += [
+                said_by(self.executor.name, output_text(record["output"])),
+                said_by(self.verifier.name, output_text(judged["output"])),
+            ]
+            spend += [spend_of(record, run_id), spend_of(judged, run_id)]
+            attempt += 1
+            if verdict.ok or attempt > self.max_step_retries:
+                break
+            feedback = verdict.feedback or "no reason given"
+        result = {k: job[k] for k in ("run_id", "round", "index", "step")} | {
+            "output": record["output"],
+            "ok": verdict.ok,
+            "feedback": verdict.feedback,
+            "attempts": attempt,
         }
+        return {"results": [result], "messages": messages, "spend": spend}
 
-    async def verify(self, state: PlanState) -> dict[str, Any]:
+    async def finish(self, state: PlanState) -> dict[str, Any]:
+        """End the round: done if every step passed (or no rounds are left), else re-plan."""
         rnd = state.get("round") or 0
+        plan = state.get("plan") or []
         results = self.round_results(state)
-        listing = "\n".join(
-            f"{i + 1}. {r['step']}\n   result: {output_text(r['output'])}" for i, r in enumerate(results)
-        )
-        prompt = f"Task: {state.get('task', '')}\nResults of the plan's steps:\n{listing or '(no steps)'}\nJudge them."
-        record = await run_member(self.verifier, prompt, key=f"{state.get('run_id', '')}:verify:{rnd}")
-        verdict = Verdict.model_validate(record["output"])
-        update: dict[str, Any] = {
-            "verdict": verdict.model_dump(),
-            "messages": [said_by(self.verifier.name, output_text(record["output"]))],
-            "spend": [spend_of(record, state.get("run_id", ""))],
-        }
+        failed = next((r for r in results if not r["ok"]), None)
+        if failed is None and len(results) == len(plan):
+            verdict = Verdict(ok=True)
+        elif failed is None:  # cannot happen: every step runs once its dependencies passed
+            verdict = Verdict(ok=False, feedback="some steps did not run")
+        else:
+            verdict = Verdict(
+                ok=False,
+                feedback=f"step {failed['index'] + 1} ({failed['step']}) failed verification after "
+                f"{failed['attempts']} attempt(s): {failed['feedback']}",
+            )
+        update: dict[str, Any] = {"verdict": verdict.model_dump()}
         if verdict.ok or rnd >= self.max_rounds:
             return {**update, "done": True}
         rejection = {
             "run_id": state.get("run_id"),
             "round": rnd,
-            "plan": state.get("plan"),
+            "plan": [s["task"] for s in plan],
             "feedback": verdict.feedback,
         }
         return {**update, "rejected": [rejection]}
+
+    def schedule(self, state: PlanState) -> Any:
+        """The steps whose dependencies have all passed and that have not run yet (in parallel),
+        or the end of the round when none are left (or a step failed for good)."""
+        plan = state.get("plan") or []
+        done = {r["index"]: r for r in self.round_results(state)}
+        if any(not r["ok"] for r in done.values()):
+            return "finish"
+        run_id = state.get("run_id", "")
+        common = {"run_id": run_id, "round": state.get("round") or 0, "task": state.get("task", "")}
+        sends = [
+            Send(
+                "step",
+                {**common, "index": i, "step": s["task"], "count": len(plan)}
+                | {"deps": [{k: done[d][k] for k in ("index", "step", "output")} for d in s["needs"]]},
+            )
+            for i, s in enumerate(plan)
+            if i not in done and all(d in done for d in s["needs"])
+        ]
+        return sends or "finish"
 
     def round_results(self, state: PlanState) -> list[dict[str, Any]]:
         rnd, run_id = state.get("round") or 0, state.get("run_id")
         mine = [r for r in state.get("results") or [] if r["round"] == rnd and r["run_id"] == run_id]
         return sorted(mine, key=lambda r: r["index"])
+
+    def passed(self, state: PlanState) -> dict[str, Any]:
+        """Output of every step (by its text) that passed in an earlier round of this run."""
+        run_id = state.get("run_id")
+        return {r["step"]: r["output"] for r in state.get("results") or [] if r["run_id"] == run_id and r["ok"]}
+
+
+def _needs(step: PlanStep, index: int) -> list[int]:
+    """0-based indexes of the earlier steps `step` needs; references to itself or later steps
+    are dropped (they would deadlock)."""
+    if step.depends_on is None:
+        return list(range(index))
+    return sorted({d - 1 for d in step.depends_on if 1 <= d <= index})
 
 
 def _require_output(agent: Agent[Any], role: str, expected: type[BaseModel]) -> None:
@@ -204,32 +310,27 @@ class _PlanRunner(GraphRunner):
     def build(self) -> Any:
         p = self.pattern
 
-        def fan_out(state: PlanState) -> Any:
-            plan = state.get("plan") or []
-            if not plan:
-                return "verify"
-            common = {
-                "run_id": state.get("run_id", ""),
-                "round": state.get("round") or 0,
-                "task": state.get("task", ""),
-            }
-            return [Send("execute", {**common, "index": i, "step": s, "count": len(plan)}) for i, s in enumerate(plan)]
+        async def gather(state: PlanState) -> dict[str, Any]:
+            return {}  # joins a wave of parallel steps, so the next wave is scheduled once
 
-        def after_verify(state: PlanState) -> str:
+        def after_finish(state: PlanState) -> str:
             return END if state.get("done") else "plan"
 
         graph = Graph(PlanState)
         graph.add_node("plan", p.plan)
-        graph.add_node("execute", p.execute)
-        graph.add_node("verify", p.verify)
+        graph.add_node("step", p.step)
+        graph.add_node("gather", gather)
+        graph.add_node("finish", p.finish)
         graph.add_edge(START, "plan")
-        graph.add_conditional_edges("plan", fan_out)
-        graph.add_edge("execute", "verify")
-        graph.add_conditional_edges("verify", after_verify, {"plan": "plan", END: END})
+        graph.add_conditional_edges("plan", p.schedule)
+        graph.add_edge("step", "gather")
+        graph.add_conditional_edges("gather", p.schedule)
+        graph.add_conditional_edges("finish", after_finish, {"plan": "plan", END: END})
         return graph
 
     def step_limit(self) -> int:
-        return 3 * self.pattern.max_rounds + 4
+        # per round: plan, up to max_steps waves of (step, gather), finish
+        return self.pattern.max_rounds * (2 * self.pattern.max_steps + 2) + 4
 
     def start(self, input: AgentInput) -> dict[str, Any]:
         messages = to_messages(input)
@@ -248,13 +349,16 @@ class _PlanRunner(GraphRunner):
         usage, cost = total_spend(values.get("spend") or [], run_id)
         outcome: PlanOutcome | None = None
         if values.get("done") and values.get("verdict") is not None:
+            plan = list(values.get("plan") or [])
+            by_index = {r["index"]: r for r in self.pattern.round_results(cast(PlanState, values))}
             outcome = PlanOutcome(
                 task=values.get("task", ""),
-                plan=list(values.get("plan") or []),
-                results=[r["output"] for r in self.pattern.round_results(cast(PlanState, values))],
+                plan=[s["task"] for s in plan],
+                results=[by_index[i]["output"] if i in by_index else None for i in range(len(plan))],
                 verdict=Verdict.model_validate(values["verdict"]),
                 rounds=int(values.get("round") or 0),
                 history=[r for r in values.get("rejected") or [] if r.get("run_id") == run_id],
+                attempts=[by_index[i]["attempts"] if i in by_index else 0 for i in range(len(plan))],
             )
         return AgentResult(
             output=outcome,
@@ -268,4 +372,4 @@ class _PlanRunner(GraphRunner):
         )
 
 
-__all__: Sequence[str] = ["Plan", "PlanExecuteVerify", "PlanOutcome", "Verdict"]
+__all__: Sequence[str] = ["Plan", "PlanExecuteVerify", "PlanOutcome", "PlanStep", "Verdict"]

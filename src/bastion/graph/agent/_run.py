@@ -152,6 +152,10 @@ class GraphRunner:
         traced_input = input if isinstance(input, str) else None
         return spans.agent(self.name, context, agent_id=context.run_id, input=traced_input)
 
+    async def stopped_on_error(self, thread_id: str) -> bool:
+        snapshot = await self.app().aget_state(thread_id)
+        return bool(snapshot.next) and not snapshot.interrupts
+
     async def delete_thread(self, thread_id: str) -> None:
         self.app()
         await self._checkpointer.delete_thread(thread_id)
@@ -251,6 +255,7 @@ class Runner(GraphRunner):
             "cost": 0.0,
             "done": False,
             "error": None,
+            "callers": [],  # a failed run's pending return_to_caller handoffs do not carry over
         }
 
     def to_result(self, values: dict[str, Any], interrupts: list[Any], thread_id: str) -> AgentResult[Any]:
