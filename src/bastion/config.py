@@ -79,6 +79,17 @@ class Settings(BaseSettings):
     proxy_max_body_bytes: ByteSize = Field(
         default=ByteSize(32 * 1024 * 1024), gt=0, description="largest body for the OpenAI-compatible proxy (/openai)"
     )
+    # Cost alerts, checked in the background by `bastion serve` and `bastion worker`.
+    cost_alert_interval_s: float = Field(
+        default=60.0, ge=0, description="seconds between cost alert checks of finished runs (0: no background checks)"
+    )
+    cost_alert_run_usd: float | None = Field(
+        default=None, gt=0, description="alert on any run costing more than this (USD), history or not"
+    )
+    cost_alert_tenant_usd: float | None = Field(
+        default=None, gt=0, description="alert when a tenant spends more than this (USD) in an hour, history or not"
+    )
+    cost_alert_webhook: str | None = Field(default=None, description="POST each cost alert as JSON to this URL")
 
     @classmethod
     def settings_customise_sources(

@@ -104,9 +104,15 @@ async def worker(spec: str, env: ProjectEnv, *, concurrency: int, lease: float) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)  # drain: finish in-flight runs, claim no more
     console.print(f"[bold]Bastion worker[/] {w.id} for {sorted(project.agents)} (concurrency {concurrency})")
+    from bastion.tracing._alerts import start_cost_alerts
+
+    # Workers check costs too: the shared ledger makes each alert fire once across processes.
+    stop_alerts = start_cost_alerts(store)
     try:
         await w.run()
     finally:
+        if stop_alerts is not None:
+            await stop_alerts()
         await wakeup.close()
         await runs.close()
         await project.close()

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from bastion.runtime import Runtime, Scheduler
+from bastion.server._alerts import alert_routes
 from bastion.server._app import Extension, create_app
 from bastion.server._auth import SQLiteApiKeyStore, open_api_key_store
 from bastion.server._budgets import budget_routes
@@ -45,6 +46,8 @@ async def build_server(
     `limits` default to the settings (`BASTION_MAX_BODY_BYTES`, ...)."""
     limits = limits or EdgeLimits.from_settings()  # before anything starts: a bad setting stops here
     from bastion.tracing import configure_tracing, open_trace_store
+    from bastion.tracing._alert_ledger import open_alert_ledger
+    from bastion.tracing._alerts import start_cost_alerts
 
     stack = AsyncExitStack()
     env.home.mkdir(parents=True, exist_ok=True)
@@ -68,6 +71,9 @@ async def build_server(
         trace_routes(store, runtime), cost_routes(store), eval_routes(store, runtime, env.home),
         budget_routes(lambda: getattr(project.gateway, "budgets", None)),
     ]  # fmt: skip
+    alert_ledger = open_alert_ledger(store)  # the fired cost alerts, in the trace store's database
+    stack.callback(alert_ledger.close)
+    extensions.append(alert_routes(alert_ledger))
     if project.memory is not None:
         extensions.append(memory_routes(project.memory))
     proxy = None
@@ -107,6 +113,8 @@ async def build_server(
 
     await runtime.start()
     stack.push_async_callback(runtime.stop)
+    if (stop_alerts := start_cost_alerts(store)) is not None:  # every BASTION_COST_ALERT_INTERVAL_S
+        stack.push_async_callback(stop_alerts)
     if scheduler is not None:
         task = asyncio.create_task(scheduler.run())
 

@@ -86,19 +86,23 @@ class SQLiteAlertLedger:
 
 
 class PostgresAlertLedger:
-    """The `cost_alerts` table in the PostgreSQL trace store's database (shared by every process)."""
+    """The `bastion_cost_alerts` table in the PostgreSQL trace store's database (shared by every process)."""
 
     def __init__(self, url: str) -> None:
-        from bastion.tracing._store_pg import _psycopg  # pyright: ignore[reportPrivateUsage]
+        from bastion.tracing._store_pg import _LOCK, _psycopg  # pyright: ignore[reportPrivateUsage]
 
         self._conn: Any = _psycopg().connect(url, autocommit=True, connect_timeout=10)
         self._lock = threading.Lock()
-        self._conn.execute(f"CREATE TABLE IF NOT EXISTS cost_alerts ({_COLUMNS})")
+        # Under the trace schema's lock: concurrent CREATE TABLE IF NOT EXISTS from a server and a
+        # worker starting together fails in PostgreSQL (a duplicate pg_type row).
+        with self._conn.transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS bastion_cost_alerts ({_COLUMNS})")
 
     def claim(self, kind: str, key: str, slot: str, tenant: str | None, at: float, alert: dict[str, Any]) -> bool:
         with self._lock:
             cur = self._conn.execute(
-                "INSERT INTO cost_alerts (kind, key, slot, tenant, at, alert) VALUES (%s, %s, %s, %s, %s, %s) "
+                "INSERT INTO bastion_cost_alerts (kind, key, slot, tenant, at, alert) VALUES (%s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",
                 (kind, key, slot, tenant, at, json.dumps(alert)),
             )
@@ -109,7 +113,7 @@ class PostgresAlertLedger:
         params: list[Any] = [tenant] if tenant is not None else []
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT alert FROM cost_alerts{where} ORDER BY at DESC LIMIT %s", [*params, limit]
+                f"SELECT alert FROM bastion_cost_alerts{where} ORDER BY at DESC LIMIT %s", [*params, limit]
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 

@@ -117,6 +117,9 @@ class CostMonitor:
 
     **Budgets** alert at each of `thresholds` (fractions of the limit) once.
 
+    `check_recent()` scans root runs that finished since its previous call and started at most
+    `max_run_s` before it (longer runs: call `check_trace` for them).
+
     Each alert fires once per (kind, key, slot): the `ledger` remembers it (by default a
     `cost_alerts` table in the store's own database), so a restart does not fire it again.
     `run_forever()` is the background loop `bastion serve` and `bastion worker` start.
@@ -138,6 +141,7 @@ class CostMonitor:
         window_s: float = 3600.0,
         baseline_windows: int = 24,
         baseline_lookback_s: float = 30 * 86_400.0,
+        max_run_s: float = 3600.0,
         thresholds: Sequence[float] = (0.8, 1.0),
         ledger: AlertLedger | None = None,
     ) -> None:
@@ -161,6 +165,7 @@ class CostMonitor:
         self.window_s = window_s
         self.baseline_windows = baseline_windows
         self.baseline_lookback_s = baseline_lookback_s
+        self.max_run_s = max_run_s
         self.thresholds = sorted(thresholds)
         self.ledger: AlertLedger = ledger if ledger is not None else open_alert_ledger(store)
         self.delivery_failures = 0
@@ -203,12 +208,14 @@ class CostMonitor:
                 logger.exception("cost alert sink %s failed", type(sink).__name__)
         return alert
 
-    async def check_run(self, run_id: str) -> list[CostAlert]:
-        """Check the root run `run_id` belongs to (its first trace)."""
+    async def check_run(self, run_id: str) -> CostAlert | None:
+        """Check the root run `run_id` belongs to (its first trace); the first alert that fired
+        (`check_trace` returns them all; every one goes to the sinks)."""
         rows = await self._query(
             f"SELECT trace_id FROM {self.store.table} WHERE run_id = ? ORDER BY start_ns LIMIT 1", (run_id,)
         )
-        return await self.check_trace(rows[0][0]) if rows else []
+        alerts = await self.check_trace(rows[0][0]) if rows else []
+        return alerts[0] if alerts else None
 
     async def check_trace(self, trace_id: str) -> list[CostAlert]:
         """Check the root run of a trace against its baseline and `run_limit_usd`."""
@@ -265,24 +272,27 @@ class CostMonitor:
                 GROUP BY trace_id ORDER BY min(start_ns) DESC LIMIT ?""",
             (tenant, agent, start, lookback, trace_id, self.baseline_runs * 4),
         )
-        costs: list[float] = []
-        for (candidate,) in candidates:
-            row = await self._query(
-                f"""SELECT coalesce(sum(cost_usd), 0), min(start_ns),
-                       (SELECT a.agent FROM {t} a WHERE a.trace_id = ? AND a.agent IS NOT NULL
-                         ORDER BY a.start_ns, a.end_ns DESC LIMIT 1)
-                    FROM {t} WHERE trace_id = ?""",
-                (candidate, candidate),
-            )
-            cost, first, root_agent = row[0]
-            if root_agent == agent and first is not None and int(first) < start:
-                costs.append(float(cost))
-                if len(costs) >= self.baseline_runs:
-                    break
-        return costs
+        ids = [c[0] for c in candidates]
+        if not ids:
+            return []
+        rows = await self._query(
+            f"""SELECT s.trace_id, coalesce(sum(s.cost_usd), 0), min(s.start_ns),
+                   (SELECT a.agent FROM {t} a WHERE a.trace_id = s.trace_id AND a.agent IS NOT NULL
+                     ORDER BY a.start_ns, a.end_ns DESC LIMIT 1)
+                FROM {t} s WHERE s.trace_id IN ({", ".join("?" for _ in ids)})
+                GROUP BY s.trace_id ORDER BY min(s.start_ns) DESC""",
+            ids,
+        )
+        costs = [float(cost) for _, cost, first, root in rows if root == agent and first is not None and first < start]
+        return costs[: self.baseline_runs]
 
-    async def check_tenant(self, tenant: str, *, now: float | None = None) -> list[CostAlert]:
-        """Check the tenant's spend in the last `window_s` (anomaly and absolute limit)."""
+    async def check_tenant(self, tenant: str, *, now: float | None = None) -> CostAlert | None:
+        """Check the tenant's spend in the last `window_s`; the first alert that fired."""
+        alerts = await self.check_tenant_all(tenant, now=now)
+        return alerts[0] if alerts else None
+
+    async def check_tenant_all(self, tenant: str, *, now: float | None = None) -> list[CostAlert]:
+        """Check the tenant's spend in the last `window_s` (absolute limit, then anomaly)."""
         now = time.time() if now is None else now
         current = await asyncio.to_thread(total_cost, self.store, tenant=tenant, since=now - self.window_s, until=now)
         window_index = str(int(now // self.window_s))
@@ -351,9 +361,10 @@ class CostMonitor:
         self._last_check_ns = now_ns
         t = self.store.table
         # A root span is written when it ends, so a stored root span means a finished run.
+        # Runs longer than `max_run_s` are not scanned: the bound keeps this an index range scan.
         runs = await self._query(
             f"SELECT trace_id FROM {t} WHERE parent_id IS NULL AND end_ns >= ? AND start_ns >= ? ORDER BY end_ns",
-            (since_ns, since_ns - int(self.baseline_lookback_s * 1e9)),
+            (since_ns, since_ns - int(self.max_run_s * 1e9)),
         )
         tenants = await self._query(
             f"SELECT DISTINCT tenant FROM {t} WHERE tenant IS NOT NULL AND start_ns >= ?", (since_ns,)
@@ -362,7 +373,7 @@ class CostMonitor:
         for trace_id in dict.fromkeys(r[0] for r in runs):
             alerts += await self.check_trace(trace_id)
         for (tenant,) in tenants:
-            alerts += await self.check_tenant(tenant, now=None if now is None else now)
+            alerts += await self.check_tenant_all(tenant, now=now)
         return alerts
 
     async def run_forever(self, interval_s: float, stop: asyncio.Event) -> None:
@@ -387,3 +398,29 @@ def _mad(values: Sequence[float]) -> float:
     """Median absolute deviation: a spread one outlier cannot inflate (unlike the std dev)."""
     m = _median(values)
     return _median([abs(v - m) for v in values])
+
+
+def start_cost_alerts(store: object, interval_s: float | None = None) -> Callable[[], Awaitable[None]] | None:
+    """Start `CostMonitor.from_settings(store).run_forever()` as a task of the running loop;
+    returns the coroutine function that stops it (None when `interval_s`, default the setting
+    `BASTION_COST_ALERT_INTERVAL_S`, is 0)."""
+    if interval_s is None:
+        from bastion.config import get_settings
+
+        interval_s = get_settings().cost_alert_interval_s
+    if interval_s <= 0:
+        return None
+    if not isinstance(store, SpanStore):
+        raise UserError(f"cost alerts need a queryable trace store (a SpanStore), got {type(store).__name__}")
+    monitor = CostMonitor.from_settings(store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(monitor.run_forever(interval_s, stop))
+
+    async def stop_monitor() -> None:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, 30)
+        finally:
+            monitor.close()
+
+    return stop_monitor
