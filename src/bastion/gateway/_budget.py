@@ -611,7 +611,7 @@ class Budget:
 
     async def _report(self, charges: Sequence[tuple[str, BudgetLimits]]) -> None:
         """Budget gauges (`bastion_budget_used`, fraction consumed) for dashboards and alerts."""
-        from bastion.tracing._metrics import record_budget
+        from bastion.tracing import record_budget
 
         for key, limits in charges:
             spend = await self.store.spent(key)

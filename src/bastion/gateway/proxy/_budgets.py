@@ -9,9 +9,13 @@ as usual, so "this tenant's budget is exhausted" refuses every key of that tenan
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from bastion.gateway.proxy._keys import VirtualKey
+
+if TYPE_CHECKING:
+    from bastion.gateway._budget import BudgetStore
 
 log = logging.getLogger("bastion.gateway.proxy")
 
@@ -29,11 +33,14 @@ def key_scope(key: VirtualKey) -> str:
 class GatewayKeyBudgets:
     """Registers each key's limits with `gateway.budgets` the first time the key is used.
 
-    A gateway without budgets gets an in-memory `Budget()` (no limits of its own) as soon as a
-    key with limits shows up: refusing to enforce a limit silently would be worse."""
+    A gateway without budgets gets a `Budget()` (no limits of its own) as soon as a key with
+    limits shows up: ignoring a limit silently would be worse. Its store comes from
+    `store_factory` (e.g. the deployment's SQLite file or PostgreSQL, so that every process
+    serving the key shares one ledger), else it is in memory (one process)."""
 
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway: Any, store_factory: Callable[[], BudgetStore] | None = None) -> None:
         self.gateway = gateway
+        self.store_factory = store_factory
 
     def __call__(self, key: VirtualKey) -> None:
         if key.max_budget_usd is None and key.max_tokens is None:
@@ -42,15 +49,14 @@ class GatewayKeyBudgets:
 
         budget = getattr(self.gateway, "budgets", None)
         if budget is None:
-            budget = Budget()
+            store = self.store_factory() if self.store_factory is not None else None
+            budget = Budget(store=store)
             self.gateway.budgets = budget
-            log.info("proxy: gave the gateway an in-memory Budget to enforce virtual-key limits")
+            where = "in memory" if store is None else f"in a {type(store).__name__}"
+            log.info("proxy: gave the gateway a Budget (%s) to enforce virtual-key limits", where)
         if not isinstance(budget, Budget):
             raise TypeError(f"gateway.budgets must be a bastion.gateway.Budget, not {type(budget).__name__}")
         budget.overrides[key_scope(key)] = BudgetLimits(tokens=key.max_tokens, usd=key.max_budget_usd)
-        if key.max_budget_usd is not None:
-            # The gateway prices reservations only when some limit is in USD.
-            budget.tracks_usd = True
 
 
 __all__ = ["GatewayKeyBudgets", "key_scope", "key_session"]
