@@ -7,6 +7,7 @@ import bastion.evals
 import bastion.tracing
 
 TRACING_ALL = [
+    "AlertLedger",
     "AlertSink",
     "CallbackSink",
     "CostAlert",
@@ -26,6 +27,7 @@ TRACING_ALL = [
     "configure_tracing",
     "cost_by",
     "cost_series",
+    "open_alert_ledger",
     "open_trace_store",
     "prometheus_text",
     "record_budget",
@@ -34,6 +36,7 @@ TRACING_ALL = [
     "semconv",
     "set_redactor",
     "spans",
+    "start_cost_alerts",
 ]
 
 EVALS_ALL = [

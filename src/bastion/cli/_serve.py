@@ -12,8 +12,7 @@ from rich.markup import escape
 
 from bastion.config import redact_credentials
 from bastion.errors import UserError
-from bastion.runtime import PostgresWakeup, SqlRunStore, Worker
-from bastion.runtime._store import WORKER_APPLICATION_NAME
+from bastion.runtime import WORKER_APPLICATION_NAME, PostgresWakeup, SqlRunStore, Worker
 from bastion.server._project import ProjectEnv, load_project
 
 console = Console(stderr=True)
@@ -104,7 +103,7 @@ async def worker(spec: str, env: ProjectEnv, *, concurrency: int, lease: float) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)  # drain: finish in-flight runs, claim no more
     console.print(f"[bold]Bastion worker[/] {w.id} for {sorted(project.agents)} (concurrency {concurrency})")
-    from bastion.tracing._alerts import start_cost_alerts
+    from bastion.tracing import start_cost_alerts
 
     # Workers check costs too: the shared ledger makes each alert fire once across processes.
     stop_alerts = start_cost_alerts(store)

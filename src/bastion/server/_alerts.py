@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query
 
 from bastion.server._app import Extension, Viewer
-from bastion.tracing._alert_ledger import AlertLedger
+from bastion.tracing import AlertLedger
 
 
 def alert_routes(ledger: AlertLedger) -> Extension:

@@ -45,9 +45,7 @@ async def build_server(
     threads idle for longer are deleted (runs, events, checkpoints) by a background task.
     `limits` default to the settings (`BASTION_MAX_BODY_BYTES`, ...)."""
     limits = limits or EdgeLimits.from_settings()  # before anything starts: a bad setting stops here
-    from bastion.tracing import configure_tracing, open_trace_store
-    from bastion.tracing._alert_ledger import open_alert_ledger
-    from bastion.tracing._alerts import start_cost_alerts
+    from bastion.tracing import configure_tracing, open_alert_ledger, open_trace_store, start_cost_alerts
 
     stack = AsyncExitStack()
     env.home.mkdir(parents=True, exist_ok=True)

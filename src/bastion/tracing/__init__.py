@@ -39,10 +39,22 @@ _LAZY: dict[str, str] = {
     "LogSink": "bastion.tracing._alerts",
     "WebhookSink": "bastion.tracing._alerts",
     "CallbackSink": "bastion.tracing._alerts",
+    "start_cost_alerts": "bastion.tracing._alerts",
+    "AlertLedger": "bastion.tracing._alert_ledger",
+    "open_alert_ledger": "bastion.tracing._alert_ledger",
 }
 
 if TYPE_CHECKING:
-    from bastion.tracing._alerts import AlertSink, CallbackSink, CostAlert, CostMonitor, LogSink, WebhookSink
+    from bastion.tracing._alert_ledger import AlertLedger, open_alert_ledger
+    from bastion.tracing._alerts import (
+        AlertSink,
+        CallbackSink,
+        CostAlert,
+        CostMonitor,
+        LogSink,
+        WebhookSink,
+        start_cost_alerts,
+    )
     from bastion.tracing._cost import CostRow, cost_by, cost_series
     from bastion.tracing._metrics import (
         configure_metrics,
@@ -56,6 +68,7 @@ if TYPE_CHECKING:
     from bastion.tracing._store_protocol import SpanStore, open_trace_store
 
 __all__ = [
+    "AlertLedger",
     "AlertSink",
     "CallbackSink",
     "CostAlert",
@@ -75,6 +88,7 @@ __all__ = [
     "configure_tracing",
     "cost_by",
     "cost_series",
+    "open_alert_ledger",
     "open_trace_store",
     "prometheus_text",
     "record_budget",
@@ -83,6 +97,7 @@ __all__ = [
     "semconv",
     "set_redactor",
     "spans",
+    "start_cost_alerts",
 ]
 
 
