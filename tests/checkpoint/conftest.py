@@ -8,7 +8,12 @@ import pytest
 from bastion.checkpoint import Checkpointer, MemoryCheckpointer
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-async-commit", marks=pytest.mark.postgres),
+    ]
+)  # fmt: skip
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Checkpointer]:
     """Every checkpointer backend, empty."""
     cp: Checkpointer
@@ -21,6 +26,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     else:
         from bastion.checkpoint import PostgresCheckpointer
 
-        cp = PostgresCheckpointer(request.getfixturevalue("pg_url"))
+        # async_commit: what `ProjectEnv.checkpointer()` deploys (single-statement autocommit writes)
+        cp = PostgresCheckpointer(request.getfixturevalue("pg_url"), async_commit=request.param.endswith("commit"))
     yield cp
     await cp.aclose()

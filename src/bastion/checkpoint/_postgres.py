@@ -40,7 +40,12 @@ def _rec(row: Sequence[Any]) -> CheckpointRecord:
 class PostgresCheckpointer:
     """Checkpoints in PostgreSQL tables `bastion_checkpoints`, `bastion_writes`, `bastion_journal`."""
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, async_commit: bool = False) -> None:
+        """`async_commit=True`: checkpoints and pending writes commit without waiting for the WAL
+        flush; they become durable with the next durable commit on the database (WAL is flushed in
+        order). Right where something durable always follows — the runtime records every run's end
+        (and an interrupt) durably, so `ProjectEnv.checkpointer()` turns it on; a PostgreSQL crash
+        in between loses only steps that recovery re-runs. Journal entries stay durable."""
         import importlib.util
 
         for module in ("psycopg", "psycopg_pool"):
@@ -50,13 +55,20 @@ class PostgresCheckpointer:
         self._min = min_size
         self._max = max_size
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._async_commit = async_commit
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if self._async_commit:
+            kwargs["options"] = "-c synchronous_commit=off"
+        return kwargs
 
     async def _get_pool(self) -> AsyncConnectionPool[Any]:
         if self._pool is None:
             from psycopg_pool import AsyncConnectionPool
 
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                self.url, min_size=self._min, max_size=self._max, open=False, kwargs={"autocommit": True}
+                self.url, min_size=self._min, max_size=self._max, open=False, kwargs=self._connection_kwargs()
             )
             try:
                 await pool.open(wait=True)
@@ -82,10 +94,18 @@ class PostgresCheckpointer:
         except Exception as e:
             raise CheckpointError(f"PostgreSQL checkpoint store failed: {e}") from e
 
-    async def _tx(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+    async def _tx(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]], *, durable: bool = True) -> None:
+        """One transaction; `durable=False` commits without waiting for the WAL flush. One row of
+        one statement, at the connection's own durability, is one round trip (autocommit)."""
         pool = await self._get_pool()
         try:
+            if len(statements) == 1 and len(statements[0][1]) == 1 and durable != self._async_commit:
+                async with pool.connection() as conn:
+                    await conn.execute(statements[0][0], statements[0][1][0])  # type: ignore[arg-type]
+                return
             async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                if durable == self._async_commit:
+                    await cur.execute(f"SET LOCAL synchronous_commit = {'on' if durable else 'off'}")
                 for sql, rows in statements:
                     if len(rows) == 1:
                         await cur.execute(sql, rows[0])  # type: ignore[arg-type]
@@ -103,7 +123,8 @@ class PostgresCheckpointer:
                     "ON CONFLICT (thread_id, ns, checkpoint_id) DO UPDATE SET payload=EXCLUDED.payload",
                     [(r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload)],
                 )
-            ]
+            ],
+            durable=not self._async_commit,
         )
 
     async def put_writes(self, writes: Sequence[WriteRecord]) -> None:
@@ -116,7 +137,8 @@ class PostgresCheckpointer:
                     "VALUES (%s,%s,%s,%s,%s,%s)",
                     [(w.thread_id, w.ns, w.checkpoint_id, w.task_id, w.kind, w.payload) for w in writes],
                 )
-            ]
+            ],
+            durable=not self._async_commit,
         )
 
     async def get(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> CheckpointRecord | None:

@@ -71,6 +71,12 @@ class Runtime:
         self.agents[name] = agent
 
     async def start(self) -> None:
+        on_done = getattr(self.wakeup, "on_done", None)
+        if on_done is not None and self._on_done not in on_done:
+            on_done.append(self._on_done)  # runs that other processes finish wake our waiters
+        begin = getattr(self.wakeup, "start", None)
+        if begin is not None:
+            begin()
         for _ in range(self._n_workers):
             worker = Worker(
                 self.store,
@@ -101,8 +107,21 @@ class Runtime:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _pushed(self) -> bool:
+        """Whether every run's end wakes `wait` (so it need not poll): embedded with workers
+        here, or a LISTEN connection that is up."""
+        listening = getattr(self.wakeup, "listening", None)
+        if isinstance(listening, asyncio.Event):
+            return listening.is_set()
+        return isinstance(self.wakeup, LocalWakeup) and bool(self.workers)
+
     def _on_done(self, run_id: str) -> None:
-        event = self._finished.get(run_id)
+        """An attempt of `run_id` ended; "" means any run may have (notifications were missed)."""
+        if not run_id:
+            for event in self._finished.values():
+                event.set()
+            return
+        event = self._finished.pop(run_id, None)  # waiters hold their own reference
         if event is not None:
             event.set()
 
@@ -137,8 +156,7 @@ class Runtime:
                     await self._rollback(tenant, thread_id, active)
         run = new_run(tenant=tenant, thread_id=thread_id, agent=agent, input=input, user=user, metadata=metadata)
         self._finished[run.id] = asyncio.Event()
-        await self.store.upsert_thread(tenant, run.thread_id, metadata or {})
-        await self.store.create(run)  # also records the run_queued event
+        await self.store.create(run, thread_metadata=metadata or {})  # with the thread and the run_queued event
         self.wakeup.notify()
         return run
 
@@ -172,9 +190,21 @@ class Runtime:
     async def wait(self, run_id: str, *, tenant: str, timeout: float = 60.0) -> Run:
         """Wait until the run completes, fails, is cancelled or waits for a human (bounded)."""
         deadline = time.monotonic() + timeout
-        delay = 0.005
-        event = self._finished.setdefault(run_id, asyncio.Event())
+        # With completions pushed to us (in-process workers, or PostgreSQL's NOTIFY) polling is
+        # only a safety net; otherwise it is how we learn, so start fast and back off.
+        delay = 0.25 if self._pushed() else 0.005
+        # A run created here was certainly not done a moment ago: wait for its wake-up before
+        # the first read. Completions wake us at once (local workers, or PostgreSQL's NOTIFY);
+        # polling with backoff is the fallback for anything that was missed.
+        created_here = run_id in self._finished
         while True:
+            event = self._finished.setdefault(run_id, asyncio.Event())
+            if created_here:
+                created_here = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(delay, timeout))
+                event.clear()
+                event = self._finished.setdefault(run_id, asyncio.Event())
             run = await self.get_run(run_id, tenant=tenant)
             if run.status in TERMINAL or run.status == "interrupted":
                 self._finished.pop(run_id, None)
@@ -182,10 +212,9 @@ class Runtime:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"run {run_id} still {run.status} after {timeout}s")
-            # Local completions wake us at once; runs executed by other processes are polled.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(delay, remaining))
-            event.clear()
+            event.clear()  # woken without an end (a lost lease, a LISTEN reconnect): wait again
             delay = min(delay * 2, 0.25)
 
     async def run(self, *, tenant: str, agent: str, input: Any, timeout: float = 60.0, **kw: Any) -> Run:
@@ -200,6 +229,7 @@ class Runtime:
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
+            ended = self._finished.setdefault(run_id, asyncio.Event())  # before reading: no end is missed
             events = await self.store.events(run_id, after)
             for seq, kind, data in events:
                 after = seq
@@ -208,12 +238,16 @@ class Runtime:
                 delay = 0.01
             run = await self.get_run(run_id, tenant=tenant)
             if run.status in TERMINAL or run.status == "interrupted":
+                self._finished.pop(run_id, None)
                 for seq, kind, data in await self.store.events(run_id, after):
                     yield seq, kind, data
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} still {run.status} after {timeout}s of streaming")
-            await asyncio.sleep(delay)  # polling interval for cross-process runs
+            # The run's end wakes us at once; its events in between are polled.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), delay)
+            ended.clear()
             delay = min(delay * 2, 0.2)
 
     async def cancel(self, run_id: str, *, tenant: str) -> Run:

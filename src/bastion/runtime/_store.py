@@ -248,7 +248,9 @@ class SqlRunStore:
                     conn.execute("ROLLBACK")
                     raise
             return result
-        with conn.transaction():
+        # Pipeline mode: the statements of one transaction travel together instead of one round
+        # trip each (a fetch in `work` still waits for its own result).
+        with conn.pipeline(), conn.transaction():
             if not durable:
                 conn.execute("SET LOCAL synchronous_commit = off")
             return work(lambda sql, params: conn.execute(self._sql(sql), params))

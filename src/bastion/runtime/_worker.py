@@ -14,19 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from bastion.runtime._store import NOTIFY_CHANNEL, RunStore
+from bastion.runtime._store import DONE_CHANNEL, NOTIFY_CHANNEL, RunStore
 from bastion.runtime._types import Run, Runnable, RunOutcome
 from bastion.runtime._watchdog import CURRENT, Attempt, check_outcome, describe, start
 from bastion.types import new_id
 
 log = logging.getLogger("bastion.runtime")
+CLAIM_BATCH = 16  # runs claimed in one query at most (fewer when fewer slots are free)
 
 
 class Wakeup(Protocol):
@@ -52,31 +55,70 @@ class LocalWakeup:
 
 
 class PostgresWakeup:
-    """LISTEN/NOTIFY wake-ups across processes (the store NOTIFYs on enqueue)."""
+    """LISTEN/NOTIFY across processes: the store NOTIFYs `bastion_runs` when a run is queued
+    (idle workers wake) and `bastion_runs_done` when one ends (API servers answer waiting
+    clients at once instead of polling; `on_done` callbacks get the run id).
+
+    One task holds the listening connection and reads notifications as they arrive, so none is
+    lost between a worker's empty claim and its next wait; it reconnects after a database blip
+    and then wakes everyone, as notifications sent meanwhile are gone."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._conn: Any = None
+        self._event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set once LISTEN is active
+        self.on_done: list[Callable[[str], None]] = []
 
-    async def wait(self, timeout: float) -> None:
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
         import psycopg
 
-        if self._conn is None:
-            self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-            await self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            self.listening.set()
-        with contextlib.suppress(TimeoutError):
-            async for _ in self._conn.notifies(timeout=timeout, stop_after=1):
-                break
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await conn.execute(f"LISTEN {DONE_CHANNEL}")
+                    self.listening.set()
+                    self._woken("")
+                    async for note in conn.notifies():
+                        if note.channel == NOTIFY_CHANNEL:
+                            self._event.set()
+                        else:
+                            self._woken(note.payload)
+            except Exception as e:  # the database went away: polling covers the gap, then listen again
+                self.listening.clear()
+                log.warning("LISTEN connection lost (%s); reconnecting in 1 s", describe(e))
+                await asyncio.sleep(1.0)
 
-    def notify(self) -> None:  # the store's NOTIFY reaches every listener, this process included
-        pass
+    def _woken(self, run_id: str) -> None:
+        """A run ended (`run_id`), or, with "", anything may have happened while not listening."""
+        if not run_id:
+            self._event.set()
+        for callback in self.on_done:
+            try:
+                callback(run_id)
+            except Exception:
+                log.exception("a run-done callback failed")
+
+    async def wait(self, timeout: float) -> None:
+        self.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
+
+    def notify(self) -> None:
+        self._event.set()
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.listening.clear()
 
 
 class Worker:
@@ -117,20 +159,27 @@ class Worker:
             if self._stopping.is_set():
                 self._slots.release()
                 break
+            free = 1
+            while free < CLAIM_BATCH and not self._slots.locked():  # free slots: claim a burst at once
+                await self._slots.acquire()
+                free += 1
             try:
-                run = await self.store.claim(self.id, self.lease_seconds)
+                runs = await self.store.claim_many(self.id, self.lease_seconds, free)
             except Exception:
-                self._slots.release()
+                for _ in range(free):
+                    self._slots.release()
                 log.exception("claiming a run failed; retrying")
                 await self._idle()
                 continue
-            if run is None:
+            for _ in range(free - len(runs)):
                 self._slots.release()
+            if not runs:
                 await self._idle()
                 continue
-            task = asyncio.create_task(self._execute(run))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            for run in runs:
+                task = asyncio.create_task(self._execute(run))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         await self.drain()
 
     async def _idle(self) -> None:
@@ -188,10 +237,12 @@ class Worker:
             await self.store.finish(run.id, self.id, None, f"unknown agent {run.agent!r}; register it on the worker")
             return
         attempt = Attempt()
+        events = EventBuffer(self.store, run.id)
         try:
-            work = await self._start(run, agent, attempt)
+            work = await self._start(run, agent, attempt, events)
         except Exception as e:  # a broken runnable (signature, latest_checkpoint, not a coroutine)
             log.warning("run %s could not start: %s", run.id, describe(e))
+            await events.drain()
             await self._finish(run, None, describe(e), attempt.trace_id)
             return
         self._running[run.id] = work
@@ -199,6 +250,7 @@ class Worker:
             lease = await self._keep_lease(run, work)
         finally:
             self._running.pop(run.id, None)
+        unstored = await events.drain()  # the run's events are stored before its final one
         if run.id in self._cancelled:
             self._cancelled.discard(run.id)
             lease = "cancel"
@@ -215,25 +267,28 @@ class Worker:
         except Exception as e:  # anything the runnable (or its callbacks) raised, or garbage it returned
             error = describe(e)
             log.warning("run %s failed: %s", run.id, error)
+        if unstored is not None and error is None:
+            outcome, error = None, f"the run's events could not be stored: {describe(unstored)}"
         if outcome is not None and outcome.trace_id is None:
             outcome.trace_id = attempt.trace_id
         if await self._finish(run, outcome, error, attempt.trace_id):
             self.completed += 1
 
-    async def _start(self, run: Run, agent: Runnable, attempt: Attempt) -> asyncio.Task[RunOutcome]:
+    async def _start(
+        self, run: Run, agent: Runnable, attempt: Attempt, events: EventBuffer | None = None
+    ) -> asyncio.Task[RunOutcome]:
+        events = events or EventBuffer(self.store, run.id)
         recover = run.attempts > 1
         if recover:
-            await self.store.add_event(run.id, "recovered", {"worker": self.id, "attempt": run.attempts})
-
-        async def emit(kind: str, data: dict[str, Any]) -> None:
-            await self.store.add_event(run.id, kind, data)
-
+            await events.emit("recovered", {"worker": self.id, "attempt": run.attempts})
+        emit = events.emit
         latest = getattr(agent, "latest_checkpoint", None)
         if not recover and run.resume is None and latest is not None:
             # Remember where the thread stood, so a crash before this run's first checkpoint
             # is recovered by starting over rather than by resuming an older run's state.
             run.checkpoint_before = await latest(run.thread_key)
-            await self.store.update(run.id, checkpoint_before=run.checkpoint_before)
+            if run.checkpoint_before is not None:  # a new thread: the column is NULL already
+                await self.store.update(run.id, checkpoint_before=run.checkpoint_before)
         await emit("run_started", {"worker": self.id, "attempt": run.attempts})
         token = CURRENT.set(attempt)  # the task copies the context: the runnable can report its trace
         try:
@@ -287,6 +342,41 @@ class Worker:
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
                 return state
+
+
+class EventBuffer:
+    """A run's events, written behind: `emit` serialises at once (a payload that cannot be
+    stored fails the run right there, in the runnable) and returns; one flusher per run writes
+    whatever accumulated meanwhile in one transaction, in order. A run with three node updates
+    costs one or two writes instead of three; `drain` before the run's final event."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._pending: list[tuple[str, str, float]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._pending.append((kind, json.dumps(data, default=str), time.time()))
+        if self._flusher is None or self._flusher.done():
+            if self._flusher is not None:
+                self._flusher.result()  # a failed write surfaces in the run, not silently
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self.store.add_events(self.run_id, batch)
+
+    async def drain(self) -> BaseException | None:
+        """Wait for every write; returns the error of a failed one (the run then fails)."""
+        if self._flusher is None:
+            return None
+        try:
+            await self._flusher
+        except Exception as e:
+            return e
+        return None
 
 
 def _close(awaitable: Awaitable[RunOutcome]) -> None:

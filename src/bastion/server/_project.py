@@ -33,7 +33,8 @@ class ProjectEnv:
         if self.database_url:
             from bastion.checkpoint import PostgresCheckpointer
 
-            return PostgresCheckpointer(self.database_url)
+            # The runtime ends every run with a durable commit, which makes its checkpoints durable.
+            return PostgresCheckpointer(self.database_url, async_commit=True)
         from bastion.checkpoint import SqliteCheckpointer
 
         self.home.mkdir(parents=True, exist_ok=True)
