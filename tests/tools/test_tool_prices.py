@@ -195,3 +195,23 @@ async def test_tool_refused_by_budget_inside_an_agent_run_reaches_the_model(tmp_
     assert done.output == "one sent" and ran == ["a"]
     results: list[ToolResult] = [r for m in model.requests[2].messages for r in m.tool_results]
     assert isinstance(results[-1].content, dict) and results[-1].content.get("type") == "budget_exceeded"
+
+
+async def test_an_agent_with_a_budgeted_gateway_charges_its_priced_tools_by_default() -> None:
+    # no tool_executor given: the agent's default tool gateway charges the model gateway's budget
+    budget = Budget(session=BudgetLimits(usd=0.015))
+    ran: list[str] = []
+
+    @tool(price=0.01)
+    def sms(to: str) -> str:
+        ran.append(to)
+        return "sent"
+
+    model = ScriptedModel(
+        [ToolCall("sms", {"to": "a"}, id="m1"), ToolCall("sms", {"to": "b"}, id="m2"), "one sent"], name="test:d"
+    )
+    gw = Gateway(models=[model], budgets=budget, cache=False, pricing={"test:d": {"input": 0.0, "output": 0.0}})
+    agent: Agent[Any] = Agent("test:d", name="notifier", tools=[sms], gateway=gw)
+    done = await agent.run("text a and b", context=RunContext(tenant="t", session="s"))
+    assert done.output == "one sent" and ran == ["a"]
+    assert (await budget.spent("session:t/s")).usd == pytest.approx(0.01)

@@ -134,7 +134,8 @@ class Agent(Generic[OutputT]):
 
     def executor(self) -> ToolExecutor:
         if self._executor is None:
-            self._executor = _default_executor(self.name, [t.name for t in self.tools])
+            budget = getattr(self._gateway, "budgets", None)
+            self._executor = _default_executor(self.name, [t.name for t in self.tools], budget)
         return self._executor
 
     def system_messages(self, context: RunContext) -> list[Message]:
@@ -259,15 +260,19 @@ class Agent(Generic[OutputT]):
         return agent_tool(self, name=name, description=description)
 
 
-def _default_executor(agent: str, tools: Sequence[str]) -> ToolExecutor:
+def _default_executor(agent: str, tools: Sequence[str], budget: Any = None) -> ToolExecutor:
     """The policy gateway granting `agent` exactly its own tools: listing a tool is the
     developer's grant. Irreversible tools still need a human approval through the default
-    Cedar policy unless every key value is grounded (the policy's provenance rules)."""
+    Cedar policy unless every key value is grounded (the policy's provenance rules). Priced
+    tools are charged to `budget` (the agent's model gateway's), so tools and models share
+    one set of limits."""
     try:
         from bastion.policy import Policy, ToolGateway
+        from bastion.tools import ToolRunner
     except ImportError:
         raise UserError(
             f"agent {agent!r} has no tool_executor and bastion.policy.ToolGateway is not available; "
             "pass tool_executor=... (in tests: bastion.testing.DirectToolExecutor())"
         ) from None
-    return cast(ToolExecutor, ToolGateway(Policy({agent: list(tools)})))
+    runner = ToolRunner(budget=budget) if budget is not None else None
+    return cast(ToolExecutor, ToolGateway(Policy({agent: list(tools)}), runner=runner))
