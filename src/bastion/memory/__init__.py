@@ -25,7 +25,9 @@ from bastion.memory._types import Episode, MemoryItem, Namespace, SearchHit, Ski
 if TYPE_CHECKING:
     from bastion.memory._batcher import EmbeddingBatcher
     from bastion.memory._context import AssembledContext, ContextAssembler, ContextPolicy, Summary, edge_order
+    from bastion.memory._core import CoreMemory
     from bastion.memory._embedders import Embedder, HashingEmbedder, MiniLMEmbedder, OpenAIEmbedder
+    from bastion.memory._facts import FactMemory, extract_facts
     from bastion.memory._ingest import (
         Chunk,
         Document,
@@ -50,6 +52,9 @@ _LAZY = {
     "ContextPolicy": "_context",
     "Summary": "_context",
     "edge_order": "_context",
+    "CoreMemory": "_core",
+    "extract_facts": "_facts",
+    "FactMemory": "_facts",
     "Embedder": "_embedders",
     "HashingEmbedder": "_embedders",
     "MiniLMEmbedder": "_embedders",
@@ -79,10 +84,12 @@ __all__ = [
     "Chunk",
     "ContextAssembler",
     "ContextPolicy",
+    "CoreMemory",
     "Document",
     "Embedder",
     "EmbeddingBatcher",
     "Episode",
+    "FactMemory",
     "HashingEmbedder",
     "IngestResult",
     "MemoryItem",
@@ -100,6 +107,7 @@ __all__ = [
     "chunk_tokens",
     "counter_for",
     "edge_order",
+    "extract_facts",
     "ingest",
     "load_document",
     "load_html",

@@ -71,6 +71,12 @@ def _taint(messages: Sequence[Message]) -> list[str]:
     return names
 
 
+call_context = _call_context
+"""The run's tool-call context (for other governed memory tools: core memory)."""
+taint = _taint
+"""Names of the untrusted tools whose output `messages` contain."""
+
+
 def hit_to_dict(hit: SearchHit) -> dict[str, Any]:
     """A JSON-safe view of a hit (what tools return and graph state holds)."""
     item = hit.item
@@ -211,4 +217,4 @@ def retrieval_node(
     return node
 
 
-__all__ = ["hit_to_dict", "memory_tools", "retrieval_node", "retrieve", "use_run_context"]
+__all__ = ["call_context", "hit_to_dict", "memory_tools", "retrieval_node", "retrieve", "taint", "use_run_context"]

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeAlias
 from bastion.errors import UserError
 from bastion.types import RunContext, Trust, new_id
 
-ItemKind = Literal["fact", "document", "note"]
+ItemKind = Literal["fact", "document", "note", "core"]
 SearchMode = Literal["hybrid", "bm25", "vector"]
 Timestamp: TypeAlias = float | datetime
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import cached_property
-from typing import Any, Generic, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, cast, overload
 
 from bastion._sync import run_sync
 from bastion.errors import UserError
@@ -18,6 +18,9 @@ from bastion.graph.agent._window import AgentWindow
 from bastion.memory import ContextPolicy
 from bastion.tools import Tool, ToolExecutor, tool
 from bastion.types import Message, ModelSettings, RunContext, ToolCall, ToolSpec
+
+if TYPE_CHECKING:
+    from bastion.memory import CoreMemory, FactMemory
 
 AgentInput = str | Message | Sequence[Message]
 Instructions = str | Callable[[RunContext], str]
@@ -43,6 +46,11 @@ class Agent(Generic[OutputT]):
     - `context`: how each request is fitted into the model's context window (a
       `bastion.memory.ContextPolicy`; on by default: old tool results stubbed, then old turns
       summarised); `context=None` sends the whole thread every time.
+    - `core_memory`: a `bastion.memory.CoreMemory`: named blocks shown in the system prompt of
+      every model call, which the agent edits through the governed `core_memory_append` /
+      `core_memory_replace` tools (added to `tools`, so the default gateway grants them).
+    - `facts`: a `bastion.memory.FactMemory`: after a run ends with an answer, durable facts
+      are extracted from the thread into long-term memory (provenance, validity, trust label).
     """
 
     def __init__(
@@ -63,6 +71,8 @@ class Agent(Generic[OutputT]):
         gateway: Any = None,
         context: ContextPolicy | None = ContextPolicy(),  # noqa: B008  (frozen, safe to share)
         deps: Any = None,
+        core_memory: CoreMemory | None = None,
+        facts: FactMemory | None = None,
     ) -> None:
         if max_turns < 1:
             raise UserError(f"max_turns must be at least 1, got {max_turns}")
@@ -83,7 +93,11 @@ class Agent(Generic[OutputT]):
         self._model = model
         self._gateway = gateway
         self._executor = tool_executor
+        self.core_memory = core_memory
+        self.facts = facts
         self.tools: list[Tool] = [t if isinstance(t, Tool) else tool(t) for t in tools]
+        if core_memory is not None:
+            self.tools.extend(core_memory.tools())
         self.handoffs: list[Handoff] = [h if isinstance(h, Handoff) else handoff(h) for h in handoffs]
         self.tools_by_name: dict[str, Tool] = {t.name: t for t in self.tools}
         self.handoffs_by_tool: dict[str, Handoff] = {h.tool_name: h for h in self.handoffs}
@@ -187,7 +201,7 @@ class Agent(Generic[OutputT]):
         waits for it. The batch is recorded before it is submitted, so after a crash `resume()`
         on the thread (with a checkpointer) polls the same batch instead of sending it again."""
         run = self._runner.run(input, thread_id=thread_id, context=context, deps=deps, deferred=deferred)
-        return cast(AgentResult[OutputT], await run)
+        return await self._remember(cast(AgentResult[OutputT], await run), context)
 
     async def resume(
         self, value: Any = CONTINUE, *, thread_id: str, context: RunContext | None = None, deps: Any = None
@@ -195,9 +209,15 @@ class Agent(Generic[OutputT]):
         """Continue a stopped run. `value` answers the pending interrupt (for example an
         approval; a dict `{interrupt_id: value}` when several are pending). Without a value,
         continue a thread that stopped on an error or a crash, at the step that failed."""
-        return cast(
-            AgentResult[OutputT], await self._runner.resume(value, thread_id=thread_id, context=context, deps=deps)
-        )
+        done = await self._runner.resume(value, thread_id=thread_id, context=context, deps=deps)
+        return await self._remember(cast(AgentResult[OutputT], done), context)
+
+    async def _remember(self, result: AgentResult[OutputT], context: RunContext | None) -> AgentResult[OutputT]:
+        """Extract durable facts from a run that finished with an answer (`facts=`)."""
+        if self.facts is not None and not result.interrupted:
+            ctx = self.request_context(context or RunContext())
+            await self.facts.after_run(self.resolved_model(), ctx, result.messages)
+        return result
 
     def run_sync(
         self,

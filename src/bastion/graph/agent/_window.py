@@ -146,6 +146,8 @@ async def request_messages(
 ) -> Window:
     """The messages for the agent's next model request (see the module docstring)."""
     system = agent.system_messages(context)
+    if agent.core_memory is not None:
+        system += await agent.core_memory.system_messages(agent.request_context(context))
     window = agent.context_builder
     if window is None:
         return Window([*system, *history])
