@@ -8,19 +8,24 @@ package runs and scores agents; it does not build them (see `bastion.graph`).
 
 from __future__ import annotations
 
+from bastion.evals._compare import CaseDiff, ReportDiff, compare_reports
 from bastion.evals._dataset import Dataset, evaluate_trace, trajectory_from_trace
+from bastion.evals._final_state import FinalState
 from bastion.evals._gate import EvalSuite, GateResult, check_thresholds, gate, main
 from bastion.evals._judge import LLMJudge, Verdict, parse_verdict
 from bastion.evals._outcome import OutcomeCheck
 from bastion.evals._runner import Attempt, CaseReport, EvalReport, run_eval, run_eval_sync
+from bastion.evals._session import ModelUser, ScriptedUser, SessionView, UserSimulator, run_session, session_target
 from bastion.evals._stats import bootstrap_interval, pass_at_k, pass_hat_k, wilson_lower_bound
 from bastion.evals._trajectory import CallMatcher, ToolCallPrecisionRecall, TrajectoryMatch, match_trajectory
+from bastion.evals._trajectory_judge import TrajectoryJudge
 from bastion.evals._types import Case, EvalResult, Evaluator, Expected, Trajectory
 
 __all__ = [
     "Attempt",
     "CallMatcher",
     "Case",
+    "CaseDiff",
     "CaseReport",
     "Dataset",
     "EvalReport",
@@ -28,15 +33,23 @@ __all__ = [
     "EvalSuite",
     "Evaluator",
     "Expected",
+    "FinalState",
     "GateResult",
     "LLMJudge",
+    "ModelUser",
     "OutcomeCheck",
+    "ReportDiff",
+    "ScriptedUser",
+    "SessionView",
     "ToolCallPrecisionRecall",
     "Trajectory",
+    "TrajectoryJudge",
     "TrajectoryMatch",
+    "UserSimulator",
     "Verdict",
     "bootstrap_interval",
     "check_thresholds",
+    "compare_reports",
     "evaluate_trace",
     "gate",
     "main",
@@ -46,6 +59,8 @@ __all__ = [
     "pass_hat_k",
     "run_eval",
     "run_eval_sync",
+    "run_session",
+    "session_target",
     "trajectory_from_trace",
     "wilson_lower_bound",
 ]

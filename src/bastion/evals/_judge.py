@@ -200,6 +200,9 @@ class LLMJudge:
     def name(self) -> str:
         return self._name
 
+    def system_prompt(self) -> str:
+        return judge_system(self.scale)
+
     def prompt(self, case: Case, trajectory: Trajectory) -> str:
         parts = [f"## Rubric\n{self.rubric}", f"## Task given to the agent\n{_render(case.input)}"]
         if case.expected.output is not None:
@@ -223,7 +226,7 @@ class LLMJudge:
 
     async def evaluate(self, case: Case, trajectory: Trajectory) -> EvalResult:
         request = ModelRequest(
-            [Message.system(judge_system(self.scale)), Message.user(self.prompt(case, trajectory))],
+            [Message.system(self.system_prompt()), Message.user(self.prompt(case, trajectory))],
             settings=self.settings,
         )
         try:

@@ -251,6 +251,56 @@ def eval_routes(store: Any, runtime: Runtime, home: Path) -> Extension:
             dataset.to_jsonl(file)
             return case.to_dict()
 
+        # Stored eval reports (the JSON `bastion eval --out` writes), compared case by case.
+        def report_path(tenant: str, name: str) -> Path:
+            folder = path_for(tenant, name).parent / "reports"
+            folder.mkdir(exist_ok=True)
+            return folder / f"{name}.json"
+
+        def load_report(tenant: str, name: str) -> Any:
+            from bastion.errors import UserError
+            from bastion.evals import EvalReport
+
+            file = report_path(tenant, name)
+            if not file.exists():
+                raise HTTPException(404, f"no eval report {name!r} for this tenant; PUT /v1/evals/reports/{name} first")
+            try:
+                return EvalReport.load(file)
+            except UserError as e:
+                raise HTTPException(409, str(e)) from None
+
+        @app.put("/v1/evals/reports/{name}", tags=["evals"], status_code=201)
+        async def put_report(name: str, body: dict[str, Any], principal: Operator) -> dict[str, Any]:
+            from bastion.errors import UserError
+            from bastion.evals import EvalReport
+
+            try:
+                report = EvalReport.from_dict(body)
+            except (UserError, KeyError, TypeError, ValueError, AttributeError) as e:
+                raise HTTPException(422, f"not an eval report (write one with `bastion eval --out`): {e}") from None
+            report.save(report_path(principal.tenant, name))
+            return {"name": name, **report.summary()}
+
+        @app.get("/v1/evals/reports", tags=["evals"])
+        async def list_reports(principal: Viewer) -> list[dict[str, Any]]:
+            folder = report_path(principal.tenant, "x").parent
+            return [{"name": f.stem} for f in sorted(folder.glob("*.json"))]
+
+        @app.get("/v1/evals/reports/{name}", tags=["evals"])
+        async def get_report(name: str, principal: Viewer) -> dict[str, Any]:
+            return load_report(principal.tenant, name).to_dict()
+
+        @app.get("/v1/evals/compare", tags=["evals"])
+        async def compare(
+            principal: Viewer, base: Annotated[str, Query()], head: Annotated[str, Query()]
+        ) -> dict[str, Any]:
+            from bastion.evals import compare_reports
+
+            diff = compare_reports(
+                load_report(principal.tenant, base), load_report(principal.tenant, head), base_name=base, head_name=head
+            )
+            return diff.to_dict()
+
     return extend
 
 

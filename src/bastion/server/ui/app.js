@@ -340,6 +340,40 @@ async function renderMemory() {
   if (params.get("q")) document.getElementById("mem-form").requestSubmit();
 }
 
+// -- evals ----------------------------------------------------------------------------------
+
+// Two stored eval reports (PUT /v1/evals/reports/{name}) compared case by case; regressions first.
+async function renderEvals() {
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  let reports = [];
+  try { reports = await api("/v1/evals/reports"); } catch (e) {
+    view().innerHTML = `<h2>Evals</h2><p class="muted">${esc(e.message)}</p>`; return;
+  }
+  const names = reports.map((r) => r.name);
+  const base = params.get("base") || names[names.length - 2] || "", head = params.get("head") || names[names.length - 1] || "";
+  const pick = (id, chosen) => `<select id="${id}">${names.map((n) => `<option${n === chosen ? " selected" : ""}>${esc(n)}</option>`).join("")}</select>`;
+  view().innerHTML = `<h2>Evals</h2><form id="eval-form">Compare ${pick("eval-base", base)} → ${pick("eval-head", head)}
+    <button type="submit">Compare</button></form><div id="eval-diff" class="muted">${names.length < 2
+      ? "Upload two reports (PUT /v1/evals/reports/{name} with the JSON of `bastion eval --out`) to compare them." : ""}</div>`;
+  document.getElementById("eval-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    location.hash = `#/evals?${new URLSearchParams({ base: document.getElementById("eval-base").value, head: document.getElementById("eval-head").value })}`;
+  };
+  if (names.length < 2 || !base || !head) return;
+  const box = document.getElementById("eval-diff");
+  try {
+    const d = await api(`/v1/evals/compare?${new URLSearchParams({ base, head })}`);
+    const pct = (v) => v == null ? "–" : `${(v * 100).toFixed(0)}%`;
+    box.classList.remove("muted");
+    box.innerHTML = `<p>${Object.entries(d.counts).filter(([, n]) => n).map(([k, n]) => `${esc(k.replace("_", " "))}: <b>${n}</b>`).join(" · ")}
+      · pass rate ${d.pass_rate_delta >= 0 ? "+" : ""}${(d.pass_rate_delta * 100).toFixed(1)} pts</p>
+      <table id="eval-diff-table"><thead><tr><th>Case</th><th>Change</th><th>${esc(base)}</th><th>${esc(head)}</th><th>Score deltas</th></tr></thead>
+      <tbody>${d.cases.map((c) => `<tr class="change-${esc(c.change)}" data-case="${esc(c.case_id)}"><td>${esc(c.case_id)}</td>
+        <td>${esc(c.change.replace("_", " "))}</td><td>${pct(c.base_pass_rate)}</td><td>${pct(c.head_pass_rate)}</td>
+        <td>${Object.entries(c.score_deltas).filter(([, v]) => Math.abs(v) > 1e-9).map(([k, v]) => `${esc(k)} ${v > 0 ? "+" : ""}${v.toFixed(2)}`).join(", ")}</td></tr>`).join("")}</tbody></table>`;
+  } catch (e) { box.textContent = e.message; }
+}
+
 // -- router ---------------------------------------------------------------------------------
 
 async function route() {
@@ -353,6 +387,7 @@ async function route() {
     else if (tab === "approvals") { clearInterval(state.timer); await renderApprovals(); }
     else if (tab === "costs") { clearInterval(state.timer); await renderCosts(); }
     else if (tab === "memory") { clearInterval(state.timer); await renderMemory(); }
+    else if (tab === "evals") { clearInterval(state.timer); await renderEvals(); }
     else every(2000, renderRuns);
     api("/v1/approvals").then((a) => { document.getElementById("approval-count").textContent = a.length || ""; }).catch(() => {});
   } catch (e) {
