@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bastion.testing import DirectToolExecutor
 
@@ -55,3 +56,27 @@ def counter() -> Counter:
 
 def texts(messages: Any) -> list[str]:
     return [m.text for m in messages]
+
+
+class Traced:
+    """Spans of the code under test, through `configure_tracing` and an in-memory exporter."""
+
+    def __init__(self, exporter: InMemorySpanExporter, handle: Any) -> None:
+        self.exporter = exporter
+        self.handle = handle
+
+    def spans(self) -> list[Any]:
+        assert self.handle.force_flush(5.0)  # exporters are batched
+        return list(self.exporter.get_finished_spans())
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    from bastion.tracing import configure_tracing
+
+    exporter = InMemorySpanExporter()
+    handle = configure_tracing(otlp_endpoint="", exporters=[exporter], capture_content="off", metrics=False)
+    try:
+        yield Traced(exporter, handle)
+    finally:
+        handle.shutdown()

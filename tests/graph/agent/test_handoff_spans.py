@@ -5,11 +5,7 @@ the answer back to the caller, like LangGraph swarm's handoff back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bastion.gateway import Gateway
 from bastion.graph.agent import Agent, HandoffEvent, RunDone, handoff
@@ -17,27 +13,7 @@ from bastion.testing import DirectToolExecutor, FunctionModel, ScriptedModel
 from bastion.tools import tool
 from bastion.types import ModelRequest, ToolCall
 
-
-class Traced:
-    def __init__(self, exporter: InMemorySpanExporter, handle: Any) -> None:
-        self.exporter = exporter
-        self.handle = handle
-
-    def spans(self) -> list[Any]:
-        assert self.handle.force_flush(5.0)  # exporters are batched
-        return list(self.exporter.get_finished_spans())
-
-
-@pytest.fixture
-def traced() -> Iterator[Traced]:
-    from bastion.tracing import configure_tracing
-
-    exporter = InMemorySpanExporter()
-    handle = configure_tracing(otlp_endpoint="", exporters=[exporter], capture_content="off", metrics=False)
-    try:
-        yield Traced(exporter, handle)
-    finally:
-        handle.shutdown()
+Traced = Any  # conftest.Traced: .spans() flushes and returns the finished spans
 
 
 @tool(side_effect="read")

@@ -3,11 +3,8 @@ sub-agent's own `invoke_agent` nested under the tool call that ran it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from bastion.graph.agent import Agent
@@ -15,27 +12,7 @@ from bastion.testing import DirectToolExecutor, FunctionModel, ScriptedModel
 from bastion.tools import tool
 from bastion.types import RunContext, ToolCall
 
-
-class Traced:
-    def __init__(self, exporter: InMemorySpanExporter, handle: Any) -> None:
-        self.exporter = exporter
-        self.handle = handle
-
-    def spans(self) -> list[Any]:
-        assert self.handle.force_flush(5.0)  # exporters are batched
-        return list(self.exporter.get_finished_spans())
-
-
-@pytest.fixture
-def traced() -> Iterator[Traced]:
-    from bastion.tracing import configure_tracing
-
-    exporter = InMemorySpanExporter()
-    handle = configure_tracing(otlp_endpoint="", exporters=[exporter], capture_content="off", metrics=False)
-    try:
-        yield Traced(exporter, handle)
-    finally:
-        handle.shutdown()
+Traced = Any  # conftest.Traced: .spans() flushes and returns the finished spans
 
 
 @tool(side_effect="read")
