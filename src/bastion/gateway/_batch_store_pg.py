@@ -8,12 +8,11 @@ that resumes a run finds the batch the first worker submitted. `create` is one
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-from bastion.errors import MissingExtraError
 from bastion.gateway._batch_store import BatchItem, BatchRecord, BatchStatus
+from bastion.gateway._pg import LazyPool
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bastion_batch (
@@ -35,24 +34,12 @@ class PostgresBatchStore:
     """Batch records in PostgreSQL. `url` is a `postgresql://` URI; the pool opens on first use."""
 
     def __init__(self, url: str, *, max_connections: int = 4) -> None:
-        try:
-            from psycopg_pool import AsyncConnectionPool
-        except ImportError as e:
-            raise MissingExtraError("postgres", "psycopg-pool", "PostgresBatchStore") from e
-        self._pool: Any = AsyncConnectionPool(url, min_size=1, max_size=max_connections, open=False)
-        self._ready = False
-        self._lock = asyncio.Lock()
+        self._pool = LazyPool(
+            url, schema=_SCHEMA, schema_lock=_SCHEMA_LOCK, max_connections=max_connections, owner="PostgresBatchStore"
+        )
 
     async def _open(self) -> Any:
-        if not self._ready:
-            async with self._lock:
-                if not self._ready:
-                    await self._pool.open()
-                    async with self._pool.connection() as conn, conn.transaction():
-                        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                        await conn.execute(_SCHEMA)
-                    self._ready = True
-        return self._pool
+        return await self._pool.get()
 
     async def create(self, record: BatchRecord) -> BatchRecord:
         pool = await self._open()

@@ -9,13 +9,12 @@ rows with an expiry so a crashed worker cannot hold a budget forever.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from bastion.errors import MissingExtraError
 from bastion.gateway._budget import BudgetLimits, Claim, Grant, Spend, Violation, grant
+from bastion.gateway._pg import LazyPool
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bastion_budget_spend (
@@ -45,27 +44,13 @@ class PostgresBudgetStore:
     """Budget spend in PostgreSQL. `url` is a `postgresql://` URI; the pool opens on first use."""
 
     def __init__(self, url: str, *, reservation_ttl: float = 900.0, max_connections: int = 10) -> None:
-        try:
-            from psycopg_pool import AsyncConnectionPool
-        except ImportError as e:
-            raise MissingExtraError("postgres", "psycopg-pool", "PostgresBudgetStore") from e
-        self._pool: Any = AsyncConnectionPool(url, min_size=1, max_size=max_connections, open=False)
+        self._pool = LazyPool(
+            url, schema=_SCHEMA, schema_lock=_SCHEMA_LOCK, max_connections=max_connections, owner="PostgresBudgetStore"
+        )
         self._ttl = reservation_ttl
-        self._ready = False
-        self._lock = asyncio.Lock()
 
     async def _open(self) -> Any:
-        if not self._ready:
-            async with self._lock:
-                if not self._ready:
-                    await self._pool.open()
-                    async with self._pool.connection() as conn, conn.transaction():
-                        # Concurrent CREATE ... IF NOT EXISTS can still collide (a unique
-                        # violation in pg_type) when several processes start at once.
-                        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                        await conn.execute(_SCHEMA)
-                    self._ready = True
-        return self._pool
+        return await self._pool.get()
 
     async def try_reserve(self, charges: Sequence[tuple[str, BudgetLimits]], claim: Claim) -> Grant | Violation:
         pool = await self._open()
@@ -140,9 +125,7 @@ class PostgresBudgetStore:
         return [(str(k), Spend(int(t), float(u))) for k, t, u in rows]
 
     async def aclose(self) -> None:
-        if self._ready:
-            await self._pool.close()
-            self._ready = False
+        await self._pool.close()
 
 
 __all__ = ["PostgresBudgetStore"]
