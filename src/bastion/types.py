@@ -11,12 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 Role = Literal["system", "user", "assistant", "tool"]
 SideEffect = Literal["none", "read", "write", "irreversible"]
 Trust = Literal["trusted", "untrusted"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+ParsedT = TypeVar("ParsedT")
 
 
 _TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.@-")
@@ -293,6 +294,30 @@ class ModelResponse:
     @property
     def tool_calls(self) -> list[ToolCall]:
         return self.message.tool_calls
+
+    def parse(self, output_type: type[ParsedT]) -> ParsedT:
+        """The answer's JSON text validated as `output_type` (a pydantic model, dataclass,
+        TypedDict...): the other half of `ModelRequest(output=OutputSchema(...))`. A ```json
+        fence around the object is accepted. Raises `OutputValidationError` naming what did not
+        validate (an `Agent(output_type=...)` instead feeds that back to the model and retries)."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from bastion.errors import OutputValidationError
+
+        text = self.text.strip()
+        if text.startswith("```") and text.endswith("```"):
+            text = text[3:-3].removeprefix("json").strip()
+        try:
+            return TypeAdapter(output_type).validate_json(text)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
+            name = getattr(output_type, "__name__", str(output_type))
+            raise OutputValidationError(
+                f"the answer of {self.model or 'the model'} is not a valid {name}: {problems}. Ask with "
+                f"output=OutputSchema({name!r}, bastion.tools.output_schema_for({name})) so the provider enforces "
+                "the schema, or use Agent(output_type=...), which feeds the problems back to the model and retries",
+                model=self.model or None,
+            ) from None
 
 
 # --- stream events ---------------------------------------------------------------------------

@@ -136,12 +136,13 @@ async def test_tool_calls_parsed(srv: FakeOpenAIServer) -> None:
 
 async def test_structured_output_uses_json_schema(srv: FakeOpenAIServer) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}, "n": {"type": "integer"}}}
+    schema["required"] = ["city", "n"]
     srv.reply({"city": "Lima", "n": 3})
     response = await srv.model().request(ModelRequest([Message.user("x")], output=OutputSchema("place", schema)))
     assert json.loads(response.text) == {"city": "Lima", "n": 3}
-    assert srv.requests[-1].body["response_format"] == {
+    assert srv.requests[-1].body["response_format"] == {  # closed for strict mode, see test_openai_strict_schema.py
         "type": "json_schema",
-        "json_schema": {"name": "place", "schema": schema, "strict": True},
+        "json_schema": {"name": "place", "schema": {**schema, "additionalProperties": False}, "strict": True},
     }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 from bastion.gateway._toolnames import ToolNames, request_tool_names
 from bastion.gateway.formats._base import JSON, HTTPModel, parse_arguments
@@ -86,6 +86,41 @@ def _message_to_openai(message: Message, out: list[JSON], names: ToolNames) -> N
     out.append(entry)
 
 
+class _NotStrict(Exception):
+    pass
+
+
+def strict_schema(schema: JSON) -> JSON | None:
+    """`schema` in the form OpenAI's strict mode accepts (every object closed with
+    `additionalProperties: false`, which pydantic schemas leave out), or None when it cannot be
+    strict: an object with optional properties (strict mode wants every property in `required`)
+    or open to extra keys (a `dict[str, X]`). Such a schema is sent with `strict: false`, which
+    OpenAI follows without the guarantee, instead of a 400 "Invalid schema"."""
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, list):
+            return [visit(item) for item in cast("list[Any]", node)]
+        if not isinstance(node, dict):
+            return node
+        out: JSON = {}
+        for key, value in cast("JSON", node).items():
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                out[key] = {name: visit(sub) for name, sub in cast("JSON", value).items()}
+            else:
+                out[key] = visit(value)
+        if out.get("type") == "object":
+            properties = cast("JSON", out.get("properties", {}))
+            if out.get("additionalProperties", False) is not False or set(out.get("required", [])) != set(properties):
+                raise _NotStrict
+            out["additionalProperties"] = False
+        return out
+
+    try:
+        return cast("JSON", visit(schema))
+    except _NotStrict:
+        return None
+
+
 def build_payload(
     request: ModelRequest, model: str, *, max_tokens_key: str = "max_tokens", prompt_cache_key: bool = False
 ) -> JSON:
@@ -117,12 +152,13 @@ def build_payload(
             else {"type": "function", "function": {"name": names.provider(choice)}}
         )
     if request.output is not None:
+        strict = strict_schema(request.output.schema) if request.output.strict else None
         payload["response_format"] = {
             "type": "json_schema",
             "json_schema": {
                 "name": names.provider(request.output.name),
-                "schema": request.output.schema,
-                "strict": request.output.strict,
+                "schema": request.output.schema if strict is None else strict,
+                "strict": strict is not None,
             },
         }
     s = request.settings
