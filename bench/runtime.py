@@ -17,7 +17,8 @@ per waiting run.
 (c) Over HTTP, against a real `bastion serve` subprocess (`--app bench/runtime.py:build_http`: a
     durable 3-node graph deployed as a `GraphRunnable` on `env.checkpointer()`, and an `Agent`
     over an instant `FunctionModel` on the same checkpointer), with aiohttp clients: one client's
-    p50 (create with `wait=true`), 32 clients create-and-wait (runs/s, p95, server CPU per run),
+    p50 (create with `wait=true`), 32 clients create-and-wait (runs/s, p95, server CPU per run;
+    on PostgreSQL the database's CPU per run too, and a check that the spans reached it),
     32 clients creating in the background and following `/stream` to its end, 1,000 runs on one
     thread (median latency of the first and last 2%), server RSS after the load. Deployments:
     embedded SQLite (1 in-process worker); PostgreSQL with `--workers 0` and 1 or 3 `bastion
@@ -432,10 +433,12 @@ def _tree_cpu(pids: list[int]) -> float:
 
 
 async def bench_http_target(
-    url: str, agent: str, n: int, thread_runs: int, pids: list[int], peer: str = "bastion", n_one: int = 0
-) -> dict[str, float]:
+    url: str, agent: str, n: int, thread_runs: int, pids: list[int], peer: str = "bastion", n_one: int = 0,
+    db_pids: list[int] | None = None,
+) -> dict[str, float]:  # fmt: skip
     """One server, one runnable: 1-client latency, 32-client create-and-wait and background+SSE,
-    one long thread's first/last latency; CPU of the server (and workers) per run."""
+    one long thread's first/last latency; CPU of the server (and workers) per run, and with
+    `db_pids` (PostgreSQL's postmaster) the database's CPU per run too."""
     import aiohttp
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -443,11 +446,13 @@ async def bench_http_target(
         one = await http_closed_loop(session, url, agent, n_one or max(100, n // 5), 1, peer=peer)
         out: dict[str, float] = {"p50_ms_1client": percentile(one, 50) * 1000}
         for label, sse in (("wait", False), ("sse", True)):
-            cpu, t0 = _tree_cpu(pids), time.perf_counter()
+            cpu, db_cpu, t0 = _tree_cpu(pids), _tree_cpu(db_pids or []), time.perf_counter()
             lat = await http_closed_loop(session, url, agent, n, CLIENTS, sse=sse, peer=peer)
             out[f"{label}_runs_per_s"] = n / (time.perf_counter() - t0)
             out[f"{label}_p95_ms"] = percentile(lat, 95) * 1000
             out[f"{label}_cpu_ms_per_run"] = (_tree_cpu(pids) - cpu) / n * 1000
+            if db_pids:
+                out[f"{label}_db_cpu_ms_per_run"] = (_tree_cpu(db_pids) - db_cpu) / n * 1000
         if thread_runs:
             thread = f"t-{agent}-{time.time_ns()}"
             if peer == "langgraph":
@@ -465,12 +470,40 @@ def bench_http(
     agents: tuple[str, ...] = ("graph", "agent"),
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     results: dict[str, dict[str, float]] = {}
+    db_pids = [_postmaster_pid(database)] if database else None
     with bastion_server(home, database=database, workers=workers) as (url, pids):
         for agent in agents:
-            results[agent] = asyncio.run(bench_http_target(url, agent, n, thread_runs, pids))
+            results[agent] = asyncio.run(bench_http_target(url, agent, n, thread_runs, pids, db_pids=db_pids))
             results[agent]["server_rss_mb"] = _proc_rss_mb(pids[0])
             results[agent]["worker_rss_mb"] = sum(_proc_rss_mb(p) for p in pids[1:])
+    if database:
+        spans = _spans_per_run(database)
+        if not spans:
+            raise RuntimeError("no spans in PostgreSQL: traces and costs must be written to the shared database")
+        for res in results.values():
+            res["spans_per_run"] = spans
     return results
+
+
+def _postmaster_pid(url: str) -> int:
+    """PostgreSQL's postmaster (its backends are its children): the parent of our backend."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _spans_per_run(url: str) -> float:
+    """Spans the runs wrote to the shared trace store (PostgreSQL), per run; their cost lives there too."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM bastion_spans WHERE run_id IS NOT NULL), (SELECT count(*) FROM bastion_runs)"
+        ).fetchone()
+    return row[0] / row[1] if row and row[1] else 0.0
 
 
 LANGGRAPH_GRAPH = """
@@ -581,6 +614,7 @@ def http_table(http: dict[str, Any]) -> str:
     cols = [
         ("p50_ms_1client", "1 client: p50", 1, " ms"), ("wait_runs_per_s", "32 clients: runs/s", 0, ""),
         ("wait_p95_ms", "p95", 0, " ms"), ("wait_cpu_ms_per_run", "server CPU/run", 2, " ms"),
+        ("wait_db_cpu_ms_per_run", "PostgreSQL CPU/run", 2, " ms"),
         ("sse_runs_per_s", "background + SSE, 32: runs/s", 0, ""),
         ("thread_first_ms", "one thread: first", 1, " ms"), ("thread_last_ms", "last", 1, " ms"),
         ("server_rss_mb", "server RSS", 0, " MB"), ("worker_rss_mb", "+ workers", 0, " MB"),

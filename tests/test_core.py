@@ -116,30 +116,10 @@ def test_missing_extra_names_the_extra() -> None:
 
 # Imports of another package's private modules still waiting for a public seam (issue 15.6).
 # The list may only shrink: export what is needed from the package's `__init__` (with
-# `__all__`) and import it from there. cli -> server: `bastion.server` imports FastAPI eagerly.
+# `__all__`) and import it from there.
 KNOWN_PRIVATE_IMPORTS = {
-    ("cli/_audit.py", "bastion.policy._audit"),
-    ("cli/_demo.py", "bastion.policy._approval"),
-    ("cli/_demo.py", "bastion.server._project"),
-    ("cli/_demo.py", "bastion.server._serve"),
     ("cli/_doctor_db.py", "bastion.tracing._store_pg"),
-    ("cli/_keys.py", "bastion.server._auth"),
-    ("cli/_main.py", "bastion.server._project"),
-    ("cli/_memory.py", "bastion.server._project"),
-    ("cli/_run.py", "bastion.server._project"),
-    ("cli/_serve.py", "bastion.server._project"),
-    ("cli/_serve.py", "bastion.server._serve"),
-    ("gateway/_gateway.py", "bastion.tracing._metrics"),
-    ("graph/_pregel.py", "bastion.tracing._state"),
-    ("graph/agent/_window.py", "bastion.memory._context"),
     ("server/_budgets.py", "bastion.gateway._budget"),
-    ("server/_serve.py", "bastion.tracing._queue_gauges"),
-    ("testing/__init__.py", "bastion.memory._embedders"),
-    ("testing/_fake_server.py", "bastion.gateway._model"),
-    ("testing/_fake_server.py", "bastion.gateway._resolve"),
-    ("testing/_fake_server.py", "bastion.gateway.formats._prompt_cache"),
-    ("tools/_runner.py", "bastion.gateway._budget"),
-    ("tools/_runner.py", "bastion.tracing._cost"),
 }
 
 

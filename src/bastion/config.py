@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ByteSize, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         default=False, description='record message content on spans: "off" (false) or "span_attributes" (true)'
     )
     otlp_endpoint: str | None = None
+    trace_format: Literal["gen_ai", "openinference"] = Field(
+        default="gen_ai",
+        description='span attributes: "gen_ai" (OpenTelemetry GenAI conventions) or "openinference" (also Phoenix\'s)',
+    )
     server_host: str = "127.0.0.1"
     server_port: int = 8700
     # HTTP edge limits of `bastion serve` (sizes take bytes or units: 1048576, "1MiB", "512KB").

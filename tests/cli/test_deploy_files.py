@@ -16,6 +16,7 @@ import yaml
 
 from bastion.cli._main import _parser
 from bastion.config import Settings, load_settings
+from bastion.policy import EnvSecretProvider
 from bastion.tracing._queue_gauges import _GAUGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +46,9 @@ def check_bastion_argv(argv: list[str]) -> None:
 
 def check_env(env: dict[str, str]) -> None:
     fields = set(Settings.model_fields)
+    secrets = EnvSecretProvider().prefix  # BASTION_SECRET_*: read by the secret provider, not settings
     for name in env:
-        if name.startswith("BASTION_"):
+        if name.startswith("BASTION_") and not name.startswith(secrets):
             assert name.removeprefix("BASTION_").lower() in fields, f"{name} is not a Bastion setting"
 
 

@@ -4,6 +4,7 @@ scope, opt-in only) with a deterministic hashing embedder."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from bastion.errors import UserError
-from bastion.gateway import Budget, BudgetLimits, Gateway, ResponseCache, SemanticCache, SQLiteCacheStore
+from bastion.gateway import (
+    Budget,
+    BudgetLimits,
+    Gateway,
+    MemoryCacheStore,
+    ResponseCache,
+    SemanticCache,
+    SQLiteCacheStore,
+)
 from bastion.testing import FunctionModel
 from bastion.types import Message, ModelRequest, ModelResponse, ModelSettings, RunContext, ToolSpec, Usage
 
@@ -295,44 +304,33 @@ async def test_semantic_embedder_dimension_change_is_a_clear_error() -> None:
     r = req("q", cacheable=True)
     probe = await cache.lookup(r, "acme:m")
     assert not isinstance(probe, tuple)
-    cache.store(probe, ModelResponse(Message.assistant("a")))
+    await cache.put(probe, ModelResponse(Message.assistant("a")))
     with pytest.raises(UserError, match="different sizes"):
         await cache.lookup(r, "acme:m")
 
 
-async def test_default_cache_on_an_unwritable_home_turns_itself_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_default_exact_cache_creates_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15.7: a temperature-0 call through a default Gateway used to create
+    `.bastion/cache.db` in the working directory. The default cache is in memory now."""
     from bastion.config import get_settings
 
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the home directory should be")
-    monkeypatch.setenv("BASTION_HOME", str(blocker / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BASTION_HOME", raising=False)
     monkeypatch.setenv("BASTION_CACHE_ENABLED", "true")  # the test suite turns it off by default
     get_settings.cache_clear()
     try:
         model = counting_model()
         gw = Gateway(models=[model])  # the default cache
-        for _ in range(2):
-            assert (await gw.request(req(), "acme:m")).cached is False
-        assert len(model.requests) == 2
-        assert any("could not open the default response cache" in r.getMessage() for r in caplog.records)
-    finally:
-        get_settings.cache_clear()
-
-
-async def test_default_cache_writes_under_the_settings_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bastion.config import get_settings
-
-    monkeypatch.setenv("BASTION_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BASTION_CACHE_ENABLED", "true")  # the test suite turns it off by default
-    get_settings.cache_clear()
-    try:
-        model = counting_model()
-        gw = Gateway(models=[model])
-        await gw.request(req(), "acme:m")
-        assert (await gw.request(req(), "acme:m")).cached and len(model.requests) == 1
-        assert (tmp_path / "home" / "cache.db").exists()
+        await gw.request(req(temperature=0), "acme:m")
+        assert (await gw.request(req(temperature=0), "acme:m")).cached and len(model.requests) == 1
         await gw.aclose()
+        assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []  # no .bastion/, no cache.db
     finally:
         get_settings.cache_clear()
+
+
+async def test_a_path_puts_the_exact_cache_in_a_file(tmp_path: Path) -> None:
+    assert isinstance(ResponseCache().store, MemoryCacheStore)
+    cache = ResponseCache(path=tmp_path / "cache.db")
+    assert isinstance(cache.store, SQLiteCacheStore) and (tmp_path / "cache.db").exists()
+    cache.close()

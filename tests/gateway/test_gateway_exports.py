@@ -22,14 +22,15 @@ EXPECTED = {
     "CallRecord",
     "CircuitBreaker",
     "CircuitBreakerConfig",
-    "Embedder",
     "Gateway",
     "GatewayModel",
     "GatewayStats",
     "MemoryBudgetStore",
     "MemoryCacheStore",
+    "MemorySemanticStore",
     "Model",
     "PostgresBudgetStore",
+    "PostgresSemanticStore",
     "Pricing",
     "Provider",
     "ResponseCache",
@@ -38,6 +39,7 @@ EXPECTED = {
     "SQLiteBudgetStore",
     "SQLiteCacheStore",
     "SemanticCache",
+    "SemanticStore",
     "Spend",
     "Strategy",
     "collect",
@@ -51,6 +53,12 @@ def test_all_is_pinned_and_resolves() -> None:
     assert set(gateway.__all__) >= EXPECTED
     for name in gateway.__all__:
         assert getattr(gateway, name) is not None, name
+
+
+def test_one_embedder_protocol() -> None:
+    # One concept, one name: the semantic cache takes `bastion.memory.Embedder` (issue 15.6).
+    assert "Embedder" not in gateway.__all__
+    assert not hasattr(gateway, "Embedder")
 
 
 def test_importing_the_gateway_stays_light() -> None:

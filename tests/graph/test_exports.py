@@ -47,7 +47,6 @@ def test_checkpoint_public_surface_is_pinned() -> None:
             "dumps",
             "loads",
             "register_type",
-            "to_jsonable",
         ]
     )
     for name in bastion.checkpoint.__all__:

@@ -33,6 +33,7 @@ def test_public_surface_is_pinned() -> None:
         "ContextAssembler",
         "ContextPolicy",
         "CoreMemory",
+        "DEFAULT_WINDOW",
         "Document",
         "Embedder",
         "EmbeddingBatcher",

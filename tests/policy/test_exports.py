@@ -14,7 +14,7 @@ def test_policy_public_surface_is_pinned() -> None:
             "HeuristicDetector", "HostAllowlist", "InjectionDetector", "InjectionFinding", "InterruptApprover",
             "Policy", "PolicyDecision", "RateLimit", "Redactor", "RiskSummary", "Rule",
             "SecretProvider", "StaticSecretProvider", "TaintReport", "TaintedValue", "ToolGateway", "Violation",
-            "VerifyResult", "default_policy_text", "default_schema_text",
+            "VerifyResult", "audit_key", "default_policy_text", "default_schema_text", "describe_argument",
             "load_onnx_classifier", "parse_resume", "scrub_spotlight", "spotlight", "strip_invisible",
             "verify_audit_log", "verify_export",
         ]

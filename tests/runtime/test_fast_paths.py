@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bastion.runtime import PostgresWakeup, RunOutcome, Runtime, SqlRunStore, Worker
-from bastion.runtime._store import new_run
+from bastion.runtime._store import DONE_CHANNEL, NOTIFY_CHANNEL, new_run
 from bastion.runtime._types import EventSink
 
 
@@ -27,17 +27,18 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 class Chatty:
-    """Emits `n` numbered events as fast as it can, then completes."""
+    """Emits `n` numbered events as fast as it can (pausing `pause` s every 7th), then completes."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, pause: float = 0.0) -> None:
         self.n = n
+        self.pause = pause
 
     async def invoke(self, input: Any, *, emit: EventSink | None = None, **_: Any) -> RunOutcome:
         assert emit is not None
         for i in range(self.n):
             await emit("step", {"i": i})
             if i % 7 == 0:
-                await asyncio.sleep(0)  # let the flusher interleave with more events
+                await asyncio.sleep(self.pause)  # let the flusher interleave with more events
         return RunOutcome("completed", output={"steps": self.n})
 
 
@@ -67,8 +68,10 @@ async def test_a_burst_claim_respects_its_limit(store: SqlRunStore) -> None:
     assert {r.id for r in first}.isdisjoint({r.id for r in rest})
 
 
-async def test_events_written_behind_keep_their_order_and_come_before_the_end(store: SqlRunStore) -> None:
-    rt = Runtime(store, {"chatty": Chatty(60)})
+@pytest.mark.parametrize("pause", [0.0, 0.01])
+async def test_events_written_behind_keep_their_order_and_come_before_the_end(store: SqlRunStore, pause: float) -> None:
+    # Written behind while the run goes on (with and without pauses), the rest with its end.
+    rt = Runtime(store, {"chatty": Chatty(60, pause)})
     async with rt:
         run = await rt.run(tenant="a", agent="chatty", input="go", timeout=30)
         assert run.status == "completed"
@@ -135,3 +138,62 @@ async def test_api_servers_learn_of_run_ends_over_notify(pg_url: str) -> None:
             await asyncio.wait_for(task, 10)
             await worker_wakeup.close()
             await worker_store.close()
+
+
+async def test_a_worker_waits_for_a_wake_up_after_a_claim_that_left_slots_free(tmp_path: Path) -> None:
+    store = SqlRunStore.sqlite(tmp_path / "runs.db")
+    claims: list[int] = []
+    claim_many = store.claim_many
+
+    async def counted(worker: str, lease_seconds: float, limit: int) -> list[Any]:
+        runs = await claim_many(worker, lease_seconds, limit)
+        claims.append(len(runs))
+        return runs
+
+    store.claim_many = counted  # type: ignore[method-assign]
+    run = await store.create(new_run(tenant="a", thread_id=None, agent="chatty", input="go"))
+    worker = Worker(store, {"chatty": Chatty(3)}, poll_interval=60)  # nothing but stop() wakes it
+    ended = asyncio.Event()
+    worker.done_callbacks.append(lambda _: ended.set())
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(ended.wait(), 10)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    # One claim took the only run; the queue was empty then, so no second (empty) claim.
+    assert claims == [1]
+    done = await store.get(run.id)
+    assert done is not None and done.status == "completed"
+    await store.close()
+
+
+@pytest.mark.postgres
+async def test_each_process_listens_only_to_the_channels_it_hears(pg_url: str) -> None:
+    api = PostgresWakeup(pg_url)  # an API server: run ends wake its waiting clients
+    api.on_done.append(lambda _: None)
+    worker_wakeup = PostgresWakeup(pg_url)  # a `bastion worker`: queued runs wake it
+    store = SqlRunStore.postgres(pg_url)
+    worker = Worker(store, {"chatty": Chatty(1)}, poll_interval=60, wakeup=worker_wakeup)
+    both = PostgresWakeup(pg_url)  # nobody said: both
+    try:
+        for w in (api, worker_wakeup, both):
+            w.start()
+            await asyncio.wait_for(w.listening.wait(), 10)
+        assert api.channels == {DONE_CHANNEL}
+        assert worker_wakeup.channels == {NOTIFY_CHANNEL}
+        assert both.channels == {NOTIFY_CHANNEL, DONE_CHANNEL}
+        # A server whose runtime starts a worker later listens for runs from then on.
+        api.want_runs()
+        await asyncio.wait_for(api.listening.wait(), 10)
+        assert api.channels == {NOTIFY_CHANNEL, DONE_CHANNEL}
+        await api.wait(0)  # the reconnect woke everyone once; consumed
+        # ... and a queued run wakes it (well before the 30 s the wait allows).
+        task = asyncio.create_task(worker.run())
+        woke = asyncio.create_task(api.wait(30))
+        await store.create(new_run(tenant="a", thread_id=None, agent="chatty", input="go"))
+        await asyncio.wait_for(woke, 10)
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        for w in (api, worker_wakeup, both):
+            await w.close()
+        await store.close()

@@ -218,7 +218,7 @@ async def test_the_server_runs_the_monitor_without_being_called(tmp_path: Path) 
         assert await get("k-evil", "/v1/alerts") == []  # another tenant's alerts are not listed
 
 
-SCALEOUT_APP = f"{Path(__file__).parents[1] / 'runtime' / 'scaleout_app.py'}:build"  # runs cost $0.0025
+SCALEOUT_APP = f"{Path(__file__).parents[1] / 'runtime' / 'scaleout_app.py'}:build"  # runs cost $0.005
 
 
 def _free_port() -> int:
@@ -239,6 +239,7 @@ def _http(method: str, url: str, key: str, body: Any = None) -> Any:
 def test_a_worker_runs_the_monitor_without_being_called(pg_url: str, tmp_path: Path) -> None:
     """The server's own monitor is off: only the worker's can have fired the alert."""
     base_env = {**os.environ, "BASTION_CACHE_ENABLED": "false", "BASTION_COST_ALERT_RUN_USD": "0.001"}
+    base_env["BASTION_SECRET_AUDIT_KEY"] = "shared-audit-key"  # the app audits its tools in PostgreSQL
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, args: list[str], interval: str) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from bastion.checkpoint._base import Checkpointer, CheckpointRecord, JournalEntry, WriteRecord
 from bastion.checkpoint._format import FORMAT_VERSION, MIGRATIONS
 from bastion.checkpoint._memory import MemoryCheckpointer
-from bastion.checkpoint._serde import dumps, loads, register_type, to_jsonable
+from bastion.checkpoint._serde import dumps, loads, register_type
 
 if TYPE_CHECKING:
     from bastion.checkpoint._postgres import PostgresCheckpointer
@@ -32,7 +32,6 @@ __all__ = [
     "dumps",
     "loads",
     "register_type",
-    "to_jsonable",
 ]
 
 _LAZY = {"SqliteCheckpointer": "bastion.checkpoint._sqlite", "PostgresCheckpointer": "bastion.checkpoint._postgres"}

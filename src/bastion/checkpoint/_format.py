@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from bastion.checkpoint._base import CheckpointRecord
-from bastion.checkpoint._serde import loads, to_jsonable
+from bastion.checkpoint._serde import encode, loads
 from bastion.errors import CheckpointError, SerializationError
 
 Payload: TypeAlias = dict[str, Any]
@@ -114,11 +114,11 @@ def encode_checkpoint(
     source: str,
     meta: dict[str, Any],
 ) -> str:
-    enc_values = {ch: to_jsonable(v, f"state.{ch}") for ch, v in values.items()}
-    enc_logs = {ch: to_jsonable(items, f"state.{ch}") for ch, items in logs.items()}
+    enc_values = {ch: encode(v, f"state.{ch}") for ch, v in values.items()}
+    enc_logs = {ch: encode(items, f"state.{ch}") for ch, items in logs.items()}
     nxt: list[list[Any]] = []
     for i, (node, arg) in enumerate(next_tasks):
-        nxt.append([node] if arg is NO_ARG else [node, to_jsonable(arg, f"send[{i}]({node}).arg")])
+        nxt.append([node] if arg is NO_ARG else [node, encode(arg, f"send[{i}]({node}).arg")])
     return _dumps(
         {
             "v": FORMAT_VERSION,
@@ -202,8 +202,8 @@ def encode_done(updates: Sequence[tuple[str, Any]], goto: Sequence[tuple[str, An
     return _dumps(
         {
             "v": FORMAT_VERSION,
-            "u": [[ch, to_jsonable(v, f"state.{ch}")] for ch, v in updates],
-            "g": [[n] if a is NO_ARG else [n, to_jsonable(a, f"send({n}).arg")] for n, a in goto],
+            "u": [[ch, encode(v, f"state.{ch}")] for ch, v in updates],
+            "g": [[n] if a is NO_ARG else [n, encode(a, f"send({n}).arg")] for n, a in goto],
         }
     )
 
@@ -218,7 +218,7 @@ def encode_interrupt(interrupt_id: str, value: Any, node: str, ns: str) -> str:
         {
             "v": FORMAT_VERSION,
             "id": interrupt_id,
-            "value": to_jsonable(value, f"interrupt({node})"),
+            "value": encode(value, f"interrupt({node})"),
             "node": node,
             "ns": ns,
         }
@@ -226,11 +226,11 @@ def encode_interrupt(interrupt_id: str, value: Any, node: str, ns: str) -> str:
 
 
 def encode_resume(values: dict[str, Any]) -> str:
-    return _dumps({"v": FORMAT_VERSION, "values": to_jsonable(values, "resume")})
+    return _dumps({"v": FORMAT_VERSION, "values": encode(values, "resume")})
 
 
 def encode_value(value: Any, what: str) -> str:
-    return _dumps({"v": FORMAT_VERSION, "value": to_jsonable(value, what)})
+    return _dumps({"v": FORMAT_VERSION, "value": encode(value, what)})
 
 
 def decode_payload(payload: str, what: str = "write") -> Payload:

@@ -190,8 +190,10 @@ def _enc_other(v: Any, t: type[Any]) -> Any:
     )
 
 
-def to_jsonable(value: Any, path: str = "state") -> Any:
-    """Encode `value` into tagged JSON-compatible data; `path` names it in error messages."""
+def encode(value: Any, path: str = "state") -> Any:
+    """Encode `value` into tagged JSON-compatible data (what `loads` turns back into `value`);
+    `path` names it in error messages. Not `bastion.runtime.to_jsonable`, which flattens values
+    into plain JSON for API output and cannot be decoded back."""
     try:
         return _enc(value)
     except _Unsupported as e:
@@ -204,8 +206,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_cir
 
 
 def dumps(value: Any, path: str = "state") -> str:
-    """`to_jsonable` then compact JSON text."""
-    return _ENCODER(to_jsonable(value, path))
+    """`encode` then compact JSON text."""
+    return _ENCODER(encode(value, path))
 
 
 # --- decoding --------------------------------------------------------------------------------
@@ -260,8 +262,8 @@ def loads(text: str | bytes) -> Any:
         raise SerializationError(f"stored payload is not valid JSON: {e}") from None
 
 
-def from_jsonable(data: Any) -> Any:
-    """Decode already-parsed tagged data (e.g. from a JSONB column)."""
+def decode(data: Any) -> Any:
+    """Decode already-parsed tagged data (e.g. from a JSONB column): the inverse of `encode`."""
     return loads(json.dumps(data))
 
 
@@ -270,4 +272,4 @@ Decoder = Callable[[Any], Any]
 
 _register_core()
 
-__all__ = ["dumps", "from_jsonable", "loads", "register_type", "to_jsonable"]
+__all__ = ["decode", "dumps", "encode", "loads", "register_type"]

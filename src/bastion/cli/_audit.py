@@ -28,7 +28,7 @@ def _report(what: str, result: VerifyResult) -> int:
 def verify(home: Path, *, log: Path | None, database: str | None, export: Path | None, key: str | None) -> int:
     if export is not None:
         if key is None:
-            from bastion.policy._audit import audit_key
+            from bastion.policy import audit_key
 
             key = audit_key(home, create=False).decode()
         try:

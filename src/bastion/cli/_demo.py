@@ -42,7 +42,7 @@ def scripted_approval(ask: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     the customer's own words (the per-argument provenance in the approval payload), and
     rejects anything else, saying which values it could not trace. Returns the decision and
     the lines it shows."""
-    from bastion.policy._approval import describe_argument
+    from bastion.policy import describe_argument
 
     risk = ask.get("risk") or {}
     arguments = [a for a in risk.get("arguments") or [] if isinstance(a, dict)]
@@ -143,8 +143,7 @@ def _summary(rows: list[dict[str, Any]]) -> Table:
 
 async def demo(home: Path, *, port: int, wait: bool) -> int:
     from bastion.cli._progress import model_load_reporter, spinner
-    from bastion.server._project import ProjectEnv, load_project
-    from bastion.server._serve import build_server
+    from bastion.server import ProjectEnv, build_server, load_project
     from bastion.testing import serve_app
 
     demo_home = home / "demo"

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from bastion.errors import UserError
 from bastion.gateway.proxy import hash_key, open_key_store, parse_duration
-from bastion.server._auth import key_id_of, open_api_key_store
+from bastion.server import key_id_of, open_api_key_store
 
 console = Console(stderr=True, highlight=False)
 

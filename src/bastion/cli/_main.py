@@ -13,7 +13,7 @@ from bastion.errors import BastionError
 
 
 def _env(args: argparse.Namespace) -> object:
-    from bastion.server._project import ProjectEnv
+    from bastion.server import ProjectEnv
 
     return ProjectEnv(home=Path(args.home), database_url=args.database or os.environ.get("BASTION_DATABASE_URL"))
 
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("agent")
     r.add_argument("input")
 
-    t = sub.add_parser("trace", help="inspect traces in the embedded store")
+    t = sub.add_parser("trace", help="inspect traces (embedded store, or PostgreSQL with --database)")
     tsub = t.add_subparsers(dest="trace_command", required=True)
     tlist = tsub.add_parser("list", help="recent traces")
     show = tsub.add_parser("show", help="a trace as a tree")
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     aexport = ausub.add_parser("export", help="write the log as JSON lines with its anchor in the header")
     for ap in (averify, aexport):
         ap.add_argument("--log", type=Path, help="SQLite audit log (default <home>/audit.db)")
-        ap.add_argument("--database", help="postgresql://...: the log kept with AuditLog.postgres")
+        ap.add_argument("--database", help="postgresql://... of AuditLog.postgres (default: BASTION_DATABASE_URL)")
     averify.add_argument("--export", type=Path, help="verify an exported file instead")
     averify.add_argument("--key", help="the audit key (default: BASTION_SECRET_AUDIT_KEY, else <home>/audit.key)")
     aexport.add_argument("--out", type=Path, help="file to write (default: stdout)")
@@ -151,6 +151,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "worker":
         from bastion.cli._serve import worker
 
+        # Not uvloop: it does not close inherited descriptors in child processes (its
+        # subprocess_exec ignores close_fds), so sandboxed code saw the server's open files.
         return asyncio.run(worker(args.app, _env(args), concurrency=args.concurrency, lease=args.lease))  # type: ignore[arg-type]
     if cmd == "run":
         from bastion.cli._run import run
@@ -183,10 +185,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "audit":
         from bastion.cli import _audit
 
-        home = Path(args.home)
+        home = Path(args.home)  # an explicit --log wins over BASTION_DATABASE_URL
+        db = args.database or (None if args.log else os.environ.get("BASTION_DATABASE_URL"))
         if args.audit_command == "verify":
-            return _audit.verify(home, log=args.log, database=args.database, export=args.export, key=args.key)
-        return _audit.export(home, log=args.log, database=args.database, out=args.out)
+            return _audit.verify(home, log=args.log, database=db, export=args.export, key=args.key)
+        return _audit.export(home, log=args.log, database=db, out=args.out)
     if cmd == "memory":
         from bastion.cli._memory import ingest_command
 

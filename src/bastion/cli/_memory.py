@@ -71,7 +71,7 @@ async def ingest_command(
     ns = Namespace(tenant, agent, user, scope)
     project: Any = None
     if app is not None:
-        from bastion.server._project import ProjectEnv, load_project
+        from bastion.server import ProjectEnv, load_project
 
         project = await load_project(app, ProjectEnv(home=home, database_url=database))
         store = project.memory

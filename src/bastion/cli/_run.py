@@ -22,7 +22,7 @@ from bastion.cli._approval import find_approval
 from bastion.cli._progress import spinner
 from bastion.errors import UserError
 from bastion.runtime import thread_key
-from bastion.server._project import ProjectEnv, load_project
+from bastion.server import ProjectEnv, load_project
 from bastion.types import RunContext, new_id
 
 console = Console()

@@ -13,7 +13,7 @@ from rich.markup import escape
 from bastion.config import redact_credentials
 from bastion.errors import UserError
 from bastion.runtime import WORKER_APPLICATION_NAME, PostgresWakeup, SqlRunStore, Worker
-from bastion.server._project import ProjectEnv, load_project
+from bastion.server import ProjectEnv, load_project
 
 console = Console(stderr=True)
 
@@ -52,7 +52,7 @@ async def serve(
 ) -> int:
     import uvicorn
 
-    from bastion.server._serve import build_server
+    from bastion.server import build_server
 
     configure_logging()
     project = await load_project(spec, env)
@@ -99,6 +99,7 @@ async def worker(spec: str, env: ProjectEnv, *, concurrency: int, lease: float) 
     # Tagged so `/metrics` can count live workers (`bastion_workers_live`) from pg_stat_activity.
     wakeup = PostgresWakeup(_with_application_name(env.database_url, WORKER_APPLICATION_NAME))
     w = Worker(runs, project.runnables(), concurrency=concurrency, lease_seconds=lease, wakeup=wakeup)
+    w.memory = project.memory  # its search indexes warm up at start (`store.warm()`), off the event loop
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)  # drain: finish in-flight runs, claim no more

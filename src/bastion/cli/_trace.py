@@ -1,4 +1,6 @@
-"""`bastion trace list|show`: read the embedded trace store."""
+"""`bastion trace list|show`: read the trace store: the embedded one under `--home`, or the
+PostgreSQL store every server and worker of a scaled-out deployment writes to (`--database` or
+BASTION_DATABASE_URL)."""
 
 from __future__ import annotations
 

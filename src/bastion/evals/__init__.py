@@ -1,4 +1,5 @@
-"""Evaluation: datasets (from code, JSONL or promoted traces), evaluators (trajectory match,
+"""Evaluation: datasets (from code, JSONL or promoted traces, kept per tenant in a
+`DatasetStore`: JSONL files or PostgreSQL), evaluators (trajectory match,
 outcome checks, tool-call precision/recall, LLM-as-judge), repeated runs with pass@k /
 pass^k with bootstrap intervals over cases, and a regression gate (`bastion eval`).
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from bastion.evals._compare import CaseDiff, ReportDiff, compare_reports
 from bastion.evals._dataset import Dataset, evaluate_trace, trajectory_from_trace
+from bastion.evals._dataset_store import DatasetInfo, DatasetStore, JsonlDatasetStore, promote_traces
+from bastion.evals._dataset_store_pg import PostgresDatasetStore
 from bastion.evals._final_state import FinalState
 from bastion.evals._gate import EvalSuite, GateResult, check_thresholds, gate, main
 from bastion.evals._judge import LLMJudge, Verdict, parse_verdict
@@ -28,6 +31,8 @@ __all__ = [
     "CaseDiff",
     "CaseReport",
     "Dataset",
+    "DatasetInfo",
+    "DatasetStore",
     "EvalReport",
     "EvalResult",
     "EvalSuite",
@@ -35,9 +40,11 @@ __all__ = [
     "Expected",
     "FinalState",
     "GateResult",
+    "JsonlDatasetStore",
     "LLMJudge",
     "ModelUser",
     "OutcomeCheck",
+    "PostgresDatasetStore",
     "ReportDiff",
     "ScriptedUser",
     "SessionView",
@@ -57,6 +64,7 @@ __all__ = [
     "parse_verdict",
     "pass_at_k",
     "pass_hat_k",
+    "promote_traces",
     "run_eval",
     "run_eval_sync",
     "run_session",

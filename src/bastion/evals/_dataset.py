@@ -16,7 +16,7 @@ from bastion.tracing import semconv as sc
 from bastion.types import ToolCall, ToolResult
 
 if TYPE_CHECKING:
-    from bastion.tracing import TraceStore, TraceTree
+    from bastion.tracing import SpanStore, TraceStore, TraceTree
 
 
 def _decode(value: Any) -> Any:
@@ -49,6 +49,11 @@ def trajectory_from_trace(tree: TraceTree) -> Trajectory:
             results.append(ToolResult(call.id, call.name, content, is_error=span.is_error))
     roots = tree.roots
     root = roots[0] if roots else None
+    if root is not None:
+        # A run resumed after an approval continues its trace under the first root: the last
+        # part holds the outcome.
+        parts = [root, *(s for s in tree.children(root) if s.attributes.get(sc.BASTION_RUN_RESUMED))]
+        root = max(parts, key=lambda s: s.start_ns)
     error = None
     if root is not None and root.is_error:
         error = root.status_message or "run failed"
@@ -150,7 +155,7 @@ class Dataset:
     @classmethod
     def from_traces(
         cls,
-        store: TraceStore,
+        store: SpanStore,
         name: str = "from-traces",
         *,
         trace_ids: Iterable[str] | None = None,
@@ -164,7 +169,8 @@ class Dataset:
 
         Picks `trace_ids`, else the newest traces matching `filters` (`tenant=`, `agent=`,
         `since=` ... as `TraceStore.list_traces`), failed runs only by default. The input is
-        the run's captured input (needs content capture on). `expected` gives each case its
+        the run's captured input (needs content capture on). `store` is any trace store (SQLite
+        or PostgreSQL); `DatasetStore`s keep the result per tenant (`promote_traces`). `expected` gives each case its
         expected outcome (by trace id or computed from the trace); `golden=True` uses the
         run's own tool calls as the reference trajectory (promote a good run).
         """
@@ -176,7 +182,7 @@ class Dataset:
         for trace_id in trace_ids:
             tree = store.get_trace(trace_id)
             if tree is None:
-                raise UserError(f"trace {trace_id!r} is not in the store {store.path}")
+                raise UserError(f"trace {trace_id!r} is not in the store {getattr(store, 'path', store)}")
             if failed_only and not any(s.is_error for s in tree.roots):
                 continue
             case_input = _input_of(tree)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bastion._pg import LazyPool
 from bastion.gateway._batch_store import BatchItem, BatchRecord, BatchStatus
-from bastion.gateway._pg import LazyPool
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bastion_batch (

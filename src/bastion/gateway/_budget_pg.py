@@ -13,8 +13,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from bastion._pg import LazyPool
 from bastion.gateway._budget import BudgetLimits, Claim, Grant, Spend, Violation, grant
-from bastion.gateway._pg import LazyPool
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bastion_budget_spend (

@@ -8,10 +8,14 @@ output schema, sampling settings; not the timeout) + the routed target + the ten
 never see each other's answers. Hits come back with `cached=True` and `cost_usd=0`; the cost they
 saved is counted in `Gateway.stats.saved_usd`.
 
+The default store is in memory: no file appears unless `path=` (a SQLite file shared by
+processes) or a store is given, or the server hands one out (`ProjectEnv.response_cache()`).
+
 Semantic cache. Only for requests with `cacheable=True`, scoped to (tenant, target, everything but
-the last user message): within a scope, the last user message is embedded and the nearest stored
-one (cosine, brute force) is a hit above `threshold`. Any object with
-`async embed(texts) -> vectors` is an `Embedder`.
+the last user message): within a scope, the last user message is embedded (a `bastion.memory`
+`Embedder`) and the nearest stored one (cosine, exact) is a hit above `threshold`. Entries live in
+a `SemanticStore`: this process's memory by default, or PostgreSQL with pgvector
+(`PostgresSemanticStore`, `_cache_pg.py`) shared by every process.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bastion.errors import UserError
 from bastion.types import Message, ModelRequest, ModelResponse, Usage
+
+if TYPE_CHECKING:
+    from bastion.memory import Embedder
 
 _FORMAT = 1  # version of the stored response payload
 
@@ -182,7 +189,8 @@ class SQLiteCacheStore:
 
 
 class ResponseCache:
-    """The exact cache. `store` defaults to a SQLite file; `ttl` in seconds."""
+    """The exact cache. `store` defaults to memory (`path=` a SQLite file); `ttl` in seconds.
+    Nothing is written to disk unless a path or store is given."""
 
     def __init__(
         self,
@@ -195,11 +203,7 @@ class ResponseCache:
         if store is not None and path is not None:
             raise UserError("pass either store= or path= to ResponseCache, not both")
         if store is None:
-            if path is None:
-                from bastion.config import get_settings
-
-                path = get_settings().path("cache.db")
-            store = SQLiteCacheStore(path)
+            store = MemoryCacheStore() if path is None else SQLiteCacheStore(path)
         self.store: CacheStore = store
         self.ttl = ttl
         self._clock = clock
@@ -226,10 +230,25 @@ class ResponseCache:
 # --- semantic cache ----------------------------------------------------------------------------
 
 
-class Embedder(Protocol):
-    """Turns texts into vectors (any dimension, same for every call)."""
+class SemanticStore(Protocol):
+    """Where a `SemanticCache` keeps its entries: unit vectors, each with a response payload and
+    an expiry, partitioned by (tenant, scope). `nearest` is exact over the partition's live
+    entries, never an approximate search over every tenant filtered afterwards."""
 
-    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+    async def nearest(self, tenant: str, scope: str, vector: list[float], now: float) -> tuple[str, float] | None:
+        """The payload of the most similar live entry and its cosine similarity; None if empty.
+        A vector of another dimension than the stored ones raises `UserError`."""
+        ...
+
+    async def add(
+        self, tenant: str, scope: str, vector: list[float], payload: str, *, now: float, expires: float
+    ) -> None:
+        """Store an entry (and drop the partition's expired and surplus oldest entries)."""
+        ...
+
+    async def clear_tenant(self, tenant: str) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -239,37 +258,75 @@ class _Entry:
     expires: float
 
 
+class MemorySemanticStore:
+    """Entries in this process's memory, at most `max_entries_per_scope` per scope (oldest dropped)."""
+
+    def __init__(self, max_entries_per_scope: int = 5_000) -> None:
+        self._max = max_entries_per_scope
+        self._scopes: dict[tuple[str, str], list[_Entry]] = {}
+        self._matrices: dict[tuple[str, str], Any] = {}  # numpy matrix of a scope's vectors, rebuilt after an add
+
+    async def nearest(self, tenant: str, scope: str, vector: list[float], now: float) -> tuple[str, float] | None:
+        part = (tenant, scope)
+        entries = self._scopes.get(part)
+        if not entries:
+            return None
+        best, best_sim = _nearest(vector, entries, now, self._matrices, part)
+        return None if best is None else (best.payload, best_sim)
+
+    async def add(
+        self, tenant: str, scope: str, vector: list[float], payload: str, *, now: float, expires: float
+    ) -> None:
+        part = (tenant, scope)
+        entries = [e for e in self._scopes.get(part, []) if e.expires > now]
+        entries.append(_Entry(vector, payload, expires))
+        self._scopes[part] = entries[-self._max :]
+        self._matrices.pop(part, None)
+
+    async def clear_tenant(self, tenant: str) -> None:
+        for part in [p for p in self._scopes if p[0] == tenant]:
+            del self._scopes[part]
+            self._matrices.pop(part, None)
+
+    async def aclose(self) -> None:
+        self._scopes.clear()
+        self._matrices.clear()
+
+
 @dataclass(slots=True)
 class SemanticProbe:
     """A lookup's scope and vector, reused to store the answer without embedding twice."""
 
     scope: str
+    tenant: str = ""
     vector: list[float] | None = None
     text: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SemanticCache:
-    """Nearest-neighbour answers for paraphrased questions; in memory, per process."""
+    """Nearest-neighbour answers for paraphrased questions. `store` defaults to this process's
+    memory; `PostgresSemanticStore(url)` shares the entries between processes and hosts."""
 
     def __init__(
         self,
         embedder: Embedder,
         *,
+        store: SemanticStore | None = None,
         threshold: float = 0.95,
         ttl: float = 24 * 3600,
-        max_entries_per_scope: int = 5_000,
+        max_entries_per_scope: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < threshold <= 1:
             raise UserError(f"SemanticCache threshold must be in (0, 1], got {threshold}")
+        if store is not None and max_entries_per_scope is not None:
+            raise UserError("pass max_entries_per_scope to the store, not to SemanticCache(store=...)")
         self.embedder = embedder
+        self.store: SemanticStore = store or MemorySemanticStore(max_entries_per_scope or 5_000)
         self.threshold = threshold
         self.ttl = ttl
-        self._max = max_entries_per_scope
         self._clock = clock
-        self._scopes: dict[str, list[_Entry]] = {}
-        self._matrices: dict[str, Any] = {}  # scope -> numpy matrix of its vectors, rebuilt after a store
 
     @staticmethod
     def applies(request: ModelRequest) -> bool:
@@ -279,36 +336,34 @@ class SemanticCache:
         self, request: ModelRequest, target: str
     ) -> tuple[ModelResponse, float | None, float] | SemanticProbe:
         """A hit (response, original cost, similarity) or the probe to `store` the answer with."""
-        probe = SemanticProbe(cache_key(request, target, skip_last_user=True), text=request.messages[-1].text)
+        probe = SemanticProbe(
+            cache_key(request, target, skip_last_user=True), request.context.tenant, text=request.messages[-1].text
+        )
         [vector] = await self.embedder.embed([probe.text])
         probe.vector = _unit(vector)
-        entries = self._scopes.get(probe.scope)
-        if not entries:
+        found = await self.store.nearest(probe.tenant, probe.scope, probe.vector, self._clock())
+        if found is None or found[1] < self.threshold:
             return probe
-        best, best_sim = _nearest(probe.vector, entries, self._clock(), self._matrices, probe.scope)
-        if best is None or best_sim < self.threshold:
-            return probe
-        loaded = load_response(best.payload)
+        loaded = load_response(found[0])
         if loaded is None:
             return probe
-        return loaded[0], loaded[1], best_sim
+        return loaded[0], loaded[1], found[1]
 
-    def store(self, probe: SemanticProbe, response: ModelResponse) -> None:
+    async def put(self, probe: SemanticProbe, response: ModelResponse) -> None:
+        """Remember `response` as the answer to the probe's question."""
         if probe.vector is None:
             return
         now = self._clock()
-        entries = [e for e in self._scopes.get(probe.scope, []) if e.expires > now]
-        entries.append(_Entry(probe.vector, dump_response(response), now + self.ttl))
-        self._scopes[probe.scope] = entries[-self._max :]
-        self._matrices.pop(probe.scope, None)
+        await self.store.add(
+            probe.tenant, probe.scope, probe.vector, dump_response(response), now=now, expires=now + self.ttl
+        )
 
-    def close(self) -> None:
-        self._scopes.clear()
-        self._matrices.clear()
+    async def aclose(self) -> None:
+        await self.store.aclose()
 
 
 def _nearest(
-    vector: list[float], entries: list[_Entry], now: float, matrices: dict[str, Any], scope: str
+    vector: list[float], entries: list[_Entry], now: float, matrices: dict[tuple[str, str], Any], part: tuple[str, str]
 ) -> tuple[_Entry | None, float]:
     """The most similar live entry: one matrix-vector product with numpy (if installed, ~2 ms for
     5k x 384), else a Python loop."""
@@ -322,9 +377,9 @@ def _nearest(
     except ImportError:
         np = None
     if np is not None:
-        matrix = matrices.get(scope)
+        matrix = matrices.get(part)
         if matrix is None:
-            matrix = matrices[scope] = np.asarray([e.vector for e in entries], dtype=np.float32)
+            matrix = matrices[part] = np.asarray([e.vector for e in entries], dtype=np.float32)
         # einsum runs single-threaded C loops: BLAS matmul spins up threads that thrash on a
         # busy host (measured 37 ms vs 2 ms for 5k x 384 on a loaded 2-core machine).
         sims = np.einsum("ij,j->i", matrix, np.asarray(vector, dtype=np.float32))
@@ -355,12 +410,13 @@ def _dot(a: list[float], b: list[float]) -> float:
 
 __all__ = [
     "CacheStore",
-    "Embedder",
     "MemoryCacheStore",
+    "MemorySemanticStore",
     "ResponseCache",
     "SQLiteCacheStore",
     "SemanticCache",
     "SemanticProbe",
+    "SemanticStore",
     "cache_key",
     "dump_response",
     "load_response",

@@ -78,9 +78,10 @@ CallObserver = Callable[[CallRecord], None]
 class Gateway:
     """Routes, retries, prices, budgets and caches model calls. See the module docstring.
 
-    `cache`: None (default) = the exact cache in `get_settings().path("cache.db")` when
-    `cache_enabled` (responses of `test:*` doubles are never cached by this default), False =
-    off, or a `ResponseCache`. `tiers=None` uses the settings' tiers (`BASTION_TIERS`).
+    `cache`: None (default) = an in-memory exact cache when `cache_enabled` (no file is
+    written; responses of `test:*` doubles are never cached by this default), False = off, or
+    a `ResponseCache` (`ResponseCache(path=...)` for a SQLite file). `tiers=None` uses the
+    settings' tiers (`BASTION_TIERS`).
     `models` registers ready Model instances by name (checked before `resolver`, which
     defaults to `bastion.gateway.resolve_model`).
     """
@@ -304,7 +305,7 @@ class Gateway:
         if self._cache is not None:
             self._cache.close()
         if self.semantic_cache is not None:
-            self.semantic_cache.close()
+            await self.semantic_cache.aclose()
         if self.budgets is not None:
             await self.budgets.aclose()
         if self._owns_batch_store:
@@ -374,7 +375,7 @@ class Gateway:
                 if cache is not None and key is not None:
                     cache.put(key, request.context.tenant, response)
                 if probe is not None and self.semantic_cache is not None:
-                    self.semantic_cache.store(probe, response)
+                    await self.semantic_cache.put(probe, response)
             except Exception:
                 log.warning("could not store the response in the cache", exc_info=True)
         return response
@@ -586,7 +587,7 @@ def _spans() -> Any:
 def _report_breaker(name: str, state: str) -> None:
     try:
         from bastion.gateway._pricing import split_name
-        from bastion.tracing._metrics import record_circuit_state
+        from bastion.tracing import record_circuit_state
 
         provider, model = split_name(name)
         record_circuit_state(provider, model, state)

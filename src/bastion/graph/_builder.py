@@ -5,15 +5,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 from bastion.errors import InvalidGraphError
 from bastion.graph._state import StateSchema
-from bastion.graph._types import END, START, RetryPolicy
+from bastion.graph._types import END, START, NodeFn, RetryPolicy, RouterFn, StateT
 
 if TYPE_CHECKING:
     from bastion.checkpoint import Checkpointer
     from bastion.graph._compiled import CompiledGraph
+    from bastion.graph._pregel import Engine
+
+InT = TypeVar("InT")
 
 
 def _wants_config(fn: Callable[..., Any]) -> bool:
@@ -46,7 +49,7 @@ class NodeSpec:
     wants_config: bool
     retry: RetryPolicy | None
     timeout: float | None
-    subgraph: CompiledGraph | None
+    subgraph: Engine | None
 
 
 @dataclass(slots=True)
@@ -57,18 +60,18 @@ class Branch:
     wants_config: bool
 
 
-class Graph:
+class Graph(Generic[StateT]):
     """Build a graph over a state schema (TypedDict, dataclass or pydantic model).
 
     ```python
-    g = Graph(State)
+    g = Graph(State)  # a Graph[State]: nodes take a State, invoke() returns one
     g.add_node("a", fn)
     g.add_edge(START, "a")
     app = g.compile(checkpointer=SqliteCheckpointer("runs.db"))
     ```
     """
 
-    def __init__(self, state_schema: type[Any]) -> None:
+    def __init__(self, state_schema: type[StateT]) -> None:
         caller = inspect.currentframe()
         localns = caller.f_back.f_locals if caller is not None and caller.f_back is not None else None
         self.schema = StateSchema(state_schema, localns)
@@ -80,18 +83,51 @@ class Graph:
         self.joins: list[tuple[tuple[str, ...], str]] = []
         self.branches: dict[str, list[Branch]] = {}
 
+    @overload
     def add_node(
         self,
-        name: str | Callable[..., Any],
-        fn: Callable[..., Any] | CompiledGraph | Graph | None = None,
+        name: str,
+        fn: CompiledGraph[Any] | Graph[Any],
         *,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-    ) -> Graph:
+    ) -> Self: ...
+    @overload
+    def add_node(
+        self, name: str, fn: NodeFn[StateT], *, retry: RetryPolicy | None = None, timeout: float | None = None
+    ) -> Self: ...
+    @overload
+    def add_node(
+        self,
+        name: str,
+        fn: NodeFn[InT],
+        *,
+        input_schema: type[InT],
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Self: ...
+    @overload
+    def add_node(
+        self, name: NodeFn[StateT], *, retry: RetryPolicy | None = None, timeout: float | None = None
+    ) -> Self: ...
+    def add_node(
+        self,
+        name: str | Callable[..., Any],
+        fn: Callable[..., Any] | CompiledGraph[Any] | Graph[Any] | None = None,
+        *,
+        input_schema: type[Any] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Self:
         """Add a node: `fn(state)` or `fn(state, config)`, sync or async, returning a dict of
-        updates, a `Command`, `Send`s or None. A compiled graph as `fn` runs as a subgraph."""
+        updates, a `Command`, `Send`s or None. A compiled graph as `fn` runs as a subgraph.
+
+        A node reached only through `Send(name, arg)` receives `arg` instead of the state: say
+        its type with `input_schema=` so type checkers accept `fn` (it changes nothing at run
+        time)."""
         from bastion.graph._compiled import CompiledGraph
 
+        del input_schema  # for type checkers only
         if fn is None:
             if isinstance(name, str):
                 raise InvalidGraphError(f"add_node({name!r}) needs a function: add_node({name!r}, fn)")
@@ -107,14 +143,15 @@ class Graph:
         if isinstance(fn, Graph):
             fn = fn.compile()
         if isinstance(fn, CompiledGraph):
-            self.nodes[name] = NodeSpec(name, None, True, False, retry, timeout, fn)
+            engine = fn._engine  # pyright: ignore[reportPrivateUsage]  (one package: the builder wires engines)
+            self.nodes[name] = NodeSpec(name, None, True, False, retry, timeout, engine)
         elif callable(fn):
             self.nodes[name] = NodeSpec(name, fn, _is_async(fn), _wants_config(fn), retry, timeout, None)
         else:
             raise InvalidGraphError(f"node {name!r} must be a callable or a compiled graph, not {fn!r}")
         return self
 
-    def add_edge(self, src: str | Sequence[str], dst: str) -> Graph:
+    def add_edge(self, src: str | Sequence[str], dst: str) -> Self:
         """`add_edge("a", "b")`: b runs in the step after a. `add_edge(["a", "b"], "c")`: c runs
         once both a and b have finished (a join)."""
         if isinstance(src, str):
@@ -129,9 +166,9 @@ class Graph:
     def add_conditional_edges(
         self,
         src: str,
-        router: Callable[..., Any],
+        router: RouterFn[StateT],
         path_map: Mapping[Hashable, str] | Sequence[str] | None = None,
-    ) -> Graph:
+    ) -> Self:
         """After `src`, call `router(state)` (or `router(state, config)`); it returns a node
         name, END, a `Send`, or a list of those. `path_map` maps the router's return values to
         node names."""
@@ -145,13 +182,13 @@ class Graph:
         self.branches.setdefault(src, []).append(Branch(router, pm, _is_async(router), _wants_config(router)))
         return self
 
-    def set_entry_point(self, name: str) -> Graph:
+    def set_entry_point(self, name: str) -> Self:
         return self.add_edge(START, name)
 
-    def set_finish_point(self, name: str) -> Graph:
+    def set_finish_point(self, name: str) -> Self:
         return self.add_edge(name, END)
 
-    def add_sequence(self, nodes: Sequence[Callable[..., Any] | tuple[str, Callable[..., Any]]]) -> Graph:
+    def add_sequence(self, nodes: Sequence[NodeFn[StateT] | tuple[str, NodeFn[StateT]]]) -> Self:
         """Add nodes chained one after another (not connected to START)."""
         prev: str | None = None
         for item in nodes:
@@ -213,7 +250,7 @@ class Graph:
         keyframe_every: int = 200,
         name: str = "graph",
         trace_nodes: bool = False,
-    ) -> CompiledGraph:
+    ) -> CompiledGraph[StateT]:
         """Check the graph and return a runnable `CompiledGraph`.
 
         `step_limit` bounds supersteps per invocation (`GraphRecursionError` beyond it);
@@ -224,13 +261,14 @@ class Graph:
         `graph node <name>` span around every node (off by default: agent traces stay flat).
         """
         from bastion.graph._compiled import CompiledGraph
+        from bastion.graph._pregel import Engine
 
         self._check(interrupt_before, interrupt_after)
         if step_limit < 1:
             raise InvalidGraphError(f"step_limit must be >= 1, got {step_limit}")
         if keyframe_every < 1:
             raise InvalidGraphError(f"keyframe_every must be >= 1, got {keyframe_every}")
-        return CompiledGraph(
+        engine = Engine(
             self,
             checkpointer=checkpointer,
             interrupt_before=frozenset(interrupt_before),
@@ -240,6 +278,7 @@ class Graph:
             name=name,
             trace_nodes=trace_nodes,
         )
+        return CompiledGraph(engine)
 
 
 __all__ = ["Branch", "Graph", "NodeSpec"]

@@ -7,28 +7,46 @@ import contextlib
 import contextvars
 import queue
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator, Mapping
+from typing import Any, Generic
 
 from bastion._sync import run_sync
-from bastion.checkpoint.format import Decoded
+from bastion.checkpoint import Checkpointer
 from bastion.errors import UserError
 from bastion.graph._pregel import FAILED_AT, Engine, Run, Sink
-from bastion.graph._types import END, START, GraphEvent, StateSnapshot
+from bastion.graph._types import END, START, Command, GraphEvent, StateSnapshot, StateT
 from bastion.types import RunContext, new_id
 
+GraphInput = Mapping[str, Any] | Command[Any] | None
+"""Besides a state instance: a dict of updates, `None` (continue) or `Command(resume=...)`."""
 
-class CompiledGraph(Engine):
+
+class CompiledGraph(Generic[StateT]):
     """A compiled graph. Async methods are the core; `invoke`/`get_state`/... are sync wrappers.
 
     With a checkpointer and a `thread_id`, every superstep is persisted: a run that fails, is
     interrupted or whose process dies continues with `ainvoke(None, thread_id=...)`.
+    `Graph(State).compile()` is a `CompiledGraph[State]`: `invoke` returns a `State`.
     """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine  # the structure and the superstep loop; not part of the API
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        """Where the threads of this graph are stored (None: runs are not durable)."""
+        return self._engine.checkpointer
 
     # --- running -----------------------------------------------------------------------------
 
     def _output(self, run: Run) -> Any:
-        out = self.schema.output(run.values)
+        out = self._engine.schema.output(run.values)
         pending = run.pending_interrupts()
         if pending and isinstance(out, dict):
             out["__interrupt__"] = pending
@@ -36,13 +54,13 @@ class CompiledGraph(Engine):
 
     async def ainvoke(
         self,
-        input: Any,
+        input: StateT | GraphInput,
         *,
         thread_id: str | None = None,
         context: RunContext | None = None,
         checkpoint_id: str | None = None,
         step_limit: int | None = None,
-    ) -> Any:
+    ) -> StateT:
         """Run until the graph finishes or pauses; return the final state.
 
         `input`: a dict of updates (or a state instance) to start a turn, `None` to continue a
@@ -54,13 +72,13 @@ class CompiledGraph(Engine):
 
     def invoke(
         self,
-        input: Any,
+        input: StateT | GraphInput,
         *,
         thread_id: str | None = None,
         context: RunContext | None = None,
         checkpoint_id: str | None = None,
         step_limit: int | None = None,
-    ) -> Any:
+    ) -> StateT:
         """Sync wrapper of `ainvoke` (refuses inside a running event loop)."""
         return run_sync(
             self.ainvoke(
@@ -78,9 +96,9 @@ class CompiledGraph(Engine):
         sink: Sink | None,
     ) -> Run:
         try:
-            return await self.execute(
+            return await self._engine.execute(
                 input,
-                checkpointer=self.checkpointer,
+                checkpointer=self._engine.checkpointer,
                 thread_id=thread_id,
                 context=context,
                 sink=sink,
@@ -96,7 +114,7 @@ class CompiledGraph(Engine):
 
     async def astream(
         self,
-        input: Any,
+        input: StateT | GraphInput,
         *,
         thread_id: str | None = None,
         context: RunContext | None = None,
@@ -147,7 +165,7 @@ class CompiledGraph(Engine):
 
     def stream(
         self,
-        input: Any,
+        input: StateT | GraphInput,
         *,
         thread_id: str | None = None,
         context: RunContext | None = None,
@@ -214,54 +232,39 @@ class CompiledGraph(Engine):
 
     # --- inspecting threads ------------------------------------------------------------------
 
-    def _require_cp(self) -> Any:
-        if self.checkpointer is None:
+    def _require_cp(self) -> Checkpointer:
+        if self._engine.checkpointer is None:
             raise UserError("this needs durable state: compile the graph with checkpointer=...")
-        return self.checkpointer
+        return self._engine.checkpointer
 
-    async def _snapshot(self, thread_id: str, d: Decoded, ns: str = "") -> StateSnapshot:
-        run = Run(self._require_cp(), thread_id, ns, RunContext(), None, {})
-        tasks = self._load(run, d)
-        await self._absorb_writes(run)
-        rec = d.record
-        return StateSnapshot(
-            values=self.schema.output(run.values),
-            next=tuple(t.node for t in tasks if t.id not in run.done),
-            interrupts=tuple(run.pending_interrupts()),
-            checkpoint_id=rec.checkpoint_id,
-            parent_id=rec.parent_id,
-            thread_id=thread_id,
-            step=rec.step,
-            created_at=rec.created_at,
-            source=d.source,
-            metadata=dict(d.meta),
-        )
-
-    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+    async def aget_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot[StateT]:
         """The thread's state at its latest (or the given) checkpoint, with pending interrupts."""
         cp = self._require_cp()
-        decoded = await self._decoded(cp, thread_id, "", checkpoint_id)
+        engine = self._engine
+        decoded = await engine.decoded(cp, thread_id, "", checkpoint_id)
         if decoded is None:
             if checkpoint_id is not None:
                 raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
-            return StateSnapshot(self.schema.view({}), (), (), None, None, thread_id, 0, None, "none")
-        return await self._snapshot(thread_id, decoded)
+            return StateSnapshot(engine.schema.view({}), (), (), None, None, thread_id, 0, None, "none")
+        return await engine.snapshot(cp, thread_id, decoded)
 
-    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot:
+    def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> StateSnapshot[StateT]:
         return run_sync(self.aget_state(thread_id, checkpoint_id))
 
-    async def aget_state_history(self, thread_id: str, *, limit: int | None = None) -> AsyncIterator[StateSnapshot]:
+    async def aget_state_history(
+        self, thread_id: str, *, limit: int | None = None
+    ) -> AsyncIterator[StateSnapshot[StateT]]:
         """Every checkpoint of the thread (all branches), newest first."""
         from bastion.checkpoint.format import decode_history
 
         cp = self._require_cp()
         rows = await cp.list(thread_id, "")
-        states = decode_history(rows, self.schema.log_channels)
+        states = decode_history(rows, self._engine.schema.log_channels)
         for rec in rows if limit is None else rows[:limit]:
-            yield await self._snapshot(thread_id, states[rec.checkpoint_id])
+            yield await self._engine.snapshot(cp, thread_id, states[rec.checkpoint_id])
 
-    def get_state_history(self, thread_id: str, *, limit: int | None = None) -> list[StateSnapshot]:
-        async def collect() -> list[StateSnapshot]:
+    def get_state_history(self, thread_id: str, *, limit: int | None = None) -> list[StateSnapshot[StateT]]:
+        async def collect() -> list[StateSnapshot[StateT]]:
             return [s async for s in self.aget_state_history(thread_id, limit=limit)]
 
         return run_sync(collect())
@@ -271,7 +274,7 @@ class CompiledGraph(Engine):
     async def aupdate_state(
         self,
         thread_id: str,
-        values: dict[str, Any] | None,
+        values: Mapping[str, Any] | None,
         *,
         as_node: str | None = None,
         checkpoint_id: str | None = None,
@@ -282,33 +285,21 @@ class CompiledGraph(Engine):
         edges; without, the pending next step is kept (edit a paused thread, then resume).
         Starting from an older `checkpoint_id` branches the thread there (time travel).
         """
-        cp = self._require_cp()
-        if as_node is not None and as_node not in self.nodes:
-            raise UserError(f"as_node={as_node!r} is not a node of this graph; nodes: {sorted(self.nodes)}")
-        run = Run(cp, thread_id, "", RunContext(), None, {})
-        decoded = await self._decoded(cp, thread_id, "", checkpoint_id)
-        if checkpoint_id is not None:
-            if decoded is None:
-                raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
-            latest = await cp.get(thread_id, "")
-            run.id_floor = latest.checkpoint_id if latest is not None else ""
-        kept: list[tuple[str, Any]] = []
-        if decoded is not None:
-            tasks = self._load(run, decoded)
-            kept = [(t.node, t.arg) for t in tasks]
-        updates, gotos = self._normalise(as_node or "update_state", values)
-        self._apply(run, updates)
-        nxt = await self._route(run, [as_node], gotos) if as_node is not None else kept
-        await self._checkpoint(run, nxt, "update")
-        assert run.checkpoint_id is not None
-        return run.checkpoint_id
+        return await self._engine.update_state(self._require_cp(), thread_id, values, as_node, checkpoint_id)
 
-    def update_state(self, thread_id: str, values: dict[str, Any] | None, *, as_node: str | None = None) -> str:
-        return run_sync(self.aupdate_state(thread_id, values, as_node=as_node))
+    def update_state(
+        self,
+        thread_id: str,
+        values: dict[str, Any] | None,
+        *,
+        as_node: str | None = None,
+        checkpoint_id: str | None = None,
+    ) -> str:
+        return run_sync(self.aupdate_state(thread_id, values, as_node=as_node, checkpoint_id=checkpoint_id))
 
     async def afork(
         self, thread_id: str, checkpoint_id: str | None = None, *, new_thread_id: str | None = None
-    ) -> StateSnapshot:
+    ) -> StateSnapshot[StateT]:
         """Copy the thread at `checkpoint_id` (default: latest) into a new thread and return its
         snapshot. The fork re-executes from there: completed-task records and memoized calls
         of the original are not copied."""
@@ -326,7 +317,7 @@ class CompiledGraph(Engine):
 
     def fork(
         self, thread_id: str, checkpoint_id: str | None = None, *, new_thread_id: str | None = None
-    ) -> StateSnapshot:
+    ) -> StateSnapshot[StateT]:
         return run_sync(self.afork(thread_id, checkpoint_id, new_thread_id=new_thread_id))
 
     def draw_mermaid(self) -> str:
@@ -336,25 +327,26 @@ class CompiledGraph(Engine):
         def node_id(name: str) -> str:
             return {START: "__start__", END: "__end__"}.get(name, name)
 
+        g = self._engine
         lines = ["flowchart TD", "    __start__([START])", "    __end__([END])"]
-        lines += [f"    {n}[{n}]" for n in self.nodes]
-        for src, dsts in self.edges.items():
+        lines += [f"    {n}[{n}]" for n in g.nodes]
+        for src, dsts in g.edges.items():
             lines += [f"    {node_id(src)} --> {node_id(d)}" for d in dsts]
-        for src, branches in self.branches.items():
+        for src, branches in g.branches.items():
             for b in branches:
                 if b.path_map is None:
                     lines.append(f"    {node_id(src)} -.-> |router| __end__")
                 else:
                     lines += [f"    {node_id(src)} -.-> |{k}| {node_id(d)}" for k, d in b.path_map.items()]
-        for src, joins in self.joins_by_src.items():
+        for src, joins in g.joins_by_src.items():
             lines += [f"    {node_id(src)} --> |join| {node_id(dst)}" for _key, _sources, dst in joins]
-        for n in self.nodes:
-            if not self.edges.get(n) and n not in self.branches and n not in self.joins_by_src:
+        for n in g.nodes:
+            if not g.edges.get(n) and n not in g.branches and n not in g.joins_by_src:
                 lines.append(f"    {n} --> __end__")  # the branch ends here (explicitly or not)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"CompiledGraph({self.name!r}, nodes={sorted(self.nodes)})"
+        return f"CompiledGraph({self.name!r}, nodes={sorted(self._engine.nodes)})"
 
 
 __all__ = ["CompiledGraph"]

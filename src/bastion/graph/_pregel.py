@@ -43,7 +43,7 @@ from bastion.errors import (
 )
 from bastion.graph._runtime import CURRENT, TaskContext, interrupt_id
 from bastion.graph._state import StateSchema, append
-from bastion.graph._types import END, START, Command, GraphEvent, Interrupt, Send, node_retryable
+from bastion.graph._types import END, START, Command, GraphEvent, Interrupt, Send, StateSnapshot, node_retryable
 from bastion.types import RunContext
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _tracing_on() -> bool:
     """Whether spans would be recorded; decided once per run so untraced runs pay nothing."""
     if "bastion.tracing._state" not in sys.modules and "opentelemetry.trace" not in sys.modules:
         return False
-    from bastion.tracing._state import active_tracer
+    from bastion.tracing import active_tracer
 
     return active_tracer() is not None
 
@@ -211,7 +211,7 @@ class Engine:
 
     # --- loading -----------------------------------------------------------------------------
 
-    async def _decoded(
+    async def decoded(
         self, checkpointer: Checkpointer, thread_id: str, ns: str, checkpoint_id: str | None
     ) -> Decoded | None:
         rec = await checkpointer.get(thread_id, ns, checkpoint_id)
@@ -643,7 +643,13 @@ class Engine:
                     logs[ch] = v[saved:]
                 else:
                     values[ch] = v
-        meta = {"step": step}
+        meta: dict[str, Any] = {"step": step}
+        if run.traced:
+            from bastion.tracing import semconv, spans
+
+            traceparent = spans.run_traceparent()
+            if traceparent is not None:  # a run resumed from here continues this trace
+                meta[semconv.CHECKPOINT_TRACEPARENT] = traceparent
         payload = encode_checkpoint(values, logs, nxt, source, meta)
         record = CheckpointRecord(
             run.thread_id,
@@ -720,6 +726,55 @@ class Engine:
         run.static_pause = when
         self._emit(run, "interrupt", intr.node, [intr])
 
+    # --- reading and editing threads (CompiledGraph's get_state / update_state) --------------
+
+    async def snapshot(self, checkpointer: Checkpointer, thread_id: str, d: Decoded, ns: str = "") -> StateSnapshot:
+        run = Run(checkpointer, thread_id, ns, RunContext(), None, {})
+        tasks = self._load(run, d)
+        await self._absorb_writes(run)
+        rec = d.record
+        return StateSnapshot(
+            values=self.schema.output(run.values),
+            next=tuple(t.node for t in tasks if t.id not in run.done),
+            interrupts=tuple(run.pending_interrupts()),
+            checkpoint_id=rec.checkpoint_id,
+            parent_id=rec.parent_id,
+            thread_id=thread_id,
+            step=rec.step,
+            created_at=rec.created_at,
+            source=d.source,
+            metadata=dict(d.meta),
+        )
+
+    async def update_state(
+        self,
+        checkpointer: Checkpointer,
+        thread_id: str,
+        values: Any,
+        as_node: str | None,
+        checkpoint_id: str | None,
+    ) -> str:
+        """Apply `values` through the reducers as a new checkpoint (see `aupdate_state`)."""
+        if as_node is not None and as_node not in self.nodes:
+            raise UserError(f"as_node={as_node!r} is not a node of this graph; nodes: {sorted(self.nodes)}")
+        run = Run(checkpointer, thread_id, "", RunContext(), None, {})
+        decoded = await self.decoded(checkpointer, thread_id, "", checkpoint_id)
+        if checkpoint_id is not None:
+            if decoded is None:
+                raise UserError(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}")
+            latest = await checkpointer.get(thread_id, "")
+            run.id_floor = latest.checkpoint_id if latest is not None else ""
+        kept: list[tuple[str, Any]] = []
+        if decoded is not None:
+            tasks = self._load(run, decoded)
+            kept = [(t.node, t.arg) for t in tasks]
+        updates, gotos = self._normalise(as_node or "update_state", values)
+        self._apply(run, updates)
+        nxt = await self._route(run, [as_node], gotos) if as_node is not None else kept
+        await self._checkpoint(run, nxt, "update")
+        assert run.checkpoint_id is not None
+        return run.checkpoint_id
+
     # --- the loop ----------------------------------------------------------------------------
 
     async def execute(
@@ -756,7 +811,7 @@ class Engine:
         ns = run.ns
         decoded: Decoded | None = None
         if run.checkpointer is not None and thread_id is not None:
-            decoded = await self._decoded(run.checkpointer, thread_id, ns, checkpoint_id)
+            decoded = await self.decoded(run.checkpointer, thread_id, ns, checkpoint_id)
             if checkpoint_id is not None:
                 if decoded is None:
                     raise UserError(

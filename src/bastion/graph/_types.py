@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeAlias, TypeVar
+
+from typing_extensions import TypeVar as DefaultTypeVar  # `default=`: a bare `Graph` is `Graph[Any]`
 
 from bastion.gateway import RetryPolicy  # one retry policy for every layer
 from bastion.types import RunContext
@@ -13,6 +15,9 @@ START = "__start__"
 END = "__end__"
 
 T = TypeVar("T")
+S = TypeVar("S")
+StateT = DefaultTypeVar("StateT", default=Any)
+"""The state type of a graph: its TypedDict, dataclass or pydantic model."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -73,10 +78,10 @@ class GraphEvent:
 
 
 @dataclass(slots=True)
-class StateSnapshot:
+class StateSnapshot(Generic[StateT]):
     """A thread's state at one checkpoint."""
 
-    values: Any
+    values: StateT
     next: tuple[str, ...]
     interrupts: tuple[Interrupt, ...]
     checkpoint_id: str | None
@@ -101,6 +106,17 @@ class NodeConfig:
     emit: Callable[..., None]
 
 
+NodeOutput: TypeAlias = Mapping[str, Any] | Command[Any] | Send | Sequence[Send] | None
+"""What a node returns: a dict of state updates, a `Command`, `Send`(s) or None."""
+
+NodeFn: TypeAlias = (
+    Callable[[S], NodeOutput | Awaitable[NodeOutput]] | Callable[[S, NodeConfig], NodeOutput | Awaitable[NodeOutput]]
+)
+"""A node over input `S` (the state, or a `Send`'s arg): `fn(s)` or `fn(s, config)`, sync or async."""
+
+RouterFn: TypeAlias = Callable[[S], object] | Callable[[S, NodeConfig], object]
+"""A router of conditional edges: returns a node name (or a `path_map` key), END, Send(s) or a list."""
+
 __all__ = [
     "END",
     "START",
@@ -109,7 +125,11 @@ __all__ = [
     "GraphEvent",
     "Interrupt",
     "NodeConfig",
+    "NodeFn",
+    "NodeOutput",
     "RetryPolicy",
+    "RouterFn",
     "Send",
     "StateSnapshot",
+    "StateT",
 ]

@@ -24,7 +24,14 @@ from bastion.memory._types import Episode, MemoryItem, Namespace, SearchHit, Ski
 
 if TYPE_CHECKING:
     from bastion.memory._batcher import EmbeddingBatcher
-    from bastion.memory._context import AssembledContext, ContextAssembler, ContextPolicy, Summary, edge_order
+    from bastion.memory._context import (
+        DEFAULT_WINDOW,
+        AssembledContext,
+        ContextAssembler,
+        ContextPolicy,
+        Summary,
+        edge_order,
+    )
     from bastion.memory._core import CoreMemory
     from bastion.memory._embedders import Embedder, HashingEmbedder, MiniLMEmbedder, OpenAIEmbedder
     from bastion.memory._facts import FactMemory, extract_facts
@@ -50,6 +57,7 @@ _LAZY = {
     "AssembledContext": "_context",
     "ContextAssembler": "_context",
     "ContextPolicy": "_context",
+    "DEFAULT_WINDOW": "_context",
     "Summary": "_context",
     "edge_order": "_context",
     "CoreMemory": "_core",
@@ -80,6 +88,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "DEFAULT_WINDOW",
     "AssembledContext",
     "Chunk",
     "ContextAssembler",

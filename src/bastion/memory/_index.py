@@ -16,7 +16,8 @@ ranking, never to a ranked top-k. Inside a partition each row has a slot in colu
   `candidates` nearest, re-scored by int8 codes with a per-vector scale (384 bytes), about
   0.45 KB per item in all.
 
-Not thread-safe: the owning store calls it from its event loop thread only.
+Not thread-safe: the owning store calls it from its event loop thread only (an index may be
+built in a worker thread and handed over when complete, as the PostgreSQL store does).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -374,7 +376,12 @@ class TenantIndex:
         counts = np.cumsum(np.bincount(dist, minlength=far + 1))
         cut = int(np.searchsorted(counts, count))
         below = np.flatnonzero(dist < cut)
-        return np.concatenate((below, np.flatnonzero(dist == cut)[: count - len(below)]))
+        at_cut, need = np.flatnonzero(dist == cut), count - len(below)
+        if len(at_cut) > need:
+            # Rows tied at the cut-off go by rowid, not slot: slots follow the order rows were
+            # loaded in, which differs between processes (the PostgreSQL store's catch-ups).
+            at_cut = at_cut[np.argpartition(part.rowid[at_cut], need - 1)[:need]] if need else at_cut[:0]
+        return np.concatenate((below, at_cut))
 
     def _kind_code(self, flt: Filter) -> int | None:
         if flt.kind is None:
@@ -402,4 +409,34 @@ def _merge(rows: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
     return sorted(rows, key=lambda r: (-r[1], r[0]))[:k]
 
 
-__all__ = ["BM25_B", "BM25_K1", "Filter", "RowState", "TenantIndex"]
+class Fts5Tokens:
+    """FTS5's `porter unicode61` tokenizer outside any FTS5 table (an in-memory SQLite
+    connection), for backends that keep their own index: documents and queries come out as the
+    SQLite store's FTS5 tables tokenize them, so BM25 scores are the same on every backend.
+    One instance per thread."""
+
+    def __init__(self) -> None:
+        import apsw
+
+        self._db = apsw.Connection(":memory:")
+        self._tokenizer = self._db.fts5_tokenizer("porter", ["unicode61"])
+        self._document = apsw.FTS5_TOKENIZE_DOCUMENT
+        self._query = apsw.FTS5_TOKENIZE_QUERY
+
+    def document(self, text: str) -> list[str]:
+        return self._tokenize(text, self._document)
+
+    def query(self, terms: Iterable[str]) -> list[str]:
+        """The tokens of each query term (`query_terms` of the query), in order."""
+        out: list[str] = []
+        for term in terms:
+            out += self._tokenize(term, self._query)
+        return out
+
+    def _tokenize(self, text: str, flags: int) -> list[str]:
+        # Without offsets and colocated tokens apsw returns plain strings.
+        tokens = self._tokenizer(text.encode(), flags, None, include_offsets=False, include_colocated=False)
+        return cast("list[str]", tokens)
+
+
+__all__ = ["BM25_B", "BM25_K1", "Filter", "Fts5Tokens", "RowState", "TenantIndex"]

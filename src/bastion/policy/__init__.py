@@ -15,9 +15,18 @@ from bastion.policy._approval import (
     CallbackApprover,
     InterruptApprover,
     RiskSummary,
+    describe_argument,
     parse_resume,
 )
-from bastion.policy._audit import AuditAnchor, AuditEntry, AuditLog, VerifyResult, verify_audit_log, verify_export
+from bastion.policy._audit import (
+    AuditAnchor,
+    AuditEntry,
+    AuditLog,
+    VerifyResult,
+    audit_key,
+    verify_audit_log,
+    verify_export,
+)
 from bastion.policy._cedar import CedarAuthorizer, CedarDecision, default_policy_text, default_schema_text
 from bastion.policy._gateway import ToolGateway
 from bastion.policy._injection import (
@@ -80,8 +89,10 @@ __all__ = [
     "ToolGateway",
     "VerifyResult",
     "Violation",
+    "audit_key",
     "default_policy_text",
     "default_schema_text",
+    "describe_argument",
     "load_onnx_classifier",
     "parse_resume",
     "scrub_spotlight",

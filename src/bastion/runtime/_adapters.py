@@ -74,6 +74,23 @@ class ThreadState:
         record = await checkpointer.get(thread_id)
         return record.checkpoint_id if record is not None else None
 
+    async def trace_parent(self, thread_id: str) -> str | None:
+        """The W3C `traceparent` of the run root that wrote the thread's latest checkpoint (the
+        graph engine records it while tracing): a resumed run's root continues that trace."""
+        checkpointer = self._checkpointer()
+        if checkpointer is None:
+            return None
+        record = await checkpointer.get(thread_id)
+        if record is None:
+            return None
+        from bastion.checkpoint import loads
+        from bastion.tracing.semconv import CHECKPOINT_TRACEPARENT
+
+        payload = loads(record.payload)
+        meta = payload.get("meta") if isinstance(payload, dict) else None
+        value = meta.get(CHECKPOINT_TRACEPARENT) if isinstance(meta, dict) else None  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        return value if isinstance(value, str) else None
+
     async def forget(self, thread_id: str) -> None:
         """Delete the thread's checkpoints (retention)."""
         checkpointer = self._checkpointer()
@@ -155,8 +172,10 @@ class AgentRunnable(ThreadState):
             recover = False  # the crash came before this run's first checkpoint: start it over
         name = getattr(self.agent, "name", None) or "agent"
         # One trace per run attempt, rooted at `invoke_agent {name}`: model, tool, policy and
-        # checkpoint spans opened by the agent nest under it.
-        with spans.agent(name, context, agent_id=context.run_id, input=input) as span:
+        # checkpoint spans opened by the agent nest under it. A resumed run continues the trace
+        # of the run that paused.
+        parent = await self.trace_parent(thread_id) if resume is not None else None
+        with spans.agent(name, context, agent_id=context.run_id, input=input, parent=parent) as span:
             report_trace(span.trace_id)
             outcome = await self._invoke(input, thread_id, context, resume, recover, emit)
             outcome.trace_id = span.trace_id

@@ -87,8 +87,10 @@ class GraphRunnable(ThreadState):
         if recover and resume is None and await self.latest_checkpoint(thread_id) == checkpoint_before:
             recover = False  # the crash came before this run's first checkpoint: start it over
         # One trace per run attempt, rooted at `invoke_agent {name}` like an agent's: node
-        # (compile(trace_nodes=True)), model, tool and checkpoint spans nest under it.
-        with spans.agent(self.name, context, agent_id=context.run_id, input=input) as span:
+        # (compile(trace_nodes=True)), model, tool and checkpoint spans nest under it. A resumed
+        # run continues the trace of the run that paused.
+        parent = await self.trace_parent(thread_id) if resume is not None else None
+        with spans.agent(self.name, context, agent_id=context.run_id, input=input, parent=parent) as span:
             report_trace(span.trace_id)
             outcome = await self._invoke(input, thread_id, context, resume, recover, emit)
             outcome.trace_id = span.trace_id

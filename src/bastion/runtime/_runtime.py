@@ -19,6 +19,18 @@ from bastion.runtime._store import RunStore, SqlRunStore, new_run
 from bastion.runtime._types import TERMINAL, MultitaskStrategy, Run, Runnable, thread_key
 from bastion.runtime._worker import LocalWakeup, PostgresWakeup, Wakeup, Worker
 
+# The event each way a run ends or pauses writes with its final status (`RunStore.finish`).
+_FINAL_EVENTS = frozenset({"run_completed", "run_failed", "run_cancelled", "run_interrupted"})
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until `event` is set or `timeout` passes (no task of its own, unlike `wait_for`)."""
+    if event.is_set():
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
 
 class RunConflictError(UserError):
     """The thread already has an active run and the strategy is `reject`."""
@@ -201,8 +213,7 @@ class Runtime:
             event = self._finished.setdefault(run_id, asyncio.Event())
             if created_here:
                 created_here = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(delay, timeout))
+                await _wait_event(event, min(delay, timeout))
                 event.clear()
                 event = self._finished.setdefault(run_id, asyncio.Event())
             run = await self.get_run(run_id, tenant=tenant)
@@ -212,8 +223,7 @@ class Runtime:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"run {run_id} still {run.status} after {timeout}s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(delay, remaining))
+            await _wait_event(event, min(delay, remaining))
             event.clear()  # woken without an end (a lost lease, a LISTEN reconnect): wait again
             delay = min(delay * 2, 0.25)
 
@@ -236,6 +246,11 @@ class Runtime:
                 yield seq, kind, data
             if events:
                 delay = 0.01
+                if events[-1][1] in _FINAL_EVENTS:
+                    # A run's final event is written with its final status, and anything it does
+                    # later (a resume) comes after it: the latest event says the run has ended.
+                    self._finished.pop(run_id, None)
+                    return
             run = await self.get_run(run_id, tenant=tenant)
             if run.status in TERMINAL or run.status == "interrupted":
                 self._finished.pop(run_id, None)
@@ -245,8 +260,7 @@ class Runtime:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} still {run.status} after {timeout}s of streaming")
             # The run's end wakes us at once; its events in between are polled.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), delay)
+            await _wait_event(ended, delay)
             ended.clear()
             delay = min(delay * 2, 0.2)
 

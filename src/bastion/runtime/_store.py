@@ -40,6 +40,12 @@ _UPSERT_THREAD = (
     "ON CONFLICT (tenant, thread_id) DO UPDATE SET metadata = CASE WHEN excluded.metadata = '{}' "
     "THEN bastion_threads.metadata ELSE excluded.metadata END"  # empty metadata keeps what is there
 )
+# PostgreSQL: AND-ed into a write's WHERE clause, commits that one statement without waiting for
+# the WAL flush (`SET LOCAL synchronous_commit = off` without a transaction block: the setting in
+# effect at commit decides, and a statement that matched no row wrote nothing to wait for).
+_ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
+# PostgreSQL: a run's events as arrays (one statement text, prepared once, for any count).
+_EVENT_ROWS = "unnest(?::text[], ?::text[], ?::float8[]) WITH ORDINALITY AS v(kind, data, at, n)"
 T = TypeVar("T")
 
 
@@ -80,9 +86,11 @@ class QueueGauge:
     lease_expired: int  # running, but the lease lapsed: the worker died; another will recover it
 
 
+_NAMES = tuple(c.strip() for c in _COLUMNS.split(","))
+
+
 def _row_to_run(row: Sequence[Any]) -> Run:
-    names = [c.strip() for c in _COLUMNS.split(",")]
-    data = dict(zip(names, row, strict=True))
+    data = dict(zip(_NAMES, row, strict=True))
     for key in _JSON_FIELDS:
         raw = data[key]
         data[key] = json.loads(raw) if raw is not None else None
@@ -116,6 +124,22 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
+def _event_arrays(events: Sequence[tuple[str, str, float]]) -> tuple[list[str], list[str], list[float]]:
+    return [e[0] for e in events], [e[1] for e in events], [e[2] for e in events]
+
+
+def _one_statement(
+    statements: Sequence[tuple[str, Sequence[Any]]], notify: tuple[str, str] | None
+) -> tuple[str, list[Any]]:
+    """PostgreSQL: several INSERTs (and a NOTIFY) as one statement of data-modifying CTEs, which
+    commits atomically like the transaction it replaces."""
+    parts = [f"s{i} AS ({query})" for i, (query, _) in enumerate(statements)]
+    params = [p for _, ps in statements for p in ps]
+    if notify is not None:
+        params += notify
+    return f"WITH {', '.join(parts)} SELECT {'pg_notify(?, ?)' if notify else '1'}", params
+
+
 class RunStore(Protocol):
     """Where runs, their events and threads live; also the queue workers claim from."""
 
@@ -137,6 +161,7 @@ class RunStore(Protocol):
         *,
         cancelled: bool = False,
         trace_id: str | None = None,
+        events: Sequence[tuple[str, str, float]] = (),
     ) -> bool: ...
     async def update(self, run_id: str, **fields: Any) -> None: ...
     async def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None: ...
@@ -258,6 +283,11 @@ class SqlRunStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         import asyncio
 
+        if self.dialect == "sqlite":
+            # Inline on the event loop, like the SQLite checkpointer: a local statement in WAL mode
+            # takes tens of microseconds, less than the hop to a worker thread and back (and the
+            # GIL handoffs it costs the loop). PostgreSQL waits on the network: a thread.
+            return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
     # -- runs ---------------------------------------------------------------------------------
@@ -276,14 +306,24 @@ class SqlRunStore:
             run.cost_usd, run.trace_id, run.checkpoint_before, run.created_at, run.updated_at,
         )  # fmt: skip
 
+        statements: list[tuple[str, Sequence[Any]]] = []
+        if thread_metadata is not None:
+            statements.append((_UPSERT_THREAD, (run.tenant, run.thread_id, json.dumps(thread_metadata), now)))
+        statements.append((f"INSERT INTO bastion_runs ({_COLUMNS}) VALUES ({', '.join('?' * 22)})", row))
+        if run.status == "queued":
+            statements.append((_INSERT_EVENT, (run.id, "run_queued", json.dumps({"agent": run.agent}), now)))
+        if self.dialect == "postgres":
+            # One statement (data-modifying CTEs), committed on its own: a client-visible commit
+            # in one round trip, where BEGIN, three INSERTs, NOTIFY and COMMIT were six
+            # statements for the server to parse and the driver to pipeline. NOTIFY is delivered
+            # on commit.
+            notify = run.status == "queued"
+            self._exec(*_one_statement(statements, (NOTIFY_CHANNEL, run.id) if notify else None))
+            return run
+
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
-            if thread_metadata is not None:
-                execute(_UPSERT_THREAD, (run.tenant, run.thread_id, json.dumps(thread_metadata), now))
-            execute(f"INSERT INTO bastion_runs ({_COLUMNS}) VALUES ({', '.join('?' * 22)})", row)
-            if run.status == "queued":
-                execute(_INSERT_EVENT, (run.id, "run_queued", json.dumps({"agent": run.agent}), now))
-                if self.dialect == "postgres":  # delivered on commit, without a round trip of its own
-                    execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, run.id))
+            for query, params in statements:
+                execute(query, params)
 
         self._transaction(work)
         return run
@@ -347,10 +387,14 @@ class SqlRunStore:
             pick_params = (now, limit, now, now, limit, limit)
         # In one batch, a thread's later run is not eligible while its earlier one is queued, so a
         # batch never holds two runs of one thread.
+        fast = f" AND {_ASYNC_COMMIT}" if self.dialect == "postgres" else ""
         update = f"""UPDATE bastion_runs SET status = 'running', worker = ?, lease_expires_at = ?,
-                attempts = attempts + 1, updated_at = ? WHERE id IN ({pick}) RETURNING {_COLUMNS}"""
+                attempts = attempts + 1, updated_at = ? WHERE id IN ({pick}){fast} RETURNING {_COLUMNS}"""
         params = (worker, now + lease_seconds, now, *pick_params)
-        rows = self._transaction(lambda execute: execute(update, params).fetchall(), durable=False)
+        if self.dialect == "postgres":  # one statement, one round trip, no WAL flush to wait for
+            rows = self._exec(update, params, fetch="all")
+        else:
+            rows = self._transaction(lambda execute: execute(update, params).fetchall(), durable=False)
         return sorted((_row_to_run(row) for row in rows), key=lambda r: r.created_at)
 
     async def claim(self, worker: str, lease_seconds: float) -> Run | None:
@@ -364,10 +408,11 @@ class SqlRunStore:
     async def heartbeat(self, run_id: str, worker: str, lease_seconds: float) -> str:
         """Extend the lease: "ok", "cancel" (a cancel was requested) or "lost" (someone else owns it)."""
         now = time.time()
+        fast = f" AND {_ASYNC_COMMIT}" if self.dialect == "postgres" else ""  # a step in between
         row = await self._run(
             lambda: self._exec(
                 "UPDATE bastion_runs SET lease_expires_at = ?, updated_at = ? "
-                "WHERE id = ? AND worker = ? AND status = 'running' RETURNING cancel_requested",
+                f"WHERE id = ? AND worker = ? AND status = 'running'{fast} RETURNING cancel_requested",
                 (now + lease_seconds, now, run_id, worker),
                 fetch="one",
             )
@@ -385,11 +430,15 @@ class SqlRunStore:
         *,
         cancelled: bool = False,
         trace_id: str | None = None,
+        events: Sequence[tuple[str, str, float]] = (),
     ) -> bool:
         """Record the end of an attempt and its final event (`run_completed`, `run_interrupted`,
         `run_failed`, `run_cancelled`) in one transaction; fenced: only the current lease owner
         may write, so a run ends exactly once even when its worker dies right after. `trace_id`
-        is the failed attempt's trace (a failed run keeps it, to be inspected or promoted)."""
+        is the failed attempt's trace (a failed run keeps it, to be inspected or promoted).
+        `events` (as for `add_events`): the attempt's last events, not stored yet, written
+        before the final one in the same transaction (and, fenced likewise, not at all by a
+        worker that lost the lease)."""
         now = time.time()
         if cancelled:
             fields = ("cancelled", None, error, _dump([]), _dump({}), 0.0, None)
@@ -409,14 +458,23 @@ class SqlRunStore:
             "trace_id = COALESCE(?, trace_id), worker = NULL, lease_expires_at = NULL, updated_at = ? "
             "WHERE id = ? AND worker = ? AND status = 'running' RETURNING id"
         )
-        event_row = (run_id, event[0], json.dumps(event[1], default=str), now)
+        rows = [*events, (event[0], json.dumps(event[1], default=str), now)]
+        if self.dialect == "postgres":
+            # One statement in one round trip: the fenced UPDATE, the events and NOTIFY only if it
+            # matched (the CTE `done` is empty otherwise), committed durably on its own.
+            query = (
+                f"WITH done AS ({update}), ev AS (INSERT INTO bastion_run_events (run_id, kind, data, at) "
+                f"SELECT done.id, v.kind, v.data, v.at FROM done, {_EVENT_ROWS} ORDER BY v.n) "
+                "SELECT pg_notify(?, done.id) FROM done"
+            )
+            params = (*fields, now, run_id, worker, *_event_arrays(rows), DONE_CHANNEL)
+            return await self._run(lambda: self._exec(query, params, fetch="one") is not None)
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> bool:
             done = execute(update, (*fields, now, run_id, worker)).fetchone() is not None
             if done:
-                execute(_INSERT_EVENT, event_row)
-                if self.dialect == "postgres":
-                    execute("SELECT pg_notify(?, ?)", (DONE_CHANNEL, run_id))
+                for kind, data, at in rows:
+                    execute(_INSERT_EVENT, (run_id, kind, data, at))
             return done
 
         return await self._run(self._transaction, work)
@@ -435,11 +493,16 @@ class SqlRunStore:
         # Where a running run's thread stood is worth no WAL flush of its own: lost in a database
         # crash, it is lost with the claim, and the next claim records it again.
         durable = set(fields) != {"checkpoint_before"}
+        if self.dialect == "postgres":
+            if not durable:
+                query += f" AND {_ASYNC_COMMIT}"
+            await self._run(self._exec, query, params)
+        else:
 
-        def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
-            execute(query, params)
+            def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
+                execute(query, params)
 
-        await self._run(self._transaction, work, durable)
+            await self._run(self._transaction, work, durable)
         if self.dialect == "postgres" and fields.get("status") == "queued":
             await self._run(lambda: self._exec("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, run_id)))
 
@@ -455,6 +518,15 @@ class SqlRunStore:
 
     async def add_events(self, run_id: str, events: Sequence[tuple[str, str, float]]) -> None:
         """Several events of one run, `(kind, data as JSON text, at)`, in one transaction."""
+        if not events:
+            return
+        if self.dialect == "postgres":  # one statement (in order), not waiting for the WAL flush
+            query = (
+                f"INSERT INTO bastion_run_events (run_id, kind, data, at) SELECT ?, v.kind, v.data, v.at "
+                f"FROM {_EVENT_ROWS} WHERE {_ASYNC_COMMIT} ORDER BY v.n"
+            )
+            await self._run(self._exec, query, (run_id, *_event_arrays(events)))
+            return
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
             for kind, data, at in events:

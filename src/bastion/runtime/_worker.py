@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from bastion.runtime._store import DONE_CHANNEL, NOTIFY_CHANNEL, RunStore
@@ -61,7 +61,14 @@ class PostgresWakeup:
 
     One task holds the listening connection and reads notifications as they arrive, so none is
     lost between a worker's empty claim and its next wait; it reconnects after a database blip
-    and then wakes everyone, as notifications sent meanwhile are gone."""
+    and then wakes everyone, as notifications sent meanwhile are gone.
+
+    It listens only where someone hears: `bastion_runs` once a `Worker` uses it (or `wait()` is
+    called), `bastion_runs_done` when `on_done` has callbacks; with neither known at connect
+    time, both. Every NOTIFY is delivered to every backend listening on its channel, so a
+    `bastion worker` that also heard each run's end (and an API server each run's creation)
+    cost the database and the process a wake-up per run for nothing. Add `on_done` callbacks
+    before `start()`."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -69,10 +76,35 @@ class PostgresWakeup:
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set once LISTEN is active
         self.on_done: list[Callable[[str], None]] = []
+        self._wants_runs = False  # a worker waits on this wake-up
+        self._channels: frozenset[str] = frozenset()  # what the open connection listens to
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels the open connection listens to (empty while not listening)."""
+        return self._channels
 
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._listen())
+
+    def want_runs(self) -> None:
+        """A worker waits on this wake-up: listen for queued runs (reconnecting if the open
+        connection does not, which wakes everyone once)."""
+        if self._wants_runs:
+            return
+        self._wants_runs = True
+        if self.listening.is_set() and NOTIFY_CHANNEL not in self._channels and self._task is not None:
+            self._task.cancel()  # the new connection wakes everyone: nothing sent meanwhile is missed
+            self.listening.clear()
+            self._channels = frozenset()
+            self._task = asyncio.create_task(self._listen())
+
+    def _wanted(self) -> frozenset[str]:
+        channels = {NOTIFY_CHANNEL} if self._wants_runs else set()
+        if self.on_done:
+            channels.add(DONE_CHANNEL)
+        return frozenset(channels or (NOTIFY_CHANNEL, DONE_CHANNEL))
 
     async def _listen(self) -> None:
         import psycopg
@@ -80,8 +112,12 @@ class PostgresWakeup:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    await conn.execute(f"LISTEN {DONE_CHANNEL}")
+                    channels = self._wanted()
+                    if NOTIFY_CHANNEL in channels:
+                        await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if DONE_CHANNEL in channels:
+                        await conn.execute(f"LISTEN {DONE_CHANNEL}")
+                    self._channels = channels
                     self.listening.set()
                     self._woken("")
                     async for note in conn.notifies():
@@ -91,6 +127,7 @@ class PostgresWakeup:
                             self._woken(note.payload)
             except Exception as e:  # the database went away: polling covers the gap, then listen again
                 self.listening.clear()
+                self._channels = frozenset()
                 log.warning("LISTEN connection lost (%s); reconnecting in 1 s", describe(e))
                 await asyncio.sleep(1.0)
 
@@ -105,6 +142,7 @@ class PostgresWakeup:
                 log.exception("a run-done callback failed")
 
     async def wait(self, timeout: float) -> None:
+        self.want_runs()
         self.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout)
@@ -142,6 +180,8 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.wakeup: Wakeup = wakeup or LocalWakeup()
+        if isinstance(self.wakeup, PostgresWakeup):
+            self.wakeup.want_runs()  # before its connection opens, which then listens for runs
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._stopping = asyncio.Event()
@@ -149,11 +189,24 @@ class Worker:
         self._running: dict[str, asyncio.Task[RunOutcome]] = {}
         self._cancelled: set[str] = set()
         self.done_callbacks: list[Any] = []  # called with the run id when an attempt ends
+        self.memory: Any = None  # a memory store whose search indexes warm up when `run()` starts
+        self._warming: asyncio.Task[None] | None = None
+
+    @staticmethod
+    async def _warm(memory: Any) -> None:
+        warm = getattr(memory, "warm", None)
+        if warm is not None:
+            try:
+                await warm()  # loads in a thread; a search meanwhile waits for its own tenant only
+            except Exception:
+                log.exception("warming the memory search indexes failed; searches load them on demand")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Claim and execute runs until `stop()`; then wait for in-flight runs (drain)."""
+        """Claim and execute runs until `stop()`; then wait for in-flight runs (drain). The
+        `memory` store's search indexes warm up meanwhile; runs do not wait for them."""
+        self._warming = asyncio.create_task(self._warm(self.memory))
         while not self._stopping.is_set():
             await self._slots.acquire()
             if self._stopping.is_set():
@@ -173,13 +226,16 @@ class Worker:
                 continue
             for _ in range(free - len(runs)):
                 self._slots.release()
-            if not runs:
-                await self._idle()
-                continue
             for run in runs:
                 task = asyncio.create_task(self._execute(run))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            if len(runs) < free:
+                # The queue held fewer runs than free slots: it is empty now, so wait for the next
+                # wake-up instead of claiming again at once (an empty claim per run, doubling the
+                # claims at low load). A run queued meanwhile has set the wake-up already: the
+                # wait returns at once.
+                await self._idle()
         await self.drain()
 
     async def _idle(self) -> None:
@@ -250,16 +306,19 @@ class Worker:
             lease = await self._keep_lease(run, work)
         finally:
             self._running.pop(run.id, None)
-        unstored = await events.drain()  # the run's events are stored before its final one
         if run.id in self._cancelled:
             self._cancelled.discard(run.id)
             lease = "cancel"
+        if lease != "ok":
+            await events.drain()  # the run's events are stored before its final one
         if lease == "lost":
             log.warning("lost the lease on run %s; another worker owns it now", run.id)
             return
         if lease == "cancel":
             await self.store.finish(run.id, self.id, None, "cancelled on request", cancelled=True)
             return
+        # The events not written yet go with the run's end, in its transaction (one write less).
+        unstored, last = await events.rest()
         outcome: RunOutcome | None = None
         error: str | None = None
         try:
@@ -267,11 +326,13 @@ class Worker:
         except Exception as e:  # anything the runnable (or its callbacks) raised, or garbage it returned
             error = describe(e)
             log.warning("run %s failed: %s", run.id, error)
-        if unstored is not None and error is None:
-            outcome, error = None, f"the run's events could not be stored: {describe(unstored)}"
+        if unstored is not None:
+            last = []  # after a lost write, none of the later events: the history has no holes
+            if error is None:
+                outcome, error = None, f"the run's events could not be stored: {describe(unstored)}"
         if outcome is not None and outcome.trace_id is None:
             outcome.trace_id = attempt.trace_id
-        if await self._finish(run, outcome, error, attempt.trace_id):
+        if await self._finish(run, outcome, error, attempt.trace_id, last):
             self.completed += 1
 
     async def _start(
@@ -304,11 +365,20 @@ class Worker:
         task.add_done_callback(lambda _: _close(invoked))
         return task
 
-    async def _finish(self, run: Run, outcome: RunOutcome | None, error: str | None, trace_id: str | None) -> bool:
-        """Record the attempt's end. An outcome the store cannot record (output that does not
-        serialise, say) fails the run instead; if even that fails, the lease expiring hands the
-        run to recovery."""
+    async def _finish(
+        self,
+        run: Run,
+        outcome: RunOutcome | None,
+        error: str | None,
+        trace_id: str | None,
+        events: Sequence[tuple[str, str, float]] = (),
+    ) -> bool:
+        """Record the attempt's end (with `events`, its last ones). An outcome the store cannot
+        record (output that does not serialise, say) fails the run instead; if even that fails,
+        the lease expiring hands the run to recovery."""
         try:
+            if events:
+                return await self.store.finish(run.id, self.id, outcome, error, trace_id=trace_id, events=events)
             return await self.store.finish(run.id, self.id, outcome, error, trace_id=trace_id)
         except Exception as e:
             if outcome is None:
@@ -347,26 +417,40 @@ class Worker:
 class EventBuffer:
     """A run's events, written behind: `emit` serialises at once (a payload that cannot be
     stored fails the run right there, in the runnable) and returns; one flusher per run writes
-    whatever accumulated meanwhile in one transaction, in order. A run with three node updates
-    costs one or two writes instead of three; `drain` before the run's final event."""
+    whatever accumulated meanwhile in one statement, in order. A run with three node updates
+    costs one or two writes instead of three, and what is left when the run ends goes with its
+    end, in the same transaction (`rest`). The flusher starts at once, not after a delay: an
+    event is stored about when the step it reports is checkpointed, so a worker killed after
+    the checkpoint does not take the event with it (recovery resumes after that step and does
+    not emit it again)."""
 
     def __init__(self, store: RunStore, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
         self._pending: list[tuple[str, str, float]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def emit(self, kind: str, data: dict[str, Any]) -> None:
         self._pending.append((kind, json.dumps(data, default=str), time.time()))
         if self._flusher is None or self._flusher.done():
             if self._flusher is not None:
                 self._flusher.result()  # a failed write surfaces in the run, not silently
-            self._flusher = asyncio.create_task(self._flush())
+            if not self._closing:
+                self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
-        while self._pending:
+        while self._pending and not self._closing:
             batch, self._pending = self._pending, []
             await self.store.add_events(self.run_id, batch)
+
+    async def rest(self) -> tuple[BaseException | None, list[tuple[str, str, float]]]:
+        """Stop writing: wait for the write in flight, and return its error (the run then fails)
+        and the events not written yet, for the run's final transaction."""
+        self._closing = True
+        error = await self.drain()
+        rest, self._pending = self._pending, []
+        return error, rest
 
     async def drain(self) -> BaseException | None:
         """Wait for every write; returns the error of a failed one (the run then fails)."""

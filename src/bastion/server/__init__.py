@@ -1,9 +1,40 @@
-"""The runtime server: HTTP API (FastAPI), the gateway's OpenAI-compatible proxy and the web UI."""
+"""The runtime server: HTTP API (FastAPI), the gateway's OpenAI-compatible proxy and the web UI.
 
-from bastion.server._app import Admin, Extension, Operator, Viewer, create_app, require
-from bastion.server._auth import ApiKeyStore, Principal, Role, SQLiteApiKeyStore
-from bastion.server._limits import EdgeLimits
-from bastion.server._project import Project, ProjectEnv, load_project
+Names load on first use, so the CLI can read a project (`load_project`) without importing
+FastAPI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.server._app import Admin, Extension, Operator, Viewer, create_app, require
+    from bastion.server._auth import ApiKeyStore, Principal, Role, SQLiteApiKeyStore, key_id_of, open_api_key_store
+    from bastion.server._limits import EdgeLimits
+    from bastion.server._project import Project, ProjectEnv, load_project
+    from bastion.server._serve import build_server
+
+_LAZY: dict[str, str] = {
+    "Admin": "bastion.server._app",
+    "Extension": "bastion.server._app",
+    "Operator": "bastion.server._app",
+    "Viewer": "bastion.server._app",
+    "create_app": "bastion.server._app",
+    "require": "bastion.server._app",
+    "ApiKeyStore": "bastion.server._auth",
+    "Principal": "bastion.server._auth",
+    "Role": "bastion.server._auth",
+    "SQLiteApiKeyStore": "bastion.server._auth",
+    "key_id_of": "bastion.server._auth",
+    "open_api_key_store": "bastion.server._auth",
+    "EdgeLimits": "bastion.server._limits",
+    "Project": "bastion.server._project",
+    "ProjectEnv": "bastion.server._project",
+    "load_project": "bastion.server._project",
+    "build_server": "bastion.server._serve",
+}
 
 __all__ = [
     "Admin",
@@ -17,7 +48,23 @@ __all__ = [
     "Role",
     "SQLiteApiKeyStore",
     "Viewer",
+    "build_server",
     "create_app",
+    "key_id_of",
     "load_project",
+    "open_api_key_store",
     "require",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

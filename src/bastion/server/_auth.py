@@ -10,6 +10,11 @@ longer is revoked. Keys minted with `bastion keys create` stay until `bastion ke
 or their expiry. A revoked key stays revoked: re-adding a key someone revoked by hand to the
 configuration does not bring it back (a leaked key must not return with the next deploy); a
 key revoked only because it left the configuration comes back when it is configured again.
+
+Lookups are not cached: every request reads the store (one primary-key read), so a revocation
+or an expiry is refused by every server of a deployment at its next request (the first request
+after `bastion keys revoke` exits, in `tests/runtime/test_scaleout.py`). A cache in front of
+`lookup` must keep that within seconds (a short TTL plus invalidation); that test checks it.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ def key_id_of(key: str) -> str:
 class SQLiteApiKeyStore:
     """API keys in one SQLite file (or `:memory:`); `for_home` opens the deployment's store."""
 
+    _inline = True  # lookups run on the event loop (PostgreSQL: in a thread, it waits on the network)
+
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
         self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
@@ -140,6 +147,8 @@ class SQLiteApiKeyStore:
         return Principal(rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     async def lookup(self, key: str) -> Principal | None:
+        if self._inline:  # a local primary-key read: cheaper than the hop to a thread and back
+            return self._lookup(key)
         return await asyncio.to_thread(self._lookup, key)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -213,6 +222,8 @@ class SQLiteApiKeyStore:
 
 class PostgresApiKeyStore(SQLiteApiKeyStore):
     """API keys in PostgreSQL (`bastion_api_keys`): the key store of a scaled-out deployment."""
+
+    _inline = False
 
     def __init__(self, url: str, *, max_connections: int = 4) -> None:  # pyright: ignore[reportMissingSuperCall]
         try:

@@ -190,34 +190,40 @@ class PromoteRun(BaseModel):
     golden: bool = Field(default=False, description="use the run's own tool calls as the reference trajectory")
 
 
-def eval_routes(store: Any, runtime: Runtime, home: Path) -> Extension:
+def eval_routes(store: Any, runtime: Runtime, home: Path, datasets: Any = None) -> Extension:
     """Evaluation datasets per tenant: promote a run (its trace) to a case, list and read datasets.
-    Datasets are JSONL files under `<home>/evals/<tenant>/`, runnable with `bastion eval`."""
+    Datasets live in `datasets` (a `bastion.evals.DatasetStore`: `ProjectEnv.eval_datasets()`,
+    by default JSONL files under `<home>/evals/<tenant hash>/`, runnable with `bastion eval`);
+    eval reports are JSON files beside them."""
+    if datasets is None:
+        from bastion.evals import JsonlDatasetStore
 
-    def path_for(tenant: str, name: str) -> Path:
+        datasets = JsonlDatasetStore(home / "evals")
+
+    def checked(name: str) -> str:
         if not _NAME.fullmatch(name):
             raise HTTPException(422, "dataset names are 1-64 letters, digits, '-' or '_'")
+        return name
+
+    def path_for(tenant: str, name: str) -> Path:
         folder = home / "evals" / hashlib.sha256(tenant.encode()).hexdigest()[:16]
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{name}.jsonl"
+        return folder / f"{checked(name)}.jsonl"
 
     def extend(app: FastAPI) -> None:
-        from bastion.evals import Dataset, Expected
+        from bastion.errors import UserError
+        from bastion.evals import Expected
 
         @app.get("/v1/evals/datasets", tags=["evals"])
         async def list_datasets(principal: Viewer) -> list[dict[str, Any]]:
-            folder = path_for(principal.tenant, "x").parent
-            out = []
-            for file in sorted(folder.glob("*.jsonl")):
-                out.append({"name": file.stem, "cases": len(Dataset.from_jsonl(file))})
-            return out
+            return [{"name": d.name, "cases": d.cases} for d in await datasets.list(principal.tenant)]
 
         @app.get("/v1/evals/datasets/{name}", tags=["evals"])
         async def get_dataset(name: str, principal: Viewer) -> dict[str, Any]:
-            file = path_for(principal.tenant, name)
-            if not file.exists():
+            dataset = await datasets.load(principal.tenant, checked(name))
+            if dataset is None:
                 raise HTTPException(404, f"no dataset {name!r} for this tenant")
-            return {"name": name, "cases": [c.to_dict() for c in Dataset.from_jsonl(file)]}
+            return {"name": name, "cases": [c.to_dict() for c in dataset]}
 
         @app.post("/v1/evals/datasets/{name}/cases", tags=["evals"], status_code=201)
         async def promote(name: str, body: PromoteRun, principal: Operator) -> dict[str, Any]:
@@ -245,10 +251,10 @@ def eval_routes(store: Any, runtime: Runtime, home: Path) -> Extension:
                     ToolCall(c.name, c.arguments or stored.get(c.id, {})) for c in trajectory.tool_calls
                 ]
             case = Case(input=run.input, expected=expected, metadata={"run_id": run.id, "trace_id": run.trace_id})
-            file = path_for(principal.tenant, name)
-            dataset = Dataset.from_jsonl(file) if file.exists() else Dataset(name)
-            dataset.add(case)
-            dataset.to_jsonl(file)
+            try:
+                await datasets.append(principal.tenant, checked(name), [case])
+            except UserError as e:  # e.g. a case id already in the dataset
+                raise HTTPException(409, str(e)) from None
             return case.to_dict()
 
         # Stored eval reports (the JSON `bastion eval --out` writes), compared case by case.

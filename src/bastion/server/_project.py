@@ -63,6 +63,39 @@ class ProjectEnv:
         self.home.mkdir(parents=True, exist_ok=True)
         return SQLiteBudgetStore(self.home / "budgets.db")
 
+    def response_cache(self, *, ttl: float = 24 * 3600) -> Any:
+        """An exact response cache for the project's `Gateway(cache=...)`: `<home>/cache.db`,
+        shared by the processes of this host. (A `Gateway` left to its default caches in memory
+        and writes no file.)"""
+        from bastion.gateway import ResponseCache
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        return ResponseCache(path=self.home / "cache.db", ttl=ttl)
+
+    def semantic_cache(self, embedder: Any, **options: Any) -> Any:
+        """A semantic cache for the project's `Gateway(semantic_cache=...)` (`embedder`: a
+        `bastion.memory.Embedder`; `options`: `threshold=`, `ttl=`): entries in the database
+        (pgvector, per tenant) when scaled out, shared by every server; in this process's
+        memory when embedded."""
+        from bastion.gateway import SemanticCache
+
+        if self.database_url:
+            from bastion.gateway import PostgresSemanticStore
+
+            return SemanticCache(embedder, store=PostgresSemanticStore(self.database_url), **options)
+        return SemanticCache(embedder, **options)
+
+    def eval_datasets(self) -> Any:
+        """The eval dataset store behind `/v1/evals/datasets`: JSONL files under `<home>/evals/`
+        (runnable with `bastion eval`), or the database, so every server sees the same datasets."""
+        if self.database_url:
+            from bastion.evals import PostgresDatasetStore
+
+            return PostgresDatasetStore(self.database_url)
+        from bastion.evals import JsonlDatasetStore
+
+        return JsonlDatasetStore(self.home / "evals")
+
 
 @dataclass(slots=True)
 class Project:

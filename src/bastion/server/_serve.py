@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from bastion.runtime import Runtime, Scheduler
 from bastion.server._alerts import alert_routes
 from bastion.server._app import Extension, create_app
+from bastion.server._audit_routes import audit_routes, open_deployment_audit
 from bastion.server._auth import SQLiteApiKeyStore, open_api_key_store
 from bastion.server._budgets import budget_routes
 from bastion.server._extensions import cost_routes, eval_routes, memory_routes, trace_routes
@@ -65,13 +66,18 @@ async def build_server(
     runtime = build_runtime(project, env, workers=workers, lease_seconds=lease_seconds)
     stack.push_async_callback(project.close)
 
+    datasets = env.eval_datasets()  # JSONL under the home, or the database's tables
+    stack.push_async_callback(datasets.aclose)
     extensions: list[Extension] = [
-        trace_routes(store, runtime), cost_routes(store), eval_routes(store, runtime, env.home),
+        trace_routes(store, runtime), cost_routes(store), eval_routes(store, runtime, env.home, datasets),
         budget_routes(lambda: getattr(project.gateway, "budgets", None)),
     ]  # fmt: skip
     alert_ledger = open_alert_ledger(store)  # the fired cost alerts, in the trace store's database
     stack.callback(alert_ledger.close)
     extensions.append(alert_routes(alert_ledger))
+    if (audit := open_deployment_audit(env)) is not None:  # what the project's tool gateways wrote
+        stack.callback(audit.close)
+        extensions.append(audit_routes(audit, runtime))
     if project.memory is not None:
         extensions.append(memory_routes(project.memory))
     proxy = None
@@ -96,7 +102,7 @@ async def build_server(
 
     async def metrics_text() -> str:
         # The autoscaling gauges are read from the run store at scrape time (queue depth, ...).
-        from bastion.tracing._queue_gauges import queue_gauges_text
+        from bastion.tracing import queue_gauges_text
 
         text = tracing.prometheus_text()
         queue_gauges = getattr(runtime.store, "queue_gauges", None)

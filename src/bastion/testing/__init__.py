@@ -18,7 +18,7 @@ from bastion.testing._models import FunctionModel, Reply, ScriptedModel, stream_
 from bastion.testing._tools import DirectToolExecutor
 
 if TYPE_CHECKING:
-    from bastion.memory._embedders import HashingEmbedder
+    from bastion.memory import HashingEmbedder
     from bastion.testing._fake_batch import BatchFaults
     from bastion.testing._fake_server import FakeOpenAIServer, FakeReply, Fault
     from bastion.testing._postgres import postgres_server
@@ -47,7 +47,7 @@ def __getattr__(name: str) -> Any:
 
         return serve_app
     if name == "HashingEmbedder":
-        from bastion.memory._embedders import HashingEmbedder
+        from bastion.memory import HashingEmbedder
 
         return HashingEmbedder
     if name == "postgres_server":

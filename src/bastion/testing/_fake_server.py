@@ -39,7 +39,7 @@ from aiohttp import web
 from bastion.types import ToolCall, Usage
 
 if TYPE_CHECKING:
-    from bastion.gateway._model import Model
+    from bastion.gateway import Model
 
 JSON = dict[str, Any]
 Shape: TypeAlias = Literal["openai", "anthropic", "gemini"]
@@ -340,18 +340,18 @@ class FakeOpenAIServer:
 
     def model(self, name: str = "fake-model", **overrides: Any) -> Model:
         """An OpenAI-compatible `Model` pointed at this server."""
-        from bastion.gateway._resolve import resolve_model
+        from bastion.gateway import resolve_model
 
         return resolve_model(f"openai-compat:{self.base_url}#{name}", **overrides)
 
     def anthropic_model(self, name: str = "claude-fake", **overrides: Any) -> Model:
-        from bastion.gateway._resolve import resolve_model
+        from bastion.gateway import resolve_model
 
         overrides.setdefault("api_key", "test-key")
         return resolve_model(f"anthropic:{name}", base_url=self.base_url, **overrides)
 
     def gemini_model(self, name: str = "gemini-fake", **overrides: Any) -> Model:
-        from bastion.gateway._resolve import resolve_model
+        from bastion.gateway import resolve_model
 
         overrides.setdefault("api_key", "test-key")
         return resolve_model(f"gemini:{name}", base_url=self.gemini_base_url, **overrides)
@@ -865,7 +865,7 @@ class PromptCaches:
 
     def anthropic(self, body: JSON, org: str) -> tuple[int, int]:
         """(tokens read, tokens written) for a Messages request."""
-        from bastion.gateway.formats._prompt_cache import anthropic_min_tokens
+        from bastion.gateway.formats import anthropic_min_tokens
 
         blocks: list[Any] = [t for _, t in _tools(body)]
         system = body.get("system")

@@ -26,7 +26,7 @@ from bastion.tools._tool import Tool
 from bastion.types import RunContext, ToolCall, ToolResult
 
 if TYPE_CHECKING:
-    from bastion.gateway._budget import Budget, Reservation
+    from bastion.gateway import Budget, Reservation
 
 
 def _tool_retry() -> RetryPolicy:
@@ -223,7 +223,7 @@ class ToolRunner:
         if self.budget is not None and reservation is not None:
             await asyncio.shield(self.budget.settle(reservation, 0, usd if paid else 0.0))
         if paid and tool.price is not None:
-            from bastion.tracing._cost import record_tool_cost
+            from bastion.tracing import record_tool_cost
 
             record_tool_cost(tool.name, usd, units, tool.price.unit)
             _report_spend(tool.name, usd)

@@ -33,6 +33,9 @@ _LAZY: dict[str, str] = {
     "CostRow": "bastion.tracing._cost",
     "cost_by": "bastion.tracing._cost",
     "cost_series": "bastion.tracing._cost",
+    "record_tool_cost": "bastion.tracing._cost",
+    "active_tracer": "bastion.tracing._state",
+    "queue_gauges_text": "bastion.tracing._queue_gauges",
     "CostAlert": "bastion.tracing._alerts",
     "CostMonitor": "bastion.tracing._alerts",
     "AlertSink": "bastion.tracing._alerts",
@@ -55,14 +58,16 @@ if TYPE_CHECKING:
         WebhookSink,
         start_cost_alerts,
     )
-    from bastion.tracing._cost import CostRow, cost_by, cost_series
+    from bastion.tracing._cost import CostRow, cost_by, cost_series, record_tool_cost
     from bastion.tracing._metrics import (
         configure_metrics,
         prometheus_text,
         record_budget,
         record_circuit_state,
     )
+    from bastion.tracing._queue_gauges import queue_gauges_text
     from bastion.tracing._setup import TracingHandle, configure_tracing
+    from bastion.tracing._state import active_tracer
     from bastion.tracing._store import SpanRecord, StoreStats, TraceStore, TraceSummary, TraceTree
     from bastion.tracing._store_pg import PostgresTraceStore
     from bastion.tracing._store_protocol import SpanStore, open_trace_store
@@ -84,6 +89,7 @@ __all__ = [
     "TraceTree",
     "TracingHandle",
     "WebhookSink",
+    "active_tracer",
     "configure_metrics",
     "configure_tracing",
     "cost_by",
@@ -91,8 +97,10 @@ __all__ = [
     "open_alert_ledger",
     "open_trace_store",
     "prometheus_text",
+    "queue_gauges_text",
     "record_budget",
     "record_circuit_state",
+    "record_tool_cost",
     "redact",
     "semconv",
     "set_redactor",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bastion.errors import ConfigError
 from bastion.tracing import semconv as sc
-from bastion.tracing._state import STATE, CaptureMode
+from bastion.tracing._state import STATE, CaptureMode, TraceFormat, settings_trace_format
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -72,6 +72,7 @@ class TracingHandle:
             if STATE.tracer is not None and _OWNER.get("handle") is self:
                 STATE.tracer = None
                 STATE.capture = None
+                STATE.openinference = False
                 if STATE.instruments is self.instruments:
                     STATE.instruments = None
                 _OWNER.clear()
@@ -176,6 +177,7 @@ def configure_tracing(
     headers: Mapping[str, str] | None = None,
     store: QueuedSpanWriter | None = None,
     capture_content: CaptureMode | bool | None = None,
+    trace_format: TraceFormat | None = None,
     service_name: str = "bastion",
     exporters: list[SpanExporter] | None = None,
     metrics: bool = True,
@@ -190,6 +192,9 @@ def configure_tracing(
     ... over `protocol` "http" (`http://host:4318`) or "grpc" (`http://host:4317`).
     `store`: a trace store (`TraceStore` on SQLite, `PostgresTraceStore`). `capture_content`: "off" (default, or the
     `capture_content` setting) or "span_attributes" (prompts and results on spans, redacted).
+    `trace_format` (default `BASTION_TRACE_FORMAT`): "gen_ai" (the OpenTelemetry GenAI
+    conventions) or "openinference", which adds the OpenInference attributes Phoenix reads
+    (span kinds, `input.value`/`output.value`, `llm.*` token counts) to the same spans.
     `exporters`: any extra `SpanExporter`s (batched). With `metrics`, Bastion's metrics are
     aggregated in-process for `prometheus_text()` (about a microsecond per measurement) and,
     with an OTLP endpoint, also pushed every `metrics_interval_s` through the OpenTelemetry
@@ -212,6 +217,13 @@ def configure_tracing(
         capture = capture_content
     if capture not in (None, "off", "span_attributes"):
         raise ConfigError(f"capture_content={capture!r}: use 'off' or 'span_attributes'")
+    if trace_format is None:
+        trace_format = settings_trace_format()
+    if trace_format not in ("gen_ai", "openinference"):
+        raise ConfigError(
+            f"trace_format={trace_format!r}: use 'gen_ai' (OpenTelemetry GenAI conventions) or 'openinference' "
+            "(adds the attributes Phoenix reads)"
+        )
 
     resource = Resource.create({"service.name": service_name, sc.BASTION_SCHEMA: sc.BASTION_SCHEMA_VERSION})
     provider = SwitchingProvider(resource=resource)
@@ -271,4 +283,5 @@ def configure_tracing(
     else:
         STATE.tracer = provider.get_tracer("bastion", schema_url=sc.SCHEMA_URL)
     STATE.capture = capture
+    STATE.openinference = trace_format == "openinference"
     return handle

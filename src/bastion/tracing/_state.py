@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from bastion.tracing._metrics import Instruments
 
 CaptureMode = Literal["off", "span_attributes"]
+TraceFormat = Literal["gen_ai", "openinference"]
 
 
 @dataclass(slots=True)
@@ -21,6 +22,7 @@ class TracingState:
     capture: CaptureMode | None = None  # None: follow `get_settings().capture_content`
     settings_capture: CaptureMode | None = None  # cached read of the settings
     instruments: Instruments | None = None
+    openinference: bool = False  # also emit OpenInference attributes (trace_format="openinference")
     global_provider: object = None  # the global provider `global_tracer` was taken from
     global_tracer: Tracer | None = None
 
@@ -49,7 +51,20 @@ def active_tracer() -> Tracer | None:
         from bastion.tracing.semconv import SCHEMA_URL
 
         STATE.global_tracer = provider.get_tracer("bastion", schema_url=SCHEMA_URL)
+        STATE.openinference = settings_trace_format() == "openinference"
     return STATE.global_tracer
+
+
+def settings_trace_format() -> TraceFormat:
+    """The `trace_format` setting (`BASTION_TRACE_FORMAT`); "gen_ai" when the settings are bad
+    (they surface elsewhere: a span must never fail the call it wraps)."""
+    from bastion.config import get_settings
+    from bastion.errors import ConfigError
+
+    try:
+        return get_settings().trace_format
+    except ConfigError:
+        return "gen_ai"
 
 
 def capture_mode() -> CaptureMode:

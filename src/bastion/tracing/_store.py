@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 ROW_VERSION = 1
+LINGER_S = 0.02  # how long the writer gathers spans into one batch (well within "queryable in 1 s")
 
 logger = logging.getLogger("bastion.tracing")
 
@@ -508,6 +509,12 @@ class QueuedSpanWriter:
         self._queue: deque[ReadableSpan | SpanRecord] = deque()
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
+        # The writer gathers a batch for LINGER_S after the first span wakes it, and keeps doing
+        # so while spans keep coming; only an idle writer is woken, so a busy request path pays
+        # no thread wake-up (and GIL handoff) per span. `flush()` and `close()` cut the wait short.
+        self._idle = False
+        self._hurry = threading.Event()
+        self._hurry_at = min(batch_size, max(1, queue_size // 2))
         self._done = threading.Condition()
         self._received = 0
         self._dropped = 0
@@ -547,14 +554,28 @@ class QueuedSpanWriter:
                 self._dropped += 1
                 return False
             self._queue.append(span)
-        if not self._wakeup.is_set():
+            full = len(self._queue) >= self._hurry_at
+        if full and not self._hurry.is_set():  # a batch is ready, or the queue half full: write now
+            self._hurry.set()
+        if self._idle and not self._wakeup.is_set():
             self._wakeup.set()
         return True
 
     def _writer(self) -> None:
+        busy = False
         while True:
-            self._wakeup.wait(0.5)
-            self._wakeup.clear()
+            if busy:  # spans keep coming: gather the next batch without being woken per span
+                self._hurry.wait(LINGER_S)
+            else:
+                self._idle = True
+                if not self._queue:  # checked after flagging idle: any span queued from now on wakes us
+                    self._wakeup.wait(0.5)
+                self._idle = False
+                self._wakeup.clear()
+                if self._queue and not self._closing:
+                    self._hurry.wait(LINGER_S)
+            self._hurry.clear()
+            busy = bool(self._queue) and not self._closing
             while self._queue:
                 batch: list[ReadableSpan | SpanRecord] = []
                 with self._lock:
@@ -626,6 +647,7 @@ class QueuedSpanWriter:
         deadline = time.monotonic() + timeout_s
         with self._lock:
             target = self._received - self._dropped
+        self._hurry.set()
         self._wakeup.set()
         with self._done:
             while True:
@@ -637,6 +659,7 @@ class QueuedSpanWriter:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._thread.is_alive():
                     return False
+                self._hurry.set()
                 self._wakeup.set()
                 self._done.wait(min(remaining, 0.1))
 
@@ -658,6 +681,7 @@ class QueuedSpanWriter:
         self.flush(timeout_s)
         with self._lock:
             self._closing = True
+        self._hurry.set()
         self._wakeup.set()
         self._thread.join(timeout_s)
         self._closed = True

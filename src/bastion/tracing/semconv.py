@@ -112,6 +112,63 @@ METRIC_BUDGET_USED: Final = "bastion.budget.used"  # gauge: fraction of the limi
 METRIC_SPANS_DROPPED: Final = "bastion.tracing.spans.dropped"  # counter
 METRIC_COST_ALERTS: Final = "bastion.cost.alerts"  # counter
 
+# Run continuation: a resumed run's root span continues the trace of the run it resumes.
+BASTION_RUN_RESUMED: Final = "bastion.run.resumed"  # true on the root span of a resumed run
+CHECKPOINT_TRACEPARENT: Final = "traceparent"  # checkpoint metadata key: W3C traceparent of the run root
+
+# Providers whose APIs take system instructions apart from the chat history: for them the
+# system messages are recorded as `gen_ai.system_instructions`, for the others they stay in
+# `gen_ai.input.messages` (semconv: instructions that are part of the history go there).
+SEPARATE_SYSTEM_PROVIDERS: Final = frozenset({"anthropic", "gcp.gemini", "gcp.vertex_ai", "aws.bedrock"})
+
+# --- OpenInference (Arize Phoenix; Langfuse reads it too) --------------------------------------
+# Emitted in addition to the gen_ai.* names when `configure_tracing(trace_format="openinference")`
+# or BASTION_TRACE_FORMAT=openinference. Names from the OpenInference semantic conventions
+# (https://arize-ai.github.io/openinference/spec/semantic_conventions.html); a test checks them
+# against the `openinference-semantic-conventions` package when it is installed.
+OI_SPAN_KIND: Final = "openinference.span.kind"
+OI_INPUT_VALUE: Final = "input.value"  # content: opt-in only
+OI_INPUT_MIME_TYPE: Final = "input.mime_type"
+OI_OUTPUT_VALUE: Final = "output.value"  # content: opt-in only (except a policy decision)
+OI_OUTPUT_MIME_TYPE: Final = "output.mime_type"
+OI_LLM_MODEL_NAME: Final = "llm.model_name"
+OI_LLM_PROVIDER: Final = "llm.provider"
+OI_LLM_SYSTEM: Final = "llm.system"
+OI_LLM_INVOCATION_PARAMETERS: Final = "llm.invocation_parameters"
+OI_LLM_INPUT_MESSAGES: Final = "llm.input_messages"  # + .{i}.message.role / .content: opt-in only
+OI_LLM_OUTPUT_MESSAGES: Final = "llm.output_messages"  # idem
+OI_MESSAGE_ROLE: Final = "message.role"
+OI_MESSAGE_CONTENT: Final = "message.content"
+OI_LLM_TOKEN_COUNT_PROMPT: Final = "llm.token_count.prompt"
+OI_LLM_TOKEN_COUNT_COMPLETION: Final = "llm.token_count.completion"
+OI_LLM_TOKEN_COUNT_TOTAL: Final = "llm.token_count.total"
+OI_LLM_TOKEN_COUNT_CACHE_READ: Final = "llm.token_count.prompt_details.cache_read"
+OI_LLM_TOKEN_COUNT_CACHE_WRITE: Final = "llm.token_count.prompt_details.cache_write"
+OI_LLM_TOKEN_COUNT_REASONING: Final = "llm.token_count.completion_details.reasoning"
+OI_TOOL_NAME: Final = "tool.name"
+OI_EMBEDDING_MODEL_NAME: Final = "embedding.model_name"
+OI_SESSION_ID: Final = "session.id"
+OI_USER_ID: Final = "user.id"
+OI_MIME_JSON: Final = "application/json"
+OI_MIME_TEXT: Final = "text/plain"
+# openinference.span.kind values
+OI_LLM: Final = "LLM"
+OI_EMBEDDING: Final = "EMBEDDING"
+OI_CHAIN: Final = "CHAIN"
+OI_RETRIEVER: Final = "RETRIEVER"
+OI_TOOL: Final = "TOOL"
+OI_AGENT: Final = "AGENT"
+OI_GUARDRAIL: Final = "GUARDRAIL"
+# Bastion operation -> span kind; checkpoints, graph nodes and anything else are CHAIN.
+OI_KIND_BY_OPERATION: Final = {
+    OP_CHAT: OI_LLM,
+    OP_EMBEDDINGS: OI_EMBEDDING,
+    OP_INVOKE_AGENT: OI_AGENT,
+    OP_EXECUTE_TOOL: OI_TOOL,
+    OP_RETRIEVAL: OI_RETRIEVER,
+    OP_POLICY: OI_GUARDRAIL,
+}
+
 # OTel semconv bucket boundaries for the two GenAI client histograms
 TOKEN_USAGE_BUCKETS: Final = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 DURATION_BUCKETS: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96)

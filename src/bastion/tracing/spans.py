@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 AttrValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float] | Sequence[bool]
 
 _current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("bastion_tracing_run", default=None)
+# The outermost recording `spans.agent()` block: the root a paused run's resumption continues.
+_run_root: contextvars.ContextVar[AgentSpan | None] = contextvars.ContextVar("bastion_tracing_root", default=None)
 
 
 def current_run() -> RunContext | None:
@@ -89,6 +91,64 @@ def messages_json(messages: Iterable[Message], finish_reason: str | None = None)
             entry["finish_reason"] = finish_reason
         out.append(entry)
     return _json(out)
+
+
+def _run_messages(value: Any, role: str, finish_reason: str | None = None) -> str:
+    """A run's input or output as GenAI semconv messages: messages as they are, anything
+    else as one text part (JSON for non-text values)."""
+    if isinstance(value, Message):
+        return messages_json([value], finish_reason)
+    if isinstance(value, list) and value and all(isinstance(m, Message) for m in value):  # pyright: ignore[reportUnknownVariableType]
+        return messages_json(value, finish_reason)  # pyright: ignore[reportUnknownArgumentType]
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    entry: dict[str, Any] = {"role": role, "parts": [{"type": "text", "content": text}]}
+    if finish_reason is not None:
+        entry["finish_reason"] = finish_reason
+    return _json([entry])
+
+
+def _flat_messages(attrs: dict[str, AttrValue], prefix: str, messages: Iterable[Message]) -> None:
+    """OpenInference's flattened `llm.input_messages.{i}.message.role/content` (what Phoenix's
+    message view reads). Content is redacted."""
+    for i, m in enumerate(messages):
+        attrs[f"{prefix}.{i}.{sc.OI_MESSAGE_ROLE}"] = m.role
+        text = m.text
+        if text:
+            attrs[f"{prefix}.{i}.{sc.OI_MESSAGE_CONTENT}"] = redact(text)
+
+
+def _mime(value: Any) -> str:
+    return sc.OI_MIME_TEXT if isinstance(value, str) else sc.OI_MIME_JSON
+
+
+def run_traceparent() -> str | None:
+    """The W3C `traceparent` of the current run's root span (the outermost recording
+    `spans.agent()` block), or None. The graph engine stores it with each checkpoint so that a
+    run resumed later (after an approval) continues the same trace: pass it back as
+    `spans.agent(..., parent=...)`: every later part of the run is a child of its first root."""
+    root = _run_root.get()
+    if root is None:
+        return None
+    # A resumed run hands on the first root, so every later part hangs directly under it.
+    return root.resumes or root.traceparent
+
+
+def _remote_parent(traceparent: str) -> Any:
+    """An OpenTelemetry context whose current span is the (finished, remote) span `traceparent`
+    names; None if the value is malformed."""
+    parts = traceparent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    from opentelemetry import trace
+
+    ctx = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags & 1))
+    return trace.set_span_in_context(trace.NonRecordingSpan(ctx))
 
 
 def context_attributes(ctx: RunContext | None) -> dict[str, AttrValue]:
@@ -167,6 +227,8 @@ class Span:
         attrs = context_attributes(self._run_context())
         attrs[sc.GEN_AI_OPERATION_NAME] = self._op
         attrs.update(self._attributes())
+        if STATE.openinference:
+            self._openinference(attrs)
         kind = otel.client if self._op in (sc.OP_CHAT, sc.OP_EMBEDDINGS) else otel.internal
         self._span = tracer.start_span(self._name, kind=kind, attributes=attrs)  # type: ignore[arg-type]
         self._token = otel.attach(otel.set_span_in_context(self._span))
@@ -196,6 +258,10 @@ class Span:
 
     def _finish(self, exc: BaseException | None) -> None:
         """Hook run at exit (metrics), with tracing on or off."""
+
+    def _openinference(self, attrs: dict[str, AttrValue]) -> None:
+        """Add the OpenInference attributes (only with `trace_format="openinference"`)."""
+        attrs[sc.OI_SPAN_KIND] = sc.OI_KIND_BY_OPERATION.get(str(attrs[sc.GEN_AI_OPERATION_NAME]), sc.OI_CHAIN)
 
     # --- recording ---
     @property
@@ -295,15 +361,34 @@ class Span:
 
 
 class AgentSpan(Span):
-    __slots__ = ("_agent_id", "_agent_name", "_context", "_input")
+    __slots__ = ("_agent_id", "_agent_name", "_context", "_input", "_parent", "_root_token", "_traceparent")
     _op = sc.OP_INVOKE_AGENT
 
-    def __init__(self, name: str, context: RunContext, agent_id: str | None, input: Any) -> None:
+    def __init__(
+        self, name: str, context: RunContext, agent_id: str | None, input: Any, parent: str | None = None
+    ) -> None:
         super().__init__(f"{sc.OP_INVOKE_AGENT} {name}")
         self._agent_name = name
         self._context = context
         self._agent_id = agent_id
         self._input = input
+        self._parent = parent
+        self._ctx_token = None
+        self._root_token: contextvars.Token[AgentSpan | None] | None = None
+        self._traceparent: str | None = None
+
+    @property
+    def resumes(self) -> str | None:
+        """The `traceparent` of the root of the run this one resumes (None for a fresh run)."""
+        return self._parent
+
+    @property
+    def traceparent(self) -> str | None:
+        """This span as a W3C `traceparent` (None when tracing is off)."""
+        if self._traceparent is None and self._span is not None:
+            ctx = self._span.get_span_context()
+            self._traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags) & 1:02x}"
+        return self._traceparent
 
     def _run_context(self) -> RunContext | None:
         return self._context
@@ -314,11 +399,36 @@ class AgentSpan(Span):
             attrs[sc.GEN_AI_AGENT_ID] = self._agent_id
         if self._input is not None and capture_mode() == "span_attributes":
             attrs[sc.BASTION_RUN_INPUT] = _json(self._input)
+            attrs[sc.GEN_AI_INPUT_MESSAGES] = _run_messages(self._input, "user")
+        if self._parent is not None:
+            attrs[sc.BASTION_RUN_RESUMED] = True
         return attrs
+
+    def _openinference(self, attrs: dict[str, AttrValue]) -> None:
+        super()._openinference(attrs)
+        ctx = self._context
+        if ctx.session:
+            attrs[sc.OI_SESSION_ID] = ctx.session
+        if ctx.user:
+            attrs[sc.OI_USER_ID] = ctx.user
+        text = attrs.get(sc.BASTION_RUN_INPUT)
+        if text is not None:
+            attrs[sc.OI_INPUT_VALUE] = text
+            attrs[sc.OI_INPUT_MIME_TYPE] = _mime(self._input)
 
     def __enter__(self) -> Self:
         self._run_token = _current_run.set(self._context)
-        return super().__enter__()
+        if self._parent is not None and active_tracer() is not None:
+            # A resumed run: its root continues the trace of the run it resumes.
+            parent = _remote_parent(self._parent)
+            if parent is not None:
+                self._ctx_token = _otel().attach(parent)
+            else:
+                self._parent = None
+        super().__enter__()
+        if self._span is not None and _run_root.get() is None:
+            self._root_token = _run_root.set(self)
+        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -326,12 +436,29 @@ class AgentSpan(Span):
         try:
             super().__exit__(exc_type, exc, tb)
         finally:
+            if self._root_token is not None:
+                _run_root.reset(self._root_token)
+                self._root_token = None
+            if self._ctx_token is not None:
+                _otel().detach(self._ctx_token)  # type: ignore[arg-type]
+                self._ctx_token = None
             if self._run_token is not None:
                 _current_run.reset(self._run_token)
 
     def record_output(self, output: Any) -> None:
         """The run's final output (content: recorded only when capture is on)."""
-        self.set_content(sc.BASTION_RUN_OUTPUT, output)
+        span = self._span
+        if span is None or capture_mode() != "span_attributes":
+            return
+        text = _json(output)
+        attrs: dict[str, AttrValue] = {
+            sc.BASTION_RUN_OUTPUT: text,
+            sc.GEN_AI_OUTPUT_MESSAGES: _run_messages(output, "assistant", "stop"),
+        }
+        if STATE.openinference:
+            attrs[sc.OI_OUTPUT_VALUE] = text
+            attrs[sc.OI_OUTPUT_MIME_TYPE] = _mime(output)
+        span.set_attributes(attrs)
 
 
 class ChatSpan(Span):
@@ -369,8 +496,41 @@ class ChatSpan(Span):
         if s.seed is not None:
             attrs[sc.GEN_AI_REQUEST_SEED] = s.seed
         if capture_mode() == "span_attributes":
-            attrs[sc.GEN_AI_INPUT_MESSAGES] = messages_json(req.messages)
+            messages = req.messages
+            if self._provider in sc.SEPARATE_SYSTEM_PROVIDERS and any(m.role == "system" for m in messages):
+                # This provider's API takes them apart from the history (semconv v1.37+).
+                system = [_part_json(p) for m in messages if m.role == "system" for p in m.parts]
+                attrs[sc.GEN_AI_SYSTEM_INSTRUCTIONS] = _json(system)
+                messages = [m for m in messages if m.role != "system"]
+            attrs[sc.GEN_AI_INPUT_MESSAGES] = messages_json(messages)
         return attrs
+
+    def _openinference(self, attrs: dict[str, AttrValue]) -> None:
+        super()._openinference(attrs)
+        attrs[sc.OI_LLM_MODEL_NAME] = self._model_name
+        attrs[sc.OI_LLM_PROVIDER] = self._provider
+        attrs[sc.OI_LLM_SYSTEM] = self._provider
+        req = self._request
+        if req is None:
+            return
+        s = req.settings
+        params = {
+            k: v
+            for k, v in (
+                ("temperature", s.temperature),
+                ("max_tokens", s.max_tokens),
+                ("top_p", s.top_p),
+                ("seed", s.seed),
+            )
+            if v is not None
+        }
+        if params:
+            attrs[sc.OI_LLM_INVOCATION_PARAMETERS] = json.dumps(params)
+        messages = attrs.get(sc.GEN_AI_INPUT_MESSAGES)
+        if messages is not None:  # content capture is on
+            attrs[sc.OI_INPUT_VALUE] = messages
+            attrs[sc.OI_INPUT_MIME_TYPE] = sc.OI_MIME_JSON
+            _flat_messages(attrs, sc.OI_LLM_INPUT_MESSAGES, req.messages)
 
     def record_response(self, response: ModelResponse) -> None:
         """Usage, cost, finish reason, response model (and output content when capture is on)."""
@@ -400,6 +560,8 @@ class ChatSpan(Span):
             attrs[sc.BASTION_CACHED] = True
         if capture_mode() == "span_attributes":
             attrs[sc.GEN_AI_OUTPUT_MESSAGES] = messages_json([response.message], response.finish_reason)
+        if STATE.openinference:
+            _oi_response(attrs, response)
         span.set_attributes(attrs)
         if response.finish_reason == "error":
             self.record_error("the model finished with an error", error_type="finish_reason_error")
@@ -431,6 +593,24 @@ class ChatSpan(Span):
             if ctx is not None:
                 cost_key += ((sc.BASTION_TENANT_ID, ctx.tenant),)
             inst.cost.add_key(float(resp.cost_usd), cost_key)
+
+
+def _oi_response(attrs: dict[str, AttrValue], response: ModelResponse) -> None:
+    u = response.usage
+    attrs[sc.OI_LLM_TOKEN_COUNT_PROMPT] = u.input_tokens
+    attrs[sc.OI_LLM_TOKEN_COUNT_COMPLETION] = u.output_tokens
+    attrs[sc.OI_LLM_TOKEN_COUNT_TOTAL] = u.input_tokens + u.output_tokens
+    if u.cache_read_tokens:
+        attrs[sc.OI_LLM_TOKEN_COUNT_CACHE_READ] = u.cache_read_tokens
+    if u.cache_write_tokens:
+        attrs[sc.OI_LLM_TOKEN_COUNT_CACHE_WRITE] = u.cache_write_tokens
+    if u.reasoning_tokens:
+        attrs[sc.OI_LLM_TOKEN_COUNT_REASONING] = u.reasoning_tokens
+    output = attrs.get(sc.GEN_AI_OUTPUT_MESSAGES)
+    if output is not None:  # content capture is on
+        attrs[sc.OI_OUTPUT_VALUE] = output
+        attrs[sc.OI_OUTPUT_MIME_TYPE] = sc.OI_MIME_JSON
+        _flat_messages(attrs, sc.OI_LLM_OUTPUT_MESSAGES, [response.message])
 
 
 _TOKEN_INPUT = (sc.GEN_AI_TOKEN_TYPE, "input")
@@ -472,6 +652,14 @@ class ToolSpan(Span):
             attrs[sc.GEN_AI_TOOL_CALL_ARGUMENTS] = _json(dict(self._arguments))
         return attrs
 
+    def _openinference(self, attrs: dict[str, AttrValue]) -> None:
+        super()._openinference(attrs)
+        attrs[sc.OI_TOOL_NAME] = self._tool
+        arguments = attrs.get(sc.GEN_AI_TOOL_CALL_ARGUMENTS)
+        if arguments is not None:
+            attrs[sc.OI_INPUT_VALUE] = arguments
+            attrs[sc.OI_INPUT_MIME_TYPE] = sc.OI_MIME_JSON
+
     def record_result(self, result: ToolResult | Any, *, cost_usd: float | None = None) -> None:
         """The tool's result: an error result marks the span failed; content only when capture
         is on. `cost_usd` attributes money the tool spent (a paid API) to it."""
@@ -483,7 +671,12 @@ class ToolSpan(Span):
         if cost_usd is not None:
             self._span.set_attribute(sc.BASTION_COST_USD, float(cost_usd))
         content = result.content if isinstance(result, ToolResult) else result
-        self.set_content(sc.GEN_AI_TOOL_CALL_RESULT, content)
+        if capture_mode() == "span_attributes":
+            text = _json(content)
+            self._span.set_attribute(sc.GEN_AI_TOOL_CALL_RESULT, text)
+            if STATE.openinference:
+                self._span.set_attribute(sc.OI_OUTPUT_VALUE, text)
+                self._span.set_attribute(sc.OI_OUTPUT_MIME_TYPE, _mime(content))
         if is_error:
             text = result.content_text() if isinstance(result, ToolResult) else str(result)
             self.record_error(text, error_type="tool_error")
@@ -517,6 +710,13 @@ class RetrievalSpan(Span):
             attrs[sc.BASTION_RETRIEVAL_QUERY] = redact(self._query)
         return attrs
 
+    def _openinference(self, attrs: dict[str, AttrValue]) -> None:
+        super()._openinference(attrs)
+        query = attrs.get(sc.BASTION_RETRIEVAL_QUERY)
+        if query is not None:
+            attrs[sc.OI_INPUT_VALUE] = query
+            attrs[sc.OI_INPUT_MIME_TYPE] = sc.OI_MIME_TEXT
+
     def record_results(self, count: int) -> None:
         self.set(sc.BASTION_RETRIEVAL_RESULTS, count)
 
@@ -536,6 +736,10 @@ class EmbeddingsSpan(Span):
             sc.GEN_AI_REQUEST_MODEL: sc.model_of(self._model),
             sc.BASTION_EMBEDDINGS_INPUTS: self._n,
         }
+
+    def _openinference(self, attrs: dict[str, AttrValue]) -> None:
+        super()._openinference(attrs)
+        attrs[sc.OI_EMBEDDING_MODEL_NAME] = sc.model_of(self._model)
 
     def record_usage(
         self, usage: Usage | None = None, *, dimensions: int | None = None, cost_usd: float | None = None
@@ -583,9 +787,17 @@ class PolicySpan(Span):
             attrs[sc.BASTION_POLICY_REASON] = redact(self._reason)
         return attrs
 
+    def _openinference(self, attrs: dict[str, AttrValue]) -> None:
+        super()._openinference(attrs)
+        # The decision is the guardrail's output (not content: allow / deny / approval_required).
+        attrs[sc.OI_OUTPUT_VALUE] = self._decision
+        attrs[sc.OI_OUTPUT_MIME_TYPE] = sc.OI_MIME_TEXT
+
     def record_decision(self, decision: str, reason: str | None = None) -> None:
         """Update the decision when it is only known inside the block."""
         self.set(sc.BASTION_POLICY_DECISION, decision)
+        if STATE.openinference:
+            self.set(sc.OI_OUTPUT_VALUE, decision)
         if reason:
             self.set(sc.BASTION_POLICY_REASON, redact(reason))
 
@@ -607,10 +819,14 @@ class GenericSpan(Span):
 # --- the helpers ------------------------------------------------------------------------------
 
 
-def agent(name: str, context: RunContext, *, agent_id: str | None = None, input: Any = None) -> AgentSpan:
+def agent(
+    name: str, context: RunContext, *, agent_id: str | None = None, input: Any = None, parent: str | None = None
+) -> AgentSpan:
     """`invoke_agent {name}`: the root of a run. Spans opened inside inherit `context`'s
-    attribution (run, session, tenant, user, team)."""
-    return AgentSpan(name, context, agent_id, input)
+    attribution (run, session, tenant, user, team). `parent`: the W3C `traceparent` of the
+    root of the run this one resumes (`run_traceparent()` saved with its checkpoint), so that a
+    run paused for an approval and resumed later is one trace."""
+    return AgentSpan(name, context, agent_id, input, parent)
 
 
 def chat(model: str, request: ModelRequest | None = None) -> ChatSpan:
@@ -673,6 +889,7 @@ __all__ = [
     "messages_json",
     "policy",
     "retrieval",
+    "run_traceparent",
     "span",
     "tool",
 ]

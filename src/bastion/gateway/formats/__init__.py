@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bastion.gateway.formats._prompt_cache import anthropic_min_tokens
     from bastion.gateway.formats.anthropic import AnthropicModel
     from bastion.gateway.formats.gemini import GeminiModel
     from bastion.gateway.formats.llamacpp import LlamaCppModel
@@ -21,9 +22,10 @@ _LAZY = {
     "AnthropicModel": "bastion.gateway.formats.anthropic",
     "GeminiModel": "bastion.gateway.formats.gemini",
     "LlamaCppModel": "bastion.gateway.formats.llamacpp",
+    "anthropic_min_tokens": "bastion.gateway.formats._prompt_cache",
 }
 
-__all__ = ["AnthropicModel", "GeminiModel", "LlamaCppModel", "OpenAIChatModel"]
+__all__ = ["AnthropicModel", "GeminiModel", "LlamaCppModel", "OpenAIChatModel", "anthropic_min_tokens"]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,9 @@ budget limits. Only the sha256 of a key is stored; the plaintext exists once, wh
 minted, and is never logged (`VirtualKey` does not hold it). Backends: `InMemoryKeyStore`
 (tests, single process) and `SQLiteKeyStore` (one file, survives restarts). A deployment keeps
 its virtual keys and its server API keys in one file, `<home>/keys.db` (`SQLiteKeyStore.for_home`),
-which both `python -m bastion.gateway.proxy` and `bastion serve` open.
+which both `python -m bastion.gateway.proxy` and `bastion serve` open; scaled out, every
+server shares `PostgresKeyStore`. Lookups are not cached, so a revoked key is refused by every
+server at its next request.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 - `Agent`: model → parallel tool calls (through the tool gateway) → model … → final answer
   (text or validated structured output); durable, resumable after interrupts, streamable.
+- `ModelSource`: what `gateway=` must provide (`bastion.Gateway` is one); the checkpointer is
+  a `bastion.checkpoint.Checkpointer`.
 - Handoffs (`handoff`, history filters), agents as tools (`Agent.as_tool`), a `Supervisor`
   that routes to member agents, and `PlanExecuteVerify` (planner → executors, step by step →
   verifier).
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from bastion.graph.agent._agent import Agent
     from bastion.graph.agent._handoff import Handoff, handoff
     from bastion.graph.agent._plan import Plan, PlanExecuteVerify, PlanOutcome, PlanStep, Verdict
+    from bastion.graph.agent._resolve import ModelSource
     from bastion.graph.agent._supervisor import Router, Supervisor
 
 # Imported on first use: they pull in pydantic and the engine.
@@ -37,6 +40,7 @@ _LAZY: dict[str, str] = {
     "Agent": "bastion.graph.agent._agent",
     "Handoff": "bastion.graph.agent._handoff",
     "handoff": "bastion.graph.agent._handoff",
+    "ModelSource": "bastion.graph.agent._resolve",
     "Plan": "bastion.graph.agent._plan",
     "PlanExecuteVerify": "bastion.graph.agent._plan",
     "PlanOutcome": "bastion.graph.agent._plan",
@@ -54,6 +58,7 @@ __all__ = [
     "HandoffEvent",
     "HistoryFilter",
     "MessageEvent",
+    "ModelSource",
     "Plan",
     "PlanExecuteVerify",
     "PlanOutcome",

@@ -11,7 +11,7 @@ from bastion.errors import UserError
 from bastion.gateway import Model, ToolNames
 from bastion.graph.agent._handoff import Handoff, handoff
 from bastion.graph.agent._output import OutputSpec
-from bastion.graph.agent._resolve import resolve_model_like
+from bastion.graph.agent._resolve import ModelSource, resolve_model_like
 from bastion.graph.agent._result import AgentEvent, AgentResult, OutputT
 from bastion.graph.agent._run import CONTINUE, Runner
 from bastion.graph.agent._window import AgentWindow
@@ -20,6 +20,7 @@ from bastion.tools import Tool, ToolExecutor, tool
 from bastion.types import Message, ModelSettings, RunContext, ToolCall, ToolSpec
 
 if TYPE_CHECKING:
+    from bastion.checkpoint import Checkpointer
     from bastion.memory import CoreMemory, FactMemory
 
 AgentInput = str | Message | Sequence[Message]
@@ -40,8 +41,11 @@ class Agent(Generic[OutputT]):
       pass your own `ToolGateway(Policy(...))` for rules, audit files or other grants.
     - `deps`: the application's dependencies handed to tools that take a `ToolContext[Deps]`
       (a `run(..., deps=)` overrides them for one run); never persisted.
-    - `checkpointer`: makes runs durable and resumable per `thread_id`.
+    - `checkpointer`: a `bastion.checkpoint.Checkpointer` (SQLite, PostgreSQL, memory); makes
+      runs durable and resumable per `thread_id`.
     - `handoffs`: agents (or `handoff(...)` configs) this agent may pass the conversation to.
+    - `gateway`: resolves model strings (a `bastion.Gateway`, or any `ModelSource`); default:
+      one shared `Gateway`.
     - `max_turns`: model calls per run before `MaxTurnsExceededError` ends a runaway loop.
     - `context`: how each request is fitted into the model's context window (a
       `bastion.memory.ContextPolicy`; on by default: old tool results stubbed, then old turns
@@ -66,9 +70,9 @@ class Agent(Generic[OutputT]):
         output_retries: int = 2,
         model_settings: ModelSettings | None = None,
         tool_executor: ToolExecutor | None = None,
-        checkpointer: Any = None,
+        checkpointer: Checkpointer | None = None,
         handoffs: Sequence[Agent[Any] | Handoff] = (),
-        gateway: Any = None,
+        gateway: ModelSource | None = None,
         context: ContextPolicy | None = ContextPolicy(),  # noqa: B008  (frozen, safe to share)
         deps: Any = None,
         core_memory: CoreMemory | None = None,
@@ -132,7 +136,7 @@ class Agent(Generic[OutputT]):
         return self._model if isinstance(self._model, str) else getattr(self._model, "name", repr(self._model))
 
     @property
-    def gateway(self) -> Any:
+    def gateway(self) -> ModelSource | None:
         """The gateway given as `gateway=` (None: model strings use the shared one)."""
         return self._gateway
 

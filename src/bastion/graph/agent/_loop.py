@@ -191,10 +191,16 @@ async def _call_deferred(agent: Agent[Any], request: ModelRequest, key: str) -> 
 
     model = agent.resolved_model()
     if isinstance(model, GatewayModel):
-        gateway, target = model.gateway, model.target
+        result = await model.gateway.batch([request], model.target, key=key)
     else:
-        gateway, target = agent.gateway or shared_gateway(), model
-    result = await gateway.batch([request], target, key=key)
+        source = agent.gateway or shared_gateway()
+        batch = getattr(source, "batch", None)  # optional in a `ModelSource`
+        if batch is None:
+            raise NotImplementedError(
+                f"{type(source).__name__}.batch: run(deferred=True) needs a gateway with a batch API; "
+                "pass gateway=bastion.Gateway(...)"
+            )
+        result = await batch([request], model, key=key)
     item = result.items[0]
     if item.response is None:
         assert item.error is not None

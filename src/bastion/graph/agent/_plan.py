@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypedDict, cast
 from pydantic import BaseModel, Field, field_validator
 
 from bastion._sync import run_sync
+from bastion.checkpoint import Checkpointer
 from bastion.errors import UserError
 from bastion.graph import END, START, Graph, Send, append
 from bastion.graph.agent._agent import Agent, AgentInput
@@ -105,7 +106,7 @@ class PlanExecuteVerify:
         max_rounds: int = 2,
         max_steps: int = 16,
         max_step_retries: int = 1,
-        checkpointer: Any = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         _require_output(planner, "planner", Plan)
         _require_output(verifier, "verifier", Verdict)
@@ -301,13 +302,13 @@ def _require_output(agent: Agent[Any], role: str, expected: type[BaseModel]) -> 
 
 
 class _PlanRunner(GraphRunner):
-    def __init__(self, pattern: PlanExecuteVerify, checkpointer: Any) -> None:
+    def __init__(self, pattern: PlanExecuteVerify, checkpointer: Checkpointer | None) -> None:
         super().__init__()
         self.pattern = pattern
         self.name = pattern.name
         self.checkpointer = checkpointer
 
-    def build(self) -> Any:
+    def build(self) -> Graph[PlanState]:
         p = self.pattern
 
         async def gather(state: PlanState) -> dict[str, Any]:
@@ -318,7 +319,7 @@ class _PlanRunner(GraphRunner):
 
         graph = Graph(PlanState)
         graph.add_node("plan", p.plan)
-        graph.add_node("step", p.step)
+        graph.add_node("step", p.step, input_schema=dict)  # fed by Send(step job)
         graph.add_node("gather", gather)
         graph.add_node("finish", p.finish)
         graph.add_edge(START, "plan")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Generic, Literal, TypeAlias
+
+from typing_extensions import TypeVar  # `default=`: `Agent(model)` (no output_type) is an `Agent[str]`
 
 from bastion.types import Message, ToolCall, ToolResult, Usage
 
-OutputT = TypeVar("OutputT")
+OutputT = TypeVar("OutputT", default=str)
 
 
 @dataclass(slots=True)

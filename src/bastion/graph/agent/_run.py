@@ -24,6 +24,8 @@ from bastion.graph.agent._runtime import Runtime, use_runtime
 from bastion.types import Message, RunContext, Usage, new_id
 
 if TYPE_CHECKING:
+    from bastion.checkpoint import Checkpointer
+    from bastion.graph import CompiledGraph, Graph
     from bastion.graph.agent._agent import Agent, AgentInput
 
 
@@ -48,15 +50,15 @@ class GraphRunner:
     """Compiles a graph once and runs it per thread; subclasses say how to build the graph,
     what the input state of a run is, and how the final state reads as an `AgentResult`."""
 
-    checkpointer: Any = None
+    checkpointer: Checkpointer | None = None
     name: str = "agent"
 
     def __init__(self) -> None:
-        self._app: Any = None
-        self._checkpointer: Any = None
+        self._app: CompiledGraph[Any] | None = None
+        self._checkpointer: Checkpointer | None = None
         self._owned = False
 
-    def build(self) -> Any:
+    def build(self) -> Graph[Any]:
         """Return the `Graph` (uncompiled)."""
         raise NotImplementedError(f"{type(self).__name__}.build")
 
@@ -69,7 +71,7 @@ class GraphRunner:
     def to_result(self, values: dict[str, Any], interrupts: list[Any], thread_id: str) -> AgentResult[Any]:
         raise NotImplementedError(f"{type(self).__name__}.to_result")
 
-    def app(self) -> Any:
+    def app(self) -> CompiledGraph[Any]:
         if self._app is None:
             checkpointer = self.checkpointer
             self._owned = checkpointer is None
@@ -125,7 +127,8 @@ class GraphRunner:
     ) -> AgentResult[Any]:
         thread = thread_id or new_id("thread_")
         context = context or RunContext()
-        with self._span(context, input) as span, use_runtime(Runtime(context=context, deps=deps)):
+        parent = await self._trace_parent(thread_id, context, input)
+        with self._span(context, input, parent) as span, use_runtime(Runtime(context=context, deps=deps)):
             await self.app().ainvoke(input, thread_id=thread, context=context)
             result = await self._final(thread_id, thread)
             _record_output(span, result)
@@ -142,7 +145,7 @@ class GraphRunner:
         await self._forget(thread_id, thread, interrupted=result.interrupted)
         return result
 
-    def _span(self, context: RunContext, input: Any) -> AbstractContextManager[Any]:
+    def _span(self, context: RunContext, input: Any, parent: str | None = None) -> AbstractContextManager[Any]:
         """`invoke_agent {name}`, the root span of the run, unless the caller (the runtime)
         already opened it for this very context."""
         from bastion.tracing import spans
@@ -150,7 +153,18 @@ class GraphRunner:
         if spans.current_run() is context:
             return nullcontext()
         traced_input = input if isinstance(input, str) else None
-        return spans.agent(self.name, context, agent_id=context.run_id, input=traced_input)
+        return spans.agent(self.name, context, agent_id=context.run_id, input=traced_input, parent=parent)
+
+    async def _trace_parent(self, thread_id: str | None, context: RunContext, graph_input: Any) -> str | None:
+        """A resumed run continues the trace of the run that paused: the engine saves that
+        run's root (`traceparent`) with the thread's checkpoints."""
+        from bastion.graph import Command
+        from bastion.tracing import semconv, spans
+
+        if thread_id is None or not isinstance(graph_input, Command) or spans.current_run() is context:
+            return None
+        value = (await self.app().aget_state(thread_id)).metadata.get(semconv.CHECKPOINT_TRACEPARENT)
+        return value if isinstance(value, str) else None
 
     async def stopped_on_error(self, thread_id: str) -> bool:
         snapshot = await self.app().aget_state(thread_id)
@@ -158,13 +172,14 @@ class GraphRunner:
 
     async def delete_thread(self, thread_id: str) -> None:
         self.app()
+        assert self._checkpointer is not None  # app() set it
         await self._checkpointer.delete_thread(thread_id)
 
     async def _forget(self, thread_id: str | None, thread: str, *, interrupted: bool) -> None:
         # With the default in-memory checkpointer, a run without a thread_id cannot be continued
         # later, so its checkpoints are kept only while it waits on an interrupt (then
         # result.thread_id is the handle to resume it); otherwise they would pile up.
-        if self._owned and thread_id is None and not interrupted:
+        if self._owned and thread_id is None and not interrupted and self._checkpointer is not None:
             await self._checkpointer.delete_thread(thread)
 
     async def stream(
@@ -186,7 +201,11 @@ class GraphRunner:
             graph_input: Any = self.start(input)
         else:
             graph_input = None if resume is CONTINUE else Command(resume=resume)
-        with self._span(context, input) as span, use_runtime(Runtime(context=context, streaming=True, deps=deps)):
+        parent = await self._trace_parent(thread_id, context, graph_input)
+        with (
+            self._span(context, input, parent) as span,
+            use_runtime(Runtime(context=context, streaming=True, deps=deps)),
+        ):
             async for event in self.app().astream(graph_input, thread_id=thread, context=context):
                 payload = _custom_payload(event)
                 if payload is not None:
@@ -221,7 +240,7 @@ class Runner(GraphRunner):
             self._group = AgentGroup.reachable_from(self.agent)
         return self._group
 
-    def build(self) -> Any:
+    def build(self) -> Graph[AgentState]:
         from bastion.graph import START, Graph
 
         group = self.group

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, TypedDict
 
 from bastion._sync import run_sync
+from bastion.checkpoint import Checkpointer
 from bastion.errors import MaxTurnsExceededError, UserError
 from bastion.gateway import Model
 from bastion.graph import END, START, Graph, Send, append, memo
@@ -23,7 +24,7 @@ from bastion.graph.agent._codec import response_from_dict, response_to_dict
 from bastion.graph.agent._failure import failed
 from bastion.graph.agent._history import HistoryFilter, drop_tool_chatter, tag
 from bastion.graph.agent._members import output_text, run_member, said_by, spend_of, total_spend
-from bastion.graph.agent._resolve import resolve_model_like
+from bastion.graph.agent._resolve import ModelSource, resolve_model_like
 from bastion.graph.agent._result import AgentEvent, AgentResult
 from bastion.graph.agent._run import CONTINUE, GraphRunner, to_messages
 from bastion.graph.agent._runtime import current_runtime
@@ -61,8 +62,8 @@ class Supervisor:
         max_rounds: int = 5,
         history: HistoryFilter = drop_tool_chatter,
         model_settings: ModelSettings | None = None,
-        checkpointer: Any = None,
-        gateway: Any = None,
+        checkpointer: Checkpointer | None = None,
+        gateway: ModelSource | None = None,
     ) -> None:
         if (model is None) == (router is None):
             raise UserError("a Supervisor routes either by model (model=...) or by rule (router=...): pass exactly one")
@@ -83,7 +84,7 @@ class Supervisor:
         self._runner = _SupervisorRunner(self, checkpointer)
 
     @property
-    def checkpointer(self) -> Any:
+    def checkpointer(self) -> Checkpointer | None:
         return self._runner.checkpointer
 
     # --- running (same surface as Agent) -----------------------------------------------------
@@ -233,13 +234,13 @@ def _rejection(call: ToolCall, members: list[str]) -> Message:
 
 
 class _SupervisorRunner(GraphRunner):
-    def __init__(self, supervisor: Supervisor, checkpointer: Any) -> None:
+    def __init__(self, supervisor: Supervisor, checkpointer: Checkpointer | None) -> None:
         super().__init__()
         self.supervisor = supervisor
         self.name = supervisor.name
         self.checkpointer = checkpointer
 
-    def build(self) -> Any:
+    def build(self) -> Graph[SupervisorState]:
         sup = self.supervisor
 
         def fan_out(state: SupervisorState) -> Any:
@@ -263,7 +264,7 @@ class _SupervisorRunner(GraphRunner):
 
         graph = Graph(SupervisorState)
         graph.add_node("supervisor", sup.supervise)
-        graph.add_node("member", sup.run_route)
+        graph.add_node("member", sup.run_route, input_schema=dict)  # fed by Send(route)
         graph.add_edge(START, "supervisor")
         graph.add_conditional_edges("supervisor", fan_out)
         graph.add_edge("member", "supervisor")

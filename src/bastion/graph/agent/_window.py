@@ -66,7 +66,7 @@ class AgentWindow:
     def assembler(self) -> ContextAssembler:
         if self._assembler is None:
             from bastion.graph.agent._resolve import resolve_model_like
-            from bastion.memory._context import DEFAULT_WINDOW
+            from bastion.memory import DEFAULT_WINDOW
 
             policy, agent = self.policy, self.agent
             model = agent.resolved_model()

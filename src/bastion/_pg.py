@@ -1,9 +1,9 @@
 """A PostgreSQL connection pool that opens on first use and creates its tables once.
 
-Shared by the gateway's PostgreSQL stores (budgets, batches): both open lazily, so a
-`Gateway` can be built outside an event loop, and both create their schema under an advisory
-lock, because concurrent `CREATE ... IF NOT EXISTS` still collide (a unique violation in
-pg_type) when several processes start at once.
+Shared by PostgreSQL stores (the gateway's budgets, batches and semantic cache, the eval
+datasets): they open lazily, so they can be built outside an event loop, and they create their
+schema under an advisory lock, because concurrent `CREATE ... IF NOT EXISTS` still collide (a
+unique violation in pg_type) when several processes start at once.
 """
 
 from __future__ import annotations
