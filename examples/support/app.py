@@ -33,7 +33,7 @@ from pydantic import Field
 from bastion.gateway import Budget, BudgetLimits, Gateway
 from bastion.graph.agent import Agent, Supervisor
 from bastion.memory import Document, MiniLMEmbedder, Namespace, SQLiteMemoryStore, ingest, retrieve
-from bastion.policy import ArgLimit, AuditLog, Policy, ToolGateway
+from bastion.policy import ArgLimit, Policy, ToolGateway
 from bastion.server import Project, ProjectEnv
 from bastion.testing import ScriptedModel
 from bastion.tools import tool
@@ -148,7 +148,7 @@ async def build(env: ProjectEnv) -> Project:
         ],
         on_taint="deny",  # a destination copied from untrusted tool output never gets paid
     )
-    tool_gateway = ToolGateway(policy, audit=AuditLog(env.home / "audit.db"))
+    tool_gateway = ToolGateway(policy, audit=env.audit_log())  # PostgreSQL when scaled out
 
     @tool(side_effect="read", trust="trusted")  # our own documents
     async def search_kb(query: str) -> str:
