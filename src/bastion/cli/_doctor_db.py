@@ -30,20 +30,21 @@ def database_checks(url: str) -> list[Check]:
 
 
 def _schema(conn: Any) -> Check:
-    from bastion.tracing._store_pg import SCHEMA_VERSION, schema_version
+    from bastion.tracing import PostgresTraceStore
 
-    traces = schema_version(conn)
+    latest = PostgresTraceStore.SCHEMA_VERSION
+    traces = PostgresTraceStore.schema_version(conn)
     runs = conn.execute("SELECT to_regclass('bastion_runs')").fetchone()
-    if traces is not None and traces > SCHEMA_VERSION:
+    if traces is not None and traces > latest:
         return (
             "schema",
             False,
-            f"trace schema v{traces} is newer than this Bastion (v{SCHEMA_VERSION}): upgrade Bastion on this host",
+            f"trace schema v{traces} is newer than this Bastion (v{latest}): upgrade Bastion on this host",
         )
     if traces is None and (runs is None or runs[0] is None):
         return ("schema", True, "empty: the first `bastion serve` or `bastion worker` creates the schema")
-    trace_state = f"traces v{traces}/{SCHEMA_VERSION}" if traces is not None else "traces: not created yet"
-    pending = " (migrated on the next start)" if traces is not None and traces < SCHEMA_VERSION else ""
+    trace_state = f"traces v{traces}/{latest}" if traces is not None else "traces: not created yet"
+    pending = " (migrated on the next start)" if traces is not None and traces < latest else ""
     runs_state = "runs: present" if runs and runs[0] else "runs: not created yet"
     return ("schema", True, f"{trace_state}{pending}; {runs_state}")
 

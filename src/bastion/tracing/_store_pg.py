@@ -114,6 +114,10 @@ class PostgresTraceStore(SpanQueries, QueuedSpanWriter):
     its indexes exceed `max_bytes` (the current day is always kept).
     """
 
+    # For `bastion doctor --database`: the version this code migrates to, and the database's.
+    SCHEMA_VERSION = SCHEMA_VERSION
+    schema_version = staticmethod(schema_version)
+
     table = TABLE
     _errors_sql = "count(*) FILTER (WHERE s.status = 'ERROR')"
     _sep_sql = "chr(31)"
