@@ -8,8 +8,9 @@ JSON (never pickle): register your own dataclasses / pydantic models with `regis
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bastion._lazy import lazy_getattr
 from bastion.checkpoint._base import Checkpointer, CheckpointRecord, JournalEntry, WriteRecord
 from bastion.checkpoint._format import FORMAT_VERSION, MIGRATIONS
 from bastion.checkpoint._memory import MemoryCheckpointer
@@ -37,12 +38,4 @@ __all__ = [
 _LAZY = {"SqliteCheckpointer": "bastion.checkpoint._sqlite", "PostgresCheckpointer": "bastion.checkpoint._postgres"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.checkpoint' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -10,8 +10,9 @@ this package stays cheap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bastion._lazy import lazy_getattr
 from bastion.gateway._model import Model, collect, stream_via_request
 
 if TYPE_CHECKING:
@@ -51,50 +52,50 @@ if TYPE_CHECKING:
     from bastion.gateway._toolnames import ToolNames, is_provider_legal, provider_tool_name
 
 _LAZY = {
-    "BatchItemResult": "_batch",
-    "BatchResult": "_batch",
-    "BatchStore": "_batch_store",
-    "MemoryBatchStore": "_batch_store",
-    "SQLiteBatchStore": "_batch_store",
-    "PostgresBatchStore": "_batch_store_pg",
-    "BreakerState": "_breaker",
-    "CircuitBreaker": "_breaker",
-    "CircuitBreakerConfig": "_breaker",
-    "Budget": "_budget",
-    "BudgetLimits": "_budget",
-    "BudgetLine": "_budget",
-    "BudgetStore": "_budget",
-    "DegradePolicy": "_budget",
-    "MemoryBudgetStore": "_budget",
-    "SQLiteBudgetStore": "_budget",
-    "Reservation": "_budget",
-    "PostgresBudgetStore": "_budget_pg",
-    "Spend": "_budget",
-    "CacheStore": "_cache",
-    "MemoryCacheStore": "_cache",
-    "MemorySemanticStore": "_cache",
-    "ResponseCache": "_cache",
-    "SemanticCache": "_cache",
-    "SemanticStore": "_cache",
-    "PostgresSemanticStore": "_cache_pg",
-    "SQLiteCacheStore": "_cache",
-    "CallRecord": "_gateway",
-    "Gateway": "_gateway",
-    "GatewayModel": "_gateway",
-    "GatewayStats": "_gateway",
-    "Pricing": "_pricing",
-    "Provider": "_providers",
-    "register_provider": "_providers",
-    "unregister_provider": "_providers",
-    "resolve_model": "_resolve",
-    "default_model_name": "_resolve",
-    "aclose_http_sessions": "_http",
-    "RetryPolicy": "_retry",
-    "RouteHook": "_router",
-    "Strategy": "_router",
-    "ToolNames": "_toolnames",
-    "is_provider_legal": "_toolnames",
-    "provider_tool_name": "_toolnames",
+    "BatchItemResult": "._batch",
+    "BatchResult": "._batch",
+    "BatchStore": "._batch_store",
+    "MemoryBatchStore": "._batch_store",
+    "SQLiteBatchStore": "._batch_store",
+    "PostgresBatchStore": "._batch_store_pg",
+    "BreakerState": "._breaker",
+    "CircuitBreaker": "._breaker",
+    "CircuitBreakerConfig": "._breaker",
+    "Budget": "._budget",
+    "BudgetLimits": "._budget",
+    "BudgetLine": "._budget",
+    "BudgetStore": "._budget",
+    "DegradePolicy": "._budget",
+    "MemoryBudgetStore": "._budget",
+    "SQLiteBudgetStore": "._budget",
+    "Reservation": "._budget",
+    "PostgresBudgetStore": "._budget_pg",
+    "Spend": "._budget",
+    "CacheStore": "._cache",
+    "MemoryCacheStore": "._cache",
+    "MemorySemanticStore": "._cache",
+    "ResponseCache": "._cache",
+    "SemanticCache": "._cache",
+    "SemanticStore": "._cache",
+    "PostgresSemanticStore": "._cache_pg",
+    "SQLiteCacheStore": "._cache",
+    "CallRecord": "._gateway",
+    "Gateway": "._gateway",
+    "GatewayModel": "._gateway",
+    "GatewayStats": "._gateway",
+    "Pricing": "._pricing",
+    "Provider": "._providers",
+    "register_provider": "._providers",
+    "unregister_provider": "._providers",
+    "resolve_model": "._resolve",
+    "default_model_name": "._resolve",
+    "aclose_http_sessions": "._http",
+    "RetryPolicy": "._retry",
+    "RouteHook": "._router",
+    "Strategy": "._router",
+    "ToolNames": "._toolnames",
+    "is_provider_legal": "._toolnames",
+    "provider_tool_name": "._toolnames",
 }
 
 __all__ = [
@@ -148,12 +149,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.gateway' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"bastion.gateway.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -17,9 +17,9 @@ Heavy modules (onnxruntime, psycopg, bs4, pypdf) load only when used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bastion._lazy import lazy_getattr
 from bastion.memory._types import Episode, MemoryItem, Namespace, SearchHit, Skill
 
 if TYPE_CHECKING:
@@ -53,38 +53,38 @@ if TYPE_CHECKING:
     from bastion.memory._tools import memory_tools, retrieval_node, retrieve, use_run_context
 
 _LAZY = {
-    "EmbeddingBatcher": "_batcher",
-    "AssembledContext": "_context",
-    "ContextAssembler": "_context",
-    "ContextPolicy": "_context",
-    "DEFAULT_WINDOW": "_context",
-    "Summary": "_context",
-    "edge_order": "_context",
-    "CoreMemory": "_core",
-    "extract_facts": "_facts",
-    "FactMemory": "_facts",
-    "Embedder": "_embedders",
-    "HashingEmbedder": "_embedders",
-    "MiniLMEmbedder": "_embedders",
-    "OpenAIEmbedder": "_embedders",
-    "Chunk": "_ingest",
-    "Document": "_ingest",
-    "IngestResult": "_ingest",
-    "chunk_markdown": "_ingest",
-    "chunk_tokens": "_ingest",
-    "ingest": "_ingest",
-    "load_document": "_ingest",
-    "load_html": "_ingest",
-    "load_pdf": "_ingest",
-    "PostgresMemoryStore": "_postgres",
-    "SQLiteMemoryStore": "_sqlite",
-    "MemoryStore": "_store",
-    "TokenCounter": "_tokens",
-    "counter_for": "_tokens",
-    "memory_tools": "_tools",
-    "retrieval_node": "_tools",
-    "retrieve": "_tools",
-    "use_run_context": "_tools",
+    "EmbeddingBatcher": "._batcher",
+    "AssembledContext": "._context",
+    "ContextAssembler": "._context",
+    "ContextPolicy": "._context",
+    "DEFAULT_WINDOW": "._context",
+    "Summary": "._context",
+    "edge_order": "._context",
+    "CoreMemory": "._core",
+    "extract_facts": "._facts",
+    "FactMemory": "._facts",
+    "Embedder": "._embedders",
+    "HashingEmbedder": "._embedders",
+    "MiniLMEmbedder": "._embedders",
+    "OpenAIEmbedder": "._embedders",
+    "Chunk": "._ingest",
+    "Document": "._ingest",
+    "IngestResult": "._ingest",
+    "chunk_markdown": "._ingest",
+    "chunk_tokens": "._ingest",
+    "ingest": "._ingest",
+    "load_document": "._ingest",
+    "load_html": "._ingest",
+    "load_pdf": "._ingest",
+    "PostgresMemoryStore": "._postgres",
+    "SQLiteMemoryStore": "._sqlite",
+    "MemoryStore": "._store",
+    "TokenCounter": "._tokens",
+    "counter_for": "._tokens",
+    "memory_tools": "._tools",
+    "retrieval_node": "._tools",
+    "retrieve": "._tools",
+    "use_run_context": "._tools",
 }
 
 __all__ = [
@@ -128,10 +128,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.memory' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"bastion.memory.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -9,9 +9,9 @@ versioned module, `bastion.tracing.semconv`. This package does not evaluate agen
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bastion._lazy import lazy_getattr
 from bastion.tracing import semconv, spans
 from bastion.tracing._redact import redact, set_redactor
 
@@ -109,13 +109,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.tracing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

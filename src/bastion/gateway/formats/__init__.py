@@ -7,8 +7,9 @@ budgets and routing live in the gateway. Imported lazily: `import bastion` loads
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bastion._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from bastion.gateway.formats._prompt_cache import anthropic_min_tokens
@@ -28,8 +29,4 @@ _LAZY = {
 __all__ = ["AnthropicModel", "GeminiModel", "LlamaCppModel", "OpenAIChatModel", "anthropic_min_tokens"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.gateway.formats' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -14,8 +14,9 @@ tool gateway (`bastion.policy`): it only composes them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bastion._lazy import lazy_getattr
 from bastion.graph.agent._history import HistoryFilter, drop_tool_chatter, keep_all, last_user_message
 from bastion.graph.agent._result import (
     AgentEvent,
@@ -77,12 +78,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.graph.agent' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
