@@ -206,10 +206,14 @@ class RamIndexes:
         if entry is not None:
             entry.stale = True
 
-    def query_tokens(self, terms: Iterable[str]) -> list[str]:
+    def _loop_tokens(self) -> Fts5Tokens:
+        """The tokenizer used on the event loop (an instance serves one thread)."""
         if self._tokens is None:
             self._tokens = Fts5Tokens()
-        return self._tokens.query(terms)
+        return self._tokens
+
+    def query_tokens(self, terms: Iterable[str]) -> list[str]:
+        return self._loop_tokens().query(terms)
 
     async def fresh(self, pool: Any, tenant: str, part: str) -> Loaded:
         """The tenant's index with every committed change applied (loading it if needed)."""
@@ -234,7 +238,7 @@ class RamIndexes:
         return loaded
 
     def _evict(self, keep: str) -> None:
-        total = sum(len(e.loaded.index) for e in self._entries.values() if e.loaded is not None)
+        total = self.items
         for s in list(self._entries):
             if total <= self.budget:
                 break
@@ -280,9 +284,8 @@ class RamIndexes:
             # Many new rows (a bulk write elsewhere): tokenize them in a thread, then index them here.
             tokenized = await asyncio.to_thread(_tokenize_documents, texts)
         else:
-            if self._tokens is None:
-                self._tokens = Fts5Tokens()
-            tokenized = {text: self._tokens.document(text) for text in texts}
+            tokens = self._loop_tokens()
+            tokenized = {text: tokens.document(text) for text in texts}
         # Nothing awaited from here on: the index changes in one step.
         for item_id, state in latest.items():
             if state[0] is None:

@@ -75,6 +75,19 @@ def _vec(vector: Sequence[float]) -> str:
     return "[" + ",".join(f"{x:.9g}" for x in vector) + "]"
 
 
+def _row_filters(scope: SearchScope, params: dict[str, Any]) -> str:
+    """The search's metadata (`where=`) and `source=` filters as SQL to AND in; their values are
+    added to `params`."""
+    sql = ""
+    for n, (key, values) in enumerate(scope.where):
+        sql += f" AND (metadata::jsonb ->> %(wk{n})s) = ANY(%(wv{n})s)"
+        params[f"wk{n}"], params[f"wv{n}"] = key, list(values)
+    if scope.source is not None:
+        sql += " AND (provenance::jsonb ->> 'source') = ANY(%(src)s)"
+        params["src"] = list(scope.source)
+    return sql
+
+
 def _skey(item: MemoryItem) -> str | None:
     if item.subject is None or item.predicate is None:
         return None
@@ -527,12 +540,7 @@ class PostgresMemoryStore:
             where_sql += " AND valid_from >= %(since)s"
         if scope.until is not None:
             where_sql += " AND valid_from < %(until)s"
-        for n, (key, values) in enumerate(scope.where):
-            where_sql += f" AND (metadata::jsonb ->> %(wk{n})s) = ANY(%(wv{n})s)"
-            params[f"wk{n}"], params[f"wv{n}"] = key, list(values)
-        if scope.source is not None:
-            where_sql += " AND (provenance::jsonb ->> 'source') = ANY(%(src)s)"
-            params["src"] = list(scope.source)
+        where_sql += _row_filters(scope, params)
         async with pool.connection() as conn:
             part = await self._partition(conn, scope.tenant, create=False)
             if part is None:
@@ -641,14 +649,8 @@ class PostgresMemoryStore:
         filters (which the RAM index does not hold)."""
         import numpy as np
 
-        sql = "SELECT rid FROM " + part + " WHERE ns = ANY(%(ns)s)"
         params: dict[str, Any] = {"ns": list(scope.keys)}
-        for n, (key, values) in enumerate(scope.where):
-            sql += f" AND (metadata::jsonb ->> %(wk{n})s) = ANY(%(wv{n})s)"
-            params[f"wk{n}"], params[f"wv{n}"] = key, list(values)
-        if scope.source is not None:
-            sql += " AND (provenance::jsonb ->> 'source') = ANY(%(src)s)"
-            params["src"] = list(scope.source)
+        sql = "SELECT rid FROM " + part + " WHERE ns = ANY(%(ns)s)" + _row_filters(scope, params)
         async with pool.connection() as conn:
             cur = await conn.execute(sql + " ORDER BY rid", params)
             rows = await cur.fetchall()
