@@ -1,6 +1,7 @@
-"""A PostgreSQL connection pool that opens on first use and creates its tables once.
+"""What the PostgreSQL stores share: a connection pool that opens on first use and creates its
+tables once, and pgvector's text form of a vector.
 
-Shared by PostgreSQL stores (the gateway's budgets, batches and semantic cache, the eval
+The pool is shared by PostgreSQL stores (the gateway's budgets, batches and semantic cache, the eval
 datasets): they open lazily, so they can be built outside an event loop, and they create their
 schema under an advisory lock, because concurrent `CREATE ... IF NOT EXISTS` still collide (a
 unique violation in pg_type) when several processes start at once.
@@ -9,9 +10,16 @@ unique violation in pg_type) when several processes start at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from bastion.errors import MissingExtraError
+
+
+def vector_literal(vector: Sequence[float]) -> str:
+    """pgvector's text form (`'[0.1,0.2,...]'::vector`). Nine significant digits round-trip a
+    float32, so the database holds the embedder's exact vector."""
+    return "[" + ",".join(f"{x:.9g}" for x in vector) + "]"
 
 
 class LazyPool:

@@ -12,9 +12,7 @@ seconds), so a `SemanticCache(clock=...)` behaves the same on both backends.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from bastion._pg import LazyPool
+from bastion._pg import LazyPool, vector_literal
 from bastion.errors import UserError
 
 _SCHEMA = """
@@ -32,10 +30,6 @@ CREATE INDEX IF NOT EXISTS bastion_semantic_cache_scope ON bastion_semantic_cach
 
 _SCHEMA_LOCK = 0x62617374_73656D63  # "bastsemc": serialises schema creation across processes
 _SWEEP_EVERY = 500  # adds between sweeps of every scope's expired rows
-
-
-def _vec(vector: Sequence[float]) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
 
 
 class PostgresSemanticStore:
@@ -57,7 +51,7 @@ class PostgresSemanticStore:
         import psycopg
 
         pool = await self._pool.get()
-        q = _vec(vector)
+        q = vector_literal(vector)
         try:
             async with pool.connection() as conn:
                 row = await (
@@ -86,7 +80,7 @@ class PostgresSemanticStore:
             await conn.execute(
                 "INSERT INTO bastion_semantic_cache (tenant, scope, embedding, payload, expires) "
                 "VALUES (%s, %s, %s::vector, %s, %s)",
-                (tenant, scope, _vec(vector), payload, expires),
+                (tenant, scope, vector_literal(vector), payload, expires),
             )
             # The partition's expired rows and those beyond the newest `max` go (its index is ordered by id).
             await conn.execute(

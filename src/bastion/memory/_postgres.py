@@ -25,6 +25,7 @@ import json
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Literal
 
+from bastion._pg import vector_literal
 from bastion.errors import MissingExtraError, UserError
 from bastion.memory._batcher import EmbeddingBatcher
 from bastion.memory._codec import (
@@ -68,11 +69,6 @@ from bastion.memory._types import (
 )
 
 SearchIndex = Literal["ram", "postgres"]
-
-
-def _vec(vector: Sequence[float]) -> str:
-    # 9 significant digits round-trip a float32: the RAM index sees the embedder's exact vector.
-    return "[" + ",".join(f"{x:.9g}" for x in vector) + "]"
 
 
 def _row_filters(scope: SearchScope, params: dict[str, Any]) -> str:
@@ -403,7 +399,7 @@ class PostgresMemoryStore:
         by_part: dict[tuple[str, str], list[tuple[str, str]]] = {}
         for (key, _), vector in zip(batch, vectors, strict=True):
             part, tenant, item_id = key  # type: ignore[misc]
-            by_part.setdefault((part, tenant), []).append((_vec(vector), item_id))
+            by_part.setdefault((part, tenant), []).append((vector_literal(vector), item_id))
         async with self._pool.connection() as conn, conn.transaction():
             # Tenants in one order: each holds its change counter's row lock to commit.
             for (part, tenant), rows in sorted(by_part.items()):
@@ -555,7 +551,7 @@ class PostgresMemoryStore:
                     "ORDER BY ts_rank_cd(tsv, q) DESC, id LIMIT %(k)s"
                 )
             if vector is not None:
-                params["q"] = _vec(vector)
+                params["q"] = vector_literal(vector)
                 # hnsw.iterative_scan (set per connection) keeps walking the graph until `k`
                 # rows pass the filters; its relaxed order is re-ranked by row_number here.
                 ctes["vector"] = (
