@@ -7,7 +7,6 @@ tenant. A tenant id in a query string is never trusted: it always comes from the
 
 # No `from __future__ import annotations`: FastAPI reads these route annotations at runtime.
 import asyncio
-import hashlib
 import re
 import time
 from pathlib import Path
@@ -195,20 +194,16 @@ def eval_routes(store: Any, runtime: Runtime, home: Path, datasets: Any = None) 
     Datasets live in `datasets` (a `bastion.evals.DatasetStore`: `ProjectEnv.eval_datasets()`,
     by default JSONL files under `<home>/evals/<tenant hash>/`, runnable with `bastion eval`);
     eval reports are JSON files beside them."""
-    if datasets is None:
-        from bastion.evals import JsonlDatasetStore
+    from bastion.evals import JsonlDatasetStore
 
-        datasets = JsonlDatasetStore(home / "evals")
+    files = JsonlDatasetStore(home / "evals")  # reports are kept in its per-tenant folders
+    if datasets is None:
+        datasets = files
 
     def checked(name: str) -> str:
         if not _NAME.fullmatch(name):
             raise HTTPException(422, "dataset names are 1-64 letters, digits, '-' or '_'")
         return name
-
-    def path_for(tenant: str, name: str) -> Path:
-        folder = home / "evals" / hashlib.sha256(tenant.encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{checked(name)}.jsonl"
 
     def extend(app: FastAPI) -> None:
         from bastion.errors import UserError
@@ -259,9 +254,9 @@ def eval_routes(store: Any, runtime: Runtime, home: Path, datasets: Any = None) 
 
         # Stored eval reports (the JSON `bastion eval --out` writes), compared case by case.
         def report_path(tenant: str, name: str) -> Path:
-            folder = path_for(tenant, name).parent / "reports"
-            folder.mkdir(exist_ok=True)
-            return folder / f"{name}.json"
+            folder = files.folder(tenant) / "reports"
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder / f"{checked(name)}.json"
 
         def load_report(tenant: str, name: str) -> Any:
             from bastion.errors import UserError
