@@ -197,3 +197,22 @@ async def test_each_process_listens_only_to_the_channels_it_hears(pg_url: str) -
         for w in (api, worker_wakeup, both):
             await w.close()
         await store.close()
+
+
+async def test_the_last_events_are_kept_when_the_outcome_cannot_be_stored(store: SqlRunStore) -> None:
+    # A run's unwritten events go with its end; when the outcome does not serialise and the end
+    # falls back to `failed`, they go with that end instead of being dropped.
+    worker = Worker(store, {})
+    run = new_run(tenant="a", thread_id=None, agent="x", input="go")
+    await store.create(run)
+    [claimed] = await store.claim_many(worker.id, 30, limit=1)
+    circular: list[Any] = []
+    circular.append(circular)
+    last = [("step", '{"n": 1}', claimed.created_at), ("step", '{"n": 2}', claimed.created_at)]
+    assert await worker._finish(claimed, RunOutcome("completed", output=circular), None, None, last)  # pyright: ignore[reportPrivateUsage]
+    ended = await store.get(run.id)
+    assert ended is not None and ended.status == "failed"
+    assert ended.error is not None and "could not be recorded" in ended.error
+    events = await store.events(run.id)
+    assert [k for _, k, _ in events][-3:] == ["step", "step", "run_failed"]
+    assert [d["n"] for _, k, d in events if k == "step"] == [1, 2]

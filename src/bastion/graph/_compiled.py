@@ -290,7 +290,7 @@ class CompiledGraph(Generic[StateT]):
     def update_state(
         self,
         thread_id: str,
-        values: dict[str, Any] | None,
+        values: Mapping[str, Any] | None,
         *,
         as_node: str | None = None,
         checkpoint_id: str | None = None,

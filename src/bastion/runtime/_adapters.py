@@ -83,12 +83,11 @@ class ThreadState:
         record = await checkpointer.get(thread_id)
         if record is None:
             return None
-        from bastion.checkpoint import loads
+        from bastion.checkpoint.format import decode_payload
         from bastion.tracing.semconv import CHECKPOINT_TRACEPARENT
 
-        payload = loads(record.payload)
-        meta = payload.get("meta") if isinstance(payload, dict) else None
-        value = meta.get(CHECKPOINT_TRACEPARENT) if isinstance(meta, dict) else None  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        # The format's own reader: it upgrades older payloads, whose metadata had another key.
+        value = decode_payload(record.payload, "checkpoint").get("meta", {}).get(CHECKPOINT_TRACEPARENT)
         return value if isinstance(value, str) else None
 
     async def forget(self, thread_id: str) -> None:

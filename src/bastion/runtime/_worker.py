@@ -377,9 +377,7 @@ class Worker:
         record (output that does not serialise, say) fails the run instead; if even that fails,
         the lease expiring hands the run to recovery."""
         try:
-            if events:
-                return await self.store.finish(run.id, self.id, outcome, error, trace_id=trace_id, events=events)
-            return await self.store.finish(run.id, self.id, outcome, error, trace_id=trace_id)
+            return await self.store.finish(run.id, self.id, outcome, error, trace_id=trace_id, events=events)
         except Exception as e:
             if outcome is None:
                 log.exception("could not record the failure of run %s", run.id)
@@ -387,8 +385,14 @@ class Worker:
             problem = describe(e)
             log.warning("could not record the outcome of run %s: %s", run.id, problem)
         try:
+            # The events are JSON text already: they are kept, as when they were written before.
             return await self.store.finish(
-                run.id, self.id, None, f"the run's outcome could not be recorded: {problem}", trace_id=trace_id
+                run.id,
+                self.id,
+                None,
+                f"the run's outcome could not be recorded: {problem}",
+                trace_id=trace_id,
+                events=events,
             )
         except Exception:
             log.exception("could not record the failure of run %s", run.id)
