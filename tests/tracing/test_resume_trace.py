@@ -180,3 +180,16 @@ async def test_agent_resume_without_the_runtime_continues_the_trace(traced_runs:
     assert len({s.trace_id for s in spans}) == 1
     first, resumed = _roots(spans)
     assert (first.parent_id, resumed.parent_id) == (None, first.span_id)
+
+
+@pytest.mark.parametrize("parent", ["not-a-traceparent", "00-00000000000000000000000000000000-b7ad6b7169203331-01"])
+def test_a_malformed_saved_parent_starts_a_new_trace(traced_runs: Traced, parent: str) -> None:
+    from bastion.tracing import spans
+
+    with spans.agent("support", RunContext(tenant="acme", run_id="run_x"), parent=parent) as root:
+        traceparent = root.traceparent
+    traced_runs.handle.force_flush()
+    [span] = traced_runs.store.spans(run_id="run_x")
+    assert span.parent_id is None and sc.BASTION_RUN_RESUMED not in span.attributes
+    # The root names itself in W3C form, which is what a later resume is handed.
+    assert traceparent == f"00-{span.trace_id}-{span.span_id}-01"

@@ -136,19 +136,11 @@ def run_traceparent() -> str | None:
 def _remote_parent(traceparent: str) -> Any:
     """An OpenTelemetry context whose current span is the (finished, remote) span `traceparent`
     names; None if the value is malformed."""
-    parts = traceparent.split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
-        return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
-    except ValueError:
-        return None
-    if not trace_id or not span_id:
-        return None
     from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    ctx = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags & 1))
-    return trace.set_span_in_context(trace.NonRecordingSpan(ctx))
+    ctx = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
 def context_attributes(ctx: RunContext | None) -> dict[str, AttrValue]:
