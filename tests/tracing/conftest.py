@@ -26,25 +26,36 @@ def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
 
 
-@pytest.fixture
-def traced(exporter: InMemorySpanExporter, store: TraceStore) -> Iterator[TracingHandle]:
-    """Tracing on: spans go to an in-memory exporter and the embedded store; content off."""
-    handle = configure_tracing(otlp_endpoint="", exporters=[exporter], store=store, capture_content="off")
+def _tracing(exporter: InMemorySpanExporter, store: TraceStore, **options: Any) -> Iterator[TracingHandle]:
+    """Spans go to the in-memory exporter and the embedded store; `options` for `configure_tracing`."""
+    handle = configure_tracing(otlp_endpoint="", exporters=[exporter], store=store, **options)
     try:
         yield handle
     finally:
         handle.shutdown()
         set_redactor(None)
+
+
+@pytest.fixture
+def traced(exporter: InMemorySpanExporter, store: TraceStore) -> Iterator[TracingHandle]:
+    """Tracing on, content off."""
+    yield from _tracing(exporter, store, capture_content="off")
 
 
 @pytest.fixture
 def traced_content(exporter: InMemorySpanExporter, store: TraceStore) -> Iterator[TracingHandle]:
-    handle = configure_tracing(otlp_endpoint="", exporters=[exporter], store=store, capture_content="span_attributes")
-    try:
-        yield handle
-    finally:
-        handle.shutdown()
-        set_redactor(None)
+    yield from _tracing(exporter, store, capture_content="span_attributes")
+
+
+@pytest.fixture
+def oi_content(exporter: InMemorySpanExporter, store: TraceStore) -> Iterator[TracingHandle]:
+    """Content on, with the OpenInference attributes."""
+    yield from _tracing(exporter, store, capture_content="span_attributes", trace_format="openinference")
+
+
+@pytest.fixture
+def oi_no_content(exporter: InMemorySpanExporter, store: TraceStore) -> Iterator[TracingHandle]:
+    yield from _tracing(exporter, store, capture_content="off", trace_format="openinference")
 
 
 def dump_span(span: ReadableSpan) -> str:

@@ -4,7 +4,6 @@ the optional OpenInference attributes, and one trace for a run resumed after an 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,38 +11,11 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bastion.errors import ConfigError
-from bastion.tracing import TraceStore, TracingHandle, configure_tracing, set_redactor, spans
+from bastion.tracing import TraceStore, TracingHandle, configure_tracing, spans
 from bastion.tracing import semconv as sc
 from bastion.types import Message, ModelRequest, ModelResponse, ModelSettings, RunContext, ToolResult, Usage
 
 CTX = RunContext(tenant="acme", user="ana", session="s-1", run_id="run-1", agent="support")
-
-
-@pytest.fixture
-def oi_content(exporter: InMemorySpanExporter, store: TraceStore) -> Iterator[TracingHandle]:
-    handle = configure_tracing(
-        otlp_endpoint="",
-        exporters=[exporter],
-        store=store,
-        capture_content="span_attributes",
-        trace_format="openinference",
-    )
-    try:
-        yield handle
-    finally:
-        handle.shutdown()
-        set_redactor(None)
-
-
-@pytest.fixture
-def oi_no_content(exporter: InMemorySpanExporter, store: TraceStore) -> Iterator[TracingHandle]:
-    handle = configure_tracing(
-        otlp_endpoint="", exporters=[exporter], store=store, capture_content="off", trace_format="openinference"
-    )
-    try:
-        yield handle
-    finally:
-        handle.shutdown()
 
 
 def _workload(model: str = "openai:gpt-4o-mini") -> None:
