@@ -5,16 +5,14 @@ two processes' stores sharing entries."""
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from bastion.errors import UserError
 from bastion.gateway import Gateway, MemorySemanticStore, PostgresSemanticStore, SemanticCache, SemanticStore
-from bastion.testing import FunctionModel
+from bastion.testing import FunctionModel, HashingEmbedder
 from bastion.types import Message, ModelRequest, ModelResponse, ModelSettings, RunContext, Usage
 
 MAX = 3  # entries per scope in the fixtures' stores
@@ -143,22 +141,6 @@ async def test_a_second_store_on_the_backend_sees_the_entries(make_store: StoreF
 
 
 # --- the semantic cache through a Gateway, on each backend ---------------------------------------
-
-
-class HashingEmbedder:
-    """Bag of words hashed into 256 buckets: paraphrases sharing words are close, others far."""
-
-    name = "hashing-256"
-    dim = 256
-
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        out: list[list[float]] = []
-        for text in texts:
-            v = [0.0] * 256
-            for word in re.findall(r"[a-z0-9]+", text.lower()):
-                v[int(hashlib.md5(word.encode()).hexdigest(), 16) % 256] += 1.0
-            out.append(v)
-        return out
 
 
 def counting_model() -> FunctionModel:
