@@ -556,7 +556,7 @@ async def ingestion_run(items: int, repeats: int, baseline_items: int) -> dict[s
 
 async def pg_index_recall(store: Any, ns: Namespace, queries: list[list[float]], k: int = 10) -> float:
     """recall@k of pgvector's HNSW index against the same query with index scans disabled."""
-    from bastion.memory._postgres import _vec  # pyright: ignore[reportPrivateUsage]
+    from bastion._pg import vector_literal
     from bastion.memory._store import tenant_suffix
 
     part = f"bastion_memory_items_{tenant_suffix(ns.tenant)}"
@@ -565,10 +565,10 @@ async def pg_index_recall(store: Any, ns: Namespace, queries: list[list[float]],
     pool = await store._conn_pool()
     async with pool.connection() as conn:
         for q in queries:
-            approx = {r[0] for r in await (await conn.execute(sql, (ns.key, _vec(q), k))).fetchall()}
+            approx = {r[0] for r in await (await conn.execute(sql, (ns.key, vector_literal(q), k))).fetchall()}
             async with conn.transaction():
                 await conn.execute("SET LOCAL enable_indexscan = off")
-                exact = {r[0] for r in await (await conn.execute(sql, (ns.key, _vec(q), k))).fetchall()}
+                exact = {r[0] for r in await (await conn.execute(sql, (ns.key, vector_literal(q), k))).fetchall()}
             found += len(approx & exact)
     return found / (k * len(queries))
 
