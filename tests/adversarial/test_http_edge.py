@@ -238,11 +238,22 @@ def test_documented_env_settings_start_serve_and_take_effect(bastion_server: Ser
     # Together with the documented settings of other layers, each exactly as their docs show it.
     others = {
         "BASTION_CAPTURE_CONTENT": "span_attributes",  # docs/observability.md
+        "BASTION_TRACE_FORMAT": "openinference",  # docs/observability.md
         "BASTION_OTLP_ENDPOINT": "",  # docs/observability.md: "" disables export
         "BASTION_TIERS": '{"cheap": "openai:gpt-4o-mini", "strong": "anthropic:claude-sonnet-4-5"}',  # gateway-proxy.md
         "BASTION_CACHE_ENABLED": "false",  # docs/gateway-core.md
     }
-    check_documented_limits(bastion_server(EDGE_APP, env={**documented_env(), **others}))
+    served = bastion_server(EDGE_APP, env={**documented_env(), **others})
+    check_documented_limits(served)
+    # The tracing settings took effect: the run's root span has its content and its OpenInference kind.
+    body = json.dumps({"agent": "echo", "input": "hello there", "wait": True}).encode()
+    status, run = request(served, "POST", "/v1/runs", body)
+    assert status == 201 and run["status"] == "completed", run
+    status, trace = request(served, "GET", f"/v1/runs/{run['id']}/trace")
+    assert status == 200, trace
+    root = next(s for s in trace["spans"] if s["name"] == "invoke_agent echo")
+    assert root["attributes"]["openinference.span.kind"] == "AGENT"
+    assert root["attributes"]["input.value"] == "hello there"
 
 
 def test_documented_toml_settings_start_serve_and_take_effect(bastion_server: ServerFactory, tmp_path: Path) -> None:
