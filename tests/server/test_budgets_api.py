@@ -140,3 +140,41 @@ async def test_costs_page_shows_budgets_in_chromium(served: tuple[str, Call]) ->
     day = next(r for r in rows if "day (Europe/Paris)" in r)
     assert "1000000 tok" in day and " 00:00" in day  # resets at local midnight
     assert any(r.startswith(f"run {run['id']}") for r in rows)
+
+
+@pytest.mark.browser
+async def test_a_slow_page_left_behind_does_not_paint_over_the_next(served: tuple[str, Call]) -> None:
+    """The runs list answers only after the reader has moved to the costs page: its late render
+    lands in its own (detached) page and the costs page stays (the flake CI caught in stop 20)."""
+    if not shutil.which("chromium"):
+        pytest.skip("needs Debian chromium (apt-get install chromium)")
+    import asyncio
+
+    from playwright.async_api import Route, async_playwright
+
+    base, _ = served
+    release = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        await asyncio.wait_for(release.wait(), 30)
+        await route.continue_()
+
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(15_000)
+            await page.route("**/v1/runs?limit=200", hold)
+            async with page.expect_request("**/v1/runs?limit=200"):
+                await page.goto(f"{base}/#key=k-acme")  # the runs list, its answer held back
+            await page.evaluate("window.runsPage = state.page")
+            await page.goto(f"{base}/#/costs?by=tool")
+            await page.wait_for_selector("#budgets-table")
+            release.set()
+            await page.wait_for_function("window.runsPage.querySelector('#runs-table') !== null")
+            assert await page.locator("#view #budgets-table").count() == 1
+            assert await page.locator("#view #runs-table").count() == 0
+        finally:
+            release.set()
+            await browser.close()

@@ -2,7 +2,7 @@
 // kept in localStorage (or passed once as #key=... in the URL, which `make demo` prints).
 "use strict";
 
-const state = { key: localStorage.getItem("bastion.key") || "", timer: null };
+const state = { key: localStorage.getItem("bastion.key") || "", timer: null, page: null };
 
 function captureKeyFromHash() {
   const m = location.hash.match(/key=([^&]+)/);
@@ -60,7 +60,13 @@ const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 const fmtJSON = (v) => esc(typeof v === "string" ? v : JSON.stringify(v, null, 2));
 const fmtTime = (t) => t ? new Date(t * 1000).toLocaleTimeString() : "";
 const fmtUSD = (v) => `$${Number(v || 0).toFixed(6)}`;
-const view = () => document.getElementById("view");
+// Each navigation renders into a fresh page element. A render captures its page before it awaits
+// the API, so one that finishes after the reader moved on fills a detached page, never the new one.
+const view = () => state.page;
+function newPage() {
+  state.page = document.createElement("div");
+  document.getElementById("view").replaceChildren(state.page);
+}
 
 function every(ms, fn) {
   clearInterval(state.timer);
@@ -71,8 +77,9 @@ function every(ms, fn) {
 // -- runs -----------------------------------------------------------------------------------
 
 async function renderRuns() {
+  const page = view();
   const runs = await api("/v1/runs?limit=200");
-  view().innerHTML = `
+  page.innerHTML = `
     <h2>Runs</h2>
     <table id="runs-table"><thead><tr><th>Run</th><th>Agent</th><th>Status</th><th>Input</th><th>Cost</th><th>Updated</th></tr></thead>
     <tbody>${runs.map((r) => `
@@ -156,6 +163,7 @@ function renderEvents(events) {
 const FINAL = ["completed", "failed", "cancelled"];
 
 async function renderRun(id) {
+  const page = view();
   const run = await api(`/v1/runs/${encodeURIComponent(id)}`);
   const events = await api(`/v1/runs/${encodeURIComponent(id)}/events`);
   let trace = `<p class="muted">Tracing is not configured on this server.</p>`;
@@ -164,8 +172,8 @@ async function renderRun(id) {
     trace = renderTrace(t.spans || []);
   } catch (e) { /* no trace store */ }
   // the page re-renders while the run is live: rows the reader opened stay open
-  const opened = [...view().querySelectorAll("details.event[open]")].map((d) => d.dataset.seq);
-  view().innerHTML = `
+  const opened = [...page.querySelectorAll("details.event[open]")].map((d) => d.dataset.seq);
+  page.innerHTML = `
     <h2>Run ${esc(run.id)} <span class="status ${esc(run.status)}" id="run-status">${esc(run.status)}</span></h2>
     <div class="card"><b>Agent</b> ${esc(run.agent)} · <b>Thread</b> ${esc(run.thread_id)} · <b>Cost</b> ${fmtUSD(run.cost_usd)}
       · <b>Tokens</b> ${esc((run.usage || {}).input_tokens || 0)} in / ${esc((run.usage || {}).output_tokens || 0)} out</div>
@@ -173,8 +181,8 @@ async function renderRun(id) {
       ${run.error ? `<b>Error</b><pre>${esc(run.error)}</pre>` : ""}</div>
     <div class="card"><h3>Trace</h3>${trace}</div>
     <div class="card"><h3>Events <span class="muted">(${events.length})</span></h3>${renderEvents(events)}</div>`;
-  opened.forEach((seq) => { const d = view().querySelector(`details.event[data-seq="${seq}"]`); if (d) d.open = true; });
-  if (FINAL.includes(run.status)) clearInterval(state.timer);  // nothing will change: stop polling
+  opened.forEach((seq) => { const d = page.querySelector(`details.event[data-seq="${seq}"]`); if (d) d.open = true; });
+  if (FINAL.includes(run.status) && page === view()) clearInterval(state.timer);  // nothing will change: stop polling
 }
 
 // -- approvals ------------------------------------------------------------------------------
@@ -209,9 +217,10 @@ function provenanceTable(args) {
 }
 
 async function renderApprovals() {
+  const page = view();
   const items = await api("/v1/approvals");
   document.getElementById("approval-count").textContent = items.length || "";
-  view().innerHTML = `<h2>Approvals</h2>` + (items.map((a) => a.interrupts.map((i) => {
+  page.innerHTML = `<h2>Approvals</h2>` + (items.map((a) => a.interrupts.map((i) => {
     const p = i.payload || i.value || i;
     const ask = findApproval(p) || p;  // nested agents wrap the tool's approval request
     const risk = (ask.risk && ask.risk.text) || ask.risk_summary || ask.summary || ask;
@@ -225,7 +234,7 @@ async function renderApprovals() {
       <p><button class="approve">Approve</button> <button class="edit">Approve with edits</button>
          <button class="reject">Reject</button></p></div>`;
   }).join("")).join("") || `<p class="muted">Nothing is waiting for a decision.</p>`);
-  view().querySelectorAll(".approval").forEach((card) => {
+  page.querySelectorAll(".approval").forEach((card) => {
     const send = async (decision) => {
       const iid = card.dataset.interrupt;
       const body = { decision: iid ? { [iid]: decision } : decision };
@@ -250,13 +259,14 @@ const costKey = (by, k) => (k === null || k === undefined || k === "" || k === "
   ? (by === "agent" ? "proxy (no agent)" : "(none)") : k;
 
 async function renderCosts() {
+  const page = view();
   const by = new URLSearchParams(location.hash.split("?")[1] || "").get("by") || "agent";
   let rows = [];
   try { rows = await api(`/v1/costs?by=${encodeURIComponent(by)}`); } catch (e) {
-    view().innerHTML = `<h2>Costs</h2><p class="muted">${esc(e.message)}</p>`; return;
+    page.innerHTML = `<h2>Costs</h2><p class="muted">${esc(e.message)}</p>`; return;
   }
   const max = Math.max(...rows.map((r) => r.cost_usd), 1e-12);
-  view().innerHTML = `<h2>Costs by ${esc(by)}</h2>
+  page.innerHTML = `<h2>Costs by ${esc(by)}</h2>
     <p>${["tenant", "agent", "model", "tool", "user", "session"].map((d) =>
       `<a href="#/costs?by=${d}">${d}</a>`).join(" · ")}</p>
     <table id="costs-table"><thead><tr><th>${esc(by)}</th><th>Calls</th><th>Tokens in/out</th><th>Cost</th><th></th></tr></thead>
@@ -266,14 +276,14 @@ async function renderCosts() {
       || `<tr><td colspan="5" class="muted">No cost recorded yet.</td></tr>`}</tbody></table>
     <h3>Budgets</h3><div id="budgets" class="muted">…</div>
     <h3>Last 24 hours, by ${esc(by)}</h3><div id="cost-series" class="muted">…</div>`;
-  renderBudgets();
-  if (["tenant", "run"].includes(by)) { document.getElementById("cost-series").textContent = "(not available for this dimension)"; return; }
+  renderBudgets(page.querySelector("#budgets"));
+  if (["tenant", "run"].includes(by)) { page.querySelector("#cost-series").textContent = "(not available for this dimension)"; return; }
   try {
     const data = await api(`/v1/costs/series?by=${encodeURIComponent(by)}&hours=24&buckets=24`);
     // a series that spent nothing would be a label over an empty chart: left out
     const keys = Object.keys(data.series).filter((k) => data.series[k].some((v) => v > 0));
     const peak = Math.max(...keys.flatMap((k) => data.series[k]), 1e-12);
-    const box = document.getElementById("cost-series");
+    const box = page.querySelector("#cost-series");
     box.innerHTML = keys.map((k) => `
       <div class="series-row" data-key="${esc(k)}"><span class="series-key" title="${esc(costKey(by, k))}">${esc(costKey(by, k))}</span><svg width="480" height="40" class="spark"><rect class="spark-bg" width="480" height="40"></rect>${
         data.series[k].map((v, i) => v > 0 ? `<rect x="${i * 20}" y="${40 - Math.max((v / peak) * 38, 1)}" width="16" height="${Math.max((v / peak) * 38, 1)}"><title>${fmtUSD(v)}</title></rect>` : "").join("")
@@ -281,12 +291,11 @@ async function renderCosts() {
       + (keys.length ? `<div class="series-row series-axis muted"><span class="series-key"></span><span class="spark-axis"><span>24 h ago</span><span>now</span></span></div>` : "")
       || "No spend in this window.";
     box.classList.toggle("muted", !keys.length);
-  } catch (e) { document.getElementById("cost-series").textContent = e.message; }
+  } catch (e) { page.querySelector("#cost-series").textContent = e.message; }
 }
 
 // Each limit of the tenant's budgets with its spend in the current period (GET /v1/budgets).
-async function renderBudgets() {
-  const box = document.getElementById("budgets");
+async function renderBudgets(box) {
   try {
     const data = await api("/v1/budgets");
     const amount = (usd, tokens) => [usd != null ? fmtUSD(usd) : "", tokens != null ? `${tokens} tok` : ""].filter(Boolean).join(" · ");
@@ -309,10 +318,11 @@ async function renderBudgets() {
 const NS_FIELDS = [["agent", "Agent", "shared (empty)"], ["user", "User", "shared (empty)"], ["scope", "Scope", "default (empty)"]];
 
 async function renderMemory() {
+  const page = view();
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   let agents = [];
   try { agents = await api("/v1/agents"); } catch (e) { /* suggestions only */ }
-  view().innerHTML = `<h2>Memory</h2><form id="mem-form" class="mem-form">
+  page.innerHTML = `<h2>Memory</h2><form id="mem-form" class="mem-form">
     <fieldset id="mem-ns"><legend>Namespace</legend>${NS_FIELDS.map(([name, label, hint]) => `<label>${label}
       <input id="mem-${name}" name="${name}" value="${esc(params.get(name) || "")}" placeholder="${hint}" autocomplete="off"
         ${name === "agent" ? 'list="mem-agents"' : ""}></label>`).join("")}</fieldset>
@@ -322,12 +332,12 @@ async function renderMemory() {
     <p class="muted">A search covers the namespace and the shared levels above it (scope, then user, then agent
       emptied). Scopes are named by the project, e.g. a knowledge base ingested under its own scope.</p>
     <div id="mem-results"></div>`;
-  document.getElementById("mem-form").onsubmit = async (ev) => {
+  page.querySelector("#mem-form").onsubmit = async (ev) => {
     ev.preventDefault();
-    const q = document.getElementById("mem-q").value;
-    const out = document.getElementById("mem-results");
+    const q = page.querySelector("#mem-q").value;
+    const out = page.querySelector("#mem-results");
     const query = new URLSearchParams({ q });
-    NS_FIELDS.forEach(([name]) => { const v = document.getElementById(`mem-${name}`).value.trim(); if (v) query.set(name, v); });
+    NS_FIELDS.forEach(([name]) => { const v = page.querySelector(`#mem-${name}`).value.trim(); if (v) query.set(name, v); });
     history.replaceState(null, "", `#/memory?${query}`);
     if (!q.trim()) { out.innerHTML = `<p class="muted">Type something to search for.</p>`; return; }
     try {
@@ -337,30 +347,31 @@ async function renderMemory() {
         ${h.trust === "untrusted" ? " · <b>untrusted</b>" : ""}</div><pre>${esc(h.text)}</pre></div>`).join("") || `<p class="muted">No matches.</p>`;
     } catch (e) { out.innerHTML = `<p class="muted">${esc(e.message)}</p>`; }
   };
-  if (params.get("q")) document.getElementById("mem-form").requestSubmit();
+  if (params.get("q")) page.querySelector("#mem-form").requestSubmit();
 }
 
 // -- evals ----------------------------------------------------------------------------------
 
 // Two stored eval reports (PUT /v1/evals/reports/{name}) compared case by case; regressions first.
 async function renderEvals() {
+  const page = view();
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   let reports = [];
   try { reports = await api("/v1/evals/reports"); } catch (e) {
-    view().innerHTML = `<h2>Evals</h2><p class="muted">${esc(e.message)}</p>`; return;
+    page.innerHTML = `<h2>Evals</h2><p class="muted">${esc(e.message)}</p>`; return;
   }
   const names = reports.map((r) => r.name);
   const base = params.get("base") || names[names.length - 2] || "", head = params.get("head") || names[names.length - 1] || "";
   const pick = (id, chosen) => `<select id="${id}">${names.map((n) => `<option${n === chosen ? " selected" : ""}>${esc(n)}</option>`).join("")}</select>`;
-  view().innerHTML = `<h2>Evals</h2><form id="eval-form">Compare ${pick("eval-base", base)} → ${pick("eval-head", head)}
+  page.innerHTML = `<h2>Evals</h2><form id="eval-form">Compare ${pick("eval-base", base)} → ${pick("eval-head", head)}
     <button type="submit">Compare</button></form><div id="eval-diff" class="muted">${names.length < 2
       ? "Upload two reports (PUT /v1/evals/reports/{name} with the JSON of `bastion eval --out`) to compare them." : ""}</div>`;
-  document.getElementById("eval-form").onsubmit = (ev) => {
+  page.querySelector("#eval-form").onsubmit = (ev) => {
     ev.preventDefault();
-    location.hash = `#/evals?${new URLSearchParams({ base: document.getElementById("eval-base").value, head: document.getElementById("eval-head").value })}`;
+    location.hash = `#/evals?${new URLSearchParams({ base: page.querySelector("#eval-base").value, head: page.querySelector("#eval-head").value })}`;
   };
   if (names.length < 2 || !base || !head) return;
-  const box = document.getElementById("eval-diff");
+  const box = page.querySelector("#eval-diff");
   try {
     const d = await api(`/v1/evals/compare?${new URLSearchParams({ base, head })}`);
     const pct = (v) => v == null ? "–" : `${(v * 100).toFixed(0)}%`;
@@ -381,6 +392,8 @@ async function route() {
   if (!state.key) { askForKey(); return; }
   const hash = location.hash || "#/runs";
   const [, tab, id] = hash.split("?")[0].split("/");
+  newPage();
+  const page = view();
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.tab === tab));
   try {
     if (tab === "runs" && id) every(2000, () => renderRun(id));
@@ -391,7 +404,7 @@ async function route() {
     else every(2000, renderRuns);
     api("/v1/approvals").then((a) => { document.getElementById("approval-count").textContent = a.length || ""; }).catch(() => {});
   } catch (e) {
-    view().innerHTML = `<p class="muted">${esc(e.message)}</p>`;
+    page.innerHTML = `<p class="muted">${esc(e.message)}</p>`;
   }
 }
 
