@@ -1,5 +1,5 @@
 """What the PostgreSQL stores share: a connection pool that opens on first use and creates its
-tables once, and pgvector's text form of a vector.
+tables once, group commit for rows written by many tasks, and pgvector's text form of a vector.
 
 The pool is shared by PostgreSQL stores (the gateway's budgets, batches and semantic cache, the eval
 datasets): they open lazily, so they can be built outside an event loop, and they create their
@@ -10,10 +10,12 @@ unique violation in pg_type) when several processes start at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from bastion.errors import MissingExtraError
+
+T = TypeVar("T")
 
 
 def vector_literal(vector: Sequence[float]) -> str:
@@ -50,3 +52,67 @@ class LazyPool:
         if self._ready:
             await self._pool.close()
             self._ready = False
+
+
+class GroupWriter(Generic[T]):
+    """Group commit: rows submitted by many tasks at once go to the database in one statement.
+
+    `submit(rows)` returns once a write carrying its rows has committed (or raises its error).
+    While a write is in flight, new rows gather for the next, so under load one statement carries
+    the rows of many runs; alone, a submitter pays one write as before. A failed batch is retried
+    per submitter, so one bad row fails its own submitter only. Belongs to one event loop.
+    """
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], *, max_rows: int = 2_000) -> None:
+        self._write = write
+        self._max_rows = max_rows
+        self._pending: list[tuple[Sequence[T], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, rows: Sequence[T]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)  # a submitter that stopped waiting leaves no warning
+        self._pending.append((rows, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        # shielded: a cancelled submitter stops waiting; its rows are written with the others
+        await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch: list[tuple[Sequence[T], asyncio.Future[None]]] = []
+            count = 0
+            while self._pending and (not batch or count + len(self._pending[0][0]) <= self._max_rows):
+                rows, future = self._pending.pop(0)
+                batch.append((rows, future))
+                count += len(rows)
+            try:
+                await self._write([row for rows, _ in batch for row in rows])
+            except Exception as e:
+                if len(batch) == 1:
+                    _settle(batch[0][1], e)
+                    continue
+                for rows, future in batch:  # find whose rows failed: one write each
+                    try:
+                        await self._write(list(rows))
+                    except Exception as each:
+                        _settle(future, each)
+                    else:
+                        _settle(future, None)
+                continue
+            for _, future in batch:
+                _settle(future, None)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from bastion._pg import GroupWriter
 from bastion.checkpoint._base import CheckpointRecord, JournalEntry, WriteRecord, follow_parents
 from bastion.errors import CheckpointError, MissingExtraError
 
@@ -56,6 +57,8 @@ class PostgresCheckpointer:
         self._max = max_size
         self._pool: AsyncConnectionPool[Any] | None = None
         self._async_commit = async_commit
+        # Checkpoints of concurrent runs share one INSERT (group commit); bound to the pool's loop.
+        self._puts: GroupWriter[CheckpointRecord] | None = None
 
     def _connection_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"autocommit": True}
@@ -80,6 +83,7 @@ class PostgresCheckpointer:
             except Exception as e:
                 await pool.close()
                 raise CheckpointError(f"cannot open PostgreSQL checkpoint store: {e}") from e
+            self._puts = GroupWriter(self._put_many)
             self._pool = pool
         return self._pool
 
@@ -115,13 +119,26 @@ class PostgresCheckpointer:
             raise CheckpointError(f"PostgreSQL checkpoint store failed: {e}") from e
 
     async def put(self, record: CheckpointRecord) -> None:
-        r = record
+        await self._get_pool()
+        assert self._puts is not None
+        await self._puts.submit((record,))
+
+    async def _put_many(self, records: list[CheckpointRecord]) -> None:
+        """One statement for any number of checkpoints (at the connection's durability)."""
+        latest = {(r.thread_id, r.ns, r.checkpoint_id): r for r in records}  # one row per key per statement
+        rows = list(latest.values())
+        columns = [
+            [r.thread_id for r in rows], [r.ns for r in rows], [r.checkpoint_id for r in rows],
+            [r.parent_id for r in rows], [r.keyframe_id for r in rows], [r.step for r in rows],
+            [r.created_at for r in rows], [r.payload for r in rows],
+        ]  # fmt: skip
         await self._tx(
             [
                 (
-                    f"INSERT INTO bastion_checkpoints ({_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+                    f"INSERT INTO bastion_checkpoints ({_COLS}) SELECT * FROM unnest("
+                    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::text[]) "
                     "ON CONFLICT (thread_id, ns, checkpoint_id) DO UPDATE SET payload=EXCLUDED.payload",
-                    [(r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload)],
+                    [columns],
                 )
             ],
             durable=not self._async_commit,
@@ -269,6 +286,7 @@ class PostgresCheckpointer:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+            self._puts = None
 
 
 __all__ = ["PostgresCheckpointer"]

@@ -8,6 +8,7 @@ On PostgreSQL the claim uses `FOR UPDATE SKIP LOCKED` and enqueueing sends `NOTI
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from bastion._pg import GroupWriter
 from bastion.errors import MissingExtraError, UserError
 from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
 from bastion.types import new_id
@@ -187,6 +189,12 @@ class SqlRunStore:
         self._local = threading.local()
         self._lock = threading.Lock()  # SQLite: one writer at a time in this process
         self._conns: list[Any] = []
+        # PostgreSQL: single statements go through an async pool on the loop that first used the
+        # store (no thread hop per statement); transactions, and other loops, use the threads.
+        self._apool: Any = None
+        self._apool_loop: Any = None
+        self._apool_opening: Any = None
+        self._events: GroupWriter[tuple[str, str, str, float]] | None = None
         self._init_schema()
 
     # -- construction -------------------------------------------------------------------------
@@ -280,9 +288,48 @@ class SqlRunStore:
                 conn.execute("SET LOCAL synchronous_commit = off")
             return work(lambda sql, params: conn.execute(self._sql(sql), params))
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        import asyncio
+    async def _query(self, query: str, params: Sequence[Any] = (), *, fetch: str = "") -> Any:
+        """One statement, `?` placeholders, as `_exec`. SQLite: inline (see `_run`); PostgreSQL:
+        on this loop's async connection pool, where a statement costs the loop a socket wait
+        instead of a hand-off to a thread and back."""
+        if self.dialect == "sqlite":
+            return self._exec(query, params, fetch=fetch)
+        pool = self._apool if self._apool is not None and self._apool_loop is asyncio.get_running_loop() else None
+        if pool is None:
+            pool = await self._async_pool()
+            if pool is None:
+                return await self._run(lambda: self._exec(query, params, fetch=fetch))
+        async with pool.connection() as conn:
+            cur = await conn.execute(self._sql(query), params)
+            return await cur.fetchone() if fetch == "one" else await cur.fetchall() if fetch == "all" else None
 
+    async def _async_pool(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._apool_loop is None:
+            self._apool_loop = loop
+            self._apool_opening = loop.create_task(self._open_async_pool())
+        elif self._apool_loop is not loop:
+            return None  # the pool belongs to another loop: this one uses the threads
+        # shielded: a cancelled caller must not cancel the opening the others wait for
+        return await asyncio.shield(self._apool_opening)
+
+    async def _open_async_pool(self) -> Any:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self.url or "", min_size=1, max_size=16, open=False, kwargs={"autocommit": True}
+        )
+        try:
+            await pool.open(wait=True)
+        except BaseException:
+            self._apool_loop = None  # the next statement tries again
+            await pool.close()
+            raise
+        self._events = GroupWriter(self._write_events)
+        self._apool = pool
+        return pool
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
         if self.dialect == "sqlite":
             # Inline on the event loop, like the SQLite checkpointer: a local statement in WAL mode
             # takes tens of microseconds, less than the hop to a worker thread and back (and the
@@ -292,7 +339,7 @@ class SqlRunStore:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def _create(self, run: Run, thread_metadata: dict[str, Any] | None = None) -> Run:
+    async def create(self, run: Run, thread_metadata: dict[str, Any] | None = None) -> Run:
         """Insert the run and its `run_queued` event together, so no worker can claim (and emit
         `run_started`) before the run's history begins; with `thread_metadata`, record the thread
         too (`upsert_thread`) in the same transaction. PostgreSQL: NOTIFY on commit."""
@@ -318,18 +365,15 @@ class SqlRunStore:
             # statements for the server to parse and the driver to pipeline. NOTIFY is delivered
             # on commit.
             notify = run.status == "queued"
-            self._exec(*_one_statement(statements, (NOTIFY_CHANNEL, run.id) if notify else None))
+            await self._query(*_one_statement(statements, (NOTIFY_CHANNEL, run.id) if notify else None))
             return run
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
             for query, params in statements:
                 execute(query, params)
 
-        self._transaction(work)
+        await self._run(self._transaction, work)
         return run
-
-    async def create(self, run: Run, thread_metadata: dict[str, Any] | None = None) -> Run:
-        return await self._run(self._create, run, thread_metadata)
 
     async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
         query = f"SELECT {_COLUMNS} FROM bastion_runs WHERE id = ?"
@@ -337,7 +381,7 @@ class SqlRunStore:
         if tenant is not None:
             query += " AND tenant = ?"
             params.append(tenant)
-        row = await self._run(lambda: self._exec(query, params, fetch="one"))
+        row = await self._query(query, params, fetch="one")
         return _row_to_run(row) if row else None
 
     async def list(
@@ -357,10 +401,10 @@ class SqlRunStore:
                 params.append(value)
         query += " ORDER BY created_at DESC LIMIT ?"
         params.append(limit)
-        rows = await self._run(lambda: self._exec(query, params, fetch="all"))
+        rows = await self._query(query, params, fetch="all")
         return _decode_rows(rows)
 
-    def _claim(self, worker: str, lease_seconds: float, limit: int = 1) -> list[Run]:
+    async def _claim(self, worker: str, lease_seconds: float, limit: int = 1) -> list[Run]:
         now = time.time()
         # Runs of one thread execute one at a time: skip threads with a live running run.
         eligible = """AND NOT EXISTS (SELECT 1 FROM bastion_runs o WHERE o.tenant = r.tenant
@@ -392,30 +436,28 @@ class SqlRunStore:
                 attempts = attempts + 1, updated_at = ? WHERE id IN ({pick}){fast} RETURNING {_COLUMNS}"""
         params = (worker, now + lease_seconds, now, *pick_params)
         if self.dialect == "postgres":  # one statement, one round trip, no WAL flush to wait for
-            rows = self._exec(update, params, fetch="all")
+            rows = await self._query(update, params, fetch="all")
         else:
-            rows = self._transaction(lambda execute: execute(update, params).fetchall(), durable=False)
+            rows = self._transaction(lambda execute: execute(update, params).fetchall(), durable=False)  # (inline)
         return sorted((_row_to_run(row) for row in rows), key=lambda r: r.created_at)
 
     async def claim(self, worker: str, lease_seconds: float) -> Run | None:
-        runs = await self._run(self._claim, worker, lease_seconds)
+        runs = await self._claim(worker, lease_seconds)
         return runs[0] if runs else None
 
     async def claim_many(self, worker: str, lease_seconds: float, limit: int) -> list[Run]:
         """Up to `limit` runs in one claim (oldest first): one round trip for a burst."""
-        return await self._run(self._claim, worker, lease_seconds, limit)
+        return await self._claim(worker, lease_seconds, limit)
 
     async def heartbeat(self, run_id: str, worker: str, lease_seconds: float) -> str:
         """Extend the lease: "ok", "cancel" (a cancel was requested) or "lost" (someone else owns it)."""
         now = time.time()
         fast = f" AND {_ASYNC_COMMIT}" if self.dialect == "postgres" else ""  # a step in between
-        row = await self._run(
-            lambda: self._exec(
-                "UPDATE bastion_runs SET lease_expires_at = ?, updated_at = ? "
-                f"WHERE id = ? AND worker = ? AND status = 'running'{fast} RETURNING cancel_requested",
-                (now + lease_seconds, now, run_id, worker),
-                fetch="one",
-            )
+        row = await self._query(
+            "UPDATE bastion_runs SET lease_expires_at = ?, updated_at = ? "
+            f"WHERE id = ? AND worker = ? AND status = 'running'{fast} RETURNING cancel_requested",
+            (now + lease_seconds, now, run_id, worker),
+            fetch="one",
         )
         if row is None:
             return "lost"
@@ -468,7 +510,7 @@ class SqlRunStore:
                 "SELECT pg_notify(?, done.id) FROM done"
             )
             params = (*fields, now, run_id, worker, *_event_arrays(rows), DONE_CHANNEL)
-            return await self._run(lambda: self._exec(query, params, fetch="one") is not None)
+            return await self._query(query, params, fetch="one") is not None
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> bool:
             done = execute(update, (*fields, now, run_id, worker)).fetchone() is not None
@@ -496,7 +538,7 @@ class SqlRunStore:
         if self.dialect == "postgres":
             if not durable:
                 query += f" AND {_ASYNC_COMMIT}"
-            await self._run(self._exec, query, params)
+            await self._query(query, params)
         else:
 
             def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
@@ -504,28 +546,28 @@ class SqlRunStore:
 
             await self._run(self._transaction, work, durable)
         if self.dialect == "postgres" and fields.get("status") == "queued":
-            await self._run(lambda: self._exec("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, run_id)))
+            await self._query("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, run_id))
 
     # -- events -------------------------------------------------------------------------------
 
     async def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
-        await self._run(
-            lambda: self._exec(
-                _INSERT_EVENT,
-                (run_id, kind, json.dumps(data, default=str), time.time()),
-            )
+        await self._query(
+            _INSERT_EVENT,
+            (run_id, kind, json.dumps(data, default=str), time.time()),
         )
 
     async def add_events(self, run_id: str, events: Sequence[tuple[str, str, float]]) -> None:
         """Several events of one run, `(kind, data as JSON text, at)`, in one transaction."""
         if not events:
             return
-        if self.dialect == "postgres":  # one statement (in order), not waiting for the WAL flush
-            query = (
-                f"INSERT INTO bastion_run_events (run_id, kind, data, at) SELECT ?, v.kind, v.data, v.at "
-                f"FROM {_EVENT_ROWS} WHERE {_ASYNC_COMMIT} ORDER BY v.n"
-            )
-            await self._run(self._exec, query, (run_id, *_event_arrays(events)))
+        if self.dialect == "postgres":
+            rows = [(run_id, kind, data, at) for kind, data, at in events]
+            if self._events is None or self._apool_loop is not asyncio.get_running_loop():
+                await self._async_pool()  # (opens the pool and its writer on first use)
+            if self._events is not None and self._apool_loop is asyncio.get_running_loop():
+                await self._events.submit(rows)  # with other runs' events, in one statement
+            else:
+                await self._write_events(rows)
             return
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
@@ -534,13 +576,20 @@ class SqlRunStore:
 
         await self._run(self._transaction, work, False)
 
+    async def _write_events(self, rows: list[tuple[str, str, str, float]]) -> None:
+        """PostgreSQL: events of any runs in one statement, in order, not waiting for the WAL flush."""
+        query = (
+            "INSERT INTO bastion_run_events (run_id, kind, data, at) SELECT v.run_id, v.kind, v.data, v.at "
+            "FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[]) WITH ORDINALITY AS v(run_id, kind, data, at, n) "
+            f"WHERE {_ASYNC_COMMIT} ORDER BY v.n"
+        )
+        await self._query(query, [[r[i] for r in rows] for i in range(4)])
+
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
-        rows = await self._run(
-            lambda: self._exec(
-                "SELECT seq, kind, data FROM bastion_run_events WHERE run_id = ? AND seq > ? ORDER BY seq",
-                (run_id, after),
-                fetch="all",
-            )
+        rows = await self._query(
+            "SELECT seq, kind, data FROM bastion_run_events WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (run_id, after),
+            fetch="all",
         )
         return [(int(seq), kind, json.loads(data)) for seq, kind, data in rows]
 
@@ -548,27 +597,23 @@ class SqlRunStore:
 
     async def active_for_thread(self, tenant: str, thread_id: str) -> list[Run]:
         marks = ", ".join("?" * len(ACTIVE))
-        rows = await self._run(
-            lambda: self._exec(
-                f"SELECT {_COLUMNS} FROM bastion_runs WHERE tenant = ? AND thread_id = ? AND status IN ({marks}) "
-                "ORDER BY created_at",
-                (tenant, thread_id, *sorted(ACTIVE)),
-                fetch="all",
-            )
+        rows = await self._query(
+            f"SELECT {_COLUMNS} FROM bastion_runs WHERE tenant = ? AND thread_id = ? AND status IN ({marks}) "
+            "ORDER BY created_at",
+            (tenant, thread_id, *sorted(ACTIVE)),
+            fetch="all",
         )
         return [_row_to_run(r) for r in rows]
 
     async def upsert_thread(self, tenant: str, thread_id: str, metadata: dict[str, Any]) -> None:
-        await self._run(lambda: self._exec(_UPSERT_THREAD, (tenant, thread_id, json.dumps(metadata), time.time())))
+        await self._query(_UPSERT_THREAD, (tenant, thread_id, json.dumps(metadata), time.time()))
 
     async def list_threads(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
-        rows = await self._run(
-            lambda: self._exec(
-                "SELECT thread_id, metadata, created_at FROM bastion_threads WHERE tenant = ? "
-                "ORDER BY created_at DESC LIMIT ?",
-                (tenant, limit),
-                fetch="all",
-            )
+        rows = await self._query(
+            "SELECT thread_id, metadata, created_at FROM bastion_threads WHERE tenant = ? "
+            "ORDER BY created_at DESC LIMIT ?",
+            (tenant, limit),
+            fetch="all",
         )
         threads: list[dict[str, Any]] = []
         for t, m, c in rows:
@@ -592,13 +637,11 @@ class SqlRunStore:
 
     async def has_thread(self, tenant: str, thread_id: str) -> bool:
         """Whether this tenant has the thread (created explicitly or by a run)."""
-        row = await self._run(
-            lambda: self._exec(
-                "SELECT 1 FROM bastion_threads WHERE tenant = ? AND thread_id = ? UNION ALL "
-                "SELECT 1 FROM bastion_runs WHERE tenant = ? AND thread_id = ? LIMIT 1",
-                (tenant, thread_id, tenant, thread_id),
-                fetch="one",
-            )
+        row = await self._query(
+            "SELECT 1 FROM bastion_threads WHERE tenant = ? AND thread_id = ? UNION ALL "
+            "SELECT 1 FROM bastion_runs WHERE tenant = ? AND thread_id = ? LIMIT 1",
+            (tenant, thread_id, tenant, thread_id),
+            fetch="one",
         )
         return row is not None
 
@@ -674,6 +717,10 @@ class SqlRunStore:
         return await self._run(go)
 
     async def close(self) -> None:
+        pool, loop, self._apool, self._apool_loop = self._apool, self._apool_loop, None, None
+        self._events = None
+        if pool is not None and loop is asyncio.get_running_loop():
+            await pool.close()  # (a pool of a loop gone by cannot be closed from this one)
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
