@@ -46,8 +46,12 @@ _UPSERT_THREAD = (
 # the WAL flush (`SET LOCAL synchronous_commit = off` without a transaction block: the setting in
 # effect at commit decides, and a statement that matched no row wrote nothing to wait for).
 _ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
-# PostgreSQL: a run's events as arrays (one statement text, prepared once, for any count).
-_EVENT_ROWS = "unnest(?::text[], ?::text[], ?::float8[]) WITH ORDINALITY AS v(kind, data, at, n)"
+# PostgreSQL: rows as one JSON array of arrays (one statement text, prepared once, for any count;
+# `json.dumps` costs a fraction of what psycopg's Python list dumper does per element).
+_EVENT_ROWS = (
+    "(SELECT e.r->>0 AS kind, e.r->>1 AS data, (e.r->>2)::float8 AS at, e.n "
+    "FROM json_array_elements(?::json) WITH ORDINALITY AS e(r, n)) AS v"
+)
 T = TypeVar("T")
 
 
@@ -126,8 +130,8 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
-def _event_arrays(events: Sequence[tuple[str, str, float]]) -> tuple[list[str], list[str], list[float]]:
-    return [e[0] for e in events], [e[1] for e in events], [e[2] for e in events]
+def _json_rows(rows: Sequence[tuple[Any, ...]]) -> str:
+    return json.dumps(rows)
 
 
 def _one_statement(
@@ -509,7 +513,7 @@ class SqlRunStore:
                 f"SELECT done.id, v.kind, v.data, v.at FROM done, {_EVENT_ROWS} ORDER BY v.n) "
                 "SELECT pg_notify(?, done.id) FROM done"
             )
-            params = (*fields, now, run_id, worker, *_event_arrays(rows), DONE_CHANNEL)
+            params = (*fields, now, run_id, worker, _json_rows(rows), DONE_CHANNEL)
             return await self._query(query, params, fetch="one") is not None
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> bool:
@@ -579,11 +583,11 @@ class SqlRunStore:
     async def _write_events(self, rows: list[tuple[str, str, str, float]]) -> None:
         """PostgreSQL: events of any runs in one statement, in order, not waiting for the WAL flush."""
         query = (
-            "INSERT INTO bastion_run_events (run_id, kind, data, at) SELECT v.run_id, v.kind, v.data, v.at "
-            "FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[]) WITH ORDINALITY AS v(run_id, kind, data, at, n) "
-            f"WHERE {_ASYNC_COMMIT} ORDER BY v.n"
+            "INSERT INTO bastion_run_events (run_id, kind, data, at) SELECT e.r->>0, e.r->>1, e.r->>2, "
+            "(e.r->>3)::float8 FROM json_array_elements(?::json) WITH ORDINALITY AS e(r, n) "
+            f"WHERE {_ASYNC_COMMIT} ORDER BY e.n"
         )
-        await self._query(query, [[r[i] for r in rows] for i in range(4)])
+        await self._query(query, (_json_rows(rows),))
 
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
         rows = await self._query(
