@@ -40,7 +40,14 @@ def _rec(row: Sequence[Any]) -> CheckpointRecord:
 
 
 class PostgresCheckpointer:
-    """Checkpoints in PostgreSQL tables `bastion_checkpoints`, `bastion_writes`, `bastion_journal`."""
+    """Checkpoints in PostgreSQL tables `bastion_checkpoints`, `bastion_writes`, `bastion_journal`.
+
+    The graph engine writes its checkpoints behind the steps here (`write_behind`): the next step
+    starts while one is stored, and a run (or an interrupt) ends only once all of them are; a
+    worker killed in between loses the steps still in flight, which recovery runs again. The
+    checkpoints of concurrent runs share one INSERT (group commit)."""
+
+    write_behind = True
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, async_commit: bool = False) -> None:
         """`async_commit=True`: checkpoints and pending writes commit without waiting for the WAL

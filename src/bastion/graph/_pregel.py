@@ -13,12 +13,13 @@ no storage unless a checkpointer and thread are given.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bastion.checkpoint import Checkpointer, CheckpointRecord, WriteRecord
@@ -45,6 +46,8 @@ from bastion.graph._runtime import CURRENT, TaskContext, interrupt_id
 from bastion.graph._state import StateSchema, append
 from bastion.graph._types import END, START, Command, GraphEvent, Interrupt, Send, StateSnapshot, node_retryable
 from bastion.types import RunContext
+
+log = logging.getLogger("bastion.graph")
 
 if TYPE_CHECKING:
     from bastion.graph._builder import Branch, Graph, NodeSpec
@@ -134,6 +137,7 @@ class Run:
         self.traced = False
         self._buffer: list[WriteRecord] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._behind: list[asyncio.Future[None]] = []  # checkpoints written behind the steps
 
     @property
     def durable(self) -> bool:
@@ -169,6 +173,26 @@ class Run:
             await self._flusher
         if self._buffer:
             await self._flush_loop()
+
+    # --- checkpoints written behind (a checkpointer with `write_behind = True`) ---------------
+
+    def write_behind(self, write: Coroutine[Any, Any, None]) -> None:
+        """The next step starts while this checkpoint is written; a failed write surfaces at the
+        next checkpoint or at the end of the run (`settle`)."""
+        for f in self._behind:
+            if f.done() and f.exception() is not None:
+                write.close()
+                raise f.exception()  # type: ignore[misc]
+        self._behind = [f for f in self._behind if not f.done()]
+        self._behind.append(asyncio.ensure_future(write))
+
+    async def settle(self) -> None:
+        """Wait until every checkpoint written behind is stored; raise the first failure."""
+        behind, self._behind = self._behind, []
+        if behind:
+            for outcome in await asyncio.gather(*behind, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
 
 class Engine:
@@ -611,6 +635,17 @@ class Engine:
 
     # --- checkpoints -------------------------------------------------------------------------
 
+    @staticmethod
+    async def _put(run: Run, record: CheckpointRecord) -> None:
+        assert run.checkpointer is not None
+        if run.traced:
+            from bastion.tracing import spans
+
+            with spans.checkpoint(record.thread_id, record.step):
+                await run.checkpointer.put(record)
+        else:
+            await run.checkpointer.put(record)
+
     async def _checkpoint(self, run: Run, nxt: list[tuple[str, Any]], source: str) -> list[Task]:
         step = run.step + 1
         if run.checkpointer is None:
@@ -661,13 +696,10 @@ class Engine:
             time.time(),
             payload,
         )
-        if run.traced:
-            from bastion.tracing import spans
-
-            with spans.checkpoint(run.thread_id, step):
-                await run.checkpointer.put(record)
+        if getattr(run.checkpointer, "write_behind", False):
+            run.write_behind(self._put(run, record))
         else:
-            await run.checkpointer.put(record)
+            await self._put(run, record)
         cached = dict(run.values)
         cached.update({k: list(v) for k, v in run.joins.items()})
         self._remember(
@@ -772,6 +804,7 @@ class Engine:
         self._apply(run, updates)
         nxt = await self._route(run, [as_node], gotos) if as_node is not None else kept
         await self._checkpoint(run, nxt, "update")
+        await run.settle()
         assert run.checkpoint_id is not None
         return run.checkpoint_id
 
@@ -795,7 +828,16 @@ class Engine:
         run = Run(checkpointer, thread_id, ns, context or RunContext(), sink, resume if resume is not None else {})
         run.traced = _tracing_on()
         try:
-            return await self._execute_run(run, input, checkpoint_id, resume_if_exists, step_limit)
+            try:
+                await self._execute_run(run, input, checkpoint_id, resume_if_exists, step_limit)
+            except BaseException:
+                try:  # what the failed run did is stored (a resume starts at the failed step)
+                    await run.settle()
+                except Exception:
+                    log.warning("a checkpoint of a failed run could not be stored", exc_info=True)
+                raise
+            await run.settle()
+            return run
         except BaseException:
             # A failed step may have half-applied updates (a reducer that mutates in place):
             # the next attempt must rebuild from storage, not from this process's memory.
