@@ -198,6 +198,7 @@ class SqlRunStore:
         self._apool: Any = None
         self._apool_loop: Any = None
         self._apool_opening: Any = None
+        self._next_recovery = 0.0  # PostgreSQL: when a claim next looks for expired leases
         self._events: GroupWriter[tuple[str, str, str, float]] | None = None
         self._init_schema()
 
@@ -292,7 +293,7 @@ class SqlRunStore:
                 conn.execute("SET LOCAL synchronous_commit = off")
             return work(lambda sql, params: conn.execute(self._sql(sql), params))
 
-    async def _query(self, query: str, params: Sequence[Any] = (), *, fetch: str = "") -> Any:
+    async def _query(self, query: str, params: Sequence[Any] = (), *, fetch: str = "", plan: bool = False) -> Any:
         """One statement, `?` placeholders, as `_exec`. SQLite: inline (see `_run`); PostgreSQL:
         on this loop's async connection pool, where a statement costs the loop a socket wait
         instead of a hand-off to a thread and back."""
@@ -304,7 +305,10 @@ class SqlRunStore:
             if pool is None:
                 return await self._run(lambda: self._exec(query, params, fetch=fetch))
         async with pool.connection() as conn:
-            cur = await conn.execute(self._sql(query), params)
+            # `plan=True`: planned at each execution, for the current size of the tables. A statement
+            # prepared while they were nearly empty keeps the plan for that: a sequential scan
+            # where an index scan is due, growing with every run until ANALYZE replans it.
+            cur = await conn.execute(self._sql(query), params, prepare=False if plan else None)
             return await cur.fetchone() if fetch == "one" else await cur.fetchall() if fetch == "all" else None
 
     async def _async_pool(self) -> Any:
@@ -385,7 +389,7 @@ class SqlRunStore:
         if tenant is not None:
             query += " AND tenant = ?"
             params.append(tenant)
-        row = await self._query(query, params, fetch="one")
+        row = await self._query(query, params, fetch="one", plan=True)
         return _row_to_run(row) if row else None
 
     async def list(
@@ -415,13 +419,35 @@ class SqlRunStore:
                     AND o.thread_id = r.thread_id AND o.id <> r.id AND o.status = 'running' AND o.lease_expires_at >= ?)
                 AND NOT EXISTS (SELECT 1 FROM bastion_runs e WHERE e.tenant = r.tenant AND e.thread_id = r.thread_id
                     AND e.status IN ('queued', 'running') AND e.created_at < r.created_at)"""
+        # In one batch, a thread's later run is not eligible while its earlier one is queued, so a
+        # batch never holds two runs of one thread.
+        set_running = """UPDATE bastion_runs SET status = 'running', worker = ?, lease_expires_at = ?,
+                attempts = attempts + 1, updated_at = ?"""
+        set_params = (worker, now + lease_seconds, now)
         if self.dialect == "postgres":
-            pick = f"""SELECT id FROM bastion_runs r WHERE
-                (r.status = 'queued' OR (r.status = 'running' AND r.lease_expires_at < ?)) {eligible}
-                ORDER BY r.created_at LIMIT ? FOR UPDATE SKIP LOCKED"""
-            pick_params: tuple[float, ...] = (now, now, limit)
+            # OFFSET 0 keeps each NOT EXISTS a lookup per candidate through the thread index: as an
+            # anti-join the planner may hash every queued and running version instead, dead ones
+            # included, which grows with every run until VACUUM.
+            eligible = eligible.replace("e.created_at < r.created_at)", "e.created_at < r.created_at OFFSET 0)")
+            eligible = eligible.replace("o.lease_expires_at >= ?)", "o.lease_expires_at >= ? OFFSET 0)")
+            # The oldest eligible queued runs (an ordered index scan), and at most once a second the
+            # oldest expired leases (a worker died), then the oldest of both. One OR over both
+            # would be a bitmap scan, which visits every version a claim and a run's end left in
+            # the index until VACUUM and never marks them dead: claims grew costlier with each run.
+            recover = now >= self._next_recovery
+            if recover:
+                self._next_recovery = now + 1.0
+            update = f"""WITH q AS (SELECT r.id, r.created_at FROM bastion_runs r WHERE r.status = 'queued'
+                    {eligible} ORDER BY r.status, r.created_at LIMIT ? FOR UPDATE SKIP LOCKED),
+                x AS (SELECT r.id, r.created_at FROM bastion_runs r WHERE ? AND r.status = 'running'
+                    AND r.lease_expires_at < ? {eligible} ORDER BY r.status, r.lease_expires_at LIMIT ?
+                    FOR UPDATE SKIP LOCKED)
+                {set_running} WHERE id IN (SELECT id FROM (SELECT * FROM q UNION ALL SELECT * FROM x) u
+                    ORDER BY created_at LIMIT ?) AND {_ASYNC_COMMIT} RETURNING {_COLUMNS}"""
+            params = (now, limit, recover, now, now, limit, *set_params, limit)
+            rows = await self._query(update, params, fetch="all", plan=True)  # one round trip, no WAL flush to wait for
         else:
-            # SQLite serves the OR above by scanning every running and queued run and sorting them,
+            # SQLite serves an OR of both by scanning every running and queued run and sorting them,
             # per claim (quadratic with thousands in flight); instead take the oldest eligible queued
             # run and the oldest expired lease, each through an index, and the older of the two.
             eligible = eligible.replace("bastion_runs o WHERE", "bastion_runs o INDEXED BY bastion_runs_thread WHERE")
@@ -432,16 +458,8 @@ class SqlRunStore:
                 SELECT * FROM (SELECT r.id, r.created_at FROM bastion_runs r
                     WHERE r.status = 'running' AND r.lease_expires_at < ? {eligible} ORDER BY r.created_at LIMIT ?)
             ) ORDER BY created_at LIMIT ?"""
-            pick_params = (now, limit, now, now, limit, limit)
-        # In one batch, a thread's later run is not eligible while its earlier one is queued, so a
-        # batch never holds two runs of one thread.
-        fast = f" AND {_ASYNC_COMMIT}" if self.dialect == "postgres" else ""
-        update = f"""UPDATE bastion_runs SET status = 'running', worker = ?, lease_expires_at = ?,
-                attempts = attempts + 1, updated_at = ? WHERE id IN ({pick}){fast} RETURNING {_COLUMNS}"""
-        params = (worker, now + lease_seconds, now, *pick_params)
-        if self.dialect == "postgres":  # one statement, one round trip, no WAL flush to wait for
-            rows = await self._query(update, params, fetch="all")
-        else:
+            update = f"{set_running} WHERE id IN ({pick}) RETURNING {_COLUMNS}"
+            params = (*set_params, now, limit, now, now, limit, limit)
             rows = self._transaction(lambda execute: execute(update, params).fetchall(), durable=False)  # (inline)
         return sorted((_row_to_run(row) for row in rows), key=lambda r: r.created_at)
 
