@@ -54,6 +54,57 @@ class LazyPool:
             self._ready = False
 
 
+class LoopPool:
+    """An async connection pool (autocommit) for a store whose core is sync: it opens on first use
+    by the event loop that uses it first, and `get()` returns it to that loop only (a pool belongs
+    to one loop); any other loop gets None and uses the store's threads instead."""
+
+    def __init__(self, url: str, *, max_size: int) -> None:
+        self._url = url
+        self._max_size = max_size
+        self._pool: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Task[Any] | None = None
+
+    def ready(self) -> Any:
+        """The open pool if it belongs to the running loop, without awaiting; else None."""
+        if self._pool is not None and self._loop is asyncio.get_running_loop():
+            return self._pool
+        return None
+
+    async def get(self) -> Any:
+        """The pool of the running loop (opened by the first caller), or None for another loop."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._opening = loop.create_task(self._open())
+        elif self._loop is not loop:
+            return None
+        assert self._opening is not None
+        # shielded: a cancelled caller must not cancel the opening the others wait for
+        return await asyncio.shield(self._opening)
+
+    async def _open(self) -> Any:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self._url, min_size=1, max_size=self._max_size, open=False, kwargs={"autocommit": True}
+        )
+        try:
+            await pool.open(wait=True)
+        except BaseException:
+            self._loop = None  # the next caller tries again
+            await pool.close()
+            raise
+        self._pool = pool
+        return pool
+
+    async def close(self) -> None:
+        pool, loop, self._pool, self._loop = self._pool, self._loop, None, None
+        if pool is not None and loop is asyncio.get_running_loop():
+            await pool.close()  # (a pool of a loop gone by cannot be closed from this one)
+
+
 class GroupWriter(Generic[T]):
     """Group commit: rows submitted by many tasks at once go to the database in one statement.
 

@@ -108,7 +108,9 @@ async def test_checkpoints_of_concurrent_threads_on_postgres(pg_url: str) -> Non
         def record(thread: int, step: int, payload: str = "") -> CheckpointRecord:
             cid = f"{step:04d}"
             parent = f"{step - 1:04d}" if step else None
-            return CheckpointRecord(f"th{thread}", "", cid, parent, "0000", step, float(step), payload or f"{thread}/{step}")
+            return CheckpointRecord(
+                f"th{thread}", "", cid, parent, "0000", step, float(step), payload or f"{thread}/{step}"
+            )
 
         async def thread(t: int) -> None:
             for step in range(4):

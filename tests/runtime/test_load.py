@@ -159,7 +159,6 @@ async def test_claim_work_does_not_grow_with_the_runs_in_flight(tmp_path: Path) 
     assert many <= 3 * max(few, 1), f"one claim cost {few} with 200 runs in flight, {many} with 4,000"
 
 
-
 @pytest.mark.postgres
 async def test_postgres_lookups_do_not_keep_a_plan_made_for_an_empty_table(pg_url: str) -> None:
     """A statement prepared while the runs table is nearly empty gets a generic plan for that: a
@@ -177,7 +176,7 @@ async def test_postgres_lookups_do_not_keep_a_plan_made_for_an_empty_table(pg_ur
             assert claimed is not None and claimed.id == run.id
             assert (await store.get(run.id, tenant="t")) is not None
             ids.append(run.id)
-        async with store._apool.connection() as conn:  # (sequential calls: the pool's one connection)
+        async with store._apool.ready().connection() as conn:  # (sequential calls: the pool's one connection)
             cur = await conn.execute(
                 "SELECT name, statement FROM pg_prepared_statements WHERE statement LIKE '%FROM bastion_runs%'"
             )

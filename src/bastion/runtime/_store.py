@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bastion._pg import GroupWriter
+from bastion._pg import GroupWriter, LoopPool
 from bastion.errors import MissingExtraError, UserError
 from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
 from bastion.types import new_id
@@ -195,11 +195,9 @@ class SqlRunStore:
         self._conns: list[Any] = []
         # PostgreSQL: single statements go through an async pool on the loop that first used the
         # store (no thread hop per statement); transactions, and other loops, use the threads.
-        self._apool: Any = None
-        self._apool_loop: Any = None
-        self._apool_opening: Any = None
+        self._apool = LoopPool(url or "", max_size=16)
         self._next_recovery = 0.0  # PostgreSQL: when a claim next looks for expired leases
-        self._events: GroupWriter[tuple[str, str, str, float]] | None = None
+        self._events: GroupWriter[tuple[str, str, str, float]] = GroupWriter(self._write_events)
         self._init_schema()
 
     # -- construction -------------------------------------------------------------------------
@@ -299,43 +297,15 @@ class SqlRunStore:
         instead of a hand-off to a thread and back."""
         if self.dialect == "sqlite":
             return self._exec(query, params, fetch=fetch)
-        pool = self._apool if self._apool is not None and self._apool_loop is asyncio.get_running_loop() else None
+        pool = self._apool.ready() or await self._apool.get()
         if pool is None:
-            pool = await self._async_pool()
-            if pool is None:
-                return await self._run(lambda: self._exec(query, params, fetch=fetch))
+            return await self._run(lambda: self._exec(query, params, fetch=fetch))
         async with pool.connection() as conn:
             # `plan=True`: planned at each execution, for the current size of the tables. A statement
-            # prepared while they were nearly empty keeps the plan for that: a sequential scan
-            # where an index scan is due, growing with every run until ANALYZE replans it.
+            # prepared while they were nearly empty keeps the plan for that: a scan through another
+            # index, growing with every run until ANALYZE replans it.
             cur = await conn.execute(self._sql(query), params, prepare=False if plan else None)
             return await cur.fetchone() if fetch == "one" else await cur.fetchall() if fetch == "all" else None
-
-    async def _async_pool(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._apool_loop is None:
-            self._apool_loop = loop
-            self._apool_opening = loop.create_task(self._open_async_pool())
-        elif self._apool_loop is not loop:
-            return None  # the pool belongs to another loop: this one uses the threads
-        # shielded: a cancelled caller must not cancel the opening the others wait for
-        return await asyncio.shield(self._apool_opening)
-
-    async def _open_async_pool(self) -> Any:
-        from psycopg_pool import AsyncConnectionPool
-
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            self.url or "", min_size=1, max_size=16, open=False, kwargs={"autocommit": True}
-        )
-        try:
-            await pool.open(wait=True)
-        except BaseException:
-            self._apool_loop = None  # the next statement tries again
-            await pool.close()
-            raise
-        self._events = GroupWriter(self._write_events)
-        self._apool = pool
-        return pool
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self.dialect == "sqlite":
@@ -584,9 +554,7 @@ class SqlRunStore:
             return
         if self.dialect == "postgres":
             rows = [(run_id, kind, data, at) for kind, data, at in events]
-            if self._events is None or self._apool_loop is not asyncio.get_running_loop():
-                await self._async_pool()  # (opens the pool and its writer on first use)
-            if self._events is not None and self._apool_loop is asyncio.get_running_loop():
+            if self._apool.ready() or await self._apool.get():  # the pool's loop: group commit
                 await self._events.submit(rows)  # with other runs' events, in one statement
             else:
                 await self._write_events(rows)
@@ -739,10 +707,7 @@ class SqlRunStore:
         return await self._run(go)
 
     async def close(self) -> None:
-        pool, loop, self._apool, self._apool_loop = self._apool, self._apool_loop, None, None
-        self._events = None
-        if pool is not None and loop is asyncio.get_running_loop():
-            await pool.close()  # (a pool of a loop gone by cannot be closed from this one)
+        await self._apool.close()
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from bastion._pg import LoopPool
 from bastion.errors import ConfigError, UserError
 from bastion.gateway.proxy import KEYS_FILE, hash_key
 from bastion.types import check_tenant
@@ -138,12 +139,13 @@ class SQLiteApiKeyStore:
 
     # -- lookups ---------------------------------------------------------------------------------
 
+    _LOOKUP = (
+        "SELECT key_id, tenant, role FROM bastion_api_keys WHERE key_hash = ? AND revoked_at IS NULL "
+        "AND (expires_at IS NULL OR expires_at > ?)"
+    )
+
     def _lookup(self, key: str) -> Principal | None:
-        rows = self._run(
-            "SELECT key_id, tenant, role FROM bastion_api_keys WHERE key_hash = ? AND revoked_at IS NULL "
-            "AND (expires_at IS NULL OR expires_at > ?)",
-            (hash_key(key), time.time()),
-        )[0]
+        rows = self._run(self._LOOKUP, (hash_key(key), time.time()))[0]
         return Principal(rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     async def lookup(self, key: str) -> Principal | None:
@@ -219,6 +221,9 @@ class SQLiteApiKeyStore:
         with contextlib.suppress(sqlite3.ProgrammingError), self._lock:
             self._conn.close()
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 class PostgresApiKeyStore(SQLiteApiKeyStore):
     """API keys in PostgreSQL (`bastion_api_keys`): the key store of a scaled-out deployment."""
@@ -233,6 +238,7 @@ class PostgresApiKeyStore(SQLiteApiKeyStore):
 
             raise MissingExtraError("postgres", "psycopg-pool", "PostgresApiKeyStore") from e
         self.path = url
+        self._apool = LoopPool(url, max_size=max_connections)
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=max_connections, kwargs={"autocommit": True}, open=True
         )
@@ -263,8 +269,23 @@ class PostgresApiKeyStore(SQLiteApiKeyStore):
             cur = conn.execute(sql.replace("?", "%s"), params)
             return (cur.fetchall() if cur.description is not None else []), cur.rowcount
 
+    async def lookup(self, key: str) -> Principal | None:
+        """Every request's key check: on the event loop's own pool (a hop to a thread and back
+        per request cost the API server more than the read), in a thread from any other loop."""
+        pool = self._apool.ready() or await self._apool.get()
+        if pool is None:
+            return await asyncio.to_thread(self._lookup, key)
+        async with pool.connection() as conn:
+            cur = await conn.execute(self._LOOKUP.replace("?", "%s"), (hash_key(key), time.time()))
+            rows = await cur.fetchall()
+        return Principal(rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
     def close(self) -> None:
         self._pool.close()
+
+    async def aclose(self) -> None:
+        await self._apool.close()
+        self.close()
 
 
 def open_api_key_store(home: str | Path, database_url: str | None = None) -> SQLiteApiKeyStore:

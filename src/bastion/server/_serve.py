@@ -59,7 +59,7 @@ async def build_server(
 
     # One key store per deployment; the configuration decides which config-declared keys live.
     keys = open_api_key_store(env.home, env.database_url)
-    stack.callback(keys.close)
+    stack.push_async_callback(keys.aclose)
     for key_id in keys.sync_config(project.api_keys):
         logging.getLogger("bastion.server").warning("API key %s is no longer configured: revoked", key_id)
 
