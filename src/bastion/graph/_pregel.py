@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from bastion.checkpoint import Checkpointer, CheckpointRecord, WriteRecord
@@ -61,6 +62,22 @@ _JOIN = "__join:"
 _STATIC_TASK = "__static__"
 _RESUME_TASK = "__resume__"
 _CACHE_SIZE = 256
+
+
+class KnownLatest:
+    """A thread's latest checkpoint id, read by a caller that holds the thread (a worker, right
+    after claiming the run): the engine's first read of that thread is then skipped when the
+    thread has none, or when the engine's cache holds exactly that one. Used once."""
+
+    __slots__ = ("checkpoint_id", "thread_id", "used")
+
+    def __init__(self, thread_id: str, checkpoint_id: str | None) -> None:
+        self.thread_id = thread_id
+        self.checkpoint_id = checkpoint_id
+        self.used = False
+
+
+KNOWN_LATEST: ContextVar[KnownLatest | None] = ContextVar("bastion_known_latest", default=None)
 
 _id_lock = threading.Lock()
 _last_ns = 0
@@ -238,10 +255,19 @@ class Engine:
     async def decoded(
         self, checkpointer: Checkpointer, thread_id: str, ns: str, checkpoint_id: str | None
     ) -> Decoded | None:
+        key = (id(checkpointer), thread_id, ns)
+        known = KNOWN_LATEST.get()
+        if known is not None and not known.used and known.thread_id == thread_id and not ns and checkpoint_id is None:
+            known.used = True  # (once: the thread moves on with this run)
+            if known.checkpoint_id is None:
+                return None
+            with self._cache_lock:
+                hit = self._cache.get(key)
+            if hit is not None and hit.record.checkpoint_id == known.checkpoint_id:
+                return hit
         rec = await checkpointer.get(thread_id, ns, checkpoint_id)
         if rec is None:
             return None
-        key = (id(checkpointer), thread_id, ns)
         with self._cache_lock:
             hit = self._cache.get(key)
         if hit is not None and hit.record.checkpoint_id == rec.checkpoint_id and hit.record.thread_id == thread_id:

@@ -344,12 +344,18 @@ class Worker:
             await events.emit("recovered", {"worker": self.id, "attempt": run.attempts})
         emit = events.emit
         latest = getattr(agent, "latest_checkpoint", None)
+        known: tuple[Any, Any] | None = None
         if not recover and run.resume is None and latest is not None:
             # Remember where the thread stood, so a crash before this run's first checkpoint
             # is recovered by starting over rather than by resuming an older run's state.
             run.checkpoint_before = await latest(run.thread_key)
             if run.checkpoint_before is not None:  # a new thread: the column is NULL already
                 await self.store.update(run.id, checkpoint_before=run.checkpoint_before)
+            # ...and tell the graph engine: it need not read the thread again (this run holds it).
+            # (Imported here: a runnable with checkpoints has loaded the engine already.)
+            from bastion.graph._pregel import KNOWN_LATEST, KnownLatest
+
+            known = (KNOWN_LATEST, KNOWN_LATEST.set(KnownLatest(run.thread_key, run.checkpoint_before)))
         await emit("run_started", {"worker": self.id, "attempt": run.attempts})
         token = CURRENT.set(attempt)  # the task copies the context: the runnable can report its trace
         try:
@@ -360,6 +366,8 @@ class Worker:
             task = asyncio.create_task(_awaited(invoked))
         finally:
             CURRENT.reset(token)
+            if known is not None:
+                known[0].reset(known[1])
         # Cancelled before its first step, the wrapper never awaits `invoked`: close it, so it is
         # not reported as a coroutine that was never awaited.
         task.add_done_callback(lambda _: _close(invoked))

@@ -1,0 +1,82 @@
+"""A worker that just read a thread's latest checkpoint (holding the run) tells the engine, which
+then skips its own first read of the thread when the thread is new or its cache holds exactly
+that checkpoint; any other answer is read from storage, and a hint is used once."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from bastion.checkpoint import CheckpointRecord, MemoryCheckpointer
+from bastion.graph import START, Graph
+from bastion.graph._pregel import KNOWN_LATEST, KnownLatest
+
+
+class S(TypedDict, total=False):
+    x: int
+
+
+class CountingSaver(MemoryCheckpointer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, thread_id: str, ns: str = "", checkpoint_id: str | None = None) -> CheckpointRecord | None:
+        self.gets += 1
+        return await super().get(thread_id, ns, checkpoint_id)
+
+
+def _app(saver: CountingSaver):  # noqa: ANN202
+    g = Graph(S)
+    g.add_node("inc", lambda s: {"x": s.get("x", 0) + 1})
+    g.add_edge(START, "inc")
+    return g.compile(checkpointer=saver)
+
+
+async def _run(app, thread: str, known: KnownLatest | None) -> int:  # noqa: ANN001
+    token = KNOWN_LATEST.set(known)
+    try:
+        return (await app.ainvoke({}, thread_id=thread))["x"]
+    finally:
+        KNOWN_LATEST.reset(token)
+
+
+async def test_a_new_thread_is_not_read() -> None:
+    saver = CountingSaver()
+    app = _app(saver)
+    assert await _run(app, "t", KnownLatest("t", None)) == 1
+    assert saver.gets == 0
+
+
+async def test_the_cached_latest_is_not_read_again_but_anything_else_is() -> None:
+    saver = CountingSaver()
+    app = _app(saver)
+    assert await _run(app, "t", None) == 1
+    latest = await saver.get("t")
+    assert latest is not None
+    saver.gets = 0
+    assert await _run(app, "t", KnownLatest("t", latest.checkpoint_id)) == 2  # the cache holds it
+    assert saver.gets == 0
+    # another process moved the thread on: the hint names a checkpoint the cache does not hold
+    other = _app(CountingSaver())
+    other._engine.checkpointer = saver  # (same storage, its own cache)
+    await other.ainvoke({}, thread_id="t")
+    newest = await saver.get("t")
+    assert newest is not None
+    saver.gets = 0
+    assert await _run(app, "t", KnownLatest("t", newest.checkpoint_id)) == 4  # read, not the stale cache
+    assert saver.gets >= 1
+
+
+async def test_a_hint_is_for_its_thread_and_used_once() -> None:
+    saver = CountingSaver()
+    app = _app(saver)
+    await _run(app, "a", None)
+    known = KnownLatest("b", None)
+    assert await _run(app, "a", known) == 2 and not known.used  # another thread: ignored
+    token = KNOWN_LATEST.set(KnownLatest("a", None))
+    try:
+        first = await app.ainvoke({}, thread_id="a")  # "a has none": believed once...
+        second = await app.ainvoke({}, thread_id="a")  # ...then read again
+    finally:
+        KNOWN_LATEST.reset(token)
+    assert first["x"] == 1 and second["x"] == 2
