@@ -25,14 +25,14 @@ class CountingSaver(MemoryCheckpointer):
         return await super().get(thread_id, ns, checkpoint_id)
 
 
-def _app(saver: CountingSaver):  # noqa: ANN202
+def _app(saver: CountingSaver):
     g = Graph(S)
     g.add_node("inc", lambda s: {"x": s.get("x", 0) + 1})
     g.add_edge(START, "inc")
     return g.compile(checkpointer=saver)
 
 
-async def _run(app, thread: str, known: KnownLatest | None) -> int:  # noqa: ANN001
+async def _run(app, thread: str, known: KnownLatest | None) -> int:
     token = KNOWN_LATEST.set(known)
     try:
         return (await app.ainvoke({}, thread_id=thread))["x"]
