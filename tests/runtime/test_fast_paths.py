@@ -216,3 +216,60 @@ async def test_the_last_events_are_kept_when_the_outcome_cannot_be_stored(store:
     events = await store.events(run.id)
     assert [k for _, k, _ in events][-3:] == ["step", "step", "run_failed"]
     assert [d["n"] for _, k, d in events if k == "step"] == [1, 2]
+
+
+@pytest.mark.postgres
+async def test_a_waiting_client_gets_the_run_its_end_notification_carried(pg_url: str) -> None:
+    """The run-done NOTIFY carries the ended run (up to NOTIFY's 8,000 bytes): an API server
+    answers its waiting client without reading the run back; a bigger run is read from the
+    store; another tenant's wait on the id is refused; a resumed run is not answered with the
+    notification of its earlier pause."""
+    from bastion.runtime import RunNotFoundError
+
+    class Echo:
+        async def invoke(self, input: Any, *, resume: Any = None, **_: Any) -> RunOutcome:
+            if input == "ask" and resume is None:
+                return RunOutcome("interrupted", interrupts=[{"id": "i1", "value": "ok?"}])
+            return RunOutcome("completed", output={"echo": input, "resume": resume})
+
+    api = Runtime.postgres(pg_url, {"echo": Echo()}, workers=0)
+    reads: list[str] = []
+    get = api.store.get
+
+    async def counted(run_id: str, tenant: str | None = None) -> Any:
+        reads.append(run_id)
+        return await get(run_id, tenant)
+
+    api.store.get = counted  # type: ignore[method-assign]
+    worker_store = SqlRunStore.postgres(pg_url)
+    worker_wakeup = PostgresWakeup(pg_url)
+    worker = Worker(worker_store, {"echo": Echo()}, poll_interval=60, wakeup=worker_wakeup)
+    async with api:
+        assert isinstance(api.wakeup, PostgresWakeup)
+        await asyncio.wait_for(api.wakeup.listening.wait(), 10)
+        task = asyncio.create_task(worker.run())
+        try:
+            small = await api.create_run(tenant="a", agent="echo", input="hi")
+            done = await api.wait(small.id, tenant="a", timeout=20)
+            assert done.status == "completed" and done.output == {"echo": "hi", "resume": None}
+            assert done.tenant == "a" and done.id == small.id and small.id not in reads  # from the notification
+
+            big_input = "x" * 9_000  # the run no longer fits a notification: its id does
+            big = await api.create_run(tenant="a", agent="echo", input=big_input)
+            done = await api.wait(big.id, tenant="a", timeout=20)
+            assert done.status == "completed" and done.output["echo"] == big_input and big.id in reads
+
+            other = await api.create_run(tenant="a", agent="echo", input="mine")
+            with pytest.raises(RunNotFoundError):
+                await api.wait(other.id, tenant="b", timeout=20)  # not b's run, however it is learnt
+
+            paused = await api.create_run(tenant="a", agent="echo", input="ask")
+            assert (await api.wait(paused.id, tenant="a", timeout=20)).status == "interrupted"
+            await api.resume(paused.id, tenant="a", decision={"action": "approve"})
+            done = await api.wait(paused.id, tenant="a", timeout=20)
+            assert done.status == "completed" and done.output["resume"] == {"action": "approve"}
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+            await worker_wakeup.close()
+            await worker_store.close()

@@ -67,6 +67,8 @@ class Runtime:
         self.workers: list[Worker] = []
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._finished: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}  # run id -> clients in `wait`
+        self._ended: dict[str, Run] = {}  # runs that ended while a client waited, as notified
 
     # -- construction -------------------------------------------------------------------------
 
@@ -135,6 +137,10 @@ class Runtime:
             return
         event = self._finished.pop(run_id, None)  # waiters hold their own reference
         if event is not None:
+            take = getattr(self.wakeup, "take_ended", None)
+            ended = take(run_id) if take is not None and run_id in self._waiting else None
+            if ended is not None:  # (PostgreSQL) the waiter need not read the run back
+                self._ended[run_id] = ended
             event.set()
 
     # -- runs ---------------------------------------------------------------------------------
@@ -209,6 +215,19 @@ class Runtime:
         # the first read. Completions wake us at once (local workers, or PostgreSQL's NOTIFY);
         # polling with backoff is the fallback for anything that was missed.
         created_here = run_id in self._finished
+        self._waiting[run_id] = self._waiting.get(run_id, 0) + 1
+        try:
+            return await self._wait(run_id, tenant, deadline, delay, created_here, timeout)
+        finally:
+            left = self._waiting.pop(run_id) - 1
+            if left:
+                self._waiting[run_id] = left
+            else:
+                self._ended.pop(run_id, None)
+
+    async def _wait(
+        self, run_id: str, tenant: str, deadline: float, delay: float, created_here: bool, timeout: float
+    ) -> Run:
         while True:
             event = self._finished.setdefault(run_id, asyncio.Event())
             if created_here:
@@ -216,7 +235,11 @@ class Runtime:
                 await _wait_event(event, min(delay, timeout))
                 event.clear()
                 event = self._finished.setdefault(run_id, asyncio.Event())
-            run = await self.get_run(run_id, tenant=tenant)
+            ended = self._ended.pop(run_id, None)
+            if ended is not None and ended.tenant == tenant:
+                run = ended
+            else:
+                run = await self.get_run(run_id, tenant=tenant)
             if run.status in TERMINAL or run.status == "interrupted":
                 self._finished.pop(run_id, None)
                 return run

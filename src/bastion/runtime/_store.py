@@ -108,6 +108,12 @@ def _row_to_run(row: Sequence[Any]) -> Run:
     return Run(**data)
 
 
+def run_from_json(text: str) -> Run:
+    """A run from its row as PostgreSQL's `row_to_json` writes it (a run-done notification)."""
+    data = json.loads(text)
+    return _row_to_run(tuple(data[name] for name in _NAMES))
+
+
 def _decode_rows(rows: Sequence[Sequence[Any]]) -> list[Run]:
     """Rows of a listing as runs; a row that cannot be decoded is skipped and logged, so one bad
     row never makes a tenant's whole listing fail."""
@@ -490,22 +496,25 @@ class SqlRunStore:
         update = (
             "UPDATE bastion_runs SET status = ?, output = ?, error = ?, interrupts = ?, usage = ?, cost_usd = ?, "
             "trace_id = COALESCE(?, trace_id), worker = NULL, lease_expires_at = NULL, updated_at = ? "
-            "WHERE id = ? AND worker = ? AND status = 'running' RETURNING id"
+            "WHERE id = ? AND worker = ? AND status = 'running' RETURNING "
         )
         rows = [*events, (event[0], json.dumps(event[1], default=str), now)]
         if self.dialect == "postgres":
             # One statement in one round trip: the fenced UPDATE, the events and NOTIFY only if it
             # matched (the CTE `done` is empty otherwise), committed durably on its own.
+            # The notification carries the ended run (as JSON, within NOTIFY's 8,000 bytes; else
+            # its id), so the API server answering its client need not read it back.
             query = (
-                f"WITH done AS ({update}), ev AS (INSERT INTO bastion_run_events (run_id, kind, data, at) "
+                f"WITH done AS ({update}{_COLUMNS}), ev AS (INSERT INTO bastion_run_events (run_id, kind, data, at) "
                 f"SELECT done.id, v.kind, v.data, v.at FROM done, {_EVENT_ROWS} ORDER BY v.n) "
-                "SELECT pg_notify(?, done.id) FROM done"
+                "SELECT pg_notify(?, CASE WHEN octet_length(j.t) < 7900 THEN j.t ELSE done.id END) "
+                "FROM done, LATERAL (SELECT row_to_json(done)::text AS t) j"
             )
             params = (*fields, now, run_id, worker, _json_rows(rows), DONE_CHANNEL)
             return await self._query(query, params, fetch="one") is not None
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> bool:
-            done = execute(update, (*fields, now, run_id, worker)).fetchone() is not None
+            done = execute(update + "id", (*fields, now, run_id, worker)).fetchone() is not None
             if done:
                 for kind, data, at in rows:
                     execute(_INSERT_EVENT, (run_id, kind, data, at))

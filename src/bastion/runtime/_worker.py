@@ -17,13 +17,14 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from bastion.runtime._store import DONE_CHANNEL, NOTIFY_CHANNEL, RunStore
+from bastion.runtime._store import DONE_CHANNEL, NOTIFY_CHANNEL, RunStore, run_from_json
 from bastion.runtime._types import Run, Runnable, RunOutcome
 from bastion.runtime._watchdog import CURRENT, Attempt, check_outcome, describe, start
 from bastion.types import new_id
@@ -76,6 +77,10 @@ class PostgresWakeup:
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set once LISTEN is active
         self.on_done: list[Callable[[str], None]] = []
+        # The run whose end notification is being dispatched, as the notification carried it:
+        # an `on_done` callback may take it (`take_ended`) and answer a waiting client without
+        # reading the run back. Only during the callbacks: a later waiter reads the store.
+        self._ended: Run | None = None
         self._wants_runs = False  # a worker waits on this wake-up
         self._channels: frozenset[str] = frozenset()  # what the open connection listens to
 
@@ -124,12 +129,32 @@ class PostgresWakeup:
                         if note.channel == NOTIFY_CHANNEL:
                             self._event.set()
                         else:
-                            self._woken(note.payload)
+                            self._ended, run_id = self._ended_run(note.payload)
+                            try:
+                                self._woken(run_id)
+                            finally:
+                                self._ended = None
             except Exception as e:  # the database went away: polling covers the gap, then listen again
                 self.listening.clear()
                 self._channels = frozenset()
                 log.warning("LISTEN connection lost (%s); reconnecting in 1 s", describe(e))
                 await asyncio.sleep(1.0)
+
+    def _ended_run(self, payload: str) -> tuple[Run | None, str]:
+        """A `bastion_runs_done` payload: the run id, or the ended run's row as JSON."""
+        if not payload.startswith("{"):
+            return None, payload
+        try:
+            run = run_from_json(payload)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("unreadable run-done notification (%s); the run is read from the store", describe(e))
+            found = re.search(r'"id"\s*:\s*"([^"]+)"', payload)
+            return None, found.group(1) if found else ""
+        return run, run.id
+
+    def take_ended(self, run_id: str) -> Run | None:
+        """In an `on_done` callback: the run as its end notification carried it, if it did."""
+        return self._ended if self._ended is not None and self._ended.id == run_id else None
 
     def _woken(self, run_id: str) -> None:
         """A run ended (`run_id`), or, with "", anything may have happened while not listening."""
