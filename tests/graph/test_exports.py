@@ -36,10 +36,12 @@ def test_checkpoint_public_surface_is_pinned() -> None:
     assert sorted(bastion.checkpoint.__all__) == sorted(
         [
             "FORMAT_VERSION",
+            "KNOWN_LATEST",
             "MIGRATIONS",
             "CheckpointRecord",
             "Checkpointer",
             "JournalEntry",
+            "KnownLatest",
             "MemoryCheckpointer",
             "PostgresCheckpointer",
             "SqliteCheckpointer",

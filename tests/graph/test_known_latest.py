@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from bastion.checkpoint import CheckpointRecord, MemoryCheckpointer
+from bastion.checkpoint import KNOWN_LATEST, CheckpointRecord, KnownLatest, MemoryCheckpointer
 from bastion.graph import START, Graph
-from bastion.graph._pregel import KNOWN_LATEST, KnownLatest
 
 
 class S(TypedDict, total=False):

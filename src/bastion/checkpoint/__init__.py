@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bastion._lazy import lazy_getattr
-from bastion.checkpoint._base import Checkpointer, CheckpointRecord, JournalEntry, WriteRecord
+from bastion.checkpoint._base import (
+    KNOWN_LATEST,
+    Checkpointer,
+    CheckpointRecord,
+    JournalEntry,
+    KnownLatest,
+    WriteRecord,
+)
 from bastion.checkpoint._format import FORMAT_VERSION, MIGRATIONS
 from bastion.checkpoint._memory import MemoryCheckpointer
 from bastion.checkpoint._serde import dumps, loads, register_type
@@ -22,10 +29,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION",
+    "KNOWN_LATEST",
     "MIGRATIONS",
     "CheckpointRecord",
     "Checkpointer",
     "JournalEntry",
+    "KnownLatest",
     "MemoryCheckpointer",
     "PostgresCheckpointer",
     "SqliteCheckpointer",

@@ -18,6 +18,7 @@ How state becomes payloads lives in `_format.py`; backends stay storage-dumb.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -143,4 +144,29 @@ def follow_parents(rows: Sequence[CheckpointRecord], target: CheckpointRecord) -
     return chain
 
 
-__all__ = ["CheckpointRecord", "Checkpointer", "JournalEntry", "WriteKind", "WriteRecord", "follow_parents"]
+class KnownLatest:
+    """A thread's latest checkpoint id, read by a caller that holds the thread (a worker, right
+    after claiming the run): the graph engine's first read of that thread is then skipped when the
+    thread has none, or when the engine's cache holds exactly that one. Used once."""
+
+    __slots__ = ("checkpoint_id", "thread_id", "used")
+
+    def __init__(self, thread_id: str, checkpoint_id: str | None) -> None:
+        self.thread_id = thread_id
+        self.checkpoint_id = checkpoint_id
+        self.used = False
+
+
+KNOWN_LATEST: ContextVar[KnownLatest | None] = ContextVar("bastion_known_latest", default=None)
+
+
+__all__ = [
+    "KNOWN_LATEST",
+    "CheckpointRecord",
+    "Checkpointer",
+    "JournalEntry",
+    "KnownLatest",
+    "WriteKind",
+    "WriteRecord",
+    "follow_parents",
+]

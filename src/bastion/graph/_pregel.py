@@ -20,10 +20,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from bastion.checkpoint import Checkpointer, CheckpointRecord, WriteRecord
+from bastion.checkpoint import KNOWN_LATEST, Checkpointer, CheckpointRecord, WriteRecord
 from bastion.checkpoint.format import (
     NO_ARG,
     Decoded,
@@ -63,21 +62,6 @@ _STATIC_TASK = "__static__"
 _RESUME_TASK = "__resume__"
 _CACHE_SIZE = 256
 
-
-class KnownLatest:
-    """A thread's latest checkpoint id, read by a caller that holds the thread (a worker, right
-    after claiming the run): the engine's first read of that thread is then skipped when the
-    thread has none, or when the engine's cache holds exactly that one. Used once."""
-
-    __slots__ = ("checkpoint_id", "thread_id", "used")
-
-    def __init__(self, thread_id: str, checkpoint_id: str | None) -> None:
-        self.thread_id = thread_id
-        self.checkpoint_id = checkpoint_id
-        self.used = False
-
-
-KNOWN_LATEST: ContextVar[KnownLatest | None] = ContextVar("bastion_known_latest", default=None)
 
 _id_lock = threading.Lock()
 _last_ns = 0

@@ -377,8 +377,8 @@ class Worker:
             if run.checkpoint_before is not None:  # a new thread: the column is NULL already
                 await self.store.update(run.id, checkpoint_before=run.checkpoint_before)
             # ...and tell the graph engine: it need not read the thread again (this run holds it).
-            # (Imported here: a runnable with checkpoints has loaded the engine already.)
-            from bastion.graph._pregel import KNOWN_LATEST, KnownLatest
+            # (Imported here: a runnable with checkpoints has loaded them already.)
+            from bastion.checkpoint import KNOWN_LATEST, KnownLatest
 
             known = (KNOWN_LATEST, KNOWN_LATEST.set(KnownLatest(run.thread_key, run.checkpoint_before)))
         await emit("run_started", {"worker": self.id, "attempt": run.attempts})
