@@ -258,7 +258,8 @@ async def test_costs_page_names_proxy_spend_and_draws_no_empty_bars(site: Site, 
     await _shot(page, "ui-costs.png", full_page=True)
 
     await page.click("a[href='#/costs?by=user']")
-    await page.wait_for_function("document.querySelector('h2').textContent === 'Costs by user'")
+    # (while the page loads it has no heading yet)
+    await page.wait_for_function("document.querySelector('#view h2')?.textContent === 'Costs by user'")
     await page.wait_for_selector("#costs-table tbody tr")
     users = await page.locator("#costs-table tbody tr td:first-child").all_inner_texts()
     assert "ana" in users and "None" not in users and "" not in users

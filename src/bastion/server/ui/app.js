@@ -65,6 +65,7 @@ const fmtUSD = (v) => `$${Number(v || 0).toFixed(6)}`;
 const view = () => state.page;
 function newPage() {
   state.page = document.createElement("div");
+  state.page.innerHTML = `<p class="muted">Loading…</p>`;
   document.getElementById("view").replaceChildren(state.page);
 }
 
