@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -92,30 +91,19 @@ async def test_compare_route_over_stored_reports(served: Any) -> None:
 
 
 @pytest.mark.browser
-async def test_evals_page_shows_per_case_diff_in_chromium(served: Any) -> None:
-    if not shutil.which("chromium"):
-        pytest.skip("needs Debian chromium (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
+async def test_evals_page_shows_per_case_diff_in_chromium(served: Any, browser_page: Any) -> None:
     call = served
+    page = browser_page
     base = await _report({"a": "a-ok", "b": "b-bad", "c": "c-ok", "d": "d-bad"})
     head = await _report({"a": "a-bad", "b": "b-ok", "c": "c-ok", "d": "d-bad"})
     assert (await call("k-acme", "PUT", "/v1/evals/reports/v1", json=base.to_dict()))[0] == 201
     assert (await call("k-acme", "PUT", "/v1/evals/reports/v2", json=head.to_dict()))[0] == 201
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
-        try:
-            page = await browser.new_page()
-            page.set_default_timeout(15_000)
-            # One navigation, key already stored: no runs-page poll racing the evals view.
-            await page.add_init_script("localStorage.setItem('bastion.key', 'k-view')")
-            await page.goto(f"{call.base}/#/evals?base=v1&head=v2")
-            await page.wait_for_selector("#eval-diff-table")
-            rows = await page.locator("#eval-diff-table tbody tr").all_inner_texts()
-            regressed = await page.locator("tr.change-regressed").get_attribute("data-case")
-        finally:
-            await browser.close()
+    # One navigation, key already stored: no runs-page poll racing the evals view.
+    await page.add_init_script("localStorage.setItem('bastion.key', 'k-view')")
+    await page.goto(f"{call.base}/#/evals?base=v1&head=v2")
+    await page.wait_for_selector("#eval-diff-table")
+    rows = await page.locator("#eval-diff-table tbody tr").all_inner_texts()
+    regressed = await page.locator("tr.change-regressed").get_attribute("data-case")
     assert regressed == "a"
     assert rows[0].split("\t")[:4] == ["a", "regressed", "100%", "0%"]
     assert rows[1].split("\t")[:2] == ["b", "fixed"]

@@ -3,7 +3,6 @@ priced tool calls alike) and period, nothing of another tenant's; and the costs 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -113,27 +112,16 @@ async def test_without_budgets_the_route_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.browser
-async def test_costs_page_shows_budgets_in_chromium(served: tuple[str, Call]) -> None:
-    if not shutil.which("chromium"):
-        pytest.skip("needs Debian chromium (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
+async def test_costs_page_shows_budgets_in_chromium(served: tuple[str, Call], browser_page: Any) -> None:
     base, call = served
+    page = browser_page
     status, run = await call("k-acme", "POST", "/v1/runs", json={"agent": "clerk", "input": "look", "wait": True})
     assert status == 201 and run["status"] == "completed"
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
-        try:
-            page = await browser.new_page()
-            page.set_default_timeout(15_000)
-            await page.goto(f"{base}/#key=k-acme")
-            await page.goto(f"{base}/#/costs?by=tool")
-            await page.wait_for_selector("#budgets-table")
-            rows = await page.locator("#budgets-table tbody tr").all_inner_texts()
-            costs = await page.locator("#costs-table").inner_text()
-        finally:
-            await browser.close()
+    await page.goto(f"{base}/#key=k-acme")
+    await page.goto(f"{base}/#/costs?by=tool")
+    await page.wait_for_selector("#budgets-table")
+    rows = await page.locator("#budgets-table tbody tr").all_inner_texts()
+    costs = await page.locator("#costs-table").inner_text()
     assert "lookup" in costs  # the priced tool is a cost row of its own
     tenant = next(r for r in rows if r.startswith("tenant acme") and "none" in r)
     assert "$1.00" in tenant and "never" in tenant
@@ -143,38 +131,33 @@ async def test_costs_page_shows_budgets_in_chromium(served: tuple[str, Call]) ->
 
 
 @pytest.mark.browser
-async def test_a_slow_page_left_behind_does_not_paint_over_the_next(served: tuple[str, Call]) -> None:
+async def test_a_slow_page_left_behind_does_not_paint_over_the_next(
+    served: tuple[str, Call], browser_page: Any
+) -> None:
     """The runs list answers only after the reader has moved to the costs page: its late render
     lands in its own (detached) page and the costs page stays (the flake CI caught in stop 20)."""
-    if not shutil.which("chromium"):
-        pytest.skip("needs Debian chromium (apt-get install chromium)")
     import asyncio
 
-    from playwright.async_api import Route, async_playwright
+    from playwright.async_api import Route
 
     base, _ = served
+    page = browser_page
     release = asyncio.Event()
 
     async def hold(route: Route) -> None:
         await asyncio.wait_for(release.wait(), 30)
         await route.continue_()
 
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
-        try:
-            page = await browser.new_page()
-            page.set_default_timeout(15_000)
-            await page.route("**/v1/runs?limit=200", hold)
-            async with page.expect_request("**/v1/runs?limit=200"):
-                await page.goto(f"{base}/#key=k-acme")  # the runs list, its answer held back
-            await page.evaluate("window.runsPage = state.page")
-            await page.goto(f"{base}/#/costs?by=tool")
-            await page.wait_for_selector("#budgets-table")
-            release.set()
-            await page.wait_for_function("window.runsPage.querySelector('#runs-table') !== null")
-            assert await page.locator("#view #budgets-table").count() == 1
-            assert await page.locator("#view #runs-table").count() == 0
-        finally:
-            release.set()
-            await browser.close()
+    await page.route("**/v1/runs?limit=200", hold)
+    try:
+        async with page.expect_request("**/v1/runs?limit=200"):
+            await page.goto(f"{base}/#key=k-acme")  # the runs list, its answer held back
+        await page.evaluate("window.runsPage = state.page")
+        await page.goto(f"{base}/#/costs?by=tool")
+        await page.wait_for_selector("#budgets-table")
+        release.set()
+        await page.wait_for_function("window.runsPage.querySelector('#runs-table') !== null")
+        assert await page.locator("#view #budgets-table").count() == 1
+        assert await page.locator("#view #runs-table").count() == 0
+    finally:
+        release.set()  # a held request must not outlive the test
