@@ -66,15 +66,11 @@ class LoopPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Task[Any] | None = None
 
-    def ready(self) -> Any:
-        """The open pool if it belongs to the running loop, without awaiting; else None."""
-        if self._pool is not None and self._loop is asyncio.get_running_loop():
-            return self._pool
-        return None
-
     async def get(self) -> Any:
         """The pool of the running loop (opened by the first caller), or None for another loop."""
         loop = asyncio.get_running_loop()
+        if self._pool is not None and self._loop is loop:
+            return self._pool
         if self._loop is None:
             self._loop = loop
             self._opening = loop.create_task(self._open())
@@ -83,6 +79,18 @@ class LoopPool:
         assert self._opening is not None
         # shielded: a cancelled caller must not cancel the opening the others wait for
         return await asyncio.shield(self._opening)
+
+    async def execute(
+        self, sql: str, params: Sequence[Any], *, fetch: str, otherwise: Callable[[], Any], prepare: bool | None = None
+    ) -> Any:
+        """One statement on this loop's pool: its row (`fetch="one"`), rows (`"all"`) or None.
+        From another loop, `otherwise()` (the store's sync path) runs in a thread instead."""
+        pool = await self.get()
+        if pool is None:
+            return await asyncio.to_thread(otherwise)
+        async with pool.connection() as conn:
+            cur = await conn.execute(sql, params, prepare=prepare)
+            return await cur.fetchone() if fetch == "one" else await cur.fetchall() if fetch == "all" else None
 
     async def _open(self) -> Any:
         from psycopg_pool import AsyncConnectionPool

@@ -176,7 +176,7 @@ async def test_postgres_lookups_do_not_keep_a_plan_made_for_an_empty_table(pg_ur
             assert claimed is not None and claimed.id == run.id
             assert (await store.get(run.id, tenant="t")) is not None
             ids.append(run.id)
-        async with store._apool.ready().connection() as conn:  # (sequential calls: the pool's one connection)
+        async with (await store._apool.get()).connection() as conn:  # (sequential calls: the pool's one connection)
             cur = await conn.execute(
                 "SELECT name, statement FROM pg_prepared_statements WHERE statement LIKE '%FROM bastion_runs%'"
             )

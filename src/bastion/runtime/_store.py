@@ -136,10 +136,6 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
-def _json_rows(rows: Sequence[tuple[Any, ...]]) -> str:
-    return json.dumps(rows)
-
-
 def _one_statement(
     statements: Sequence[tuple[str, Sequence[Any]]], notify: tuple[str, str] | None
 ) -> tuple[str, list[Any]]:
@@ -303,15 +299,13 @@ class SqlRunStore:
         instead of a hand-off to a thread and back."""
         if self.dialect == "sqlite":
             return self._exec(query, params, fetch=fetch)
-        pool = self._apool.ready() or await self._apool.get()
-        if pool is None:
-            return await self._run(lambda: self._exec(query, params, fetch=fetch))
-        async with pool.connection() as conn:
-            # `plan=True`: planned at each execution, for the current size of the tables. A statement
-            # prepared while they were nearly empty keeps the plan for that: a scan through another
-            # index, growing with every run until ANALYZE replans it.
-            cur = await conn.execute(self._sql(query), params, prepare=False if plan else None)
-            return await cur.fetchone() if fetch == "one" else await cur.fetchall() if fetch == "all" else None
+        # `plan=True`: planned at each execution, for the current size of the tables. A statement
+        # prepared while they were nearly empty keeps the plan for that: a scan through another
+        # index, growing with every run until ANALYZE replans it.
+        return await self._apool.execute(
+            self._sql(query), params, fetch=fetch, prepare=False if plan else None,
+            otherwise=lambda: self._exec(query, params, fetch=fetch),
+        )  # fmt: skip
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self.dialect == "sqlite":
@@ -510,7 +504,7 @@ class SqlRunStore:
                 "SELECT pg_notify(?, CASE WHEN octet_length(j.t) < 7900 THEN j.t ELSE done.id END) "
                 "FROM done, LATERAL (SELECT row_to_json(done)::text AS t) j"
             )
-            params = (*fields, now, run_id, worker, _json_rows(rows), DONE_CHANNEL)
+            params = (*fields, now, run_id, worker, json.dumps(rows), DONE_CHANNEL)
             return await self._query(query, params, fetch="one") is not None
 
         def work(execute: Callable[[str, Sequence[Any]], Any]) -> bool:
@@ -563,7 +557,7 @@ class SqlRunStore:
             return
         if self.dialect == "postgres":
             rows = [(run_id, kind, data, at) for kind, data, at in events]
-            if self._apool.ready() or await self._apool.get():  # the pool's loop: group commit
+            if await self._apool.get():  # the pool's loop: group commit
                 await self._events.submit(rows)  # with other runs' events, in one statement
             else:
                 await self._write_events(rows)
@@ -582,7 +576,7 @@ class SqlRunStore:
             "(e.r->>3)::float8 FROM json_array_elements(?::json) WITH ORDINALITY AS e(r, n) "
             f"WHERE {_ASYNC_COMMIT} ORDER BY e.n"
         )
-        await self._query(query, (_json_rows(rows),))
+        await self._query(query, (json.dumps(rows),))
 
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
         rows = await self._query(

@@ -272,12 +272,10 @@ class PostgresApiKeyStore(SQLiteApiKeyStore):
     async def lookup(self, key: str) -> Principal | None:
         """Every request's key check: on the event loop's own pool (a hop to a thread and back
         per request cost the API server more than the read), in a thread from any other loop."""
-        pool = self._apool.ready() or await self._apool.get()
-        if pool is None:
-            return await asyncio.to_thread(self._lookup, key)
-        async with pool.connection() as conn:
-            cur = await conn.execute(self._LOOKUP.replace("?", "%s"), (hash_key(key), time.time()))
-            rows = await cur.fetchall()
+        params = (hash_key(key), time.time())
+        rows = await self._apool.execute(
+            self._LOOKUP.replace("?", "%s"), params, fetch="all", otherwise=lambda: self._run(self._LOOKUP, params)[0]
+        )
         return Principal(rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     def close(self) -> None:
