@@ -9,7 +9,7 @@ import pytest
 import bastion
 from bastion import errors
 from bastion.testing import FunctionModel, ScriptedModel
-from bastion.types import Message, ModelRequest, ToolCall, ToolResult, Usage
+from bastion.types import Message, ModelRequest, ToolCall, ToolResult, Usage, new_id, new_sortable_id
 
 EXPECTED_PUBLIC = {
     "Agent", "Gateway", "Graph", "Message", "Model", "ModelRequest", "ModelResponse", "Policy", "Project",
@@ -58,6 +58,22 @@ def test_message_round_trip() -> None:
 def test_unknown_part_kind_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown message part kind 'video'"):
         Message.from_dict({"role": "user", "parts": [{"kind": "video"}]})
+
+
+def test_sortable_ids_sort_by_creation_and_stay_unique() -> None:
+    import time
+
+    first = new_sortable_id("run_")
+    deadline = time.monotonic() + 5
+    nxt = first
+    while nxt[4:15] == first[4:15] and time.monotonic() < deadline:  # the next millisecond
+        nxt = new_sortable_id("run_")
+    later = [nxt, *(new_sortable_id("run_") for _ in range(10_000))]
+    assert all(first < x for x in later)  # (the order within one millisecond is random)
+    assert len(set(later)) == len(later)
+    assert len(first) == len(new_id("run_")) == len("run_") + 24 and first[4:].isalnum()
+    # the prefix is Unix milliseconds: a reader can tell when an id was made
+    assert abs(int(first[4:15], 16) / 1000 - time.time()) < 5
 
 
 def test_usage_adds() -> None:

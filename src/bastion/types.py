@@ -8,6 +8,7 @@ through `to_dict()` / `from_dict()` so checkpoints, caches and the proxy share o
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,14 @@ def check_tenant(tenant: str) -> str:
 def new_id(prefix: str = "") -> str:
     """A short random id, optionally prefixed (`call_ab12...`)."""
     return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def new_sortable_id(prefix: str = "") -> str:
+    """A random id that sorts by creation time (to the millisecond), as long as `new_id`'s: 11 hex
+    digits of Unix milliseconds, then 13 random. For keys of tables that grow with every run (runs,
+    threads, checkpoints): new rows land at the end of their index instead of at random pages, so a
+    write dirties fewer pages. Made for uniqueness, not secrecy (52 random bits)."""
+    return f"{prefix}{time.time_ns() // 1_000_000:011x}{uuid.uuid4().hex[:13]}"
 
 
 # --- message parts ---------------------------------------------------------------------------

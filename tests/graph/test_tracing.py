@@ -60,9 +60,12 @@ async def test_nodes_and_checkpoints_are_spans_of_the_callers_trace(
     [node_a] = by_name["graph node a"]
     assert node_a.attributes["bastion.graph.node"] == "a" and node_a.attributes["bastion.graph.step"] == 1  # type: ignore[attr-defined]
     assert len(by_name["graph node b"]) == 1, "th-2 was compiled without trace_nodes"
-    puts = by_name["checkpoint put"]
+    assert "checkpoint put" not in by_name, "checkpoints are events on the run's span, not spans"
+    puts = [e for e in root.events if e.name == "checkpoint put"]  # type: ignore[attr-defined]
     assert len(puts) == 6  # input + two supersteps, for each thread
-    assert {p.attributes[sc.BASTION_CHECKPOINT_THREAD_ID] for p in puts} == {"th-1", "th-2"}  # type: ignore[attr-defined]
+    assert {p.attributes[sc.BASTION_CHECKPOINT_THREAD_ID] for p in puts} == {"th-1", "th-2"}
+    assert [p.attributes[sc.BASTION_CHECKPOINT_STEP] for p in puts] == [0, 1, 2, 0, 1, 2]
+    assert all(p.attributes[sc.BASTION_CHECKPOINT_DURATION_MS] >= 0 for p in puts)
     trace_id = root.context.trace_id  # type: ignore[attr-defined]
     assert all(s.context.trace_id == trace_id for s in finished)
 

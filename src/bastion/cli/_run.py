@@ -23,7 +23,7 @@ from bastion.cli._progress import spinner
 from bastion.errors import UserError
 from bastion.runtime import thread_key
 from bastion.server import ProjectEnv, load_project
-from bastion.types import RunContext, new_id
+from bastion.types import RunContext, new_sortable_id
 
 console = Console()
 err = Console(stderr=True)
@@ -142,8 +142,8 @@ async def run(
         if agent not in runnables:
             raise UserError(f"unknown agent {agent!r}; the project has {sorted(runnables)}")
         runnable = runnables[agent]
-        thread_id = thread or new_id("thread_")
-        context = RunContext(tenant=tenant, session=thread_id, run_id=new_id("run_"), agent=agent)
+        thread_id = thread or new_sortable_id("thread_")
+        context = RunContext(tenant=tenant, session=thread_id, run_id=new_sortable_id("run_"), agent=agent)
         printer = _Printer()
         resume: Any = None
         total_cost = 0.0

@@ -15,7 +15,7 @@ from bastion.checkpoint import Checkpointer
 from bastion.errors import UserError
 from bastion.graph._pregel import FAILED_AT, Engine, Run, Sink
 from bastion.graph._types import END, START, Command, GraphEvent, StateSnapshot, StateT
-from bastion.types import RunContext, new_id
+from bastion.types import RunContext, new_sortable_id
 
 GraphInput = Mapping[str, Any] | Command[Any] | None
 """Besides a state instance: a dict of updates, `None` (continue) or `Command(resume=...)`."""
@@ -309,7 +309,7 @@ class CompiledGraph(Generic[StateT]):
             if latest is None:
                 raise UserError(f"thread {thread_id!r} has no checkpoint to fork")
             checkpoint_id = latest.checkpoint_id
-        target = new_thread_id or new_id("thread_")
+        target = new_thread_id or new_sortable_id("thread_")
         if await cp.get(target, "") is not None:
             raise UserError(f"thread {target!r} already exists; pick another new_thread_id")
         await cp.fork(thread_id, "", checkpoint_id, target)

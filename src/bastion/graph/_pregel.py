@@ -651,8 +651,9 @@ class Engine:
         if run.traced:
             from bastion.tracing import spans
 
-            with spans.checkpoint(record.thread_id, record.step):
-                await run.checkpointer.put(record)
+            started_ns, t0 = time.time_ns(), time.perf_counter()
+            await run.checkpointer.put(record)
+            spans.checkpoint_stored(record.thread_id, record.step, started_ns, time.perf_counter() - t0)
         else:
             await run.checkpointer.put(record)
 

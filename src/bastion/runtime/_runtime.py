@@ -388,10 +388,10 @@ class Runtime:
     ) -> str:
         """Copy the thread's state (at `checkpoint_id`, else its latest) into a new thread of the
         same tenant; returns the new thread's id. Time travel: runs on the fork continue from there."""
-        from bastion.types import new_id
+        from bastion.types import new_sortable_id
 
         await self._require_thread(tenant, thread_id)
-        target = new_thread_id or new_id("thread_")
+        target = new_thread_id or new_sortable_id("thread_")
         if await self.store.has_thread(tenant, target):
             raise RunConflictError(f"thread {target!r} already exists; fork into a new thread id")
         copied = False

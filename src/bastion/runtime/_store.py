@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 from bastion._pg import GroupWriter, LoopPool
 from bastion.errors import MissingExtraError, UserError
 from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
-from bastion.types import new_id
+from bastion.types import new_sortable_id
 
 log = logging.getLogger("bastion.runtime")
 SCHEMA_VERSION = 1
@@ -723,9 +723,9 @@ def new_run(
     metadata: dict[str, Any] | None = None,
 ) -> Run:  # fmt: skip
     return Run(
-        id=new_id("run_"),
+        id=new_sortable_id("run_"),
         tenant=tenant,
-        thread_id=thread_id or new_id("thread_"),
+        thread_id=thread_id or new_sortable_id("thread_"),
         agent=agent,
         status="queued",
         input=input,

@@ -203,9 +203,9 @@ def create_app(
 
     @app.post("/v1/threads", tags=["threads"], status_code=201)
     async def create_thread(body: CreateThread, principal: Operator) -> dict[str, Any]:
-        from bastion.types import new_id
+        from bastion.types import new_sortable_id
 
-        thread_id = body.thread_id or new_id("thread_")
+        thread_id = body.thread_id or new_sortable_id("thread_")
         await runtime.store.upsert_thread(principal.tenant, thread_id, body.metadata)
         return {"thread_id": thread_id, "metadata": body.metadata}
 

@@ -87,6 +87,7 @@ BASTION_POLICY_DECISION: Final = "bastion.policy.decision"
 BASTION_POLICY_REASON: Final = "bastion.policy.reason"
 BASTION_CHECKPOINT_THREAD_ID: Final = "bastion.checkpoint.thread_id"
 BASTION_CHECKPOINT_STEP: Final = "bastion.checkpoint.step"
+BASTION_CHECKPOINT_DURATION_MS: Final = "bastion.checkpoint.duration_ms"
 BASTION_RETRIEVAL_QUERY: Final = "bastion.retrieval.query"  # content: opt-in only
 BASTION_RETRIEVAL_RESULTS: Final = "bastion.retrieval.results"
 BASTION_EMBEDDINGS_INPUTS: Final = "bastion.embeddings.inputs"
@@ -94,6 +95,7 @@ BASTION_SCHEMA: Final = "bastion.schema_version"
 BASTION_TAG_PREFIX: Final = "bastion.tag."  # + RunContext.tags key
 BASTION_EVAL_CASE: Final = "bastion.eval.case"
 BASTION_EVAL_ATTEMPT: Final = "bastion.eval.attempt"
+EVENT_CHECKPOINT: Final = "checkpoint put"  # a graph step's checkpoint stored (on the run's span)
 EVENT_CONTROL_FLOW: Final = "bastion.control_flow"  # an interrupt unwound this span (not an error)
 BASTION_SIGNAL: Final = "bastion.signal"
 # metric attributes

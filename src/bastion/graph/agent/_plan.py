@@ -29,7 +29,7 @@ from bastion.graph.agent._agent import Agent, AgentInput
 from bastion.graph.agent._members import output_text, run_member, said_by, spend_of, total_spend
 from bastion.graph.agent._result import AgentEvent, AgentResult
 from bastion.graph.agent._run import CONTINUE, GraphRunner, to_messages
-from bastion.types import Message, RunContext, new_id
+from bastion.types import Message, RunContext, new_sortable_id
 
 
 class PlanStep(BaseModel):
@@ -337,7 +337,7 @@ class _PlanRunner(GraphRunner):
         messages = to_messages(input)
         return {
             "messages": messages,
-            "run_id": new_id("run_"),
+            "run_id": new_sortable_id("run_"),
             "task": "\n".join(m.text for m in messages if m.role == "user"),
             "round": 0,
             "plan": [],

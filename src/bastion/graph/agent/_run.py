@@ -21,7 +21,7 @@ from bastion.graph.agent._loop import (
 from bastion.graph.agent._members import total_spend
 from bastion.graph.agent._result import AgentEvent, AgentResult, RunDone
 from bastion.graph.agent._runtime import Runtime, use_runtime
-from bastion.types import Message, RunContext, Usage, new_id
+from bastion.types import Message, RunContext, Usage, new_sortable_id
 
 if TYPE_CHECKING:
     from bastion.checkpoint import Checkpointer
@@ -125,7 +125,7 @@ class GraphRunner:
     async def _invoke(
         self, input: Any, thread_id: str | None, context: RunContext | None, deps: Any = None
     ) -> AgentResult[Any]:
-        thread = thread_id or new_id("thread_")
+        thread = thread_id or new_sortable_id("thread_")
         context = context or RunContext()
         parent = await self._trace_parent(thread_id, context, input)
         with self._span(context, input, parent) as span, use_runtime(Runtime(context=context, deps=deps)):
@@ -193,7 +193,7 @@ class GraphRunner:
     ) -> AsyncIterator[AgentEvent]:
         from bastion.graph import Command
 
-        thread = thread_id or new_id("thread_")
+        thread = thread_id or new_sortable_id("thread_")
         context = context or RunContext()
         if input is not None:
             if thread_id is not None:
@@ -266,7 +266,7 @@ class Runner(GraphRunner):
     def start(self, input: AgentInput) -> dict[str, Any]:
         return {
             "messages": to_messages(input),
-            "run_id": new_id("run_"),
+            "run_id": new_sortable_id("run_"),
             "turns": 0,
             "retries": 0,
             "output": None,

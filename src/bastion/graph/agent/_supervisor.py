@@ -28,7 +28,16 @@ from bastion.graph.agent._resolve import ModelSource, resolve_model_like
 from bastion.graph.agent._result import AgentEvent, AgentResult
 from bastion.graph.agent._run import CONTINUE, GraphRunner, to_messages
 from bastion.graph.agent._runtime import current_runtime
-from bastion.types import Message, ModelRequest, ModelSettings, RunContext, ToolCall, ToolResult, ToolSpec, new_id
+from bastion.types import (
+    Message,
+    ModelRequest,
+    ModelSettings,
+    RunContext,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+    new_sortable_id,
+)
 
 Router = Callable[[list[Message]], str | None]
 """A routing rule: the conversation so far → the member to run next, or None to finish."""
@@ -276,7 +285,7 @@ class _SupervisorRunner(GraphRunner):
     def start(self, input: AgentInput) -> dict[str, Any]:
         return {
             "messages": to_messages(input),
-            "run_id": new_id("run_"),
+            "run_id": new_sortable_id("run_"),
             "rounds": 0,
             "routes": [],
             "output": None,
