@@ -3,7 +3,8 @@
 Statements run inline on the event loop thread: each is a short local transaction (tens of
 microseconds in WAL mode with synchronous=NORMAL, which survives process crashes; only an OS
 crash or power loss can drop the last commits). That is much cheaper than a hop to a worker
-thread per superstep. Open one instance per file and process; several processes may share the
+thread per superstep. Checkpoints that concurrent runs store in one turn of the loop share one
+transaction (group commit, `bastion._grouped`). Open one instance per file and process; several processes may share the
 file (SQLite serialises writers; `busy_timeout` waits for the lock).
 """
 
@@ -14,7 +15,9 @@ import threading
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from bastion._grouped import Execute, GroupedTransactions, Work, run_grouped
 from bastion.checkpoint._base import CheckpointRecord, JournalEntry, WriteRecord, follow_parents
 from bastion.errors import CheckpointError
 
@@ -61,6 +64,7 @@ class SqliteCheckpointer:
                     db.execute(stmt)
         except sqlite3.Error as e:
             raise CheckpointError(f"cannot open checkpoint database {self.path!r}: {e}") from e
+        self._puts = GroupedTransactions(self._grouped)
 
     @contextmanager
     def _tx(self) -> Generator[sqlite3.Connection]:
@@ -94,12 +98,27 @@ class SqliteCheckpointer:
             except sqlite3.Error as e:
                 raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
 
+    def _grouped(self, works: list[Work]) -> list[tuple[bool, Any]]:
+        with self._lock:
+            try:
+                return run_grouped(self._db, works)
+            except sqlite3.Error as e:
+                raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
+
     async def put(self, record: CheckpointRecord) -> None:
+        """In one transaction with the checkpoints other runs of this loop store meanwhile
+        (group commit: consecutive runs' rows share pages, so a commit of many costs about
+        what one did)."""
         r = record
-        self._one(
-            f"INSERT OR REPLACE INTO checkpoints ({_COLS}) VALUES (?,?,?,?,?,?,?,?)",
-            (r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload),
-        )
+        row = (r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload)
+
+        def work(execute: Execute) -> None:
+            try:
+                execute(f"INSERT OR REPLACE INTO checkpoints ({_COLS}) VALUES (?,?,?,?,?,?,?,?)", row)
+            except sqlite3.Error as e:
+                raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
+
+        await self._puts.submit(work)
 
     async def put_writes(self, writes: Sequence[WriteRecord]) -> None:
         if not writes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from bastion._grouped import GroupedTransactions, run_grouped
 from bastion._pg import GroupWriter, LoopPool
 from bastion.errors import MissingExtraError, UserError
 from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
@@ -200,6 +201,7 @@ class SqlRunStore:
         self._apool = LoopPool(url or "", max_size=16)
         self._next_recovery = 0.0  # PostgreSQL: when a claim next looks for expired leases
         self._events: GroupWriter[tuple[str, str, str, float]] = GroupWriter(self._write_events)
+        self._writes = GroupedTransactions(self._run_grouped)  # SQLite group commit
         self._init_schema()
 
     # -- construction -------------------------------------------------------------------------
@@ -277,14 +279,9 @@ class SqlRunStore:
         crash before that loses only them, and the run is then claimed and recovered again."""
         conn = self._conn()
         if self.dialect == "sqlite":
-            with self._lock:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = work(conn.execute)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            ok, result = self._run_grouped([work])[0]
+            if not ok:
+                raise result
             return result
         # Pipeline mode: the statements of one transaction travel together instead of one round
         # trip each (a fetch in `work` still waits for its own result).
@@ -292,6 +289,20 @@ class SqlRunStore:
             if not durable:
                 conn.execute("SET LOCAL synchronous_commit = off")
             return work(lambda sql, params: conn.execute(self._sql(sql), params))
+
+    def _run_grouped(self, works: list[Callable[[Callable[[str, Sequence[Any]], Any]], Any]]) -> list[tuple[bool, Any]]:
+        """SQLite: `works` in one transaction under this process's writer lock (see `_grouped`)."""
+        conn = self._conn()
+        with self._lock:
+            return run_grouped(conn, works)
+
+    async def _write(self, work: Callable[[Callable[[str, Sequence[Any]], Any]], T], durable: bool = True) -> T:
+        """`_transaction(work)` from async code. SQLite: inline, in one transaction with the writes
+        other tasks of this loop ask for meanwhile (group commit, `_grouped`); PostgreSQL: in a
+        thread."""
+        if self.dialect == "sqlite":
+            return await self._writes.submit(work)
+        return await asyncio.to_thread(self._transaction, work, durable)
 
     async def _query(self, query: str, params: Sequence[Any] = (), *, fetch: str = "", plan: bool = False) -> Any:
         """One statement, `?` placeholders, as `_exec`. SQLite: inline (see `_run`); PostgreSQL:
@@ -350,7 +361,7 @@ class SqlRunStore:
             for query, params in statements:
                 execute(query, params)
 
-        await self._run(self._transaction, work)
+        await self._write(work)
         return run
 
     async def get(self, run_id: str, tenant: str | None = None) -> Run | None:
@@ -430,7 +441,7 @@ class SqlRunStore:
             ) ORDER BY created_at LIMIT ?"""
             update = f"{set_running} WHERE id IN ({pick}) RETURNING {_COLUMNS}"
             params = (*set_params, now, limit, now, now, limit, limit)
-            rows = self._transaction(lambda execute: execute(update, params).fetchall(), durable=False)  # (inline)
+            rows = await self._write(lambda execute: execute(update, params).fetchall(), durable=False)
         return sorted((_row_to_run(row) for row in rows), key=lambda r: r.created_at)
 
     async def claim(self, worker: str, lease_seconds: float) -> Run | None:
@@ -514,7 +525,7 @@ class SqlRunStore:
                     execute(_INSERT_EVENT, (run_id, kind, data, at))
             return done
 
-        return await self._run(self._transaction, work)
+        return await self._write(work)
 
     async def update(self, run_id: str, **fields: Any) -> None:
         allowed = {
@@ -539,7 +550,7 @@ class SqlRunStore:
             def work(execute: Callable[[str, Sequence[Any]], Any]) -> None:
                 execute(query, params)
 
-            await self._run(self._transaction, work, durable)
+            await self._write(work, durable)
         if self.dialect == "postgres" and fields.get("status") == "queued":
             await self._query("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, run_id))
 
@@ -567,7 +578,7 @@ class SqlRunStore:
             for kind, data, at in events:
                 execute(_INSERT_EVENT, (run_id, kind, data, at))
 
-        await self._run(self._transaction, work, False)
+        await self._write(work, False)
 
     async def _write_events(self, rows: list[tuple[str, str, str, float]]) -> None:
         """PostgreSQL: events of any runs in one statement, in order, not waiting for the WAL flush."""
