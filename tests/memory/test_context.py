@@ -487,3 +487,19 @@ def test_bench_context_quick_run(tmp_path: Path) -> None:
     recall = {r["summariser"]: r["recall"] for r in report["needle"]}
     assert recall["reference extractive, full content (new)"] == 1.0
     assert recall["reference extractive, stubs only (old)"] == 0.0
+
+
+def test_token_counts_are_cached_by_content_and_keep_no_text_alive() -> None:
+    from bastion.memory import _tokens
+
+    counter = CalibratedCounter()
+    short, long = "hi", "A sentence of some length. " * 40
+    first = (counter.count(short), counter.count(long))
+    # equal content in new string objects: served from the cache, same counts
+    assert (counter.count("".join(["h", "i"])), counter.count(long[:1] + long[1:])) == first
+    items = counter._cache._items  # pyright: ignore[reportPrivateUsage]
+    assert len(items) == 2 and all(isinstance(k, tuple) and all(isinstance(x, int) for x in k) for k in items)
+    for i in range(_tokens._CACHE_SIZE + 10):  # pyright: ignore[reportPrivateUsage]
+        counter.count(f"text {i}")
+    assert len(items) == _tokens._CACHE_SIZE  # pyright: ignore[reportPrivateUsage]
+    assert counter.count(long) == first[1]  # evicted, counted again: the same

@@ -80,25 +80,26 @@ CALIBRATED_MARGIN = 0.2
 """Padding on the fitted estimate: the fit is within about -10%/+15% per content type, so +20%
 keeps it at or above the true count (short-identifier code can still be ~15% under)."""
 
-_CACHE_MIN_CHARS = 256  # shorter texts are cheaper to count again than to look up
-_CACHE_SIZE = 4096
+_CACHE_SIZE = 16_384
 
 
 class _CountCache:
-    """Counts of recent long texts: the assembler counts the same history every turn, and a
-    `str` caches its own hash, so a hit costs a dict lookup."""
+    """Counts of recent texts: the assembler counts the same history every turn, and counting
+    costs 1-8 µs a message where a lookup costs 0.04 µs (a `str` caches its own hash), so a
+    2,000-message thread no longer pays milliseconds a turn to count what it counted before.
+    Keyed by (hash, length), not by the text: the cache keeps no text alive, and a collision
+    (64-bit hash and equal length) only makes one estimate wrong."""
 
     def __init__(self) -> None:
-        self._items: dict[str, int] = {}
+        self._items: dict[tuple[int, int], int] = {}
 
     def get(self, text: str) -> int | None:
-        return self._items.get(text) if len(text) >= _CACHE_MIN_CHARS else None
+        return self._items.get((hash(text), len(text)))
 
     def put(self, text: str, n: int) -> int:
-        if len(text) >= _CACHE_MIN_CHARS:
-            if len(self._items) >= _CACHE_SIZE:
-                self._items.pop(next(iter(self._items)))
-            self._items[text] = n
+        if len(self._items) >= _CACHE_SIZE:
+            self._items.pop(next(iter(self._items)))
+        self._items[(hash(text), len(text))] = n
         return n
 
 
