@@ -64,7 +64,7 @@ def trivial_agent() -> Any:
     from bastion.graph.agent import Agent
     from bastion.testing import FunctionModel
 
-    return Agent(FunctionModel(lambda request: "ok", name="bench:instant"), name="trivial")
+    return Agent(FunctionModel(lambda request: "ok", name="bench:instant", keep_requests=0), name="trivial")
 
 
 def build(env: Any) -> Any:
@@ -330,7 +330,11 @@ def build_http(env: Any) -> Any:
     g.add_node("a", inc).add_node("b", inc).add_node("c", inc)
     g.add_edge(START, "a").add_edge("a", "b").add_edge("b", "c")
     graph = GraphRunnable(g.compile(checkpointer=checkpointer), name="graph", output="x")
-    agent = Agent(FunctionModel(lambda request: "ok", name="bench:instant"), name="agent", checkpointer=checkpointer)
+    agent = Agent(
+        FunctionModel(lambda request: "ok", name="bench:instant", keep_requests=0),
+        name="agent",
+        checkpointer=checkpointer,
+    )
     return Project({"graph": graph, "agent": agent}, api_keys={HTTP_KEY: (HTTP_TENANT, "operator")})
 
 

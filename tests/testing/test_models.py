@@ -6,6 +6,7 @@ import pytest
 
 from bastion.errors import UserError
 from bastion.testing import FunctionModel, ScriptedModel
+from bastion.testing._models import KEEP_REQUESTS
 from bastion.types import Message, ModelRequest
 
 
@@ -26,7 +27,7 @@ async def test_default_window_is_bounded_and_none_keeps_everything() -> None:
     for i in range(1_500):
         await bounded.request(req(str(i)))
         await unbounded.request(req(str(i)))
-    assert len(bounded.requests) == 1_000 and bounded.requests[-1].messages[0].text == "1499"
+    assert len(bounded.requests) == KEEP_REQUESTS == 100 and bounded.requests[-1].messages[0].text == "1499"
     assert len(unbounded.requests) == 1_500
 
 

@@ -1,4 +1,4 @@
-"""Model test doubles: no network, deterministic, record the requests they get (the last 1,000 by default)."""
+"""Model test doubles: no network, deterministic, record the requests they get (the last 100 by default)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from bastion.types import (
     Usage,
 )
 
-KEEP_REQUESTS = 1000
+KEEP_REQUESTS = 100
 """How many recent requests a test model keeps in `.requests` unless told otherwise: enough for any
-assertion, bounded so a model serving a load test does not grow without end."""
+assertion, bounded so a model serving a load test does not grow without end. Each request holds
+its whole conversation: at 1,000 kept, a worker serving one 1,000-run thread held 100 MB of old
+requests (`keep_requests=0` keeps none; `None` keeps all)."""
 
 
 class RecentRequests(list[ModelRequest]):
