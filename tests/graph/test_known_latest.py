@@ -1,6 +1,7 @@
 """A worker that just read a thread's latest checkpoint (holding the run) tells the engine, which
 then skips its own first read of the thread when the thread is new or its cache holds exactly
-that checkpoint; any other answer is read from storage, and a hint is used once."""
+that checkpoint; any other answer is read from storage, and a hint holds until the engine writes
+the thread's next checkpoint."""
 
 from __future__ import annotations
 
@@ -64,6 +65,23 @@ async def test_the_cached_latest_is_not_read_again_but_anything_else_is() -> Non
     saver.gets = 0
     assert await _run(app, "t", KnownLatest("t", newest.checkpoint_id)) == 4  # read, not the stale cache
     assert saver.gets >= 1
+
+
+async def test_a_hint_holds_for_every_read_until_the_thread_moves_on() -> None:
+    saver = CountingSaver()
+    app = _app(saver)
+    known = KnownLatest("t", None)
+    token = KNOWN_LATEST.set(known)
+    try:
+        assert (await app.aget_state("t")).values == {}  # as an agent checks for a pending decision
+        assert (await app.aget_state("t")).values == {}
+        assert saver.gets == 0 and not known.used
+        assert (await app.ainvoke({}, thread_id="t"))["x"] == 1  # the run itself: not read either
+        assert saver.gets == 0 and known.used  # ...and its checkpoint ends the hint
+        assert (await app.aget_state("t")).values == {"x": 1}  # so this one is read
+        assert saver.gets == 1
+    finally:
+        KNOWN_LATEST.reset(token)
 
 
 async def test_a_hint_is_for_its_thread_and_used_once() -> None:

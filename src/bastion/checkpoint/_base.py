@@ -146,8 +146,10 @@ def follow_parents(rows: Sequence[CheckpointRecord], target: CheckpointRecord) -
 
 class KnownLatest:
     """A thread's latest checkpoint id, read by a caller that holds the thread (a worker, right
-    after claiming the run): the graph engine's first read of that thread is then skipped when the
-    thread has none, or when the engine's cache holds exactly that one. Used once."""
+    after claiming the run): the graph engine's reads of that thread are then skipped when the
+    thread has none, or when the engine's cache holds exactly that one, until the engine writes
+    the thread's next checkpoint (`used`). An agent reads its thread twice before its first step
+    (is a human decision pending? then the run itself): both are skipped."""
 
     __slots__ = ("checkpoint_id", "thread_id", "used")
 

@@ -242,7 +242,6 @@ class Engine:
         key = (id(checkpointer), thread_id, ns)
         known = KNOWN_LATEST.get()
         if known is not None and not known.used and known.thread_id == thread_id and not ns and checkpoint_id is None:
-            known.used = True  # (once: the thread moves on with this run)
             if known.checkpoint_id is None:
                 return None
             with self._cache_lock:
@@ -697,6 +696,9 @@ class Engine:
             if traceparent is not None:  # a run resumed from here continues this trace
                 meta[semconv.CHECKPOINT_TRACEPARENT] = traceparent
         payload = encode_checkpoint(values, logs, nxt, source, meta)
+        known = KNOWN_LATEST.get()
+        if known is not None and known.thread_id == run.thread_id and not run.ns:
+            known.used = True  # the thread moves on with this run: the hint is stale from here
         record = CheckpointRecord(
             run.thread_id,
             run.ns,
