@@ -147,16 +147,15 @@ def follow_parents(rows: Sequence[CheckpointRecord], target: CheckpointRecord) -
 class KnownLatest:
     """A thread's latest checkpoint id, read by a caller that holds the thread (a worker, right
     after claiming the run): the graph engine's reads of that thread are then skipped when the
-    thread has none, or when the engine's cache holds exactly that one, until the engine writes
-    the thread's next checkpoint (`used`). An agent reads its thread twice before its first step
-    (is a human decision pending? then the run itself): both are skipped."""
+    thread has none, or when the engine's cache holds exactly that one. The engine moves it on
+    with each checkpoint it writes on the thread (and caches), so the run's own later reads (an
+    agent asks whether a decision is pending, runs, then reads its final state) skip storage too."""
 
-    __slots__ = ("checkpoint_id", "thread_id", "used")
+    __slots__ = ("checkpoint_id", "thread_id")
 
     def __init__(self, thread_id: str, checkpoint_id: str | None) -> None:
         self.thread_id = thread_id
         self.checkpoint_id = checkpoint_id
-        self.used = False
 
 
 KNOWN_LATEST: ContextVar[KnownLatest | None] = ContextVar("bastion_known_latest", default=None)

@@ -241,7 +241,7 @@ class Engine:
     ) -> Decoded | None:
         key = (id(checkpointer), thread_id, ns)
         known = KNOWN_LATEST.get()
-        if known is not None and not known.used and known.thread_id == thread_id and not ns and checkpoint_id is None:
+        if known is not None and known.thread_id == thread_id and not ns and checkpoint_id is None:
             if known.checkpoint_id is None:
                 return None
             with self._cache_lock:
@@ -696,9 +696,6 @@ class Engine:
             if traceparent is not None:  # a run resumed from here continues this trace
                 meta[semconv.CHECKPOINT_TRACEPARENT] = traceparent
         payload = encode_checkpoint(values, logs, nxt, source, meta)
-        known = KNOWN_LATEST.get()
-        if known is not None and known.thread_id == run.thread_id and not run.ns:
-            known.used = True  # the thread moves on with this run: the hint is stale from here
         record = CheckpointRecord(
             run.thread_id,
             run.ns,
@@ -729,6 +726,10 @@ class Engine:
             ),
         )
         run.checkpoint_id = cid
+        known = KNOWN_LATEST.get()
+        if known is not None and known.thread_id == run.thread_id and not run.ns:
+            # This run holds the thread: what it just wrote (and cached) is the latest from here on.
+            known.checkpoint_id = cid
         run.depth = 0 if keyframe else depth
         if keyframe:
             run.delta_bytes, run.keyframe_bytes = 0, len(payload)
