@@ -1,7 +1,8 @@
 """A worker that just read a thread's latest checkpoint (holding the run) tells the engine, which
 then skips its own first read of the thread when the thread is new or its cache holds exactly
 that checkpoint; any other answer is read from storage, and the engine moves the hint on with each
-checkpoint it writes on the thread."""
+checkpoint it writes on the thread. Likewise a task of a checkpoint the run has just written reads no
+journal (nothing can be journaled under its id yet)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,38 @@ async def test_a_hint_is_for_its_thread() -> None:
     finally:
         KNOWN_LATEST.reset(token)
     assert first["x"] == 1 and second["x"] == 2
+
+
+async def test_a_task_of_a_checkpoint_just_written_reads_no_journal_but_a_resumed_one_does() -> None:
+    from bastion.graph import Command, interrupt, memo
+
+    class JournalCountingSaver(CountingSaver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.journal_reads = 0
+
+        async def get_journal(self, thread_id: str, ns: str, task_id: str) -> dict[str, str]:
+            self.journal_reads += 1
+            return await super().get_journal(thread_id, ns, task_id)
+
+    calls: list[str] = []
+
+    async def node(s: S) -> S:
+        async def work() -> int:
+            calls.append("work")
+            return 41
+
+        value = await memo("work", work)
+        answer = interrupt("ok?")  # pauses the first time; the resumed task replays the memo
+        return {"x": value + int(answer)}
+
+    saver = JournalCountingSaver()
+    g = Graph(S)
+    g.add_node("n", node)
+    g.add_edge(START, "n")
+    app = g.compile(checkpointer=saver)
+    await app.ainvoke({}, thread_id="j")
+    assert saver.journal_reads == 0 and calls == ["work"]  # a fresh task: nothing to read
+    out = await app.ainvoke(Command(resume=1), thread_id="j")
+    assert out["x"] == 42
+    assert saver.journal_reads == 1 and calls == ["work"]  # resumed: read, and the memo replayed

@@ -94,12 +94,16 @@ def _tracing_on() -> bool:
 
 
 class Task:
-    __slots__ = ("arg", "id", "node")
+    """`fresh`: made from a checkpoint this run has just written. Its id names that checkpoint,
+    so nothing can be journaled under it yet: `memo` need not read the journal first."""
 
-    def __init__(self, node: str, arg: Any, task_id: str) -> None:
+    __slots__ = ("arg", "fresh", "id", "node")
+
+    def __init__(self, node: str, arg: Any, task_id: str, fresh: bool = False) -> None:
         self.node = node
         self.arg = arg
         self.id = task_id
+        self.fresh = fresh
 
 
 class Run:
@@ -424,7 +428,7 @@ class Engine:
 
     async def _run_task(self, run: Run, task: Task, record: bool) -> Result:
         spec = self.nodes[task.node]
-        ctx = TaskContext(run, task.id, task.node, run.step + 1)
+        ctx = TaskContext(run, task.id, task.node, run.step + 1, journal={} if task.fresh else None)
         token = CURRENT.set(ctx)
         try:
             if run.sink is not None:
@@ -748,7 +752,7 @@ class Engine:
         run.static_pause = ""
         if run.sink is not None:
             run.sink(GraphEvent("checkpoint", None, cid, step, run.ns))
-        return [Task(n, a, f"{cid}:{i}") for i, (n, a) in enumerate(nxt)]
+        return [Task(n, a, f"{cid}:{i}", fresh=True) for i, (n, a) in enumerate(nxt)]
 
     async def _static_interrupt(self, run: Run, nodes: list[str], when: str) -> None:
         if run.checkpointer is None or run.thread_id is None or run.checkpoint_id is None:
