@@ -273,3 +273,31 @@ async def test_a_waiting_client_gets_the_run_its_end_notification_carried(pg_url
             await asyncio.wait_for(task, 10)
             await worker_wakeup.close()
             await worker_store.close()
+
+
+async def test_a_thread_opened_for_a_run_is_not_read_but_a_named_one_is(tmp_path: Path) -> None:
+    class Remembering:
+        """Reports where each thread stands, and records the `checkpoint_before` it is run with."""
+
+        def __init__(self) -> None:
+            self.reads: list[str] = []
+            self.before: list[str | None] = []
+
+        async def latest_checkpoint(self, thread_id: str) -> str | None:
+            self.reads.append(thread_id)
+            return "cp-1"
+
+        async def invoke(self, input: Any, *, checkpoint_before: str | None = None, **_: Any) -> RunOutcome:
+            self.before.append(checkpoint_before)
+            return RunOutcome("completed", output=input)
+
+    agent = Remembering()
+    async with Runtime.embedded(tmp_path / "runs.db", {"a": agent}) as rt:  # type: ignore[dict-item]
+        opened = await rt.run(tenant="t", agent="a", input=1)
+        assert opened.thread_id == "thread_" + opened.id.removeprefix("run_") and opened.status == "completed"
+        assert agent.reads == [] and agent.before == [None]  # a brand-new thread: nothing to read
+        # the client goes on in that thread: now it has a past, and it is read
+        again = await rt.run(tenant="t", agent="a", input=2, thread_id=opened.thread_id)
+        named = await rt.run(tenant="t", agent="a", input=3, thread_id="mine")
+    assert again.status == named.status == "completed"
+    assert agent.reads == ["t/" + opened.thread_id, "t/mine"] and agent.before == [None, "cp-1", "cp-1"]

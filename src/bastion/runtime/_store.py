@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bastion._grouped import GroupedTransactions, run_grouped
+from bastion._grouped import Execute, GroupedTransactions, Work, run_grouped
 from bastion._pg import GroupWriter, LoopPool
 from bastion.errors import MissingExtraError, UserError
 from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
@@ -290,13 +290,13 @@ class SqlRunStore:
                 conn.execute("SET LOCAL synchronous_commit = off")
             return work(lambda sql, params: conn.execute(self._sql(sql), params))
 
-    def _run_grouped(self, works: list[Callable[[Callable[[str, Sequence[Any]], Any]], Any]]) -> list[tuple[bool, Any]]:
+    def _run_grouped(self, works: list[Work]) -> list[tuple[bool, Any]]:
         """SQLite: `works` in one transaction under this process's writer lock (see `_grouped`)."""
         conn = self._conn()
         with self._lock:
             return run_grouped(conn, works)
 
-    async def _write(self, work: Callable[[Callable[[str, Sequence[Any]], Any]], T], durable: bool = True) -> T:
+    async def _write(self, work: Callable[[Execute], T], durable: bool = True) -> T:
         """`_transaction(work)` from async code. SQLite: inline, in one transaction with the writes
         other tasks of this loop ask for meanwhile (group commit, `_grouped`); PostgreSQL: in a
         thread."""
@@ -733,10 +733,11 @@ def new_run(
     *, tenant: str, thread_id: str | None, agent: str, input: Any, user: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Run:  # fmt: skip
+    run_id = new_sortable_id("run_")
     return Run(
-        id=new_sortable_id("run_"),
+        id=run_id,
         tenant=tenant,
-        thread_id=thread_id or new_sortable_id("thread_"),
+        thread_id=thread_id or "thread_" + run_id.removeprefix("run_"),  # see `Run.opened_thread`
         agent=agent,
         status="queued",
         input=input,

@@ -59,6 +59,14 @@ class Run:
         """The thread's storage key (see `thread_key`): what the runnable is given as `thread_id`."""
         return thread_key(self.tenant, self.thread_id)
 
+    @property
+    def opened_thread(self) -> bool:
+        """Whether this run's thread was made for it (no `thread_id` given): such a thread is
+        named after the run (`run_<x>` opens `thread_<x>`), so it has no state before this run. A
+        later run on the same thread has an id of its own, and run ids are random: no client can
+        name a thread this way ahead of its run."""
+        return self.thread_id == "thread_" + self.id.removeprefix("run_")
+
     def context(self) -> RunContext:
         return RunContext(tenant=self.tenant, user=self.user, session=self.thread_id, run_id=self.id, agent=self.agent)
 

@@ -372,8 +372,9 @@ class Worker:
         known: tuple[Any, Any] | None = None
         if not recover and run.resume is None and latest is not None:
             # Remember where the thread stood, so a crash before this run's first checkpoint
-            # is recovered by starting over rather than by resuming an older run's state.
-            run.checkpoint_before = await latest(run.thread_key)
+            # is recovered by starting over rather than by resuming an older run's state. A
+            # thread opened for this run has no state yet: nothing to read.
+            run.checkpoint_before = None if run.opened_thread else await latest(run.thread_key)
             if run.checkpoint_before is not None:  # a new thread: the column is NULL already
                 await self.store.update(run.id, checkpoint_before=run.checkpoint_before)
             # ...and tell the graph engine: it need not read the thread again (this run holds it).
