@@ -53,10 +53,13 @@ class GroupedTransactions:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        stop: BaseException | None = None
         try:
             outcomes = self._run([work for work, _ in batch])
-        except BaseException as e:  # the transaction itself failed (BEGIN or COMMIT): all of them did
+        except Exception as e:  # the transaction itself failed (BEGIN or COMMIT): all of them did
             outcomes = [(False, e)] * len(batch)
+        except BaseException as e:  # (KeyboardInterrupt, SystemExit): the writers learn, the loop stops
+            outcomes, stop = [(False, e)] * len(batch), e
         for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
             if future.done():  # its caller was cancelled; the work ran (it had been submitted)
                 continue
@@ -64,6 +67,8 @@ class GroupedTransactions:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        if stop is not None:
+            raise stop
 
 
 def run_grouped(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
