@@ -90,14 +90,6 @@ class SqliteCheckpointer:
             except sqlite3.Error as e:
                 raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
 
-    def _one(self, sql: str, args: Sequence[object]) -> None:
-        """A single statement is its own (autocommit) transaction: no BEGIN/COMMIT round trips."""
-        with self._lock:
-            try:
-                self._db.execute(sql, args)
-            except sqlite3.Error as e:
-                raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
-
     def _grouped(self, works: list[Work]) -> list[tuple[bool, Any]]:
         with self._lock:
             try:
@@ -105,33 +97,27 @@ class SqliteCheckpointer:
             except sqlite3.Error as e:
                 raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
 
-    async def put(self, record: CheckpointRecord) -> None:
-        """In one transaction with the checkpoints other runs of this loop store meanwhile
-        (group commit: consecutive runs' rows share pages, so a commit of many costs about
-        what one did)."""
-        r = record
-        row = (r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload)
+    async def _write(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """In one transaction with what other runs of this loop store meanwhile (group commit:
+        consecutive runs' rows share pages, so a commit of many costs about what one did)."""
 
         def work(execute: Execute) -> None:
             try:
-                execute(f"INSERT OR REPLACE INTO checkpoints ({_COLS}) VALUES (?,?,?,?,?,?,?,?)", row)
+                for row in rows:
+                    execute(sql, row)
             except sqlite3.Error as e:
                 raise CheckpointError(f"checkpoint database {self.path!r} failed: {e}") from e
 
         await self._puts.submit(work)
 
+    async def put(self, record: CheckpointRecord) -> None:
+        r = record
+        row = (r.thread_id, r.ns, r.checkpoint_id, r.parent_id, r.keyframe_id, r.step, r.created_at, r.payload)
+        await self._write(f"INSERT OR REPLACE INTO checkpoints ({_COLS}) VALUES (?,?,?,?,?,?,?,?)", [row])
+
     async def put_writes(self, writes: Sequence[WriteRecord]) -> None:
-        if not writes:
-            return
-        if len(writes) == 1:
-            w = writes[0]
-            self._one(
-                "INSERT INTO writes (thread_id, ns, checkpoint_id, task_id, kind, payload) VALUES (?,?,?,?,?,?)",
-                (w.thread_id, w.ns, w.checkpoint_id, w.task_id, w.kind, w.payload),
-            )
-            return
-        with self._tx() as db:
-            db.executemany(
+        if writes:
+            await self._write(
                 "INSERT INTO writes (thread_id, ns, checkpoint_id, task_id, kind, payload) VALUES (?,?,?,?,?,?)",
                 [(w.thread_id, w.ns, w.checkpoint_id, w.task_id, w.kind, w.payload) for w in writes],
             )
@@ -184,7 +170,9 @@ class SqliteCheckpointer:
 
     async def put_journal(self, entry: JournalEntry) -> None:
         e = entry
-        self._one("INSERT OR IGNORE INTO journal VALUES (?,?,?,?,?)", (e.thread_id, e.ns, e.task_id, e.key, e.payload))
+        await self._write(
+            "INSERT OR IGNORE INTO journal VALUES (?,?,?,?,?)", [(e.thread_id, e.ns, e.task_id, e.key, e.payload)]
+        )
 
     async def get_journal(self, thread_id: str, ns: str, task_id: str) -> dict[str, str]:
         rows = self._query(
