@@ -3,9 +3,10 @@
 Statements run inline on the event loop thread: each is a short local transaction (tens of
 microseconds in WAL mode with synchronous=NORMAL, which survives process crashes; only an OS
 crash or power loss can drop the last commits). That is much cheaper than a hop to a worker
-thread per superstep. Checkpoints that concurrent runs store in one turn of the loop share one
-transaction (group commit, `bastion._grouped`). Open one instance per file and process; several processes may share the
-file (SQLite serialises writers; `busy_timeout` waits for the lock).
+thread per superstep. What concurrent runs store in one turn of the loop (checkpoints, pending
+writes, journal entries) shares one transaction (group commit, `bastion._grouped`). Open one
+instance per file and process; several processes may share the file (SQLite serialises
+writers; `busy_timeout` waits for the lock).
 """
 
 from __future__ import annotations
