@@ -87,9 +87,13 @@ async def test_killed_workers_lose_no_run_and_repeat_no_side_effect(pg_url: str,
             for i, w in enumerate(workers):
                 if w.pid in inside and w.pid not in killed:
                     kill(i)
-            # Random: a worker that is executing runs right now (worker ids embed the pid).
-            busy = {int(r.worker.split(":")[1]) for r in current if r.status == "running" and r.worker}
-            victims = [i for i, w in enumerate(workers) if w.pid in busy]
+            # Random: a worker that is executing runs right now (worker ids embed the pid), but not
+            # one holding a blocked write that has not happened yet: killed before its body, that
+            # write would only ever be "outcome unknown", and the kill inside it never tested.
+            running = [r for r in current if r.status == "running" and r.worker]
+            busy = {int(r.worker.split(":")[1]) for r in running}
+            spared = {int(r.worker.split(":")[1]) for r in running if r.input in BLOCKED and not effects.get(r.input)}
+            victims = [i for i, w in enumerate(workers) if w.pid in busy - spared]
             if random_kills < 4 and victims and now >= next_random_kill:
                 kill(rng.choice(victims))
                 random_kills += 1

@@ -6,6 +6,7 @@ event loop; use the async graph API with it (a pool belongs to one loop), and `a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,7 @@ class PostgresCheckpointer:
         self._async_commit = async_commit
         # Checkpoints of concurrent runs share one INSERT (group commit); bound to the pool's loop.
         self._puts: GroupWriter[CheckpointRecord] | None = None
+        self._opening: asyncio.Future[None] | None = None
 
     def _connection_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"autocommit": True}
@@ -75,6 +77,23 @@ class PostgresCheckpointer:
         return kwargs
 
     async def _get_pool(self) -> AsyncConnectionPool[Any]:
+        if self._pool is None:
+            # One opening for all first callers: a pool (and a group writer) each would let a
+            # run's checkpoints commit out of order, a child before its parent, and a worker
+            # killed in between left a thread whose latest checkpoint had lost its ancestor.
+            if self._opening is None:
+                self._opening = asyncio.ensure_future(self._open())
+            opening = self._opening
+            try:
+                await asyncio.shield(opening)  # a cancelled caller must not cancel the others' opening
+            except Exception:
+                if self._opening is opening:
+                    self._opening = None  # the next caller tries again
+                raise
+        assert self._pool is not None
+        return self._pool
+
+    async def _open(self) -> None:
         if self._pool is None:
             from psycopg_pool import AsyncConnectionPool
 
@@ -93,7 +112,6 @@ class PostgresCheckpointer:
                 raise CheckpointError(f"cannot open PostgreSQL checkpoint store: {e}") from e
             self._puts = GroupWriter(self._put_many)
             self._pool = pool
-        return self._pool
 
     async def _fetch(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         pool = await self._get_pool()
@@ -294,6 +312,7 @@ class PostgresCheckpointer:
             await self._pool.close()
             self._pool = None
             self._puts = None
+            self._opening = None
 
 
 __all__ = ["PostgresCheckpointer"]
