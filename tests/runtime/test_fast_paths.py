@@ -5,6 +5,7 @@ servers over LISTEN/NOTIFY instead of polled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,22 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         s = SqlRunStore.postgres(request.getfixturevalue("pg_url"))
     yield s
     await s.close()
+
+
+@contextlib.asynccontextmanager
+async def _worker_process(pg_url: str, agents: dict[str, Any]) -> AsyncIterator[Worker]:
+    """A worker with its own store and LISTEN connection, as a `bastion worker` process has."""
+    store = SqlRunStore.postgres(pg_url)
+    wakeup = PostgresWakeup(pg_url)
+    worker = Worker(store, agents, poll_interval=60, wakeup=wakeup)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await wakeup.close()
+        await store.close()
 
 
 class Chatty:
@@ -119,13 +136,9 @@ async def test_api_servers_learn_of_run_ends_over_notify(pg_url: str) -> None:
             heard.set()
 
     wakeup.on_done.append(on_done)
-    worker_store = SqlRunStore.postgres(pg_url)
-    worker_wakeup = PostgresWakeup(pg_url)
-    worker = Worker(worker_store, {"gated": Gated()}, poll_interval=60, wakeup=worker_wakeup)
     async with api:
         await asyncio.wait_for(wakeup.listening.wait(), 10)
-        task = asyncio.create_task(worker.run())
-        try:
+        async with _worker_process(pg_url, {"gated": Gated()}):
             run = await api.create_run(tenant="a", agent="gated", input="hi")
             waiting = asyncio.create_task(api.wait(run.id, tenant="a", timeout=20))
             gate.set()
@@ -133,11 +146,6 @@ async def test_api_servers_learn_of_run_ends_over_notify(pg_url: str) -> None:
             assert run.id in ended  # pushed by the worker's commit, not discovered by polling
             done = await asyncio.wait_for(waiting, 20)
             assert done.status == "completed" and done.output == "hi"
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 10)
-            await worker_wakeup.close()
-            await worker_store.close()
 
 
 async def test_a_worker_waits_for_a_wake_up_after_a_claim_that_left_slots_free(tmp_path: Path) -> None:
@@ -241,14 +249,10 @@ async def test_a_waiting_client_gets_the_run_its_end_notification_carried(pg_url
         return await get(run_id, tenant)
 
     api.store.get = counted  # type: ignore[method-assign]
-    worker_store = SqlRunStore.postgres(pg_url)
-    worker_wakeup = PostgresWakeup(pg_url)
-    worker = Worker(worker_store, {"echo": Echo()}, poll_interval=60, wakeup=worker_wakeup)
     async with api:
         assert isinstance(api.wakeup, PostgresWakeup)
         await asyncio.wait_for(api.wakeup.listening.wait(), 10)
-        task = asyncio.create_task(worker.run())
-        try:
+        async with _worker_process(pg_url, {"echo": Echo()}):
             small = await api.create_run(tenant="a", agent="echo", input="hi")
             done = await api.wait(small.id, tenant="a", timeout=20)
             assert done.status == "completed" and done.output == {"echo": "hi", "resume": None}
@@ -268,11 +272,6 @@ async def test_a_waiting_client_gets_the_run_its_end_notification_carried(pg_url
             await api.resume(paused.id, tenant="a", decision={"action": "approve"})
             done = await api.wait(paused.id, tenant="a", timeout=20)
             assert done.status == "completed" and done.output["resume"] == {"action": "approve"}
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 10)
-            await worker_wakeup.close()
-            await worker_store.close()
 
 
 async def test_a_thread_opened_for_a_run_is_not_read_but_a_named_one_is(tmp_path: Path) -> None:
