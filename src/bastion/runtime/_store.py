@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 from bastion._grouped import Execute, GroupedTransactions, Work, run_grouped
 from bastion._pg import GroupWriter, LoopPool
 from bastion.errors import MissingExtraError, UserError
-from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus
+from bastion.runtime._types import ACTIVE, Run, RunOutcome, RunStatus, opened_thread_id
 from bastion.types import new_sortable_id
 
 log = logging.getLogger("bastion.runtime")
@@ -737,7 +737,7 @@ def new_run(
     return Run(
         id=run_id,
         tenant=tenant,
-        thread_id=thread_id or "thread_" + run_id.removeprefix("run_"),  # see `Run.opened_thread`
+        thread_id=thread_id or opened_thread_id(run_id),  # see `Run.opened_thread`
         agent=agent,
         status="queued",
         input=input,

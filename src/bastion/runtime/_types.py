@@ -29,6 +29,11 @@ def thread_key(tenant: str, thread_id: str) -> str:
     return f"{quote(tenant, safe='')}/{quote(thread_id, safe='')}"
 
 
+def opened_thread_id(run_id: str) -> str:
+    """The thread a run opens when it names none: `run_<x>` opens `thread_<x>`."""
+    return "thread_" + run_id.removeprefix("run_")
+
+
 @dataclass(slots=True)
 class Run:
     id: str
@@ -65,7 +70,7 @@ class Run:
         named after the run (`run_<x>` opens `thread_<x>`), so it has no state before this run. A
         later run on the same thread has an id of its own, and run ids are random: no client can
         name a thread this way ahead of its run."""
-        return self.thread_id == "thread_" + self.id.removeprefix("run_")
+        return self.thread_id == opened_thread_id(self.id)
 
     def context(self) -> RunContext:
         return RunContext(tenant=self.tenant, user=self.user, session=self.thread_id, run_id=self.id, agent=self.agent)
